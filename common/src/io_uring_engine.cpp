@@ -100,8 +100,8 @@ public:
     // 1. Drain: wait until every request's done has returned.
     {
       std::unique_lock lk(state_mu_);
-      stopping_.store(true);
-      drain_cv_.wait(lk, [&] { return outstanding_.load() == 0; });
+      refs_.fetch_or(kStopping);
+      drain_cv_.wait(lk, [&] { return refs_.load() == kStopping; });
       exit_ = true;
     }
     // 2. Kick the reaper out of its wait: the cv if it sleeps there, a NOP if
@@ -122,6 +122,10 @@ public:
   }
 
   void start(Op* op) {
+    // Two references: the request (until its done returned) and this call (it
+    // touches the shard after the request may have completed, so the
+    // destructor must wait for the call to return too).
+    refs_.fetch_add(2);
     acquire_slot();
     submit(op);
     if (!tl_reaping) reap(/*blocking=*/false);
@@ -131,11 +135,11 @@ public:
       std::lock_guard lk(state_mu_);
       reaper_cv_.notify_one();
     }
+    unref();  // the last access to *this in this call
   }
 
 private:
   void acquire_slot() {
-    outstanding_.fetch_add(1);
     std::unique_lock lk(state_mu_);
     if (tl_reaper) {
       ++slots_used_;  // never wait on the reaper thread (see the top of the file)
@@ -151,9 +155,12 @@ private:
     slot_cv_.notify_one();
   }
 
-  // After done returned: the request is gone.
-  void finish_one() {
-    if (outstanding_.fetch_sub(1) == 1 && stopping_.load()) {
+  // Drop a reference (a request whose done returned, or a finished call).
+  // One atomic operation decides whether the destructor waits for us, so
+  // nothing of *this is touched after the decrement unless it does (and then
+  // it cannot get past state_mu_ before we unlock it).
+  void unref() {
+    if (refs_.fetch_sub(1) == (kStopping | 1)) {
       std::lock_guard lk(state_mu_);
       drain_cv_.notify_all();
     }
@@ -271,7 +278,7 @@ private:
     delete op;
     release_slot();  // before done: a done that submits again finds a free slot
     detail::call_done(d, result, "uring");
-    finish_one();
+    unref();
   }
 
   void reaper_main() {
@@ -309,13 +316,15 @@ private:
   std::mutex state_mu_;  // slots_used_, exit_ and the condition variables
   std::condition_variable slot_cv_;    // a slot was released
   std::condition_variable reaper_cv_;  // unreaped_ became > 0, or exit_
-  std::condition_variable drain_cv_;   // outstanding_ reached 0 while stopping_
+  std::condition_variable drain_cv_;   // refs_ reached kStopping
   unsigned slots_used_ = 0;            // requests holding a slot (state_mu_)
   bool exit_ = false;                  // (state_mu_) reaper: exit once all is reaped
-  std::atomic<size_t> outstanding_{0};  // requests whose done has not yet returned
+  // Requests whose done has not returned plus calls of start() in progress;
+  // the destructor sets kStopping and waits for the count to reach 0.
+  static constexpr std::uint64_t kStopping = std::uint64_t{1} << 63;
+  std::atomic<std::uint64_t> refs_{0};
   std::atomic<size_t> unreaped_{0};     // SQEs submitted whose CQE was not consumed
   std::atomic<bool> reaper_sleeping_{false};
-  std::atomic<bool> stopping_{false};
   std::thread reaper_;
 };
 
