@@ -29,6 +29,7 @@
 
 #include "hoody/result.hpp"
 #include "hoody/sys.hpp"
+#include "hoody/io_engine.hpp"
 #include "hoody/unique_fd.hpp"
 
 struct file_handle;
@@ -37,10 +38,6 @@ namespace hoody {
 
 class MountArgs;
 class OptionTable;
-
-namespace io {
-class Engine;
-}
 
 namespace pt {
 
@@ -205,6 +202,9 @@ protected:
   static File* file_of(fuse_file_info* fi) { return reinterpret_cast<File*>(fi->fh); }
 
   Config cfg_;
+  // The backing I/O engine; null for io=sync (reads are spliced, writes
+  // copied by libfuse, fsyncs done in the worker).
+  std::unique_ptr<io::Engine> io_;
 
 private:
   void evict_over_budget();
