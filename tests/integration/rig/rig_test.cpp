@@ -9,6 +9,7 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <sstream>
 #include <thread>
 
 #include "hoody/test/btrfs_pool.hpp"
@@ -113,4 +114,55 @@ TEST_CASE("guard: hang until the deadline or SIGTERM" * doctest::skip()) {
   std::fprintf(stderr, "hanging with %s mounted\n", m.mnt.c_str());
   std::fflush(nullptr);
   for (;;) std::this_thread::sleep_for(1s);
+}
+
+TEST_CASE("cleanup_registry undoes unreleased resources newest first, skips released ones") {
+  require_root();
+  const std::string base = session_dir() + "/registry-test";
+  REQUIRE(::mkdir(base.c_str(), 0755) == 0);
+  const std::string kept = base + "/kept", gone = base + "/gone";
+  REQUIRE(::mkdir(kept.c_str(), 0755) == 0);
+  REQUIRE(::mkdir(gone.c_str(), 0755) == 0);
+  Child sleeper([] {
+    ::pause();
+    return 0;
+  });
+  std::string start = slurp("/proc/" + std::to_string(sleeper.pid()) + "/stat");
+  auto paren = start.rfind(')');
+  std::istringstream ss(start.substr(paren + 2));
+  std::string field;
+  for (int i = 3; i <= 22; ++i) ss >> field;
+  {
+    std::ofstream reg(base + "/registry");
+    reg << "+1 dir " << gone << "\n"
+        << "+2 dir " << kept << "\n-2\n"
+        << "+3 pid " << sleeper.pid() << " " << field << "\n"
+        << "+4 pid " << ::getpid() << " 1\n"  // wrong start time: must not be killed
+        << "+5 loop_image " << base << "/no-such.img\n"
+        << "+6 fuse_mount " << base << "/not-mounted\n";
+  }
+  cleanup_registry(base + "/registry", false);
+  CHECK(::access(gone.c_str(), F_OK) != 0);
+  CHECK(::access(kept.c_str(), F_OK) == 0);
+  ExitInfo e = sleeper.wait();
+  CHECK(e.signal == SIGKILL);
+}
+
+TEST_CASE("a missing capability skips (77), or fails under CI=true") {
+  require_root();
+  auto probe = [](const char* ci) {
+    return run_child(
+        [ci] {
+          ::setenv("CI", ci, 1);
+          require_root();
+          return 0;
+        },
+        {.as_nobody = true});
+  };
+  ExitInfo skip = probe("false");
+  CHECK(skip.exit_code == 77);
+  CHECK(skip.output.find("SKIP: missing capability: root") != std::string::npos);
+  ExitInfo fail = probe("true");
+  CHECK(fail.exit_code != 0);
+  CHECK(fail.exit_code != 77);
 }

@@ -52,6 +52,7 @@ Daemon::Daemon(std::vector<std::string> argv, std::string mountpoint, std::strin
       log_path_(std::move(log_path)),
       opts_(opts) {
   if (argv_.empty()) throw std::invalid_argument("Daemon: empty argv");
+  log_id_ = register_resource(Resource::log, log_path_);
   mount_id_ = register_resource(Resource::fuse_mount, mountpoint_);
   int log_fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (log_fd < 0) throw std::runtime_error("open " + log_path_ + ": " + std::strerror(errno));
@@ -93,6 +94,7 @@ Daemon::Daemon(std::vector<std::string> argv, std::string mountpoint, std::strin
       // It may have mounted and died at once.
       if (is_mounted(mountpoint_)) run({"fusermount3", "-uz", mountpoint_}, 10s);
       release(std::exchange(mount_id_, 0));
+      release(std::exchange(log_id_, 0));
       ::close(std::exchange(pidfd_, -1));
       throw std::runtime_error(msg);
     }
@@ -134,6 +136,7 @@ std::string Daemon::stop() {
     }
   }
   release(std::exchange(pid_id_, 0));
+  release(std::exchange(log_id_, 0));
   ::close(std::exchange(pidfd_, -1));
   return result;
 }

@@ -47,7 +47,7 @@ private:
   pid_t pid_ = -1;
   int pidfd_ = -1;
   bool stopped_ = false;
-  std::uint64_t pid_id_ = 0, mount_id_ = 0;
+  std::uint64_t log_id_ = 0, pid_id_ = 0, mount_id_ = 0;
 };
 
 // The daemon under test for the dbfs area: $HOODY_DBFS (set by meson when the
