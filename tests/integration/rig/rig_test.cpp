@@ -166,3 +166,14 @@ TEST_CASE("a missing capability skips (77), or fails under CI=true") {
   CHECK(fail.exit_code != 0);
   CHECK(fail.exit_code != 77);
 }
+
+// The example of tests/integration/README.md, verbatim.
+TEST_CASE("a file written through the mount lands in the backing subvolume") {
+  require_mount_capabilities();                 // skip (77), or fail under CI=true
+  BtrfsPool pool;                               // loop image, mkfs.btrfs, mount
+  auto src = pool.make_subvolume("databases");
+  auto mnt = pool.make_temp_dir("mnt");
+  Daemon d(dbfs_argv(src, mnt), mnt, pool.dir() + "/daemon.log");  // waits for the mount
+  auto e = run_child([&] { return ::mkdir((mnt + "/x").c_str(), 0755); }, {.as_nobody = true});
+  CHECK(e.exit_code != 0);                      // nobody may not write a 0755 root dir
+}
