@@ -141,6 +141,32 @@ std::string Daemon::stop() {
   return result;
 }
 
+std::string Daemon::terminate(int sig) {
+  if (stopped_) return "stopped";
+  stopped_ = true;
+  ::kill(pid_, sig);
+  int status = 0;
+  std::string result;
+  if (wait_for(pid_, pidfd_, opts_.stop_timeout, &status)) {
+    result = describe_status(status);
+  } else {
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, &status, 0);
+    result = describe_status(status) + " (did not exit within " +
+             std::to_string(opts_.stop_timeout.count()) + " ms)";
+  }
+  release(std::exchange(pid_id_, 0));
+  if (is_mounted(mountpoint_)) {
+    result += " (left mounted)";
+    run({"fusermount3", "-uz", mountpoint_}, 10s);
+    if (is_mounted(mountpoint_)) ::umount2(mountpoint_.c_str(), MNT_DETACH);
+  }
+  release(std::exchange(mount_id_, 0));
+  release(std::exchange(log_id_, 0));
+  ::close(std::exchange(pidfd_, -1));
+  return result;
+}
+
 Daemon::~Daemon() {
   std::string how = stop();
   if (current_test_failed()) {

@@ -40,6 +40,11 @@ public:
   // ("exit 0", "killed by SIGKILL", ...).  The destructor calls it if needed.
   std::string stop();
 
+  // Send `sig` (the daemon must unmount by itself), wait for the exit; SIGKILL
+  // after stop_timeout.  Returns the status, plus " (left mounted)" when the
+  // mount was still there (then it is lazily unmounted).
+  std::string terminate(int sig);
+
 private:
   std::vector<std::string> argv_;
   std::string mountpoint_, log_path_;
