@@ -428,7 +428,7 @@ TEST_CASE("open flags") {
     UniqueFd fd = open_fd(t / "a", O_WRONLY | O_APPEND);
     o.rc("clear O_APPEND", ::fcntl(fd.get(), F_SETFL, 0)).rc("pwrite", ::pwrite(fd.get(), "X", 1, 0));
     o.content("content", t / "a");
-  }, {.fuse = "F_SETFL is not sent to a FUSE daemon: its backing fd keeps O_APPEND"});
+  }, {.fuse = "F_SETFL is not sent to a FUSE daemon: without writeback cache its backing fd keeps O_APPEND"});
   p.check("O_DIRECTORY, O_NOFOLLOW, dirs", [&](const Tree& t, Trace& o) {
     open_rc(o, "directory on file", t / "f", O_RDONLY | O_DIRECTORY);
     open_rc(o, "directory on dir", t / "d", O_RDONLY | O_DIRECTORY);
