@@ -52,10 +52,10 @@ Daemon::Daemon(std::vector<std::string> argv, std::string mountpoint, std::strin
       log_path_(std::move(log_path)),
       opts_(opts) {
   if (argv_.empty()) throw std::invalid_argument("Daemon: empty argv");
-  log_id_ = register_resource(Resource::log, log_path_);
-  mount_id_ = register_resource(Resource::fuse_mount, mountpoint_);
   int log_fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (log_fd < 0) throw std::runtime_error("open " + log_path_ + ": " + std::strerror(errno));
+  log_id_ = register_resource(Resource::log, log_path_);
+  mount_id_ = register_resource(Resource::fuse_mount, mountpoint_);
   std::vector<char*> args;
   for (auto& a : argv_) args.push_back(a.data());
   args.push_back(nullptr);
@@ -64,6 +64,8 @@ Daemon::Daemon(std::vector<std::string> argv, std::string mountpoint, std::strin
   if (pid_ < 0) {
     int e = errno;
     ::close(log_fd);
+    release(std::exchange(mount_id_, 0));
+    release(std::exchange(log_id_, 0));
     throw std::runtime_error(std::string("fork: ") + std::strerror(e));
   }
   if (pid_ == 0) {
