@@ -64,6 +64,9 @@ public:
   const Tree& native() const { return native_; }
   const Tree& mount() const { return mount_; }
   BtrfsPool& pool() { return pool_; }
+  // The backing directory of the mount (on the pool), for setup that cannot
+  // go through FUSE (subvolumes); relative paths map 1:1 to mount().
+  const std::string& backing() const { return backing_; }
 
   // Run fn on the native tree, then on the mount, and compare the traces.
   void check(const std::string& what, const Check& fn, Known known = {});

@@ -4,6 +4,8 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -23,6 +25,7 @@
 #include <thread>
 #include <vector>
 
+#include "hoody/test/btrfs_pool.hpp"
 #include "hoody/test/process.hpp"
 #include "hoody/unique_fd.hpp"
 #include "parity.hpp"
@@ -1015,4 +1018,32 @@ TEST_CASE("as a non-root user (allow_other, default_permissions)") {
     fl.l_type = F_WRLCK;
     o.rc("wrlock on O_RDONLY", ::fcntl(fd.get(), F_SETLK, &fl));
   });
+}
+
+TEST_CASE("btrfs: subvolume boundaries and reflinks") {
+  Parity p;
+  make_basic(p);
+  // A subvolume cannot be made through FUSE: make it in both backing dirs.
+  std::string native_rel = p.native().root.substr(p.pool().path().size() + 1);
+  std::string backing_rel = p.backing().substr(p.pool().path().size() + 1);
+  p.pool().make_subvolume(native_rel + "/sub");
+  p.pool().make_subvolume(backing_rel + "/sub");
+  p.check("rename and link across a subvolume boundary", [](const Tree& t, Trace& o) {
+    o.stat("sub", t / "sub");
+    o.rc("rename into sub", ::rename((t / "f").c_str(), (t / "sub/f").c_str()));
+    o.rc("link into sub", ::link((t / "f").c_str(), (t / "sub/g").c_str()));
+    o.rc("create in sub", write_file(t / "sub/own", "own")).content("sub/own", t / "sub/own");
+    o.rc("rmdir sub (not empty)", ::rmdir((t / "sub").c_str()));
+  });
+  p.check("copy_file_range across the boundary", [](const Tree& t, Trace& o) {
+    hoody::UniqueFd src = open_fd(t / "f", O_RDONLY);
+    hoody::UniqueFd dst = open_fd(t / "sub/copy", O_WRONLY | O_CREAT, 0644);
+    o.rc("copy", ::copy_file_range(src.get(), nullptr, dst.get(), nullptr, 100, 0));
+    o.content("copy", t / "sub/copy");
+  });
+  p.check("FICLONE (reflink)", [](const Tree& t, Trace& o) {
+    hoody::UniqueFd src = open_fd(t / "f", O_RDONLY);
+    hoody::UniqueFd dst = open_fd(t / "clone", O_WRONLY | O_CREAT, 0644);
+    o.rc("FICLONE", ::ioctl(dst.get(), FICLONE, src.get())).content("clone", t / "clone");
+  }, {.fuse = "FUSE has no remap_file_range: FICLONE/FICLONERANGE fail on every FUSE mount (cp --reflink=auto falls back to copying)"});
 }
