@@ -30,6 +30,7 @@
 #include "hoody/result.hpp"
 #include "hoody/sys.hpp"
 #include "hoody/io_engine.hpp"
+#include "hoody_config.h"
 #include "hoody/unique_fd.hpp"
 
 struct file_handle;
@@ -54,7 +55,9 @@ struct Config {
   bool writeback_cache = false;   // buys write() latency, not commit throughput
   bool read_only = false;         // every mutating request gets EROFS
   size_t fd_budget = 0;           // O_PATH fds kept open; 0: 3/4 of RLIMIT_NOFILE
-  std::string io = "sync";        // backing I/O engine: "sync" or "uring"
+  // Backing I/O engine, "sync" or "uring": the meson option io_default,
+  // chosen by tests/bench/fs_bench (sync won 5 of 6 workloads).
+  std::string io = HOODY_IO_DEFAULT;
 };
 
 // Adds the core's -o options (entry_timeout=, attr_timeout=, ...) to a table.
