@@ -438,6 +438,9 @@ LockManager::Step LockManager::advance_locked(Waiter& w, bool first, Batch& batc
     OwnerView v;
     v.holds_any = f.table.holds_any(r.owner);
     if (f.kind == FileKind::sqlite_db) {
+      // Only SQLite's bytes count: an application lock elsewhere on the db
+      // must not turn a transaction start into a connect.
+      v.holds_any = f.table.holds_in(r.owner, kPendingByte, kSharedLast);
       v.holds_reserved = f.table.holds_in(r.owner, kReservedByte, kReservedByte, LockType::write);
       v.holds_shared_w = f.table.holds_in(r.owner, kSharedFirst, kSharedLast, LockType::write);
       if (d) d->owners[r.owner].db_writable = r.writable;
@@ -617,8 +620,6 @@ void LockManager::pump_locked(Batch& batch) {
   }
 }
 
-void LockManager::remove_waiter_locked(TicketId id) { waiting_.erase(id); }
-
 // ---- the writer token -------------------------------------------------------------
 
 bool LockManager::token_try_take_locked(Domain& d, Waiter& w) {
@@ -689,7 +690,7 @@ bool LockManager::owner_in_txn_locked(const Domain& d, OwnerId owner) const {
   if (d.mode == JournalMode::rollback) {
     if (!d.db) return false;
     auto f = files_.find(*d.db);
-    return f != files_.end() && f->second->table.holds_any(owner);
+    return f != files_.end() && f->second->table.holds_in(owner, kPendingByte, kSharedLast);
   }
   if (!d.shm) return false;
   auto f = files_.find(*d.shm);

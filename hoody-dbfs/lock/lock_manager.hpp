@@ -151,7 +151,6 @@ private:
   Step advance_flock_locked(Waiter& w, Batch& batch);
   void complete_locked(Waiter& w, int err, Batch& batch, std::optional<EagainCause> cause = {});
   void pump_locked(Batch& batch);
-  void remove_waiter_locked(TicketId id);
   bool token_try_take_locked(Domain& d, Waiter& w);
   void token_grant_locked(Domain& d, OwnerId owner, std::uint32_t pid, bool handoff);
   void token_release_locked(Domain& d, const char* why, bool allow_grace);
