@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <string_view>
 
 #include "hoody/log.hpp"
 
@@ -44,6 +45,7 @@ struct LockManager::Domain {
   std::uint32_t holder_pid = 0;
   bool wrote = false;       // the current tenure asked for a write lock
   bool soft = false;        // released, kept for the holder until grace_until
+  bool handed_off = false;  // the current tenure came from the FIFO (it waited)
   Clock::time_point since{};
   Clock::time_point grace_until{};
   std::deque<TicketId> fifo;  // token waiters, in order
@@ -654,6 +656,7 @@ void LockManager::token_grant_locked(Domain& d, OwnerId owner, std::uint32_t pid
   d.holder_pid = pid;
   d.wrote = false;
   d.soft = false;
+  d.handed_off = handoff;
   d.since = Clock::now();
   ++stats_.token_grants;
   if (handoff) ++stats_.token_handoffs;
@@ -664,7 +667,12 @@ void LockManager::token_grant_locked(Domain& d, OwnerId owner, std::uint32_t pid
 void LockManager::token_release_locked(Domain& d, const char* why, bool allow_grace) {
   if (!d.holder) return;
   const auto now = Clock::now();
-  if (allow_grace && !d.wrote && cfg_.token_grace.count() > 0 && now - d.since < cfg_.token_grace) {
+  // Grace only where SQLite retries at once: a WAL read-mark lock obtained after
+  // a wait (the header changed meanwhile: WAL_RETRY) or one that failed.  A
+  // rollback NONE->SHARED failure is a final BUSY, no retry follows.
+  const bool retry_likely = d.handed_off || std::string_view(why) == "failed_start";
+  if (allow_grace && retry_likely && d.mode == JournalMode::wal && !d.wrote &&
+      cfg_.token_grace.count() > 0 && now - d.since < cfg_.token_grace) {
     d.soft = true;
     d.grace_until = now + cfg_.token_grace;
     ++stats_.token_graces;

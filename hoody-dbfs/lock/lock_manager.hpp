@@ -70,9 +70,11 @@ struct Config {
   // Bound of a plain F_SETLKW (and blocking flock); 0 = unbounded (but
   // interruptible, cancelled by release_owner, broken by deadlock detection).
   std::chrono::milliseconds plain_wait{0};
-  // A token tenure that ends without writing within this time of its grant is
-  // kept for the same owner for this long (SQLite's WAL_RETRY unlock/relock).
-  std::chrono::milliseconds token_grace{5};
+  // WAL only: a token tenure that was handed off after a wait (or whose
+  // read-mark request failed) and ends without writing within this time of its
+  // grant is kept for the same owner for this long, so SQLite's WAL_RETRY
+  // unlock/relock in walTryBeginRead keeps its turn.  0 disables.
+  std::chrono::milliseconds token_grace{2};
   // An owner whose token wait was interrupted re-queues at the FIFO head if it
   // asks again within this time (the kernel restarts the fcntl).
   std::chrono::milliseconds interrupt_pass{200};
