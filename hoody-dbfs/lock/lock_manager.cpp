@@ -20,16 +20,29 @@ const char* err_name(int err) {
   }
 }
 
-std::string range_str(std::uint64_t start, std::uint64_t end) {
-  if (end == kToEof) return fmt::format("[{},EOF]", start);
-  return fmt::format("[{},+{}]", start, end - start + 1);
-}
+// A byte range for log lines, formatted only when the line is written.
+struct RangeFmt {
+  std::uint64_t start;
+  std::uint64_t end;
+};
+RangeFmt range_str(std::uint64_t start, std::uint64_t end) { return {start, end}; }
 
 std::int64_t ms_since(Clock::time_point t, Clock::time_point now) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(now - t).count();
 }
 
 }  // namespace
+}  // namespace hoody::dbfs::lock
+
+template <> struct fmt::formatter<hoody::dbfs::lock::RangeFmt> {
+  constexpr auto parse(fmt::format_parse_context& ctx) { return ctx.begin(); }
+  template <typename Ctx> auto format(const hoody::dbfs::lock::RangeFmt& r, Ctx& ctx) const {
+    if (r.end == hoody::dbfs::lock::kToEof) return fmt::format_to(ctx.out(), "[{},EOF]", r.start);
+    return fmt::format_to(ctx.out(), "[{},+{}]", r.start, r.end - r.start + 1);
+  }
+};
+
+namespace hoody::dbfs::lock {
 
 struct LockManager::Domain {
   struct OwnerFacts {
@@ -86,8 +99,16 @@ struct LockManager::Batch {
 };
 
 void LockManager::run(Batch& batch) {
-  for (auto& [done, err] : batch.items)
-    if (done) done(err);
+  for (auto& [done, err] : batch.items) {
+    if (!done) continue;
+    try {
+      done(err);
+    } catch (const std::exception& e) {
+      hoody::log::get("lock")->error("op=complete err={} -> completion threw: {}", err, e.what());
+    } catch (...) {
+      hoody::log::get("lock")->error("op=complete err={} -> completion threw", err);
+    }
+  }
   batch.items.clear();
 }
 
@@ -229,12 +250,14 @@ void LockManager::setlk(TicketId ticket, const LockRequest& req, Completion done
     issued_.erase(ticket);
     Waiter w;
     w.id = (ticket == 0 || waiting_.count(ticket)) ? next_ticket_++ : ticket;
+    const FileId file_id = req.file;
     w.req = req;
     if (w.req.end < w.req.start) w.req.end = w.req.start;
     w.done = std::move(done);
     w.submitted = Clock::now();
     submit_locked(std::move(w), interrupted, batch);
     pump_locked(batch);
+    gc_file_locked(file_id);
   }
   run(batch);
 }
@@ -248,6 +271,7 @@ void LockManager::flock(TicketId ticket, FileId file, OwnerId owner, FlockOp op,
     issued_.erase(ticket);
     Waiter w;
     w.id = (ticket == 0 || waiting_.count(ticket)) ? next_ticket_++ : ticket;
+    const FileId file_id = file;
     w.is_flock = true;
     w.fop = op;
     w.nonblock = nonblock;
@@ -259,6 +283,7 @@ void LockManager::flock(TicketId ticket, FileId file, OwnerId owner, FlockOp op,
     w.submitted = Clock::now();
     submit_locked(std::move(w), interrupted, batch);
     pump_locked(batch);
+    gc_file_locked(file_id);
   }
   run(batch);
 }
@@ -288,7 +313,11 @@ void LockManager::release_owner(FileId file, OwnerId owner) {
         ++it;
       }
     }
-    FileState& f = file_locked(file);
+    auto fit = files_.find(file);
+    if (fit == files_.end()) {  // never locked: nothing to drop (FLUSH comes on every close)
+      pump_locked(batch);
+    } else {
+    FileState& f = *fit->second;
     const bool held_res =
         f.kind == FileKind::sqlite_db &&
         f.table.holds_in(owner, kReservedByte, kReservedByte, LockType::write);
@@ -300,14 +329,42 @@ void LockManager::release_owner(FileId file, OwnerId owner) {
       Domain& d = *f.domain;
       const bool was_holder = d.holder == owner;
       if (held_res || held_w120) ++d.commit_epoch;
-      if (was_holder && !d.soft && !owner_in_txn_locked(d, owner)) {
+      if (was_holder && (d.soft || !owner_in_txn_locked(d, owner))) {
         ++stats_.token_flush_releases;
         token_release_locked(d, "flush", false);
       }
+      forget_owner_locked(d, owner);
     }
     pump_locked(batch);
+    gc_file_locked(file);
+    }
   }
   run(batch);
+}
+
+void LockManager::forget_owner_locked(Domain& d, OwnerId owner) {
+  if (d.holder == owner) return;
+  for (const std::optional<FileId>& id : {d.db, d.shm}) {
+    if (!id) continue;
+    auto f = files_.find(*id);
+    if (f != files_.end() && f->second->table.holds_any(owner)) return;
+  }
+  for (const auto& [tid, w] : waiting_)
+    if (w->req.owner == owner) return;
+  d.owners.erase(owner);
+  auto pass = d.passes.find(owner);
+  if (pass != d.passes.end() && pass->second <= Clock::now()) d.passes.erase(pass);
+}
+
+void LockManager::gc_file_locked(FileId file) {
+  // Unregistered plain files are remembered only while they have locks or waiters.
+  auto it = files_.find(file);
+  if (it == files_.end()) return;
+  const FileState& f = *it->second;
+  if (f.kind != FileKind::plain || f.domain || !f.table.empty() || !f.flocks.empty()) return;
+  for (const auto& [id, w] : waiting_)
+    if (w->req.file == file) return;
+  files_.erase(it);
 }
 
 void LockManager::release_flock(FileId file, OwnerId owner) {
@@ -323,8 +380,9 @@ void LockManager::release_flock(FileId file, OwnerId owner) {
         ++it;
       }
     }
-    file_locked(file).flocks.erase(owner);
+    if (auto it = files_.find(file); it != files_.end()) it->second->flocks.erase(owner);
     pump_locked(batch);
+    gc_file_locked(file);
   }
   run(batch);
 }
@@ -448,6 +506,13 @@ LockManager::Step LockManager::advance_locked(Waiter& w, bool first, Batch& batc
       if (d) d->owners[r.owner].db_writable = r.writable;
     } else if (f.kind == FileKind::shm) {
       v.holds_read_mark = f.table.holds_in(r.owner, kWalReadLock0, kWalReadLockLast);
+      if (d && d->mode != JournalMode::wal && r.type != LockType::unlock &&
+          is_sqlite_lock_range(f.kind, r.start, r.end)) {
+        // Only WAL mode locks the -shm: the adapter has not told us yet.
+        log_->debug("op=journal_mode domain={} mode=wal (inferred from a -shm lock)", d->key);
+        d->mode = JournalMode::wal;
+        if (d->holder) token_check_end_locked(*d, *d->holder, "mode_change");
+      }
     }
     const JournalMode mode = d ? d->mode : JournalMode::rollback;
     w.action = d ? classify_request(f.kind, mode, r.type, r.start, r.end, v)
@@ -514,8 +579,13 @@ LockManager::Step LockManager::advance_locked(Waiter& w, bool first, Batch& batc
     }
     case Action::plain: return posix(r.wait, EagainCause::try_conflict);
     case Action::try_only: return posix(r.wait, EagainCause::probe);
-    case Action::downgrade:
     case Action::connect:
+      if (f.kind == FileKind::sqlite_db && d->mode == JournalMode::rollback &&
+          r.start == kPendingByte && !f.table.holds_in(r.owner, kSharedFirst, kSharedLast) &&
+          commit_waiting_locked(f, r.owner))
+        return Step::wait;
+      return posix(true, EagainCause::probe);
+    case Action::downgrade:
     case Action::dms_attach:
     case Action::commit: return posix(true, EagainCause::probe);
     case Action::excl_probe:
@@ -526,6 +596,9 @@ LockManager::Step LockManager::advance_locked(Waiter& w, bool first, Batch& batc
                           ? r.writable
                           : d->owners[r.owner].db_writable.value_or(r.writable);
       if (rw && !token()) return Step::wait;
+      // A commit that waits for readers to drain without holding PENDING
+      // (a SQLite that skips it) still keeps new readers out.
+      if (f.kind == FileKind::sqlite_db && commit_waiting_locked(f, r.owner)) return Step::wait;
       // Rollback: wait behind PENDING/EXCLUSIVE.  WAL: a busy read-mark is
       // SQLite's WAL_RETRY, so fail at once.
       return posix(f.kind == FileKind::sqlite_db || r.wait, EagainCause::probe);
@@ -620,6 +693,12 @@ void LockManager::pump_locked(Batch& batch) {
       }
     }
   }
+}
+
+bool LockManager::commit_waiting_locked(const FileState& f, OwnerId owner) const {
+  for (const auto& [id, w] : waiting_)
+    if (w->action == Action::commit && w->req.file == f.id && w->req.owner != owner) return true;
+  return false;
 }
 
 // ---- the writer token -------------------------------------------------------------

@@ -158,6 +158,9 @@ private:
   void token_release_locked(Domain& d, const char* why, bool allow_grace);
   void token_check_end_locked(Domain& d, OwnerId owner, const char* why);
   bool owner_in_txn_locked(const Domain& d, OwnerId owner) const;
+  bool commit_waiting_locked(const FileState& f, OwnerId owner) const;
+  void forget_owner_locked(Domain& d, OwnerId owner);
+  void gc_file_locked(FileId file);
   void after_unlock_locked(FileState& f, OwnerId owner, bool held_reserved, bool held_write120);
   std::vector<OwnerId> blockers_locked(const Waiter& w) const;
   std::optional<TicketId> find_deadlock_locked(const Waiter& w) const;

@@ -541,3 +541,58 @@ TEST_CASE("journal mode change: the holder's rollback locks do not pin the WAL t
   CHECK(b.rd(kShm, 123).err() == 0);
   CHECK(fx.m.token_holder(kDomain) == 0xb);
 }
+
+TEST_CASE("rollback: a commit without PENDING (newer SQLite) still keeps new readers out") {
+  Fixture fx(JournalMode::rollback);
+  Proc a{fx.m, 0xa, 1}, r1{fx.m, 0x1, 11, false}, r2{fx.m, 0x2, 12, false};
+  CHECK(shared_start(r1).err() == 0);
+  shared_rest(r1);
+  CHECK(shared_start(a).err() == 0);
+  shared_rest(a);
+  reserved(a);
+  auto excl = a.wr(kDb, kSharedFirst, kSharedSize);  // RESERVED -> EXCLUSIVE, no PENDING
+  CHECK_FALSE(excl.done());
+  auto r2s = shared_start(r2);
+  CHECK_FALSE(r2s.done());  // queued behind the waiting commit
+  CHECK(r1.un(kDb, 0, 0).err() == 0);
+  CHECK(excl.err() == 0);
+  CHECK(r2s.err() == 0);  // PENDING is free: the reader goes on to the SHARED range
+  auto r2sh = r2.rd(kDb, kSharedFirst, kSharedSize);
+  CHECK_FALSE(r2sh.done());  // and waits there behind EXCLUSIVE
+  commit_end(a);
+  CHECK(r2sh.err() == 0);
+  CHECK(fx.eagain_total() == 0);
+}
+
+TEST_CASE("WAL mode is inferred from -shm locks when the adapter has not said so") {
+  Fixture fx(JournalMode::rollback);
+  Proc a{fx.m, 0xa, 1}, b{fx.m, 0xb, 2};
+  wal_connect(a, true);  // db SHARED taken as a rollback txn start, then -shm locks
+  CHECK_FALSE(fx.m.token_holder(kDomain));
+  wal_connect(b, false);
+  CHECK(a.rd(kShm, 123).err() == 0);
+  auto bs = b.rd(kShm, 123);
+  CHECK_FALSE(bs.done());
+  wal_insert_rest(a);
+  CHECK(bs.err() == 0);
+  CHECK(fx.eagain_total() == 0);
+}
+
+TEST_CASE("WAL: flushing a holder in its grace hands the token on at once") {
+  Config cfg;
+  cfg.token_grace = 10s;
+  Fixture fx(JournalMode::wal, cfg);
+  Proc a{fx.m, 0xa, 1}, b{fx.m, 0xb, 2}, c{fx.m, 0xc, 3};
+  wal_connect(a, true);
+  wal_connect(b, false);
+  wal_connect(c, false);
+  CHECK(a.rd(kShm, 123).err() == 0);
+  auto bs = b.rd(kShm, 123);
+  auto cs = c.rd(kShm, 123);
+  CHECK(a.un(kShm, 123).err() == 0);
+  CHECK(bs.err() == 0);
+  CHECK(b.un(kShm, 123).err() == 0);  // b in grace
+  CHECK_FALSE(cs.done());
+  fx.m.release_owner(kShm, 0xb);  // b dies
+  CHECK(cs.err() == 0);
+}
