@@ -4,6 +4,8 @@
 #include <cerrno>
 #include <string_view>
 
+#include <nlohmann/json.hpp>
+
 #include "hoody/log.hpp"
 
 namespace hoody::dbfs::lock {
@@ -313,31 +315,28 @@ void LockManager::release_owner(FileId file, OwnerId owner) {
         ++it;
       }
     }
-    auto fit = files_.find(file);
-    if (fit == files_.end()) {  // never locked: nothing to drop (FLUSH comes on every close)
-      pump_locked(batch);
-    } else {
-    FileState& f = *fit->second;
-    const bool held_res =
-        f.kind == FileKind::sqlite_db &&
-        f.table.holds_in(owner, kReservedByte, kReservedByte, LockType::write);
-    const bool held_w120 = f.kind == FileKind::shm &&
-                           f.table.holds_in(owner, kWalWriteLock, kWalWriteLock, LockType::write);
-    const bool had = f.table.release_owner(owner);
-    log_->trace("op=flush file={} owner={:#x} had_locks={}", file, owner, had);
-    if (f.domain) {
-      Domain& d = *f.domain;
-      const bool was_holder = d.holder == owner;
-      if (held_res || held_w120) ++d.commit_epoch;
-      if (was_holder && (d.soft || !owner_in_txn_locked(d, owner))) {
-        ++stats_.token_flush_releases;
-        token_release_locked(d, "flush", false);
+    if (auto fit = files_.find(file); fit != files_.end()) {  // FLUSH comes on every close
+      FileState& f = *fit->second;
+      const bool held_res =
+          f.kind == FileKind::sqlite_db &&
+          f.table.holds_in(owner, kReservedByte, kReservedByte, LockType::write);
+      const bool held_w120 =
+          f.kind == FileKind::shm &&
+          f.table.holds_in(owner, kWalWriteLock, kWalWriteLock, LockType::write);
+      const bool had = f.table.release_owner(owner);
+      log_->trace("op=flush file={} owner={:#x} had_locks={}", file, owner, had);
+      if (f.domain) {
+        Domain& d = *f.domain;
+        if (held_res || held_w120) ++d.commit_epoch;
+        if (d.holder == owner && (d.soft || !owner_in_txn_locked(d, owner))) {
+          ++stats_.token_flush_releases;
+          token_release_locked(d, "flush", false);
+        }
+        forget_owner_locked(d, owner);
       }
-      forget_owner_locked(d, owner);
     }
     pump_locked(batch);
     gc_file_locked(file);
-    }
   }
   run(batch);
 }
@@ -966,6 +965,41 @@ std::vector<OwnerId> LockManager::token_queue(const std::string& domain) const {
     if (w != waiting_.end()) out.push_back(w->second->req.owner);
   }
   return out;
+}
+
+std::string LockManager::state_json() const {
+  std::lock_guard lk(mu_);
+  const auto now = Clock::now();
+  nlohmann::json domains = nlohmann::json::array();
+  for (const auto& [key, d] : domains_) {
+    nlohmann::json fifo = nlohmann::json::array();
+    for (TicketId id : d->fifo)
+      if (auto w = waiting_.find(id); w != waiting_.end())
+        fifo.push_back({{"owner", w->second->req.owner}, {"pid", w->second->req.pid}});
+    nlohmann::json j = {{"domain", key},
+                        {"mode", to_string(d->mode)},
+                        {"commit_epoch", d->commit_epoch},
+                        {"fifo", fifo}};
+    if (d->holder)
+      j["token"] = {{"owner", *d->holder},
+                    {"pid", d->holder_pid},
+                    {"held_ms", ms_since(d->since, now)},
+                    {"wrote", d->wrote},
+                    {"grace", d->soft}};
+    domains.push_back(j);
+  }
+  nlohmann::json waits = nlohmann::json::array();
+  for (const auto& [id, w] : waiting_)
+    waits.push_back({{"ticket", id},
+                     {"file", w->req.file},
+                     {"owner", w->req.owner},
+                     {"pid", w->req.pid},
+                     {"start", w->req.start},
+                     {"end", w->req.end},
+                     {"type", w->is_flock ? "flock" : to_string(w->req.type)},
+                     {"action", to_string(w->action)},
+                     {"age_ms", ms_since(w->submitted, now)}});
+  return nlohmann::json{{"domains", domains}, {"waits", waits}}.dump();
 }
 
 }  // namespace hoody::dbfs::lock

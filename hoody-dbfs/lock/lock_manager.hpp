@@ -138,6 +138,9 @@ public:
   std::vector<HeldLock> locks(FileId file) const;
   std::optional<OwnerId> token_holder(const std::string& domain) const;
   std::vector<OwnerId> token_queue(const std::string& domain) const;  // FIFO order
+  // Diagnostics: every domain (mode, token holder/pid/age, FIFO) and every
+  // waiting request (file, owner, pid, range, action, age) as JSON text.
+  std::string state_json() const;
 
 private:
   struct Domain;

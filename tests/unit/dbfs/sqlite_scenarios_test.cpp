@@ -133,6 +133,10 @@ TEST_CASE("rollback: BEGIN IMMEDIATE from three owners, token FIFO") {
   auto bs = shared_start(b);
   auto cs = shared_start(c);
   CHECK(fx.m.token_queue(kDomain) == std::vector<OwnerId>{0xb, 0xc});
+  const auto state = fx.m.state_json();
+  CHECK(state.find("\"fifo\":[{\"owner\":11,\"pid\":2},{\"owner\":12,\"pid\":3}]") !=
+        std::string::npos);
+  CHECK(state.find("\"action\":\"txn_start\"") != std::string::npos);
   exclusive(a);
   commit_end(a);
   CHECK(bs.err() == 0);
