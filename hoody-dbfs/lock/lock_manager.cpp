@@ -164,6 +164,10 @@ void LockManager::register_file(FileId file, FileKind kind, const std::string& d
   {
     std::lock_guard lk(mu_);
     FileState& f = file_locked(file);
+    if (f.domain) {  // re-registration: drop the old roles
+      if (f.domain->db == file) f.domain->db.reset();
+      if (f.domain->shm == file) f.domain->shm.reset();
+    }
     f.kind = kind;
     std::string key = domain;
     if (key.empty() && (kind == FileKind::sqlite_db || kind == FileKind::shm))
