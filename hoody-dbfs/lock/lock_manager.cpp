@@ -50,6 +50,7 @@ struct LockManager::Domain {
   struct OwnerFacts {
     std::optional<bool> db_writable;  // from the owner's requests on the db file
     std::uint64_t snap_epoch = 0;     // commit_epoch when its WAL read txn started
+    std::deque<std::chrono::milliseconds> gaps;  // recent token->write gaps (lease learning)
   };
   std::string key;
   JournalMode mode = JournalMode::rollback;
@@ -541,8 +542,15 @@ LockManager::Step LockManager::advance_locked(Waiter& w, bool first, Batch& batc
         d->owners[r.owner].snap_epoch = d->commit_epoch;
       if ((w.action == Action::write_intent || w.action == Action::wal_write ||
            w.action == Action::commit) &&
-          d->holder == r.owner)
+          d->holder == r.owner && !d->wrote) {
         d->wrote = true;
+        if (cfg_.lease.count() > 0) {
+          auto& gaps = d->owners[r.owner].gaps;
+          gaps.push_back(
+              std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - d->since));
+          if (gaps.size() > 16) gaps.pop_front();
+        }
+      }
     }
     w.took_token = false;
     complete_locked(w, 0, batch);
@@ -800,6 +808,15 @@ void LockManager::after_unlock_locked(FileState& f, OwnerId owner, bool held_res
   token_check_end_locked(d, owner, "txn_end");
 }
 
+std::chrono::milliseconds LockManager::lease_for_locked(const Domain& d, OwnerId owner) const {
+  auto lease = cfg_.lease;
+  if (!cfg_.lease_learned) return lease;
+  auto it = d.owners.find(owner);
+  if (it == d.owners.end() || it->second.gaps.empty()) return lease;
+  const auto longest = *std::max_element(it->second.gaps.begin(), it->second.gaps.end());
+  return std::clamp(2 * longest, lease, std::max(lease, cfg_.lease_max));
+}
+
 // ---- deadlock detection -------------------------------------------------------------
 
 std::vector<OwnerId> LockManager::blockers_locked(const Waiter& w) const {
@@ -913,6 +930,13 @@ void LockManager::timer_main() {
       if (d->holder && d->soft && d->grace_until <= now) {
         token_release_locked(*d, "grace_expired", false);
         changed = true;
+      } else if (d->holder && !d->soft && !d->wrote && !d->fifo.empty() &&
+                 cfg_.lease.count() > 0 && now - d->since >= lease_for_locked(*d, *d->holder)) {
+        ++stats_.token_demotions;
+        log_->debug("op=token domain={} owner={:#x} pid={} held={}ms -> demoted (lease) queue={}",
+                    d->key, *d->holder, d->holder_pid, ms_since(d->since, now), d->fifo.size());
+        d->holder.reset();
+        changed = true;
       }
     }
     if (changed) pump_locked(batch);
@@ -924,8 +948,11 @@ void LockManager::timer_main() {
     }
     auto next = Clock::time_point::max();
     for (const auto& [id, w] : waiting_) next = std::min(next, w->deadline);
-    for (const auto& [key, d] : domains_)
+    for (const auto& [key, d] : domains_) {
       if (d->holder && d->soft) next = std::min(next, d->grace_until);
+      if (d->holder && !d->soft && !d->wrote && !d->fifo.empty() && cfg_.lease.count() > 0)
+        next = std::min(next, d->since + lease_for_locked(*d, *d->holder));
+    }
     if (next == Clock::time_point::max())
       timer_cv_.wait(lk);
     else

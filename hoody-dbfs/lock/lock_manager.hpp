@@ -75,6 +75,16 @@ struct Config {
   // grant is kept for the same owner for this long, so SQLite's WAL_RETRY
   // unlock/relock in walTryBeginRead keeps its turn.  0 disables.
   std::chrono::milliseconds token_grace{2};
+  // Lease (§2.3), off by default (0 = strict token: the only policy measured
+  // at 0 BUSY for deferred transactions).  When on, a holder that has not
+  // asked for a write lock `lease` after taking the token, while others queue,
+  // is demoted: it keeps its byte locks and loses the token; its later write
+  // goes through the non-holder rules (rollback: EAGAIN; WAL: snapshot check).
+  std::chrono::milliseconds lease{0};
+  // With a lease: learn it per owner as 2 x the longest of its last 16
+  // start->write gaps, clamped to [lease, lease_max].
+  bool lease_learned = true;
+  std::chrono::milliseconds lease_max{2000};
   // An owner whose token wait was interrupted re-queues at the FIFO head if it
   // asks again within this time (the kernel restarts the fcntl).
   std::chrono::milliseconds interrupt_pass{200};
@@ -165,6 +175,7 @@ private:
   void forget_owner_locked(Domain& d, OwnerId owner);
   void gc_file_locked(FileId file);
   void after_unlock_locked(FileState& f, OwnerId owner, bool held_reserved, bool held_write120);
+  std::chrono::milliseconds lease_for_locked(const Domain& d, OwnerId owner) const;
   std::vector<OwnerId> blockers_locked(const Waiter& w) const;
   std::optional<TicketId> find_deadlock_locked(const Waiter& w) const;
   Clock::time_point deadline_for(const Waiter& w, Clock::time_point now) const;

@@ -68,6 +68,7 @@ std::string to_json(const Stats& s) {
       {"token_handoffs", s.token_handoffs},
       {"token_graces", s.token_graces},
       {"token_flush_releases", s.token_flush_releases},
+      {"token_demotions", s.token_demotions},
   };
   return j.dump();
 }

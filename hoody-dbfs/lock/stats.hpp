@@ -55,6 +55,7 @@ struct Stats {
   std::uint64_t token_handoffs = 0;    // token given to a queued owner on release
   std::uint64_t token_graces = 0;      // soft releases kept for a WAL_RETRY
   std::uint64_t token_flush_releases = 0;  // token released because its holder was flushed
+  std::uint64_t token_demotions = 0;       // lease expired: holder lost the token (lease on)
 
   std::uint64_t eagain_total() const;
 };

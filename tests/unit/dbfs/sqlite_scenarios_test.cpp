@@ -600,3 +600,85 @@ TEST_CASE("WAL: flushing a holder in its grace hands the token on at once") {
   fx.m.release_owner(kShm, 0xb);  // b dies
   CHECK(cs.err() == 0);
 }
+
+TEST_CASE("lease (optional, off by default): a holder that does not write is demoted") {
+  Config cfg;
+  cfg.lease = 20ms;
+  cfg.lease_learned = false;
+  Fixture fx(JournalMode::rollback, cfg);
+  Proc a{fx.m, 0xa, 1}, b{fx.m, 0xb, 2};
+  CHECK(shared_start(a).err() == 0);  // deferred BEGIN; SELECT ... with a long read phase
+  shared_rest(a);
+  std::this_thread::sleep_for(40ms);
+  CHECK(fx.m.token_holder(kDomain) == 0xa);  // nobody waits: no demotion
+  auto bs = shared_start(b);
+  CHECK(bs.wait() == 0);  // a demoted after its lease
+  CHECK(fx.m.token_holder(kDomain) == 0xb);
+  CHECK(fx.m.stats().token_demotions == 1);
+  auto res = a.wr(kDb, kReservedByte);  // a's INSERT now: the documented lease residual
+  CHECK(res.err() == EAGAIN);
+  CHECK(fx.eagain(EagainCause::deadlock_avoid) == 1);
+  CHECK(a.un(kDb, 0, 0).err() == 0);
+  shared_rest(b);
+  reserved(b);
+  exclusive(b);
+  commit_end(b);
+}
+
+TEST_CASE("lease off (default): no demotion however long the read phase") {
+  Config cfg;
+  cfg.sqlite_wait = 500ms;
+  Fixture fx(JournalMode::rollback, cfg);
+  Proc a{fx.m, 0xa, 1}, b{fx.m, 0xb, 2};
+  CHECK(shared_start(a).err() == 0);
+  shared_rest(a);
+  auto bs = shared_start(b);
+  std::this_thread::sleep_for(60ms);
+  CHECK_FALSE(bs.done());
+  reserved(a);
+  exclusive(a);
+  commit_end(a);
+  CHECK(bs.err() == 0);
+  CHECK(fx.m.stats().token_demotions == 0);
+}
+
+TEST_CASE("learned lease: an owner's observed start->write gap protects its next read phase") {
+  Config cfg;
+  cfg.lease = 10ms;
+  Fixture fx(JournalMode::wal, cfg);
+  Proc a{fx.m, 0xa, 1}, b{fx.m, 0xb, 2};
+  wal_connect(a, true);
+  wal_connect(b, false);
+  // a learns: 40 ms between its transaction start and its write.
+  CHECK(a.rd(kShm, 123).err() == 0);
+  std::this_thread::sleep_for(40ms);
+  CHECK(a.wr(kShm, kWalWriteLock).err() == 0);
+  CHECK(a.un(kShm, kWalWriteLock).err() == 0);
+  CHECK(a.un(kShm, 123).err() == 0);
+  // Next transaction, with b waiting: a's lease is now ~80 ms, not 10.
+  CHECK(a.rd(kShm, 123).err() == 0);
+  auto bs = b.rd(kShm, 123);
+  std::this_thread::sleep_for(30ms);
+  CHECK_FALSE(bs.done());
+  CHECK(a.wr(kShm, kWalWriteLock).err() == 0);
+  CHECK(a.un(kShm, kWalWriteLock).err() == 0);
+  CHECK(a.un(kShm, 123).err() == 0);
+  CHECK(bs.err() == 0);
+  CHECK(fx.m.stats().token_demotions == 0);
+  // A demoted WAL reader whose snapshot went stale gets EAGAIN at its write.
+  auto as = a.rd(kShm, 124);
+  CHECK_FALSE(as.done());
+  CHECK(b.wr(kShm, kWalWriteLock).err() == 0);
+  CHECK(b.un(kShm, kWalWriteLock).err() == 0);
+  CHECK(b.un(kShm, 123).err() == 0);
+  CHECK(as.wait() == 0);
+  auto cs_b = b.rd(kShm, 123);  // b waits behind a's read phase
+  CHECK(cs_b.wait(1000ms) == 0);  // a demoted after its learned lease
+  CHECK(fx.m.stats().token_demotions == 1);
+  CHECK(b.wr(kShm, kWalWriteLock).err() == 0);
+  CHECK(b.un(kShm, kWalWriteLock).err() == 0);  // b commits
+  CHECK(b.un(kShm, 123).err() == 0);
+  auto late = a.wr(kShm, kWalWriteLock);
+  CHECK(late.err() == EAGAIN);
+  CHECK(fx.eagain(EagainCause::stale_snapshot) == 1);
+}
