@@ -1,6 +1,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <array>
 
 #include "lock/range_table.hpp"
 
@@ -98,4 +99,61 @@ TEST_CASE("release_owner drops only that owner's locks") {
   CHECK_FALSE(t.holds_in(2, 5, 5, W));
   CHECK(t.covers(2, 0, 9, R));
   CHECK_FALSE(t.covers(2, 0, 10, R));
+}
+
+TEST_CASE("random operations match a byte-by-byte model") {
+  // Bytes 0..63 plus one cell standing for everything from 64 to EOF.
+  constexpr std::uint64_t kCells = 65;
+  auto cell_end = [](std::uint64_t c) { return c == kCells - 1 ? kToEof : c; };
+  std::uint32_t seed = 12345;
+  auto rnd = [&](std::uint32_t n) {
+    seed = seed * 1103515245u + 12345u;
+    return (seed >> 8) % n;
+  };
+  RangeTable t;
+  std::array<std::array<LockType, kCells>, 3> model{};
+  for (auto& o : model) o.fill(U);
+  for (int i = 0; i < 5000; ++i) {
+    const OwnerId owner = rnd(3);
+    const LockType type = std::array{R, W, U}[rnd(3)];
+    const std::uint64_t s = rnd(64);
+    const bool eof = rnd(8) == 0;
+    const std::uint64_t e = eof ? kToEof : s + rnd(static_cast<std::uint32_t>(64 - s));
+    t.set(owner, type, s, e, 7);
+    for (std::uint64_t c = s; c <= (eof ? kCells - 1 : e); ++c) model[owner][c] = type;
+
+    // Every owner's segments are the maximal runs of the model.
+    for (OwnerId o = 0; o < 3; ++o) {
+      std::vector<HeldLock> runs;
+      for (std::uint64_t c = 0; c < kCells; ++c) {
+        if (model[o][c] == U) continue;
+        if (!runs.empty() && runs.back().type == model[o][c] && runs.back().end + 1 == c)
+          runs.back().end = c;
+        else
+          runs.push_back(HeldLock{model[o][c], c, c, 7, o});
+      }
+      for (auto& r : runs) r.end = cell_end(r.end);
+      REQUIRE(t.locks_of(o) == runs);
+    }
+    // first_conflict against brute force.
+    const OwnerId q = rnd(4);
+    const LockType qt = rnd(2) ? R : W;
+    const std::uint64_t qs = rnd(64);
+    const std::uint64_t qe = qs + rnd(static_cast<std::uint32_t>(64 - qs));
+    std::optional<std::uint64_t> lowest;
+    for (OwnerId o = 0; o < 3; ++o) {
+      if (o == q) continue;
+      for (std::uint64_t c = qs; c <= qe; ++c)
+        if (conflicts(qt, model[o][c])) {
+          // The conflicting segment's start.
+          std::uint64_t st = c;
+          while (st > 0 && model[o][st - 1] == model[o][c]) --st;
+          if (!lowest || st < *lowest) lowest = st;
+          break;
+        }
+    }
+    auto c = t.first_conflict(q, qt, qs, qe);
+    REQUIRE(c.has_value() == lowest.has_value());
+    if (c) CHECK(c->start == *lowest);
+  }
 }
