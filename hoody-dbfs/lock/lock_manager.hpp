@@ -24,6 +24,12 @@
 // submission that would have to wait complete at once with EINTR (an
 // immediate grant or refusal is still given).
 //
+// SQLite scheduling (research/sqlite-locking.md §2.3/§2.4): files registered
+// as sqlite_db/shm of a domain get a per-database FIFO writer token, taken at
+// transaction start by owners whose db handle is writable and held until the
+// transaction ends; SQLite's try-locks stay try-locks; every other byte range
+// and every plain/-journal/-wal file keeps exact POSIX semantics.
+//
 // Thread-safe: every public function may be called from any thread.
 #pragma once
 
@@ -185,9 +191,11 @@ private:
   const Config cfg_;
   std::shared_ptr<spdlog::logger> log_;
 
-  // Guards everything below.  Lock order: mu_ is the only lock of the manager;
-  // it is never held while a Completion runs, nor while logging to a sink that
-  // could call back.  Callers must not hold it when calling in (they can't).
+  // Guards everything below.  Lock order: mu_ is the manager's only mutex and
+  // the innermost lock of the adapter: it may be taken while libfuse holds a
+  // request's lock (interrupt callback -> interrupt()), and it is never held
+  // while a Completion runs or while calling out of the manager, so nothing can
+  // be taken after it except spdlog's sink mutex (logging under mu_ is fine).
   mutable std::mutex mu_;
   std::condition_variable timer_cv_;  // wakes the timer thread (with mu_)
   bool stopping_ = false;
