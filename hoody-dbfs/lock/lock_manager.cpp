@@ -247,6 +247,12 @@ void LockManager::interrupt(TicketId ticket) {
   run(batch);
 }
 
+void LockManager::cancel_ticket(TicketId ticket) {
+  std::lock_guard lk(mu_);
+  issued_.erase(ticket);
+  early_intr_.erase(ticket);
+}
+
 // ---- setlk / getlk / flush ----------------------------------------------------------
 
 void LockManager::setlk(TicketId ticket, const LockRequest& req, Completion done) {
@@ -826,6 +832,12 @@ std::vector<OwnerId> LockManager::blockers_locked(const Waiter& w) const {
   if (fit == files_.end()) return out;
   const FileState& f = *fit->second;
   out = f.table.conflicting_owners(w.req.owner, w.req.type, w.req.start, w.req.end);
+  if ((w.action == Action::txn_start || w.action == Action::connect) &&
+      f.kind == FileKind::sqlite_db) {
+    for (const auto& [id, x] : waiting_)  // a waiting commit keeps new readers out
+      if (x->action == Action::commit && x->req.file == f.id && x->req.owner != w.req.owner)
+        out.push_back(x->req.owner);
+  }
   if (w.in_fifo && f.domain) {
     const Domain& d = *f.domain;
     if (d.holder && *d.holder != w.req.owner) out.push_back(*d.holder);

@@ -141,6 +141,9 @@ public:
   // queued requests there with EAGAIN; hands the writer token on if needed.
   void release_owner(FileId file, OwnerId owner);
   void interrupt(TicketId ticket);
+  // A ticket that will not be submitted after all (the adapter answered the
+  // request itself, e.g. EINVAL): forget it.  Unknown ids are ignored.
+  void cancel_ticket(TicketId ticket);
 
   // --- flock (BSD semantics, own namespace, owner = fi->lock_owner) ----------
   void flock(TicketId ticket, FileId file, OwnerId owner, FlockOp op, bool nonblock,

@@ -178,6 +178,25 @@ TEST_CASE("interrupts: before submission, during the wait, after completion, unk
   }
 }
 
+TEST_CASE("a cancelled ticket is forgotten; a later interrupt of it is a no-op") {
+  LockManager m;
+  Proc a{m, 0xa, 1}, b{m, 0xb, 2};
+  CHECK(a.wr(kFile, 0, 0).err() == 0);
+  const TicketId t = m.new_ticket();
+  m.interrupt(t);
+  m.cancel_ticket(t);
+  m.cancel_ticket(424242);
+  // Submitting with it anyway behaves as a ticket never interrupted.
+  Pending p;
+  p.ticket = t;
+  auto r = b.req(kFile, W, 0, 0);
+  r.wait = true;
+  m.setlk(t, r, p.completion());
+  CHECK_FALSE(p.done());
+  m.release_owner(kFile, 0xa);
+  CHECK(p.err() == 0);
+}
+
 TEST_CASE("a bounded plain wait times out with EAGAIN") {
   Config cfg;
   cfg.plain_wait = 50ms;
