@@ -245,6 +245,7 @@ void PassthroughFs::forget_one(Inode* in, uint64_t n) {
   if (in->nlookup == 0) {
     auto it = inodes_.find({in->src_dev, in->src_ino});
     if (it != inodes_.end() && it->second.get() == in) {
+      on_forget(*in);
       if (in->fd_.valid()) --path_fds_;
       inodes_.erase(it);
     }
