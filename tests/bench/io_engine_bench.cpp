@@ -177,14 +177,21 @@ int main(int argc, char** argv) {
   }
 
   auto sync = io::make_sync_engine();
-  auto uring_r = io::make_uring_engine();
+  io::Options opts;
+  // Knobs for comparing variants of the uring engine.
+  if (const char* r = std::getenv("HOODY_BENCH_RINGS")) opts.rings = unsigned(std::atoi(r));
+  if (const char* r = std::getenv("HOODY_BENCH_NOWAIT")) opts.nowait_first = std::atoi(r) != 0;
+  auto uring_r = io::make_uring_engine(opts);
   if (!uring_r) die("io_uring unavailable: " + uring_r.error().message());
   auto uring = std::move(*uring_r);
 
   utsname u{};
   ::uname(&u);
-  std::printf("io-engine bench: dir=%s file=%zu MiB kernel=%s cpus=%u %.1f s/case, QD1 per thread\n",
-              dir.c_str(), kFileSize >> 20, u.release, std::thread::hardware_concurrency(), seconds);
+  std::printf(
+      "io-engine bench: dir=%s file=%zu MiB kernel=%s cpus=%u %.1f s/case, QD1 per thread, "
+      "uring rings=%u nowait_first=%d\n",
+      dir.c_str(), kFileSize >> 20, u.release, std::thread::hardware_concurrency(), seconds,
+      opts.rings, int(opts.nowait_first));
   std::printf("%-24s %7s %12s %12s %11s\n", "workload", "threads", "sync ops/s", "uring ops/s",
               "uring/sync");
   double log_sum = 0;
