@@ -341,10 +341,11 @@ thread_local const unsigned tl_thread_index = g_next_thread.fetch_add(1);
 
 class UringEngine final : public Engine {
 public:
-  UringEngine(std::vector<std::unique_ptr<Shard>> shards, bool nowait_first)
+  UringEngine(std::vector<std::unique_ptr<Shard>> shards, const Options& opts)
       : shards_(std::move(shards)),
-        read_nowait_(nowait_first),
-        write_nowait_(nowait_first) {}
+        writes_inline_(opts.writes_inline),
+        read_nowait_(opts.nowait_first),
+        write_nowait_(opts.nowait_first) {}
 
   const char* name() const override { return "uring"; }
 
@@ -368,6 +369,7 @@ public:
 
   void write(int fd, const void* buf, size_t n, off_t off, Done done) override {
     if (n == 0) return detail::call_done(done, 0, "uring");
+    if (writes_inline_) return done_inline(done, detail::pwrite_full(fd, buf, n, off));
     size_t moved = 0;
     if (write_nowait_.load(std::memory_order_relaxed) && tl_inline_depth < kMaxInlineDepth) {
       iovec iov{const_cast<void*>(buf), n};
@@ -411,6 +413,7 @@ private:
   }
 
   std::vector<std::unique_ptr<Shard>> shards_;  // destroyed in order; each drains first
+  const bool writes_inline_;  // Options::writes_inline
   // Try the request with RWF_NOWAIT in the caller first (see Options::nowait_first).
   std::atomic<bool> read_nowait_;
   std::atomic<bool> write_nowait_;
@@ -447,7 +450,7 @@ Result<std::unique_ptr<Engine>> make_uring_engine(const Options& opts) {
     HOODY_TRY(ring, make_ring(opts.queue_depth, &sq_entries));
     shards.push_back(std::make_unique<Shard>(std::move(ring), sq_entries));
   }
-  return std::unique_ptr<Engine>(new UringEngine(std::move(shards), opts.nowait_first));
+  return std::unique_ptr<Engine>(new UringEngine(std::move(shards), opts));
 }
 
 }  // namespace hoody::io

@@ -76,6 +76,12 @@ struct Options {
   // Switched off for the engine's lifetime on EOPNOTSUPP (e.g. ext4 buffered
   // writes).  fsync always goes through the ring.
   bool nowait_first = true;
+  // uring: do writes with pwrite in the calling thread, like "sync".  For
+  // buffered writes io_uring rarely helps: on ext4 (no RWF_NOWAIT buffered
+  // writes) and on btrfs COW files (RWF_NOWAIT gives EAGAIN) every write goes
+  // to an io-wq worker, and io-wq runs the buffered writes to one inode one
+  // at a time, so the ring adds two thread switches and serializes writers.
+  bool writes_inline = false;
 };
 
 // The "sync" engine: pread/pwrite/fsync/fdatasync in the calling thread.

@@ -78,22 +78,25 @@ ssize_t fsync_sync(io::Engine& e, int fd, bool datasync) {
   return w.wait();
 }
 
-// The engines under test: sync, uring with its RWF_NOWAIT fast path, and
-// uring with every request through the ring.
+// The engines under test: sync, uring with its RWF_NOWAIT fast path, uring
+// with every request through the ring, and uring writing in the caller.
 struct Config {
   const char* name;
   io::Kind kind;
   bool nowait_first;
+  bool writes_inline;
 };
 const Config kConfigs[] = {
-    {"sync", io::Kind::sync, false},
-    {"uring", io::Kind::uring, true},
-    {"uring-ring-only", io::Kind::uring, false},
+    {"sync", io::Kind::sync, false, false},
+    {"uring", io::Kind::uring, true, false},
+    {"uring-ring-only", io::Kind::uring, false, false},
+    {"uring-writes-inline", io::Kind::uring, true, true},
 };
 
 std::unique_ptr<io::Engine> make(const Config& cfg, io::Options opts = {}) {
   if (cfg.kind == io::Kind::sync) return io::make_sync_engine();
   opts.nowait_first = cfg.nowait_first;
+  opts.writes_inline = cfg.writes_inline;
   auto r = io::make_uring_engine(opts);
   REQUIRE_MESSAGE(r.ok(), "io_uring_queue_init: " << r.error().message());
   return std::move(*r);
