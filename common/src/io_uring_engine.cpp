@@ -316,7 +316,10 @@ private:
 
   // Lock order: sq_mu_ and cq_mu_ are leaves (nothing else is taken while one
   // is held, and never a callback).  state_mu_ is never held while taking
-  // sq_mu_ or cq_mu_, nor across a callback or a system call.
+  // sq_mu_ or cq_mu_, nor across a callback or I/O.  sq_mu_ is held across
+  // io_uring_enter(to_submit): that does not wait for I/O (io_uring tries
+  // each request without blocking and hands the rest to io-wq), and the
+  // kernel serializes submissions to one ring under its own lock anyway.
   std::mutex sq_mu_;     // the submission queue: get_sqe, prep, io_uring_submit
   std::mutex cq_mu_;     // consuming the completion queue: peek, advance
   std::mutex state_mu_;  // slots_used_, exit_ and the condition variables
