@@ -9,6 +9,9 @@
 // geometric mean of the ratios).  Engines alternate in 3 short rounds per
 // case; the medians are compared.  Not a timed test: run it with
 // `meson test --benchmark` or directly:  io_engine_bench [dir] [seconds-per-case]
+// Environment knobs: HOODY_BENCH_ONLY=<substring of a workload label>;
+// HOODY_BENCH_RINGS, HOODY_BENCH_NOWAIT, HOODY_BENCH_WRITES_INLINE set the
+// uring engine's Options (rings, nowait_first, writes_inline).
 #include <fcntl.h>
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -209,6 +212,8 @@ int main(int argc, char** argv) {
   int cases = 0;
   for (auto w : {Workload::rand_read_4k, Workload::seq_read_128k, Workload::rand_write_4k,
                  Workload::write_fdatasync_4k}) {
+    const char* only = std::getenv("HOODY_BENCH_ONLY");  // a substring of the workload label
+    if (only && !std::strstr(label(w), only)) continue;
     for (int threads : {1, 4}) {
       // Alternate the engines in short rounds and take each one's median, so
       // that load from other processes hits both alike.
@@ -226,6 +231,7 @@ int main(int argc, char** argv) {
       std::fflush(stdout);
     }
   }
+  if (cases == 0) die("HOODY_BENCH_ONLY matched no workload");
   double geo = std::exp(log_sum / cases);
   std::printf("overall: uring/sync geometric mean %.2f -> faster engine: %s\n", geo,
               geo >= 1.0 ? "uring" : "sync");
