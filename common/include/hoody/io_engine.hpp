@@ -25,6 +25,8 @@
 //    caught, logged and dropped) and should not block for long: on the
 //    completion thread it delays every other completion.
 //  - `buf` and the fd belong to the caller and must stay valid until `done` runs.
+//  - For regular files (and block devices).  Not for pipes or sockets: a
+//    short read is continued until EOF, which on a stream waits for more data.
 //  - Thread-safe: any number of threads may submit at once.
 //  - Destroying an Engine waits for every request in flight to finish and its
 //    `done` to return; no request may be submitted once destruction began.

@@ -408,3 +408,4 @@ TEST_CASE("make_engine falls back to sync") {
   char buf[8];
   CHECK(read_sync(*disabled, fd.get(), buf, sizeof buf, 0) == 3);
 }
+
