@@ -174,6 +174,10 @@ int main(int argc, char** argv) {
   auto rfd = sys::open(rpath.c_str(), O_RDWR | O_CREAT, 0644);
   auto wfd = sys::open(wpath.c_str(), O_RDWR | O_CREAT, 0644);
   if (!rfd || !wfd) die("open in " + tmpl + " failed");
+  // Unlink at once: an interrupted run leaves nothing behind.
+  ::unlink(rpath.c_str());
+  ::unlink(wpath.c_str());
+  ::rmdir(tmpl.c_str());
   {
     std::vector<char> chunk(1 << 20);
     for (size_t i = 0; i < chunk.size(); ++i) chunk[i] = char(i * 131);
@@ -236,7 +240,5 @@ int main(int argc, char** argv) {
   std::printf("overall: uring/sync geometric mean %.2f -> faster engine: %s\n", geo,
               geo >= 1.0 ? "uring" : "sync");
 
-  uring.reset();
-  std::system(("rm -rf '" + tmpl + "'").c_str());
   return 0;
 }
