@@ -92,9 +92,10 @@ Status snapshot(int src_fd, int dst_dirfd, const char* name, bool readonly) {
   return s;
 }
 
-Status delete_subvolume(int dirfd, const char* name) {
-  auto s = check(btrfs_util_delete_subvolume_fd(dirfd, name, 0));
-  log::get("btrfs")->debug("op=delete_subvolume name={} -> {}", name,
+Status delete_subvolume(int dirfd, const char* name, bool recursive) {
+  int flags = recursive ? BTRFS_UTIL_DELETE_SUBVOLUME_RECURSIVE : 0;
+  auto s = check(btrfs_util_delete_subvolume_fd(dirfd, name, flags));
+  log::get("btrfs")->debug("op=delete_subvolume name={} recursive={} -> {}", name, recursive,
                            s ? "ok" : s.error().message());
   return s;
 }

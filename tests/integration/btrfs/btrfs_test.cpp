@@ -134,9 +134,8 @@ TEST_CASE("create, info, snapshot, read-only flag, children, delete, sync") {
 
   // Non-recursive delete: a subvolume holding one is refused.
   CHECK(btrfs::delete_subvolume(pool.fd(), "sv").err() == ENOTEMPTY);
-  CHECK(btrfs::delete_subvolume(sv.get(), "inner").ok());
   sv.reset();
-  CHECK(btrfs::delete_subvolume(pool.fd(), "sv").ok());
+  CHECK(btrfs::delete_subvolume(pool.fd(), "sv", true).ok());  // recursive: inner first
   CHECK(btrfs::delete_subvolume(pool.fd(), "sv").err() == ENOENT);
   CHECK(btrfs::delete_subvolume(pool.fd(), "rw").ok());
   snap.reset();
