@@ -161,6 +161,14 @@ Result<std::vector<Child>> children(int fd, bool post_order) {
 
 Status sync(int fd) { return check(btrfs_util_sync_fd(fd)); }
 
+Result<uint64_t> start_sync(int fd) {
+  uint64_t transid = 0;
+  HOODY_CHECK(check(btrfs_util_start_sync_fd(fd, &transid)));
+  return transid;
+}
+
+Status wait_sync(int fd, uint64_t transid) { return check(btrfs_util_wait_sync_fd(fd, transid)); }
+
 Result<UniqueFd> open_dir(int dirfd, const char* name) {
   return sys::openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
 }

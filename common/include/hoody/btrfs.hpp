@@ -79,6 +79,10 @@ Result<std::vector<Child>> children(int fd, bool post_order = false);
 
 // Commit the current transaction of the filesystem of fd and wait for it.
 Status sync(int fd);
+// Start a commit without waiting (BTRFS_IOC_START_SYNC): its transaction id,
+// for wait_sync (BTRFS_IOC_WAIT_SYNC) later, e.g. from a worker thread.
+Result<uint64_t> start_sync(int fd);
+Status wait_sync(int fd, uint64_t transid);
 
 // Open a directory for btrfs ioctls: O_RDONLY|O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC.
 Result<UniqueFd> open_dir(int dirfd, const char* name);

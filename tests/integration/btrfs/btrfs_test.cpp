@@ -131,6 +131,10 @@ TEST_CASE("create, info, snapshot, read-only flag, children, delete, sync") {
   CHECK(::fcntl(sv.get(), F_GETFD) >= 0);
 
   CHECK(btrfs::sync(pool.fd()).ok());
+  auto transid = btrfs::start_sync(pool.fd());
+  REQUIRE(transid.ok());
+  CHECK(*transid > 0);
+  CHECK(btrfs::wait_sync(pool.fd(), *transid).ok());
 
   // Non-recursive delete: a subvolume holding one is refused.
   CHECK(btrfs::delete_subvolume(pool.fd(), "sv").err() == ENOTEMPTY);
