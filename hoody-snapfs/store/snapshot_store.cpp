@@ -36,6 +36,7 @@ namespace {
 constexpr const char* kStagingPrefix = ".staging-";
 constexpr const char* kTrashPrefix = ".trash-";
 constexpr const char* kRestorePrefix = ".restore-";
+constexpr const char* kDiffPrefix = ".diff-";
 constexpr const char* kLockFile = "lock";
 
 constexpr const char* kSchema = R"(
@@ -352,6 +353,21 @@ Result<std::vector<AuditEntry>> SnapshotStore::audit_log(std::size_t limit) cons
 
 // ---- create -------------------------------------------------------------------
 
+// The name rules plus the reserved kLive; refusals are logged and audited.
+Status SnapshotStore::check_name(std::string_view action, std::string_view name,
+                                 std::string_view what, const Caller& caller) {
+  std::string reason;
+  Status v = validate_snapshot_name(name, &reason);
+  if (v && name == kLive) {
+    v = fail(EINVAL);
+    reason = "snapshot " + quote_name(name) + ": name is reserved for the live state";
+  }
+  if (v) return {};
+  log::get("snap")->info("op={} uid={} -> {}", action, caller.uid, reason);
+  audit_result(caller, action, what, v.error(), reason);
+  return v;
+}
+
 Result<Snapshot> SnapshotStore::create(std::string_view name, const Caller& caller,
                                        const CreateOptions& opts) {
   std::lock_guard lock(op_mu_);
@@ -361,12 +377,7 @@ Result<Snapshot> SnapshotStore::create(std::string_view name, const Caller& call
 Result<Snapshot> SnapshotStore::create_locked(std::string_view name, const Caller& caller,
                                               const CreateOptions& opts) {
   auto lg = log::get("snap");
-  std::string reason;
-  if (auto v = validate_snapshot_name(name, &reason); !v) {
-    lg->info("op=create uid={} -> {}", caller.uid, reason);
-    audit_result(caller, "create", name, v.error(), reason);
-    return fail(v.error());
-  }
+  HOODY_CHECK(check_name("create", name, name, caller));
   if (opts.description.size() > kMaxDescriptionBytes) {
     audit_result(caller, "create", name, Errno(E2BIG), "description too long");
     return fail(E2BIG);
@@ -512,15 +523,8 @@ Status SnapshotStore::finish_remove(std::string_view uuid) {
 }
 
 Status SnapshotStore::rename(std::string_view from, std::string_view to, const Caller& caller) {
-  std::string reason;
   const std::string what = std::string(from) + " -> " + std::string(to);
-  for (auto n : {from, to}) {
-    if (auto v = validate_snapshot_name(n, &reason); !v) {
-      log::get("snap")->info("op=rename uid={} -> {}", caller.uid, reason);
-      audit_result(caller, "rename", what, v.error(), reason);
-      return fail(v.error());
-    }
-  }
+  for (auto n : {from, to}) HOODY_CHECK(check_name("rename", n, what, caller));
   std::lock_guard dl(db_mu_);
   Errno err;
   std::string why;
@@ -828,7 +832,7 @@ Status SnapshotStore::recover() {
     std::string_view n = e->d_name;
     if (n == "." || n == ".." || n == kLockFile || n.substr(0, 8) == kIndexDb) continue;
     bool work = n.rfind(kStagingPrefix, 0) == 0 || n.rfind(kTrashPrefix, 0) == 0 ||
-                n.rfind(kRestorePrefix, 0) == 0;
+                n.rfind(kRestorePrefix, 0) == 0 || n.rfind(kDiffPrefix, 0) == 0;
     if (work) stray.emplace_back(n);
     else if (n.empty() || n[0] != '.') {
       if (!listed.count(std::string(n)))
@@ -846,9 +850,37 @@ Status SnapshotStore::recover() {
 // ---- diff ----------------------------------------------------------------------------
 
 Result<std::vector<send::Change>> SnapshotStore::diff(std::string_view from,
-                                                      std::string_view to) const {
-  HOODY_TRY(a, open_snapshot(from));
-  HOODY_TRY(b, open_snapshot(to));
+                                                      std::string_view to) {
+  // Held while temporary snapshots of the live state exist: recover() must
+  // not sweep them, restore() must not swap the live state under them.
+  std::unique_lock lock(op_mu_, std::defer_lock);
+  if (from == kLive || to == kLive) lock.lock();
+  std::string live_dir;  // .diff-<uuid>, deleted on every return
+  struct Cleanup {
+    SnapshotStore* st;
+    std::string* dir;
+    ~Cleanup() {
+      if (!dir->empty() && !st->purge(dir->c_str(), nullptr))
+        log::get("snap")->warn("op=diff dir={} -> not deleted; recover() will", *dir);
+    }
+  } cleanup{this, &live_dir};
+  auto side = [&](std::string_view name) -> Result<UniqueFd> {
+    if (name != kLive) return open_snapshot(name);
+    if (live_dir.empty()) {
+      HOODY_TRY(subvols, scope());
+      std::string dir = kDiffPrefix + random_uuid();
+      HOODY_CHECK(sys::mkdirat(store_.get(), dir.c_str(), 0700));
+      live_dir = dir;
+      HOODY_TRY(dfd, btrfs::open_dir(store_.get(), dir.c_str()));
+      for (const auto& sv : subvols) {
+        HOODY_TRY(src, btrfs::open_dir(source_.get(), sv.c_str()));
+        HOODY_CHECK(btrfs::snapshot(src.get(), dfd.get(), sv.c_str(), /*readonly=*/true));
+      }
+    }
+    return btrfs::open_dir(store_.get(), live_dir.c_str());
+  };
+  HOODY_TRY(a, side(from));
+  HOODY_TRY(b, side(to));
   HOODY_TRY(sa, subvolumes_in(a.get()));
   HOODY_TRY(sb, subvolumes_in(b.get()));
   std::vector<send::Change> out;

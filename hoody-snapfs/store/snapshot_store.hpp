@@ -8,7 +8,8 @@
 //       ├── <uuid>/<subvol>      a snapshot: one read-only snapshot per scope subvolume
 //       ├── .staging-<uuid>/     a snapshot being taken
 //       ├── .trash-<uuid>/       a snapshot being deleted
-//       └── .restore-<op>/       restore work: writable copies, then the old live subvolumes
+//       ├── .restore-<op>/       restore work: writable copies, then the old live subvolumes
+//       └── .diff-<uuid>/        read-only snapshots of the live state for a diff
 //
 // Names are user-facing (index.db); directories are uuids, so a rename touches
 // only the index.  A snapshot is listed iff its row exists: the row is written
@@ -52,6 +53,8 @@ inline constexpr const char* kStoreDir = ".snapshots";
 inline constexpr const char* kIndexDb = "index.db";
 inline constexpr auto kSafetyKeep = std::chrono::hours(24 * 7);
 inline constexpr std::size_t kMaxDescriptionBytes = 4096;
+// The live state in diff(); reserved, so no snapshot can be named so.
+inline constexpr std::string_view kLive = "@live";
 
 // Who asked: recorded in the audit log (and as the creator of a snapshot).
 struct Caller {
@@ -139,8 +142,10 @@ public:
   Result<UniqueFd> open_snapshot(std::string_view name) const;
   // What changed from snapshot `from` to snapshot `to`, per scope subvolume,
   // with paths prefixed by the subvolume name ("storage/a/b").  A subvolume
-  // present in only one of them is one `+`/`-` line.
-  Result<std::vector<send::Change>> diff(std::string_view from, std::string_view to) const;
+  // present in only one of them is one `+`/`-` line.  Either side may be
+  // kLive: the live state, through temporary read-only snapshots (.diff-<uuid>,
+  // deleted afterwards) so that it is a send-stream diff too, not a tree walk.
+  Result<std::vector<send::Change>> diff(std::string_view from, std::string_view to);
 
   // The newest `limit` audit entries, oldest first.
   Result<std::vector<AuditEntry>> audit_log(std::size_t limit = 1000) const;
@@ -175,6 +180,8 @@ private:
   Status finish_remove(std::string_view uuid);
   Status recover_restore(const Journal& j);
   Status purge(const char* dir_name, const char* op);
+  Status check_name(std::string_view action, std::string_view name, std::string_view what,
+                    const Caller& caller);
 
   UniqueFd source_;  // SOURCE, O_RDONLY|O_DIRECTORY
   UniqueFd store_;   // SOURCE/.snapshots

@@ -9,7 +9,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <thread>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -404,6 +406,55 @@ TEST_CASE("diff between two snapshots, per subvolume") {
                                           "M storage/dir2/deep", "M storage/file",
                                           "- storage/only-A", "+ storage/only-B"});
   CHECK(st->diff("s1", "nope").err() == ENOENT);
+  CHECK(st->diff("s2", "s2")->empty());
+
+  // Against the live state, through temporary snapshots that do not stay.
+  sh("cd '" + c.path + "' && echo x > databases/new && rm storage/file");
+  auto live = st->diff("s2", kLive);
+  REQUIRE(live.ok());
+  lines.clear();
+  for (auto& ch : *live) lines.push_back(send::format(ch));
+  CHECK(lines == std::vector<std::string>{"+ databases/new", "- storage/file"});
+  auto back = st->diff(kLive, "s2");
+  REQUIRE(back.ok());
+  lines.clear();
+  for (auto& ch : *back) lines.push_back(send::format(ch));
+  CHECK(lines == std::vector<std::string>{"- databases/new", "+ storage/file"});
+  check_store_consistent(c, *st);
+  // "@live" is reserved.
+  CHECK(st->create("@live", kRoot).err() == EINVAL);
+  CHECK(st->rename("s1", "@live", kRoot).err() == EINVAL);
+  CHECK(st->create("@other", kRoot).ok());
+}
+
+TEST_CASE("list() is not held up by a create that flushes dirty data") {
+  LocalPool pool;
+  Container c(pool, "c1");
+  auto st = c.open();
+  sh("dd if=/dev/zero of='" + c.path + "/storage/dirty' bs=1M count=300 status=none");  // no sync
+  std::atomic<bool> done{false};
+  double t_create = 0;
+  std::thread creator([&] {
+    auto t0 = std::chrono::steady_clock::now();
+    CHECK(st->create("flush", kRoot).ok());
+    t_create = ms_since(t0);
+    done = true;
+  });
+  double worst = 0;
+  int calls = 0;
+  while (!done) {
+    auto t0 = std::chrono::steady_clock::now();
+    CHECK(st->list().ok());
+    worst = std::max(worst, ms_since(t0));
+    ++calls;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  creator.join();
+  MESSAGE("create with 300 MiB dirty: ", t_create, " ms; ", calls,
+          " list() calls meanwhile, the slowest ", worst, " ms");
+  CHECK(calls > 1);
+  CHECK(worst < std::max(100.0, t_create / 4));
+  CHECK(st->get("flush").ok());
 }
 
 TEST_CASE("restore time does not grow with the data size") {
