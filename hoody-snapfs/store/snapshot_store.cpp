@@ -144,6 +144,34 @@ Result<std::vector<std::string>> subvolumes_in(int dirfd) {
   return out;
 }
 
+// Whether a mount visible here has its root inside .snapshots/<dir>: a bind
+// mount of a live subvolume that a restore swapped out.  Deleting that
+// subvolume would leave the mount showing an empty, deleted directory.
+bool mounted_beneath(const std::string& dir) {
+  auto info = sys::read_file(AT_FDCWD, "/proc/self/mountinfo");
+  if (!info) return false;
+  const std::string needle = std::string("/") + kStoreDir + "/" + dir;
+  std::string_view all = *info;
+  while (!all.empty()) {
+    auto nl = all.find('\n');
+    std::string_view line = all.substr(0, nl);
+    all.remove_prefix(nl == std::string_view::npos ? all.size() : nl + 1);
+    // id parent major:minor root mountpoint ...
+    std::size_t pos = 0;
+    for (int f = 0; f < 3 && pos != std::string_view::npos; ++f) {
+      pos = line.find(' ', pos);
+      if (pos != std::string_view::npos) ++pos;
+    }
+    if (pos == std::string_view::npos) continue;
+    std::string_view root = line.substr(pos, line.find(' ', pos) - pos);
+    auto at = root.find(needle);
+    if (at == std::string_view::npos) continue;
+    auto end = at + needle.size();
+    if (end == root.size() || root[end] == '/') return true;
+  }
+  return false;
+}
+
 Snapshot row_to_snapshot(const sql::Stmt& s) {
   Snapshot out;
   out.name = s.text(0);
@@ -694,7 +722,7 @@ Result<std::string> SnapshotStore::restore(std::string_view name, const Caller& 
   }
 
   // 4. Commit: from here on recovery finishes instead of undoing.
-  {
+  Status committed = [&]() -> Status {
     std::lock_guard dl(db_mu_);
     sql::Txn txn(db_);
     HOODY_CHECK(txn.begin());
@@ -702,7 +730,14 @@ Result<std::string> SnapshotStore::restore(std::string_view name, const Caller& 
     q.bind(1, jid);
     HOODY_CHECK(q.run());
     HOODY_CHECK(audit(caller, "restore", name, "ok; safety snapshot " + safety));
-    HOODY_CHECK(txn.commit());
+    return txn.commit();
+  }();
+  if (!committed) {
+    lg->error("op=restore name={} -> commit failed: {}; undoing", quote_name(name),
+              committed.error().message());
+    if (recover_restore(j)) (void)journal_end(jid);
+    audit_result(caller, "restore", name, committed.error(), "commit failed");
+    return fail(committed.error());
   }
   crash_point("restore", "committed");
   auto t_swap = std::chrono::steady_clock::now();
@@ -715,8 +750,8 @@ Result<std::string> SnapshotStore::restore(std::string_view name, const Caller& 
              std::chrono::duration<double, std::milli>(t_swap - t0).count());
     return safety;
   }
-  if (auto s = purge(work.c_str(), "restore"); !s) {
-    lg->warn("op=restore name={} -> old live subvolumes not deleted yet ({}); retried at start",
+  if (auto s = purge_restored(work); !s) {
+    lg->warn("op=restore name={} -> old live subvolumes not deleted yet ({}); retried by recover()",
              quote_name(name), s.error().message());
   } else {
     crash_point("restore", "deleted");
@@ -729,10 +764,23 @@ Result<std::string> SnapshotStore::restore(std::string_view name, const Caller& 
   return safety;
 }
 
+// Delete the old live subvolumes of a committed restore, unless one is still
+// the root of a mount here (EBUSY: re-mount the new one first, then recover()).
+Status SnapshotStore::purge_restored(const std::string& work) {
+  if (mounted_beneath(work)) {
+    log::get("snap")->warn(
+        "op=restore dir={} -> an old live subvolume is still mounted (a bind mount of the "
+        "state before the restore); re-mount the restored subvolume, then recover()",
+        work);
+    return fail(EBUSY);
+  }
+  return purge(work.c_str(), "restore");
+}
+
 // Undo (step 0) or finish (step 1) a restore.
 Status SnapshotStore::recover_restore(const Journal& j) {
   const std::string work = kRestorePrefix + j.data.value("opid", std::string());
-  if (j.step >= 1) return purge(work.c_str(), "restore");
+  if (j.step >= 1) return purge_restored(work);
 
   auto wfd = sys::openat(store_.get(), work.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
   if (!wfd) return wfd.err() == ENOENT ? Status() : fail(wfd.error());

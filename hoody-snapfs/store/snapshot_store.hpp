@@ -121,7 +121,9 @@ public:
   // snapshot of `name`; scope subvolumes the snapshot lacks are moved out, and
   // the old live subvolumes are deleted.  Returns the safety snapshot's name.
   // Bind mounts of the old live subvolumes keep showing the old tree: whoever
-  // mounted them must re-mount after a restore.
+  // mounted them must re-mount after a restore.  While such a mount is visible
+  // in this mount namespace the old subvolume is not deleted (it would show
+  // an empty, deleted directory); recover() deletes it once it is unmounted.
   //
   // Deleting a subvolume evicts its cached pages, which takes time in
   // proportion to the cached data (~110 ms for 384 MiB here).  With
@@ -180,6 +182,7 @@ private:
   Status finish_remove(std::string_view uuid);
   Status recover_restore(const Journal& j);
   Status purge(const char* dir_name, const char* op);
+  Status purge_restored(const std::string& work);
   Status check_name(std::string_view action, std::string_view name, std::string_view what,
                     const Caller& caller);
 

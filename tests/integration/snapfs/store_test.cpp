@@ -390,6 +390,35 @@ TEST_CASE("restore swaps the live subvolumes for the snapshot's") {
         }) == 3);
 }
 
+TEST_CASE("restore keeps an old live subvolume that is still bind-mounted") {
+  LocalPool pool;
+  Container c(pool, "c1");
+  auto st = c.open();
+  REQUIRE(st->create("s1", kRoot).ok());
+  c.set_state("B");
+  const std::string bind = pool.path() + "/bind";
+  sh("mkdir '" + bind + "' && mount --bind '" + c.path + "/storage' '" + bind + "'");
+  struct Unmount {
+    std::string path;
+    ~Unmount() { std::system(("umount '" + path + "' 2>/dev/null").c_str()); }
+  } unmount{bind};
+
+  REQUIRE(st->restore("s1", kRoot).ok());
+  CHECK(c.state() == "A");
+  CHECK(*sys::read_file(AT_FDCWD, (bind + "/file").c_str()) == "B\n");  // still the old tree
+  CHECK(*st->pending_operations() == 1);                             // its deletion waits
+  CHECK(st->recover().ok());
+  CHECK(*st->pending_operations() == 1);
+  CHECK(*sys::read_file(AT_FDCWD, (bind + "/file").c_str()) == "B\n");
+  // Re-point the mount, then the old subvolume goes.
+  sh("umount '" + bind + "' && mount --bind '" + c.path + "/storage' '" + bind + "'");
+  CHECK(*sys::read_file(AT_FDCWD, (bind + "/file").c_str()) == "A\n");
+  CHECK(st->recover().ok());
+  CHECK(*st->pending_operations() == 0);
+  check_store_consistent(c, *st);
+  sh("umount '" + bind + "'");
+}
+
 TEST_CASE("diff between two snapshots, per subvolume") {
   LocalPool pool;
   Container c(pool, "c1");
