@@ -1,0 +1,248 @@
+// The passthrough core: an inode-based FUSE lowlevel filesystem over a backing
+// directory, in the manner of libfuse's example/passthrough_hp.cc.
+//
+// - The inode table is keyed by the backing (st_dev, st_ino); each Inode holds
+//   an O_PATH|O_NOFOLLOW fd and every access is fd-relative (no path strings,
+//   no realpath).  The FUSE node id is the Inode's address.
+// - Lookup counts are kept exactly; an Inode leaves the table at its last forget.
+// - O_PATH fds are budgeted: past the budget the least recently pinned idle
+//   inodes give up their fd and keep a file handle (name_to_handle_at), reopened
+//   with open_by_handle_at on the next use.
+// - Creation runs with the caller's fsuid/fsgid, so new files belong to the
+//   caller and the backing filesystem applies setgid-directory rules.
+//
+// Daemons build on it by subclassing PassthroughFs and overriding the hooks at
+// the bottom (lock handling for hoody-dbfs; access policy, read-only and
+// special-file refusal for hoody-sharefs and hoody-snapfs).
+#pragma once
+
+#include <fuse_lowlevel.h>
+#include <sys/stat.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <utility>
+
+#include "hoody/result.hpp"
+#include "hoody/sys.hpp"
+#include "hoody/io_engine.hpp"
+#include "hoody_config.h"
+#include "hoody/unique_fd.hpp"
+
+struct file_handle;
+
+namespace hoody {
+
+class MountArgs;
+class OptionTable;
+
+namespace pt {
+
+struct Config {
+  std::string source;
+  double entry_timeout = 1.0;     // see fuse-limits.md: 1 s gives the full benefit of 86400 s
+  double attr_timeout = 1.0;
+  double negative_timeout = 1.0;  // SQLite probes -journal/-wal on every transaction
+  bool keep_cache = true;         // keep the page cache across opens (the daemon is the only writer)
+  bool cache_readdir = true;
+  bool readdirplus = true;
+  bool splice_write = true;       // replies to reads spliced from the backing file
+  bool splice_read = false;       // receiving WRITE data by splice measured 20% slower
+  bool writeback_cache = false;   // buys write() latency, not commit throughput
+  bool read_only = false;         // every mutating request gets EROFS
+  size_t fd_budget = 0;           // O_PATH fds kept open; 0: 3/4 of RLIMIT_NOFILE
+  // Backing I/O engine, "sync" or "uring": the meson option io_default,
+  // chosen by tests/bench/fs_bench (sync won 5 of 6 workloads).
+  std::string io = HOODY_IO_DEFAULT;
+};
+
+// Adds the core's -o options (entry_timeout=, attr_timeout=, ...) to a table.
+void add_options(OptionTable& table);
+// Reads them back into a Config (source from the positional argument).
+Config config_from(const MountArgs& args);
+
+// One backing inode.
+struct Inode {
+  Inode(UniqueFd fd, dev_t dev, ino_t ino, mode_t mode)
+      : src_dev(dev), src_ino(ino), type(mode & S_IFMT), fd_(std::move(fd)) {}
+
+  const dev_t src_dev;
+  const ino_t src_ino;
+  const mode_t type;  // S_IFMT bits; an inode never changes type
+
+  // Guarded by PassthroughFs::mutex_.
+  uint64_t nlookup = 0;
+
+  // Guards fd_, handle_, pins_, mount_id_.  Lock order: PassthroughFs::mutex_
+  // before Inode::m; never take PassthroughFs::mutex_ while holding it.
+  std::mutex m;
+  UniqueFd fd_;                    // O_PATH|O_NOFOLLOW, or invalid when evicted
+  std::unique_ptr<char[]> handle_; // struct file_handle, kept once evicted
+  int mount_id_ = -1;
+  unsigned pins_ = 0;
+  uint64_t last_use_ = 0;          // budget clock
+};
+
+// A pinned O_PATH fd of an inode: the fd stays open while the FdRef lives.
+class FdRef {
+public:
+  FdRef() = default;
+  FdRef(Inode* inode, int fd) : inode_(inode), fd_(fd) {}
+  FdRef(FdRef&& o) noexcept : inode_(std::exchange(o.inode_, nullptr)), fd_(o.fd_) {}
+  FdRef& operator=(FdRef&&) = delete;
+  ~FdRef();
+  int get() const { return fd_; }
+
+private:
+  Inode* inode_ = nullptr;
+  int fd_ = -1;
+};
+
+// An open file: fuse_file_info::fh points to one.
+struct File {
+  UniqueFd fd;
+  int flags = 0;  // the open(2) flags the kernel passed
+  Inode* inode = nullptr;
+};
+
+class PassthroughFs {
+public:
+  explicit PassthroughFs(Config cfg);
+  virtual ~PassthroughFs();
+  PassthroughFs(const PassthroughFs&) = delete;
+  PassthroughFs& operator=(const PassthroughFs&) = delete;
+
+  // Opens the backing directory; a one-line reason on failure.
+  virtual Status open_source(std::string* why);
+
+  // The operations table of this filesystem (lock ops only when wanted).
+  struct OpsFeatures {
+    bool posix_locks = false;  // getlk/setlk answered by the daemon
+    bool flock = false;
+  };
+  static fuse_lowlevel_ops make_ops(OpsFeatures f);
+
+  const Config& config() const { return cfg_; }
+  int root_fd() const { return root_->fd_.get(); }
+  Inode* inode(fuse_ino_t ino);
+  Result<FdRef> pin(Inode* inode);
+  size_t inode_count();
+  size_t open_path_fds() const { return path_fds_.load(); }
+
+  // ---- the operations (ops_*.cpp); each replies exactly once -------------
+  virtual void init(fuse_conn_info* conn);
+  virtual void destroy() {}
+  virtual void lookup(fuse_req_t req, fuse_ino_t parent, const char* name);
+  virtual void forget(fuse_ino_t ino, uint64_t nlookup);
+  virtual void getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
+  virtual void setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int valid,
+                       fuse_file_info* fi);
+  virtual void readlink(fuse_req_t req, fuse_ino_t ino);
+  virtual void mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev);
+  virtual void mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode);
+  virtual void symlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* name);
+  virtual void link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t parent, const char* name);
+  virtual void unlink(fuse_req_t req, fuse_ino_t parent, const char* name);
+  virtual void rmdir(fuse_req_t req, fuse_ino_t parent, const char* name);
+  virtual void rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
+                      const char* newname, unsigned flags);
+  virtual void open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
+  virtual void create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
+                      fuse_file_info* fi);
+  virtual void read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi);
+  virtual void write_buf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* in, off_t off,
+                         fuse_file_info* fi);
+  virtual void flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
+  virtual void release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
+  virtual void fsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi);
+  virtual void opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
+  virtual void readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                       fuse_file_info* fi, bool plus);
+  virtual void releasedir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
+  virtual void fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi);
+  virtual void statfs(fuse_req_t req, fuse_ino_t ino);
+  virtual void setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value,
+                        size_t size, int flags);
+  virtual void getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size);
+  virtual void listxattr(fuse_req_t req, fuse_ino_t ino, size_t size);
+  virtual void removexattr(fuse_req_t req, fuse_ino_t ino, const char* name);
+  virtual void fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
+                         fuse_file_info* fi);
+  virtual void copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
+                               fuse_file_info* fi_in, fuse_ino_t ino_out, off_t off_out,
+                               fuse_file_info* fi_out, size_t len, int flags);
+  virtual void lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi);
+  virtual void getlk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock);
+  virtual void setlk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock,
+                     int sleep);
+  virtual void flock(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, int op);
+
+protected:
+  // ---- extension points ---------------------------------------------------
+  // Decides whether a request may change anything (EROFS for read-only).
+  virtual Status may_mutate(fuse_req_t req, const char* what);
+  // Decides whether an inode may be opened with these flags (sharefs refuses
+  // device nodes, FIFOs and sockets).
+  virtual Status may_open(fuse_req_t req, Inode& inode, int flags);
+  // A name was looked up or created in a directory (dbfs classifies SQLite files).
+  virtual void on_entry(Inode& /*parent*/, Inode& /*child*/, const char* /*name*/) {}
+  // A file was opened; fi->fh is set.
+  virtual void on_open(fuse_req_t /*req*/, File& /*file*/, fuse_file_info* /*fi*/) {}
+  // FLUSH (every close(2) of a descriptor) and RELEASE (the last one).
+  virtual void on_flush(fuse_req_t /*req*/, File& /*file*/, fuse_file_info* /*fi*/) {}
+  virtual void on_release(File& /*file*/, fuse_file_info* /*fi*/) {}
+  // Data was written (dbfs watches the SQLite header bytes 18-19).
+  virtual void on_write(File& /*file*/, off_t /*off*/, size_t /*len*/) {}
+
+  // Looks `name` up in `parent` and returns the entry with its lookup counted.
+  Result<fuse_entry_param> do_lookup(fuse_ino_t parent, const char* name);
+  void reply_entry(fuse_req_t req, fuse_ino_t parent, const char* name, Status made);
+  void forget_one(Inode* inode, uint64_t n);
+  static File* file_of(fuse_file_info* fi) { return reinterpret_cast<File*>(fi->fh); }
+
+  Config cfg_;
+  // The backing I/O engine; null for io=sync (reads are spliced, writes
+  // copied by libfuse, fsyncs done in the worker).
+  std::unique_ptr<io::Engine> io_;
+
+private:
+  void evict_over_budget();
+
+  // Guards inodes_ and every Inode::nlookup.  Lock order: before any Inode::m.
+  std::mutex mutex_;
+  struct KeyHash {
+    size_t operator()(const std::pair<dev_t, ino_t>& k) const {
+      return std::hash<uint64_t>()(k.first * 0x9e3779b97f4a7c15ULL ^ k.second);
+    }
+  };
+  std::unordered_map<std::pair<dev_t, ino_t>, std::unique_ptr<Inode>, KeyHash> inodes_;
+  std::unique_ptr<Inode> root_;
+  std::unordered_map<int, UniqueFd> mount_fds_;  // mount id -> an fd on it; under mutex_
+  std::atomic<size_t> path_fds_{0};
+  std::atomic<uint64_t> clock_{0};
+  size_t budget_ = 0;
+};
+
+// The filesystem object of a request.
+inline PassthroughFs& fs_of(fuse_req_t req) {
+  return *static_cast<PassthroughFs*>(fuse_req_userdata(req));
+}
+
+// Runs `f` with the caller's fsuid/fsgid on this thread (creation ops).
+class CallerCreds {
+public:
+  explicit CallerCreds(fuse_req_t req);
+  ~CallerCreds();
+  CallerCreds(const CallerCreds&) = delete;
+  CallerCreds& operator=(const CallerCreds&) = delete;
+
+private:
+  bool changed_ = false;
+};
+
+}  // namespace pt
+}  // namespace hoody

@@ -1,0 +1,39 @@
+// The FUSE lowlevel session runner shared by every hoody daemon: checks what
+// can be checked before mounting (one-line reasons), mounts, runs the
+// multithreaded loop (clone_fd applied), and unmounts cleanly on
+// SIGTERM/SIGINT/SIGHUP.
+#pragma once
+
+#include <fuse_lowlevel.h>
+
+#include <string>
+#include <vector>
+
+#include "hoody/result.hpp"
+
+namespace hoody {
+
+struct SessionConfig {
+  std::string program;                     // for messages: "hoody-dbfs"
+  std::string mountpoint;
+  std::vector<std::string> mount_options;  // from kernel_mount_options()
+  bool foreground = false;
+  bool debug = false;                      // libfuse's request trace
+  bool single_thread = false;
+  unsigned max_threads = 0;                // 0: 2 x cores, at least 4
+  bool clone_fd = true;
+};
+
+// The reason a mount cannot start, as one line for a person ("" if none
+// found): no /dev/fuse, mountpoint missing, not a directory, a dead or live
+// FUSE mount already there.
+std::string mount_preflight(const std::string& mountpoint);
+
+// True when `path` is a mount point in /proc/self/mountinfo; `fstype` gets its type.
+bool is_mountpoint(const std::string& path, std::string* fstype = nullptr);
+
+// Mounts and serves until unmounted or signalled.  Returns the process exit
+// code (0 after a clean unmount); prints a one-line reason on failure.
+int run_session(const fuse_lowlevel_ops& ops, void* userdata, const SessionConfig& cfg);
+
+}  // namespace hoody

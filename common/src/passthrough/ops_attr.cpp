@@ -1,0 +1,151 @@
+// Attributes: getattr, setattr, readlink, statfs, and the extended attributes.
+#include <fcntl.h>
+#include <sys/statvfs.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <vector>
+
+#include "hoody/passthrough.hpp"
+
+namespace hoody::pt {
+
+namespace {
+void reply(fuse_req_t req, Status s) { fuse_reply_err(req, s.err()); }
+
+// The O_PATH fd's target as a path the kernel follows (xattrs and chmod/utimens
+// take no O_PATH fd); the magic link names the inode itself, never a user path.
+std::string via_proc(int fd) { return sys::proc_fd(fd); }
+}  // namespace
+
+void PassthroughFs::getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Result<struct stat> st = [&]() -> Result<struct stat> {
+    if (fi) return sys::fstat(file_of(fi)->fd.get());
+    HOODY_TRY(fd, pin(inode(ino)));
+    return sys::fstatat(fd.get(), "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
+  }();
+  if (!st) return reply(req, fail(st.error()));
+  fuse_reply_attr(req, &*st, cfg_.attr_timeout);
+}
+
+void PassthroughFs::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int valid,
+                            fuse_file_info* fi) {
+  Status s = [&]() -> Status {
+    HOODY_CHECK(may_mutate(req, "setattr"));
+    Inode* in = inode(ino);
+    HOODY_TRY(ifd, pin(in));
+    int fh = fi ? file_of(fi)->fd.get() : -1;
+    if (valid & FUSE_SET_ATTR_MODE) {
+      int r = fh >= 0 ? ::fchmod(fh, attr->st_mode)
+                      : ::fchmodat(AT_FDCWD, via_proc(ifd.get()).c_str(), attr->st_mode, 0);
+      if (r < 0) return fail(Errno::last());
+    }
+    if (valid & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
+      uid_t uid = (valid & FUSE_SET_ATTR_UID) ? attr->st_uid : static_cast<uid_t>(-1);
+      gid_t gid = (valid & FUSE_SET_ATTR_GID) ? attr->st_gid : static_cast<gid_t>(-1);
+      if (::fchownat(ifd.get(), "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
+        return fail(Errno::last());
+    }
+    if (valid & FUSE_SET_ATTR_SIZE) {
+      int r = fh >= 0 ? ::ftruncate(fh, attr->st_size)
+                      : ::truncate(via_proc(ifd.get()).c_str(), attr->st_size);
+      if (r < 0) return fail(Errno::last());
+    }
+    if (valid & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) {
+      struct timespec tv[2];
+      tv[0].tv_sec = tv[1].tv_sec = 0;
+      tv[0].tv_nsec = tv[1].tv_nsec = UTIME_OMIT;
+      if (valid & FUSE_SET_ATTR_ATIME_NOW)
+        tv[0].tv_nsec = UTIME_NOW;
+      else if (valid & FUSE_SET_ATTR_ATIME)
+        tv[0] = attr->st_atim;
+      if (valid & FUSE_SET_ATTR_MTIME_NOW)
+        tv[1].tv_nsec = UTIME_NOW;
+      else if (valid & FUSE_SET_ATTR_MTIME)
+        tv[1] = attr->st_mtim;
+      int r;
+      if (fh >= 0)
+        r = ::futimens(fh, tv);
+      else if (in->type == S_IFLNK)
+        r = ::utimensat(ifd.get(), "", tv, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
+      else
+        r = ::utimensat(AT_FDCWD, via_proc(ifd.get()).c_str(), tv, 0);
+      if (r < 0) return fail(Errno::last());
+    }
+    return {};
+  }();
+  if (!s) return reply(req, s);
+  getattr(req, ino, fi);
+}
+
+void PassthroughFs::readlink(fuse_req_t req, fuse_ino_t ino) {
+  auto target = [&]() -> Result<std::string> {
+    HOODY_TRY(fd, pin(inode(ino)));
+    return sys::read_link(fd.get(), "");
+  }();
+  if (!target) return reply(req, fail(target.error()));
+  fuse_reply_readlink(req, target->c_str());
+}
+
+void PassthroughFs::statfs(fuse_req_t req, fuse_ino_t ino) {
+  auto sv = [&]() -> Result<struct statvfs> {
+    HOODY_TRY(fd, pin(inode(ino)));
+    return sys::fstatvfs(fd.get());
+  }();
+  if (!sv) return reply(req, fail(sv.error()));
+  fuse_reply_statfs(req, &*sv);
+}
+
+void PassthroughFs::setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value,
+                             size_t size, int flags) {
+  reply(req, [&]() -> Status {
+    HOODY_CHECK(may_mutate(req, "setxattr"));
+    HOODY_TRY(fd, pin(inode(ino)));
+    if (::setxattr(via_proc(fd.get()).c_str(), name, value, size, flags) < 0)
+      return fail(Errno::last());
+    return {};
+  }());
+}
+
+void PassthroughFs::getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+  auto fd = pin(inode(ino));
+  if (!fd) return reply(req, fail(fd.error()));
+  std::string p = via_proc(fd->get());
+  if (size == 0) {
+    ssize_t n = ::getxattr(p.c_str(), name, nullptr, 0);
+    if (n < 0) return reply(req, fail(Errno::last()));
+    fuse_reply_xattr(req, static_cast<size_t>(n));
+    return;
+  }
+  std::vector<char> buf(size);
+  ssize_t n = ::getxattr(p.c_str(), name, buf.data(), size);
+  if (n < 0) return reply(req, fail(Errno::last()));
+  fuse_reply_buf(req, buf.data(), static_cast<size_t>(n));
+}
+
+void PassthroughFs::listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+  auto fd = pin(inode(ino));
+  if (!fd) return reply(req, fail(fd.error()));
+  std::string p = via_proc(fd->get());
+  if (size == 0) {
+    ssize_t n = ::listxattr(p.c_str(), nullptr, 0);
+    if (n < 0) return reply(req, fail(Errno::last()));
+    fuse_reply_xattr(req, static_cast<size_t>(n));
+    return;
+  }
+  std::vector<char> buf(size);
+  ssize_t n = ::listxattr(p.c_str(), buf.data(), size);
+  if (n < 0) return reply(req, fail(Errno::last()));
+  fuse_reply_buf(req, buf.data(), static_cast<size_t>(n));
+}
+
+void PassthroughFs::removexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
+  reply(req, [&]() -> Status {
+    HOODY_CHECK(may_mutate(req, "removexattr"));
+    HOODY_TRY(fd, pin(inode(ino)));
+    if (::removexattr(via_proc(fd.get()).c_str(), name) < 0) return fail(Errno::last());
+    return {};
+  }());
+}
+
+}  // namespace hoody::pt

@@ -1,0 +1,210 @@
+// Files: open, create, read, write, flush, release, fsync, fallocate,
+// copy_file_range, lseek.  The lock ops are answered here only by daemons
+// that override them (PassthroughFs::make_ops decides whether the kernel
+// sends them at all).
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <memory>
+
+#include "hoody/log.hpp"
+#include "hoody/passthrough.hpp"
+
+namespace hoody::pt {
+
+namespace {
+void reply(fuse_req_t req, Status s) { fuse_reply_err(req, s.err()); }
+
+// One fd buffer at an offset (FUSE_BUFVEC_INIT is a C compound literal).
+fuse_bufvec fd_bufvec(int fd, size_t size, off_t pos) {
+  fuse_bufvec v{};
+  v.count = 1;
+  v.buf[0].size = size;
+  v.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
+  v.buf[0].fd = fd;
+  v.buf[0].pos = pos;
+  return v;
+}
+
+// The flags a backing (re)open takes from the kernel's open flags.
+int backing_flags(int flags) { return flags & ~(O_NOFOLLOW | O_CREAT | O_EXCL | O_NOCTTY); }
+}  // namespace
+
+void PassthroughFs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Inode* in = inode(ino);
+  auto s = may_open(req, *in, fi->flags);
+  if (!s) return reply(req, s);
+  auto fd = [&]() -> Result<UniqueFd> {
+    HOODY_TRY(pfd, pin(in));
+    return sys::reopen(pfd.get(), backing_flags(fi->flags));
+  }();
+  if (!fd) return reply(req, fail(fd.error()));
+  auto* f = new File{std::move(*fd), fi->flags, in};
+  fi->fh = reinterpret_cast<uint64_t>(f);
+  fi->keep_cache = cfg_.keep_cache;
+  // A read-only open needs no FLUSH unless a daemon answers locks (POSIX locks
+  // are dropped at FLUSH); noflush then stays off.
+  fi->noflush = 0;
+  on_open(req, *f, fi);
+  if (fuse_reply_open(req, fi) == -ENOENT) {
+    // The opener was interrupted and is gone: nobody will release this.
+    on_release(*f, fi);
+    delete f;
+  }
+}
+
+void PassthroughFs::create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
+                           fuse_file_info* fi) {
+  auto s = may_mutate(req, "create");
+  if (!s) return reply(req, s);
+  auto fd = [&]() -> Result<UniqueFd> {
+    HOODY_TRY(dfd, pin(inode(parent)));
+    CallerCreds creds(req);
+    return sys::openat(dfd.get(), name, (fi->flags | O_CREAT) & ~O_NOFOLLOW, mode);
+  }();
+  if (!fd) return reply(req, fail(fd.error()));
+  auto e = do_lookup(parent, name);
+  if (!e) return reply(req, fail(e.error()));
+  auto* f = new File{std::move(*fd), fi->flags, inode(e->ino)};
+  fi->fh = reinterpret_cast<uint64_t>(f);
+  fi->keep_cache = cfg_.keep_cache;
+  on_open(req, *f, fi);
+  if (fuse_reply_create(req, &*e, fi) == -ENOENT) {
+    on_release(*f, fi);
+    delete f;
+    forget_one(inode(e->ino), 1);
+  }
+}
+
+namespace {
+// A buffer for the io_uring engine, aligned for O_DIRECT backing files.
+struct IoBuf {
+  explicit IoBuf(size_t n) {
+    if (::posix_memalign(&p, 4096, n ? n : 1) != 0) p = nullptr;
+  }
+  ~IoBuf() { std::free(p); }
+  IoBuf(const IoBuf&) = delete;
+  IoBuf& operator=(const IoBuf&) = delete;
+  void* p = nullptr;
+};
+}  // namespace
+
+void PassthroughFs::read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
+  File* f = file_of(fi);
+  if (io_) {
+    // Replied from the completion (possibly inline, before read() returns).
+    auto buf = std::make_shared<IoBuf>(size);
+    if (!buf->p) return reply(req, fail(ENOMEM));
+    io_->read(f->fd.get(), buf->p, size, off, [req, buf](ssize_t res) {
+      if (res < 0)
+        fuse_reply_err(req, static_cast<int>(-res));
+      else
+        fuse_reply_buf(req, static_cast<const char*>(buf->p), static_cast<size_t>(res));
+    });
+    return;
+  }
+  // Spliced from the backing file: libfuse moves the pages into /dev/fuse, or
+  // reads into a buffer itself when splice is not available.
+  fuse_bufvec buf = fd_bufvec(f->fd.get(), size, off);
+  fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+}
+
+void PassthroughFs::write_buf(fuse_req_t req, fuse_ino_t, fuse_bufvec* in, off_t off,
+                              fuse_file_info* fi) {
+  File* f = file_of(fi);
+  size_t size = fuse_buf_size(in);
+  if (io_) {
+    // libfuse's buffer lives only until we return: the engine gets a copy.
+    auto buf = std::make_shared<IoBuf>(size);
+    if (!buf->p) return reply(req, fail(ENOMEM));
+    fuse_bufvec mem{};
+    mem.count = 1;
+    mem.buf[0].size = size;
+    mem.buf[0].mem = buf->p;
+    ssize_t got = fuse_buf_copy(&mem, in, static_cast<fuse_buf_copy_flags>(0));
+    if (got < 0) return reply(req, fail(static_cast<int>(-got)));
+    io_->write(f->fd.get(), buf->p, static_cast<size_t>(got), off,
+               [this, req, buf, f, off](ssize_t res) {
+                 if (res < 0) {
+                   fuse_reply_err(req, static_cast<int>(-res));
+                   return;
+                 }
+                 on_write(*f, off, static_cast<size_t>(res));
+                 fuse_reply_write(req, static_cast<size_t>(res));
+               });
+    return;
+  }
+  fuse_bufvec out = fd_bufvec(f->fd.get(), size, off);
+  ssize_t n = fuse_buf_copy(&out, in, static_cast<fuse_buf_copy_flags>(0));
+  if (n < 0) return reply(req, fail(static_cast<int>(-n)));
+  on_write(*f, off, static_cast<size_t>(n));
+  fuse_reply_write(req, static_cast<size_t>(n));
+}
+
+void PassthroughFs::flush(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  // Nothing to do on the backing file: BTRFS reports no errors at close, and
+  // the locks are the kernel's (or the daemon's, in on_flush).
+  on_flush(req, *file_of(fi), fi);
+  reply(req, {});
+}
+
+void PassthroughFs::release(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  File* f = file_of(fi);
+  on_release(*f, fi);
+  delete f;
+  reply(req, {});
+}
+
+void PassthroughFs::fsync(fuse_req_t req, fuse_ino_t, int datasync, fuse_file_info* fi) {
+  int fd = file_of(fi)->fd.get();
+  if (io_) {
+    io_->fsync(fd, datasync != 0, [req](ssize_t res) {
+      fuse_reply_err(req, res < 0 ? static_cast<int>(-res) : 0);
+    });
+    return;
+  }
+  reply(req, datasync ? sys::fdatasync(fd) : sys::fsync(fd));
+}
+
+void PassthroughFs::fallocate(fuse_req_t req, fuse_ino_t, int mode, off_t off, off_t len,
+                              fuse_file_info* fi) {
+  reply(req, [&]() -> Status {
+    HOODY_CHECK(may_mutate(req, "fallocate"));
+    if (::fallocate(file_of(fi)->fd.get(), mode, off, len) < 0) return fail(Errno::last());
+    return {};
+  }());
+}
+
+void PassthroughFs::copy_file_range(fuse_req_t req, fuse_ino_t, off_t off_in,
+                                    fuse_file_info* fi_in, fuse_ino_t, off_t off_out,
+                                    fuse_file_info* fi_out, size_t len, int flags) {
+  auto s = may_mutate(req, "copy_file_range");
+  if (!s) return reply(req, s);
+  loff_t in_off = off_in, out_off = off_out;
+  ssize_t n = ::copy_file_range(file_of(fi_in)->fd.get(), &in_off, file_of(fi_out)->fd.get(),
+                                &out_off, len, static_cast<unsigned>(flags));
+  if (n < 0) return reply(req, fail(Errno::last()));
+  on_write(*file_of(fi_out), off_out, static_cast<size_t>(n));
+  fuse_reply_write(req, static_cast<size_t>(n));
+}
+
+void PassthroughFs::lseek(fuse_req_t req, fuse_ino_t, off_t off, int whence, fuse_file_info* fi) {
+  off_t r = ::lseek(file_of(fi)->fd.get(), off, whence);
+  if (r < 0) return reply(req, fail(Errno::last()));
+  fuse_reply_lseek(req, r);
+}
+
+void PassthroughFs::getlk(fuse_req_t req, fuse_ino_t, fuse_file_info*, struct flock*) {
+  reply(req, fail(EOPNOTSUPP));
+}
+
+void PassthroughFs::setlk(fuse_req_t req, fuse_ino_t, fuse_file_info*, struct flock*, int) {
+  reply(req, fail(EOPNOTSUPP));
+}
+
+void PassthroughFs::flock(fuse_req_t req, fuse_ino_t, fuse_file_info*, int) {
+  reply(req, fail(EOPNOTSUPP));
+}
+
+}  // namespace hoody::pt
