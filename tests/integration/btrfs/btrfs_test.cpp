@@ -1,5 +1,4 @@
 // hoody::btrfs and hoody::send on a real loop-mounted BTRFS.
-#define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -10,13 +9,13 @@
 #include <string>
 #include <vector>
 
-#include "../local_pool.hpp"
+#include "../test_pool.hpp"
 #include "hoody/btrfs.hpp"
 #include "hoody/send_stream.hpp"
 #include "hoody/sys.hpp"
 
 using namespace hoody;
-using hoody::test::LocalPool;
+using hoody::test::Pool;
 using hoody::test::sh;
 
 namespace doctest {
@@ -50,7 +49,7 @@ std::vector<std::string> lines(const std::vector<send::Change>& cs) {
 }  // namespace
 
 TEST_CASE("is_btrfs and is_subvolume") {
-  LocalPool pool;
+  Pool pool;
   CHECK(*btrfs::is_btrfs(pool.fd()));
   CHECK(*btrfs::is_subvolume(pool.fd()));  // the top level is subvolume 5
   auto proc = sys::open("/proc", O_RDONLY | O_DIRECTORY);
@@ -70,7 +69,7 @@ TEST_CASE("is_btrfs and is_subvolume") {
 }
 
 TEST_CASE("create, info, snapshot, read-only flag, children, delete, sync") {
-  LocalPool pool;
+  Pool pool;
   REQUIRE(btrfs::create_subvolume(pool.fd(), "sv").ok());
   auto sv = open_dir(pool.fd(), "sv");
   {
@@ -150,7 +149,7 @@ TEST_CASE("create, info, snapshot, read-only flag, children, delete, sync") {
 }
 
 TEST_CASE("send stream of a real snapshot pair folds into the expected diff") {
-  LocalPool pool;
+  Pool pool;
   REQUIRE(btrfs::create_subvolume(pool.fd(), "data").ok());
   const std::string d = pool.path() + "/data";
   sh("cd '" + d + "' && for f in f1 f2 f3 f4 keep; do echo $f > $f; done"
@@ -231,7 +230,7 @@ TEST_CASE("send stream of a real snapshot pair folds into the expected diff") {
 }
 
 TEST_CASE("timings on 2000 files (reported, not asserted)") {
-  LocalPool pool;
+  Pool pool;
   REQUIRE(btrfs::create_subvolume(pool.fd(), "data").ok());
   const std::string d = pool.path() + "/data";
   sh("cd '" + d + "' && mkdir -p t && for i in $(seq 1 2000); do echo $i > t/f$i; done");
@@ -249,10 +248,4 @@ TEST_CASE("timings on 2000 files (reported, not asserted)") {
   MESSAGE("diff of 489 changed + 111 deleted files of 2000: ", ms_since(t0), " ms");
   REQUIRE(changes.ok());
   CHECK(changes->size() == 489 + 111 + 1);  // f15* (111) overlap f1..f500 in 11; + "M t"
-}
-
-int main(int argc, char** argv) {
-  hoody::test::require_capabilities();
-  doctest::Context ctx(argc, argv);
-  return ctx.run();
 }
