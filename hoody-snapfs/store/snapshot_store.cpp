@@ -172,6 +172,19 @@ bool mounted_beneath(const std::string& dir) {
   return false;
 }
 
+// Subvolumes nested in the scope subvolumes ("storage/docker/btrfs/..."):
+// BTRFS snapshots them as empty stubs, so no snapshot holds their data.
+Result<std::vector<std::string>> nested_subvolumes(int source_fd,
+                                                   const std::vector<std::string>& scope) {
+  std::vector<std::string> out;
+  for (const auto& sv : scope) {
+    HOODY_TRY(fd, btrfs::open_dir(source_fd, sv.c_str()));
+    HOODY_TRY(kids, btrfs::children(fd.get()));
+    for (auto& k : kids) out.push_back(sv + "/" + k.path);
+  }
+  return out;
+}
+
 Snapshot row_to_snapshot(const sql::Stmt& s) {
   Snapshot out;
   out.name = s.text(0);
@@ -325,7 +338,10 @@ Status SnapshotStore::purge(const char* dir_name, const char* op) {
   for (const auto& n : names) {
     HOODY_TRY(st, sys::fstatat(dfd->get(), n.c_str(), AT_SYMLINK_NOFOLLOW));
     if (S_ISDIR(st.st_mode) && st.st_ino == btrfs::kSubvolumeRootIno) {
-      HOODY_CHECK(btrfs::delete_subvolume(dfd->get(), n.c_str(), /*recursive=*/true));
+      // Never recursive: store directories hold no nested subvolumes (BTRFS
+      // snapshots them as empty stubs), so a nested one is someone's data
+      // (ENOTEMPTY, the journal entry stays).
+      HOODY_CHECK(btrfs::delete_subvolume(dfd->get(), n.c_str(), /*recursive=*/false));
       if (++deleted == 1 && op) crash_point(op, "delete-1");
     } else {
       HOODY_CHECK(sys::unlinkat(dfd->get(), n.c_str(), S_ISDIR(st.st_mode) ? AT_REMOVEDIR : 0));
@@ -416,6 +432,10 @@ Result<Snapshot> SnapshotStore::create_locked(std::string_view name, const Calle
     return fail(EEXIST);
   }
   HOODY_TRY(subvols, scope());
+  if (auto nested = nested_subvolumes(source_.get(), subvols); nested && !nested->empty())
+    lg->warn("op=create name={} -> nested subvolume {} (and {} more) is not captured: snapshots "
+             "hold an empty directory in its place",
+             quote_name(name), nested->front(), nested->size() - 1);
 
   Snapshot snap;
   snap.name = std::string(name);
@@ -650,6 +670,18 @@ Result<std::string> SnapshotStore::restore(std::string_view name, const Caller& 
   std::vector<std::string> extra;  // live subvolumes the snapshot lacks: moved out
   std::set_difference(live.begin(), live.end(), snap_subvols.begin(), snap_subvols.end(),
                       std::back_inserter(extra));
+  // Nested subvolumes are in no snapshot, the safety snapshot included: a
+  // restore would drop them from the live state.  Refuse.
+  HOODY_TRY(nested, nested_subvolumes(source_.get(), live));
+  if (!nested.empty()) {
+    std::string why = "the live state holds nested subvolume " + nested.front() +
+                      (nested.size() > 1 ? " (and " + std::to_string(nested.size() - 1) + " more)"
+                                         : std::string()) +
+                      ", which no snapshot captures; move or delete it first";
+    lg->warn("op=restore name={} -> {}", quote_name(name), why);
+    audit_result(caller, "restore", name, Errno(ENOTSUP), why);
+    return fail(ENOTSUP);
+  }
 
   // 1. The safety snapshot of the live state.
   const TimePoint now = Clock::now();

@@ -120,6 +120,8 @@ public:
   // every scope subvolume swapped by renameat2(RENAME_EXCHANGE) for a writable
   // snapshot of `name`; scope subvolumes the snapshot lacks are moved out, and
   // the old live subvolumes are deleted.  Returns the safety snapshot's name.
+  // ENOTSUP (nothing done) while a scope subvolume holds a nested subvolume:
+  // BTRFS snapshots those as empty directories, so the restore would lose them.
   // Bind mounts of the old live subvolumes keep showing the old tree: whoever
   // mounted them must re-mount after a restore.  While such a mount is visible
   // in this mount namespace the old subvolume is not deleted (it would show

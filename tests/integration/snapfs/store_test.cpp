@@ -389,6 +389,36 @@ TEST_CASE("restore swaps the live subvolumes for the snapshot's") {
         }) == 3);
 }
 
+TEST_CASE("nested subvolumes: not captured, and a restore that would lose them is refused") {
+  Pool pool;
+  Container c(pool, "c1");
+  auto st = c.open();
+  REQUIRE(btrfs::create_subvolume(c.fd.get(), "storage/../storage/inner").err() == EINVAL);
+  {
+    auto storage = btrfs::open_dir(c.fd.get(), "storage");
+    REQUIRE(btrfs::create_subvolume(storage->get(), "inner").ok());
+  }
+  sh("echo precious > '" + c.path + "/storage/inner/data'");
+  REQUIRE(st->create("s1", kRoot).ok());  // allowed; the log warns
+  {
+    auto fd = st->open_snapshot("s1");
+    struct stat sb;
+    REQUIRE(::fstatat(fd->get(), "storage/inner", &sb, 0) == 0);
+    CHECK(sb.st_ino != btrfs::kSubvolumeRootIno);  // an empty stub
+    CHECK(sys::read_file(fd->get(), "storage/inner/data").err() == ENOENT);
+  }
+  CHECK(st->restore("s1", kRoot).err() == ENOTSUP);
+  CHECK(c.read("storage/inner/data") == "precious\n");
+  CHECK(names(*st->list()) == std::vector<std::string>{"s1"});  // no safety snapshot either
+  auto log = st->audit_log(1);
+  REQUIRE(log.ok());
+  CHECK(log->back().result.find("nested subvolume storage/inner") != std::string::npos);
+  // Moved out of the scope, the restore goes ahead.
+  REQUIRE(btrfs::delete_subvolume(btrfs::open_dir(c.fd.get(), "storage")->get(), "inner").ok());
+  CHECK(st->restore("s1", kRoot).ok());
+  check_store_consistent(c, *st);
+}
+
 TEST_CASE("restore keeps an old live subvolume that is still bind-mounted") {
   Pool pool;
   Container c(pool, "c1");
