@@ -209,6 +209,8 @@ const std::vector<std::string>& SnapshotStore::crash_points() {
       "remove:delete-1",  "remove:deleted",   "restore:safety",    "restore:journaled",
       "restore:copy-1",   "restore:prepared", "restore:exchange-1", "restore:exchanged",
       "restore:committed", "restore:delete-1", "restore:deleted",
+      // In recover() undoing a restore killed at restore:exchanged.
+      "recover:swapback-1",
   };
   return kPoints;
 }
@@ -603,7 +605,8 @@ Status SnapshotStore::set_expires(std::string_view name, std::optional<TimePoint
   HOODY_CHECK(q.run());
   Errno err(db_.changes() == 0 ? ENOENT : 0);
   (void)audit(caller, "set_expires", name,
-              result_text(err, expires ? utc_stamp(*expires) : std::string("never")));
+              err.value() ? result_text(err, "no such snapshot")
+                          : "ok; expires " + (expires ? utc_stamp(*expires) : std::string("never")));
   if (err.value()) return fail(err);
   return {};
 }
@@ -616,7 +619,7 @@ Status SnapshotStore::set_description(std::string_view name, std::string_view de
   q.bind(1, description).bind(2, name);
   HOODY_CHECK(q.run());
   Errno err(db_.changes() == 0 ? ENOENT : 0);
-  (void)audit(caller, "set_description", name, result_text(err, {}));
+  (void)audit(caller, "set_description", name, result_text(err, "no such snapshot"));
   if (err.value()) return fail(err);
   return {};
 }
@@ -817,6 +820,7 @@ Status SnapshotStore::recover_restore(const Journal& j) {
   auto wfd = sys::openat(store_.get(), work.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
   if (!wfd) return wfd.err() == ENOENT ? Status() : fail(wfd.error());
   if (j.data.contains("copies")) {
+    int swapped_back = 0;
     for (auto& [sv, copy_uuid] : j.data["copies"].items()) {
       auto live = btrfs::open_dir(source_.get(), sv.c_str());
       if (!live) {
@@ -834,6 +838,7 @@ Status SnapshotStore::recover_restore(const Journal& j) {
         HOODY_CHECK(sys::renameat2(source_.get(), sv.c_str(), wfd->get(), sv.c_str(),
                                    RENAME_NOREPLACE));
       }
+      if (++swapped_back == 1) crash_point("recover", "swapback-1");
     }
   }
   for (const auto& x : j.data.value("extra", std::vector<std::string>())) {

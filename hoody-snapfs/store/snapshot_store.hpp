@@ -156,7 +156,8 @@ public:
   // Number of unfinished journal entries (0 after a clean recover()).
   Result<int64_t> pending_operations() const;
 
-  // Every "<op>:<step>" accepted by HOODY_CRASH_AT, in execution order.
+  // Every "<op>:<step>" accepted by HOODY_CRASH_AT, in execution order; the
+  // "recover:" ones are reached while recover() undoes a killed restore.
   static const std::vector<std::string>& crash_points();
 
   ~SnapshotStore();

@@ -611,6 +611,16 @@ TEST_CASE("a crash at every step leaves the old or the new state") {
     }
     c.set_state("B");
 
+    if (op == "recover") {
+      // First a restore killed after its exchanges, then recover() killed.
+      auto first = hoody::test::run_child([&] {
+        ::setenv(kCrashEnv, "restore:exchanged", 1);
+        auto st = SnapshotStore::open(c.fd.get());
+        return st && (*st)->restore("base", kRoot) ? 0 : 11;
+      });
+      REQUIRE_MESSAGE(first.signal == SIGKILL, "first child: ", first.describe());
+      CHECK(c.state() == "A");  // swapped, not committed
+    }
     auto child = hoody::test::run_child([&] {
       ::setenv(kCrashEnv, point.c_str(), 1);
       auto st = SnapshotStore::open(c.fd.get());
@@ -639,7 +649,7 @@ TEST_CASE("a crash at every step leaves the old or the new state") {
       CHECK(st->get("victim").err() == ENOENT);  // the row goes first: always finished
       CHECK(snapshot_state(*st, "base") == "A");
       CHECK(c.state() == "B");
-    } else {
+    } else {  // restore, recover
       bool committed = step == "committed" || step == "delete-1" || step == "deleted";
       CHECK(c.state() == (committed ? "A" : "B"));
       CHECK(snapshot_state(*st, "base") == "A");
@@ -655,5 +665,5 @@ TEST_CASE("a crash at every step leaves the old or the new state") {
     CHECK(st->create("after", kRoot).ok());
     check_store_consistent(c, *st);
   }
-  CHECK(n == 19);
+  CHECK(n == 20);
 }
