@@ -448,6 +448,7 @@ Result<Snapshot> SnapshotStore::create_locked(std::string_view name, const Calle
   snap.description = opts.description;
   auto t0 = std::chrono::steady_clock::now();
 
+  double window_ms = 0;  // from the first subvolume's snapshot to the last one's
   HOODY_TRY(jid, journal_begin("create", name, snap.uuid, json::object().dump()));
   crash_point("create", "journaled");
   const std::string staging = kStagingPrefix + snap.uuid;
@@ -456,12 +457,19 @@ Result<Snapshot> SnapshotStore::create_locked(std::string_view name, const Calle
     HOODY_CHECK(sys::mkdirat(store_.get(), staging.c_str(), 0700));
     crash_point("create", "staged");
     HOODY_TRY(sfd, btrfs::open_dir(store_.get(), staging.c_str()));
+    // BTRFS snapshots one subvolume at a time, each after flushing its dirty
+    // data.  Flush all of it first, so that the snapshots follow each other
+    // within milliseconds instead of one flush apart ("taken together").
+    if (subvols.size() > 1) HOODY_CHECK(btrfs::sync(source_.get()));
+    auto first = std::chrono::steady_clock::now();
     int n = 0;
     for (const auto& sv : subvols) {
       HOODY_TRY(src, btrfs::open_dir(source_.get(), sv.c_str()));
       HOODY_CHECK(btrfs::snapshot(src.get(), sfd.get(), sv.c_str(), /*readonly=*/true));
       if (++n == 1) crash_point("create", "subvol-1");
     }
+    window_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - first)
+                    .count();
     crash_point("create", "snapshotted");
     HOODY_CHECK(sys::renameat2(store_.get(), staging.c_str(), store_.get(), snap.uuid.c_str(),
                                RENAME_NOREPLACE));
@@ -495,9 +503,11 @@ Result<Snapshot> SnapshotStore::create_locked(std::string_view name, const Calle
     return fail(st.error());
   }
   crash_point("create", "committed");
-  lg->info("op=create name={} uuid={} subvolumes={} uid={} -> ok in {:.1f} ms", quote_name(name),
-           snap.uuid, subvols.size(), caller.uid,
-           std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  lg->info("op=create name={} uuid={} subvolumes={} uid={} -> ok in {:.1f} ms (snapshots within "
+           "{:.1f} ms)",
+           quote_name(name), snap.uuid, subvols.size(), caller.uid,
+           std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(),
+           window_ms);
   return snap;
 }
 
