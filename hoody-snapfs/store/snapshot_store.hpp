@@ -17,10 +17,13 @@
 //
 // Crash safety: every multi-step operation writes a journal row first and
 // recover() (run by open()) finishes or undoes it:
-//   create   before the staging dir is renamed to <uuid>: undone; after: finished
-//   remove   the row goes first: always finished (the subvolumes are deleted)
-//   restore  before the commit step: every exchange is undone; after: the old
-//            live subvolumes are deleted.  The safety snapshot stays either way.
+//   create   undone (staging dir or <uuid> deleted): its row and the end of its
+//            journal entry are one transaction, so a pending create never committed
+//   remove   the row goes first, with the journal entry: always finished
+//   restore  before the commit step: every exchange is undone (a swapped-in copy
+//            is told by its uuid, journaled before the first exchange); after:
+//            the old live subvolumes are deleted.  The safety snapshot stays.
+// recover() is idempotent, so a crash during recovery is recovered next time.
 // HOODY_CRASH_AT=<op>:<step> (crash_points()) kills the process at a step.
 //
 // Threads: any member may be called from any thread.  Mutating operations
