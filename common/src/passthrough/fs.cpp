@@ -87,8 +87,10 @@ Status PassthroughFs::open_source(std::string* why) {
     *why = "source " + cfg_.source + ": " + st.error().message();
     return fail(st.error());
   }
-  root_ = std::make_unique<Inode>(std::move(*fd), st->st_dev, st->st_ino, st->st_mode);
-  root_->nlookup = 2;  // the kernel never forgets the root
+  auto* root = new Inode(std::move(*fd), st->st_dev, st->st_ino, st->st_mode);
+  root->nlookup = 2;  // the kernel never forgets the root
+  old_roots_.emplace_back(root);  // owns every root, current and replaced
+  root_ = root;
   path_fds_ = 1;
   // The mount fd that reopens evicted inodes (open_by_handle_at refuses O_PATH fds).
   {
@@ -97,7 +99,7 @@ Status PassthroughFs::open_source(std::string* why) {
     fh->handle_bytes = MAX_HANDLE_SZ;
     int mount_id;
     auto dir = sys::open(cfg_.source.c_str(), O_RDONLY | O_DIRECTORY);
-    if (dir && ::name_to_handle_at(root_->fd_.get(), "", fh, &mount_id, AT_EMPTY_PATH) == 0)
+    if (dir && ::name_to_handle_at(root->fd_.get(), "", fh, &mount_id, AT_EMPTY_PATH) == 0)
       mount_fds_.emplace(mount_id, std::move(*dir));
   }
 
@@ -124,8 +126,27 @@ Status PassthroughFs::open_source(std::string* why) {
   return {};
 }
 
+Result<bool> PassthroughFs::reroot() {
+  HOODY_TRY(fd, sys::open(cfg_.source.c_str(), O_PATH | O_DIRECTORY));
+  HOODY_TRY(st, sys::fstat(fd.get()));
+  Inode* cur = root_.load();
+  if (st.st_dev == cur->src_dev && st.st_ino == cur->src_ino) return false;
+  auto* root = new Inode(std::move(fd), st.st_dev, st.st_ino, st.st_mode);
+  root->nlookup = 2;
+  {
+    std::lock_guard g(mutex_);
+    old_roots_.emplace_back(root);
+    ++path_fds_;
+    root_ = root;
+  }
+  log::get("fuse")->warn("source {} was replaced (a restore?): serving the new directory "
+                         "(dev={} ino={}); files open before keep the old one",
+                         cfg_.source, st.st_dev, st.st_ino);
+  return true;
+}
+
 Inode* PassthroughFs::inode(fuse_ino_t ino) {
-  if (ino == FUSE_ROOT_ID) return root_.get();
+  if (ino == FUSE_ROOT_ID) return root_.load();
   return reinterpret_cast<Inode*>(ino);
 }
 
@@ -235,8 +256,8 @@ Result<fuse_entry_param> PassthroughFs::do_lookup(fuse_ino_t parent, const char*
         child->fd_ = std::move(fd);
         ++path_fds_;
       }
-    } else if (root_->src_dev == st.st_dev && root_->src_ino == st.st_ino) {
-      child = root_.get();  // a bind mount or a ".." back to the root
+    } else if (Inode* root = root_.load(); root->src_dev == st.st_dev && root->src_ino == st.st_ino) {
+      child = root;  // a bind mount or a ".." back to the root
     } else {
       auto in = std::make_unique<Inode>(std::move(fd), st.st_dev, st.st_ino, st.st_mode);
       child = in.get();
@@ -247,14 +268,15 @@ Result<fuse_entry_param> PassthroughFs::do_lookup(fuse_ino_t parent, const char*
     }
     ++child->nlookup;
   }
-  e.ino = child == root_.get() ? FUSE_ROOT_ID : reinterpret_cast<fuse_ino_t>(child);
+  e.ino = ino_of(child);
   on_entry(*dir, *child, name);
   return e;
 }
 
 void PassthroughFs::forget_one(Inode* in, uint64_t n) {
   std::lock_guard g(mutex_);
-  if (in == root_.get()) return;
+  for (auto& r : old_roots_)
+    if (in == r.get()) return;  // roots are never forgotten
   if (n > in->nlookup) {
     log::get("fuse")->error("forget of {} lookups on inode {} that has {}: kernel and daemon disagree",
                             n, in->src_ino, in->nlookup);
