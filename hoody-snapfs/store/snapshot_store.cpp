@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/mount.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -13,6 +14,7 @@
 #include <ctime>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 
 #include "crash.hpp"
 #include "hoody/btrfs.hpp"
@@ -170,6 +172,67 @@ bool mounted_beneath(const std::string& dir) {
     if (end == root.size() || root[end] == '/') return true;
   }
   return false;
+}
+
+// Re-attach the mounts visible here whose root lies inside an old live
+// subvolume that a restore swapped out to .snapshots/<work>/<sv>: each is
+// detached and bound again to the same place inside the restored SOURCE/<sv>,
+// with its ro/nosuid/nodev/noexec flags.  So /hoody/storage (a bind mount of
+// the storage subvolume) shows the restored state, and the old subvolume can
+// go.  Mounts made in other mount namespaces cannot be seen from here: their
+// owner re-attaches them (hoody-up does, when run again).
+void reattach_mounts(int source_fd, const std::string& work) {
+  auto lg = log::get("snap");
+  auto info = sys::read_file(AT_FDCWD, "/proc/self/mountinfo");
+  if (!info) return;
+  const std::string needle = std::string("/") + kStoreDir + "/" + work + "/";
+  std::istringstream lines(*info);
+  std::string line;
+  struct Target {
+    std::string mountpoint, inside, opts;
+  };
+  std::vector<Target> targets;
+  while (std::getline(lines, line)) {
+    std::istringstream f(line);
+    std::string id, parent, dev, root, mnt, opts;
+    f >> id >> parent >> dev >> root >> mnt >> opts;
+    auto at = root.find(needle);
+    if (at == std::string::npos) continue;
+    // root = .../.snapshots/<work>/<sv>[/sub]: the same place under SOURCE.
+    targets.push_back({mnt, root.substr(at + needle.size()), opts});
+  }
+  for (auto& t : targets) {
+    auto unescape = [](std::string v) {
+      std::string out;
+      for (size_t i = 0; i < v.size(); ++i) {
+        if (v[i] == '\\' && i + 3 < v.size()) {
+          out += static_cast<char>((v[i + 1] - '0') * 64 + (v[i + 2] - '0') * 8 + (v[i + 3] - '0'));
+          i += 3;
+        } else {
+          out += v[i];
+        }
+      }
+      return out;
+    };
+    std::string mnt = unescape(t.mountpoint);
+    std::string from = sys::proc_fd(source_fd) + "/" + unescape(t.inside);
+    unsigned long flags = 0;
+    for (auto& [name, bit] : {std::pair<const char*, unsigned long>{"ro", MS_RDONLY},
+                              {"nosuid", MS_NOSUID}, {"nodev", MS_NODEV}, {"noexec", MS_NOEXEC}}) {
+      std::string o = "," + t.opts + ",";
+      if (o.find(std::string(",") + name + ",") != std::string::npos) flags |= bit;
+    }
+    if (::umount2(mnt.c_str(), MNT_DETACH) < 0 ||
+        ::mount(from.c_str(), mnt.c_str(), nullptr, MS_BIND, nullptr) < 0) {
+      lg->error("op=restore mount={} -> cannot re-attach to the restored subvolume: {}", mnt,
+                std::strerror(errno));
+      continue;
+    }
+    if (flags && ::mount(nullptr, mnt.c_str(), nullptr, MS_REMOUNT | MS_BIND | flags, nullptr) < 0)
+      lg->warn("op=restore mount={} -> re-attached, but its flags could not be restored: {}", mnt,
+               std::strerror(errno));
+    lg->info("op=restore mount={} -> re-attached to the restored {}", mnt, t.inside);
+  }
 }
 
 // Subvolumes nested in the scope subvolumes ("storage/docker/btrfs/..."):
@@ -786,6 +849,7 @@ Result<std::string> SnapshotStore::restore(std::string_view name, const Caller& 
   }
   crash_point("restore", "committed");
   auto t_swap = std::chrono::steady_clock::now();
+  reattach_mounts(source_.get(), work);
 
   // 5. The old live subvolumes go (now, or at the next recover()).
   if (!delete_old_now) {
@@ -812,6 +876,7 @@ Result<std::string> SnapshotStore::restore(std::string_view name, const Caller& 
 // Delete the old live subvolumes of a committed restore, unless one is still
 // the root of a mount here (EBUSY: re-mount the new one first, then recover()).
 Status SnapshotStore::purge_restored(const std::string& work) {
+  reattach_mounts(source_.get(), work);  // also after a crash past the commit
   if (mounted_beneath(work)) {
     log::get("snap")->warn(
         "op=restore dir={} -> an old live subvolume is still mounted (a bind mount of the "

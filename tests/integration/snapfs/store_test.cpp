@@ -419,36 +419,44 @@ TEST_CASE("nested subvolumes: not captured, and a restore that would lose them i
   check_store_consistent(c, *st);
 }
 
-TEST_CASE("restore keeps an old live subvolume that is still bind-mounted") {
+TEST_CASE("restore re-attaches bind mounts of the live subvolumes (as /hoody/storage is)") {
   Pool pool;
   Container c(pool, "c1");
   auto st = c.open();
   REQUIRE(st->create("s1", kRoot).ok());
   c.set_state("B");
   const std::string bind = pool.path() + "/bind";
-  // Registered with the guard, which unmounts it if this test dies.
-  auto mount_id = hoody::test::register_resource(hoody::test::Resource::mount, bind);
-  sh("mkdir '" + bind + "' && mount --bind '" + c.path + "/storage' '" + bind + "'");
+  const std::string sub = pool.path() + "/sub";
+  // Registered with the guard, which unmounts them if this test dies.
+  auto bind_id = hoody::test::register_resource(hoody::test::Resource::mount, bind);
+  auto sub_id = hoody::test::register_resource(hoody::test::Resource::mount, sub);
+  sh("mkdir '" + bind + "' '" + sub + "' && mount --bind '" + c.path + "/storage' '" + bind +
+     "' && mount --bind -o ro,nosuid '" + c.path + "/storage/dir' '" + sub + "'");
   struct Unmount {
     std::string path;
     std::uint64_t id;
     ~Unmount() {
-      hoody::test::run({"umount", path});
+      hoody::test::run({"umount", "-l", path});
       hoody::test::release(id);
     }
-  } unmount{bind, mount_id};
+  } u1{bind, bind_id}, u2{sub, sub_id};
+  REQUIRE(*sys::read_file(AT_FDCWD, (bind + "/file").c_str()) == "B\n");
 
   REQUIRE(st->restore("s1", kRoot).ok());
   CHECK(c.state() == "A");
-  CHECK(*sys::read_file(AT_FDCWD, (bind + "/file").c_str()) == "B\n");  // still the old tree
-  CHECK(*st->pending_operations() == 1);                             // its deletion waits
-  CHECK(st->recover().ok());
-  CHECK(*st->pending_operations() == 1);
-  CHECK(*sys::read_file(AT_FDCWD, (bind + "/file").c_str()) == "B\n");
-  // Re-point the mount, then the old subvolume goes.
-  sh("umount '" + bind + "' && mount --bind '" + c.path + "/storage' '" + bind + "'");
+  // The mounts now show the restored tree, the sub-directory one at the same place.
   CHECK(*sys::read_file(AT_FDCWD, (bind + "/file").c_str()) == "A\n");
-  CHECK(st->recover().ok());
+  CHECK(*sys::read_file(AT_FDCWD, (sub + "/deep").c_str()) == "A\n");
+  // ... with their flags, and writes through the writable one land in SOURCE.
+  std::string info = *sys::read_file(AT_FDCWD, "/proc/self/mountinfo");
+  auto at = info.find(" " + sub + " ");
+  REQUIRE(at != std::string::npos);
+  std::string line = info.substr(at, info.find('\n', at) - at);
+  CHECK_MESSAGE(line.find(" ro,") != std::string::npos, line);
+  CHECK_MESSAGE(line.find("nosuid") != std::string::npos, line);
+  sh("echo C > '" + bind + "/written-after'");
+  CHECK(c.read("storage/written-after") == "C\n");
+  // Nothing holds the old subvolumes: they are gone.
   CHECK(*st->pending_operations() == 0);
   check_store_consistent(c, *st);
 }
