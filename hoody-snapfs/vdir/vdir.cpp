@@ -1,0 +1,324 @@
+#include "vdir.hpp"
+
+#include <grp.h>
+#include <pwd.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <nlohmann/json.hpp>
+
+#include "hoody/names.hpp"
+
+namespace hoody::snapfs::vdir {
+
+uint64_t fixed_child(uint64_t dir, std::string_view name) {
+  if (dir == kCtlDir) {
+    if (name == "restore") return kRestore;
+    if (name == "snapshots.json") return kSnapshotsJson;
+    if (name == "log") return kLog;
+    if (name == "diff") return kDiffDir;
+  }
+  return 0;
+}
+
+std::vector<Entry> fixed_entries(uint64_t dir) {
+  if (dir == kCtlDir)
+    return {{"diff", kDiffDir, node_mode(kDiffDir)},
+            {"log", kLog, node_mode(kLog)},
+            {"restore", kRestore, node_mode(kRestore)},
+            {"snapshots.json", kSnapshotsJson, node_mode(kSnapshotsJson)}};
+  return {};
+}
+
+mode_t node_mode(uint64_t ino) {
+  switch (ino) {
+    case kCtlDir:
+    case kDiffDir: return S_IFDIR | 0555;
+    case kRestore: return S_IFREG | 0222;
+    case kSnapshotsJson:
+    case kLog: return S_IFREG | 0444;
+    default: return is_diff_node(ino) ? (S_IFREG | 0444) : 0;
+  }
+}
+
+std::optional<DiffSpec> parse_diff_name(std::string_view name) {
+  for (size_t pos = name.find(".."); pos != std::string_view::npos; pos = name.find("..", pos + 1)) {
+    auto a = name.substr(0, pos);
+    auto b = name.substr(pos + 2);
+    if (name_problem(a)) continue;
+    if (b != kLiveName && name_problem(b)) continue;
+    return DiffSpec{std::string(a), std::string(b)};
+  }
+  return std::nullopt;
+}
+
+uint64_t DiffTable::lookup(const std::string& name) {
+  std::lock_guard g(m_);
+  auto it = ids_.find(name);
+  uint64_t id;
+  if (it != ids_.end()) {
+    id = it->second;
+  } else {
+    id = next_++;
+    ids_.emplace(name, id);
+    nodes_.emplace(id, std::make_pair(name, 0));
+  }
+  ++nodes_[id].second;
+  return id;
+}
+
+void DiffTable::forget(uint64_t id, uint64_t n) {
+  std::lock_guard g(m_);
+  auto it = nodes_.find(id);
+  if (it == nodes_.end()) return;
+  auto& count = it->second.second;
+  count = n >= count ? 0 : count - n;
+  if (count == 0) {
+    ids_.erase(it->second.first);
+    nodes_.erase(it);
+  }
+}
+
+std::optional<std::string> DiffTable::name_of(uint64_t id) const {
+  std::lock_guard g(m_);
+  auto it = nodes_.find(id);
+  if (it == nodes_.end()) return std::nullopt;
+  return it->second.first;
+}
+
+size_t DiffTable::size() const {
+  std::lock_guard g(m_);
+  return nodes_.size();
+}
+
+// ---- time -------------------------------------------------------------------
+
+std::string format_rfc3339(int64_t t) {
+  time_t tt = static_cast<time_t>(t);
+  struct tm tm {};
+  ::gmtime_r(&tt, &tm);
+  char buf[40];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::optional<int64_t> parse_rfc3339(std::string_view s) {
+  // YYYY-MM-DD[Tt ]HH:MM:SS[.frac](Z|z|+HH:MM|-HH:MM)
+  auto digits = [&](size_t pos, size_t n, int* out) {
+    if (pos + n > s.size()) return false;
+    int v = 0;
+    for (size_t i = pos; i < pos + n; ++i) {
+      if (s[i] < '0' || s[i] > '9') return false;
+      v = v * 10 + (s[i] - '0');
+    }
+    *out = v;
+    return true;
+  };
+  int Y, M, D, h, m, sec;
+  if (!digits(0, 4, &Y) || s.size() < 20 || s[4] != '-' || !digits(5, 2, &M) || s[7] != '-' ||
+      !digits(8, 2, &D) || (s[10] != 'T' && s[10] != 't' && s[10] != ' ') || !digits(11, 2, &h) ||
+      s[13] != ':' || !digits(14, 2, &m) || s[16] != ':' || !digits(17, 2, &sec))
+    return std::nullopt;
+  if (M < 1 || M > 12 || D < 1 || D > 31 || h > 23 || m > 59 || sec > 60) return std::nullopt;
+  size_t pos = 19;
+  if (pos < s.size() && s[pos] == '.') {
+    ++pos;
+    size_t start = pos;
+    while (pos < s.size() && s[pos] >= '0' && s[pos] <= '9') ++pos;
+    if (pos == start) return std::nullopt;
+  }
+  if (pos >= s.size()) return std::nullopt;
+  int64_t offset = 0;
+  if (s[pos] == 'Z' || s[pos] == 'z') {
+    ++pos;
+  } else if (s[pos] == '+' || s[pos] == '-') {
+    int oh, om;
+    if (!digits(pos + 1, 2, &oh) || pos + 3 >= s.size() || s[pos + 3] != ':' ||
+        !digits(pos + 4, 2, &om) || oh > 23 || om > 59)
+      return std::nullopt;
+    offset = (oh * 3600 + om * 60) * (s[pos] == '+' ? 1 : -1);
+    pos += 6;
+  } else {
+    return std::nullopt;
+  }
+  if (pos != s.size()) return std::nullopt;
+  struct tm tm {};
+  tm.tm_year = Y - 1900;
+  tm.tm_mon = M - 1;
+  tm.tm_mday = D;
+  tm.tm_hour = h;
+  tm.tm_min = m;
+  tm.tm_sec = sec;
+  time_t t = ::timegm(&tm);
+  if (tm.tm_mday != D) return std::nullopt;  // 2026-02-31 normalised away
+  return static_cast<int64_t>(t) - offset;
+}
+
+Result<std::optional<int64_t>> parse_expiry(std::string_view text, int64_t now, std::string* why) {
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.remove_suffix(1);
+  if (text.empty() || text == "never" || text == "none") return std::optional<int64_t>{};
+  if (text[0] == '+') {
+    auto num = text.substr(1);
+    if (num.size() >= 2) {
+      char unit = num.back();
+      num.remove_suffix(1);
+      int64_t mult = unit == 'm' ? 60 : unit == 'h' ? 3600 : unit == 'd' ? 86400 : unit == 'w' ? 604800 : 0;
+      bool digits = !num.empty() && num.size() <= 9 &&
+                    std::all_of(num.begin(), num.end(), [](char c) { return c >= '0' && c <= '9'; });
+      if (mult && digits) return std::optional<int64_t>(now + std::stoll(std::string(num)) * mult);
+    }
+  } else if (auto t = parse_rfc3339(text)) {
+    return std::optional<int64_t>(*t);
+  }
+  if (why)
+    *why = "expiry \"" + std::string(text.substr(0, 64)) +
+           "\" is neither +N with a unit m, h, d or w (+7d) nor an RFC 3339 time "
+           "(2026-12-01T00:00:00Z), nor \"never\"";
+  return fail(EINVAL);
+}
+
+// ---- control file contents -----------------------------------------------------
+
+namespace {
+nlohmann::ordered_json to_json(const SnapshotInfo& s) {
+  nlohmann::ordered_json j;
+  j["name"] = s.name;
+  j["uuid"] = s.uuid;
+  j["created"] = format_rfc3339(s.created);
+  j["creator"] = s.creator;
+  j["type"] = s.type;
+  j["expires"] = s.expires ? nlohmann::ordered_json(format_rfc3339(*s.expires)) : nlohmann::ordered_json(nullptr);
+  j["description"] = s.description;
+  j["subvolumes"] = s.subvolumes;
+  return j;
+}
+// Invalid UTF-8 (a description is bytes) is replaced, never thrown.
+std::string dump(const nlohmann::ordered_json& j, int indent) {
+  return j.dump(indent, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+}
+}  // namespace
+
+std::string snapshots_json(const std::vector<SnapshotInfo>& snaps) {
+  nlohmann::ordered_json arr = nlohmann::ordered_json::array();
+  for (auto& s : snaps) arr.push_back(to_json(s));
+  return dump(arr, 2) + "\n";
+}
+
+std::string snapshot_json_object(const SnapshotInfo& s) { return dump(to_json(s), -1); }
+
+std::string audit_line(const AuditEntry& e) {
+  nlohmann::ordered_json j;
+  j["time"] = format_rfc3339(e.time);
+  j["uid"] = e.uid;
+  j["pid"] = e.pid;
+  j["action"] = e.action;
+  j["name"] = e.name;
+  j["result"] = e.result;
+  if (!e.to.empty()) j["to"] = e.to;
+  if (!e.reason.empty()) j["reason"] = e.reason;
+  return dump(j, -1) + "\n";
+}
+
+std::string errno_name(int err) {
+  if (err == 0) return "ok";
+  if (const char* n = ::strerrorname_np(err)) return n;
+  return "E" + std::to_string(err);
+}
+
+std::string render_diff(const std::vector<SubvolDiff>& parts) {
+  std::string out;
+  for (auto& p : parts) {
+    if (p.whole == SubvolDiff::Whole::added) {
+      out += "+ " + send::escape_path(p.subvol) + "\n";
+      continue;
+    }
+    if (p.whole == SubvolDiff::Whole::removed) {
+      out += "- " + send::escape_path(p.subvol) + "\n";
+      continue;
+    }
+    for (auto c : p.changes) {
+      c.path = p.subvol + "/" + c.path;
+      if (!c.to.empty()) c.to = p.subvol + "/" + c.to;
+      out += send::format(c) + "\n";
+    }
+  }
+  return out;
+}
+
+Result<std::string> parse_restore_request(std::string_view data, std::string* why) {
+  while (!data.empty() && (data.back() == '\n' || data.back() == '\r' || data.back() == ' '))
+    data.remove_suffix(1);
+  std::string reason;
+  if (!validate_snapshot_name(data, &reason)) {
+    if (why) *why = "restore: " + reason;
+    return fail(EINVAL);
+  }
+  return std::string(data);
+}
+
+// ---- access --------------------------------------------------------------------
+
+bool AccessPolicy::allows(uint32_t uid, uint32_t gid, const std::vector<uint32_t>& groups) const {
+  if (uid == 0) return true;
+  if (std::find(uids.begin(), uids.end(), uid) != uids.end()) return true;
+  if (std::find(gids.begin(), gids.end(), gid) != gids.end()) return true;
+  for (auto g : groups)
+    if (std::find(gids.begin(), gids.end(), g) != gids.end()) return true;
+  return false;
+}
+
+namespace {
+std::vector<std::string> split_list(std::string_view s) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= s.size()) {
+    size_t end = s.find(':', start);
+    if (end == std::string_view::npos) end = s.size();
+    if (end > start) out.emplace_back(s.substr(start, end - start));
+    start = end + 1;
+  }
+  return out;
+}
+
+bool numeric(const std::string& s) {
+  return !s.empty() && s.size() <= 10 &&
+         std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+}  // namespace
+
+Result<AccessPolicy> parse_access(std::string_view users, std::string_view groups, std::string* why) {
+  AccessPolicy p;
+  for (auto& u : split_list(users)) {
+    if (numeric(u)) {
+      p.uids.push_back(static_cast<uint32_t>(std::stoul(u)));
+      continue;
+    }
+    struct passwd pw, *res = nullptr;
+    char buf[4096];
+    if (::getpwnam_r(u.c_str(), &pw, buf, sizeof buf, &res) != 0 || !res) {
+      if (why) *why = "allow_users: no user named \"" + u + "\" (separate names with ':')";
+      return fail(EINVAL);
+    }
+    p.uids.push_back(res->pw_uid);
+  }
+  for (auto& g : split_list(groups)) {
+    if (numeric(g)) {
+      p.gids.push_back(static_cast<uint32_t>(std::stoul(g)));
+      continue;
+    }
+    struct group gr, *res = nullptr;
+    char buf[16384];
+    if (::getgrnam_r(g.c_str(), &gr, buf, sizeof buf, &res) != 0 || !res) {
+      if (why) *why = "allow_groups: no group named \"" + g + "\" (separate names with ':')";
+      return fail(EINVAL);
+    }
+    p.gids.push_back(res->gr_gid);
+  }
+  return p;
+}
+
+}  // namespace hoody::snapfs::vdir
