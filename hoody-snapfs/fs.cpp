@@ -222,7 +222,9 @@ void Fs::renamed(const std::string& from, const std::string& to) {
 
 struct stat Fs::snapshot_attr(const SnapshotInfo& s, const struct stat& dir) {
   struct stat st = dir;
-  st.st_mode = S_IFDIR | 0555;
+  // Open to all, as ZFS shows its snapshot directories: what may change is
+  // decided by the daemon (the verbs, user.hoody.* xattrs) or is EROFS.
+  st.st_mode = S_IFDIR | 0777;
   st.st_nlink = 2 + s.subvolumes.size();
   st.st_uid = 0;
   st.st_gid = 0;

@@ -115,8 +115,10 @@ Status InterimStore::load() {
   return {};
 }
 
-Status InterimStore::save_locked() {
+Status InterimStore::save() {
+  std::lock_guard sg(save_m_);
   nlohmann::json arr = nlohmann::json::array();
+  std::unique_lock g(m_);
   for (auto& [name, s] : snaps_) {
     nlohmann::json o;
     o["name"] = s.name;
@@ -128,6 +130,7 @@ Status InterimStore::save_locked() {
     o["subvolumes"] = s.subvolumes;
     arr.push_back(std::move(o));
   }
+  g.unlock();
   std::string text = arr.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   std::string tmp = std::string(kIndex) + ".new";
   HOODY_TRY(fd, sys::openat(store_.get(), tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600));
@@ -199,13 +202,12 @@ Result<SnapshotInfo> InterimStore::create(const std::string& name, uint32_t crea
     (void)delete_tree(staging);
     return done(Result<SnapshotInfo>(made.error()));
   }
-  std::lock_guard g(m_);
-  pending_.erase(name);
-  snaps_.emplace(name, s);
-  if (auto st = save_locked(); !st) {
-    snaps_.erase(name);
-    return fail(st.error());
+  {
+    std::lock_guard g(m_);
+    pending_.erase(name);
+    snaps_.emplace(name, s);
   }
+  HOODY_CHECK(save());
   return s;
 }
 
@@ -216,13 +218,9 @@ Status InterimStore::remove(const std::string& name) {
     auto it = snaps_.find(name);
     if (it == snaps_.end()) return fail(pending_.count(name) ? EBUSY : ENOENT);
     uuid = it->second.uuid;
-    auto saved = it->second;
     snaps_.erase(it);
-    if (auto st = save_locked(); !st) {
-      snaps_.emplace(name, std::move(saved));
-      return st;
-    }
   }
+  HOODY_CHECK(save());
   // Out of the index: the subvolumes go now (btrfs reclaims space in the background).
   if (auto st = delete_tree(uuid); !st)
     log::get("snap")->warn("store: snapshot {} deleted from the index, its directory {} stays: {}",
@@ -231,22 +229,18 @@ Status InterimStore::remove(const std::string& name) {
 }
 
 Status InterimStore::rename(const std::string& from, const std::string& to) {
-  std::lock_guard g(m_);
-  auto it = snaps_.find(from);
-  if (it == snaps_.end()) return fail(pending_.count(from) ? EBUSY : ENOENT);
-  if (from == to) return {};
-  if (snaps_.count(to) || pending_.count(to)) return fail(EEXIST);
-  auto s = it->second;
-  snaps_.erase(it);
-  s.name = to;
-  snaps_.emplace(to, s);
-  if (auto st = save_locked(); !st) {
-    snaps_.erase(to);
-    s.name = from;
-    snaps_.emplace(from, std::move(s));
-    return st;
+  {
+    std::lock_guard g(m_);
+    auto it = snaps_.find(from);
+    if (it == snaps_.end()) return fail(pending_.count(from) ? EBUSY : ENOENT);
+    if (from == to) return {};
+    if (snaps_.count(to) || pending_.count(to)) return fail(EEXIST);
+    auto s = it->second;
+    snaps_.erase(it);
+    s.name = to;
+    snaps_.emplace(to, std::move(s));
   }
-  return {};
+  return save();
 }
 
 Result<SnapshotInfo> InterimStore::get(const std::string& name) {
@@ -265,29 +259,23 @@ Result<std::vector<SnapshotInfo>> InterimStore::list() {
 }
 
 Status InterimStore::set_expires(const std::string& name, std::optional<int64_t> expires) {
-  std::lock_guard g(m_);
-  auto it = snaps_.find(name);
-  if (it == snaps_.end()) return fail(ENOENT);
-  auto old = it->second.expires;
-  it->second.expires = expires;
-  if (auto st = save_locked(); !st) {
-    it->second.expires = old;
-    return st;
+  {
+    std::lock_guard g(m_);
+    auto it = snaps_.find(name);
+    if (it == snaps_.end()) return fail(ENOENT);
+    it->second.expires = expires;
   }
-  return {};
+  return save();
 }
 
 Status InterimStore::set_description(const std::string& name, const std::string& text) {
-  std::lock_guard g(m_);
-  auto it = snaps_.find(name);
-  if (it == snaps_.end()) return fail(ENOENT);
-  auto old = it->second.description;
-  it->second.description = text;
-  if (auto st = save_locked(); !st) {
-    it->second.description = old;
-    return st;
+  {
+    std::lock_guard g(m_);
+    auto it = snaps_.find(name);
+    if (it == snaps_.end()) return fail(ENOENT);
+    it->second.description = text;
   }
-  return {};
+  return save();
 }
 
 Result<std::vector<std::string>> InterimStore::prune_expired(int64_t now) {

@@ -45,14 +45,16 @@ public:
 private:
   InterimStore() = default;
   Status load();
-  Status save_locked();  // with m_ held
+  // Writes the index (a copy taken under m_, written and fsynced outside it).
+  Status save();
   Status delete_tree(const std::string& uuid);
 
   UniqueFd source_;  // O_RDONLY|O_DIRECTORY of SOURCE
   UniqueFd store_;   // O_RDONLY|O_DIRECTORY of SOURCE/.snapshots
 
-  // Guards snaps_, pending_.  A leaf lock: never held across a btrfs call or
-  // any file I/O other than the index write.
+  // Orders index writes.  Lock order: save_m_ before m_.
+  std::mutex save_m_;
+  // Guards snaps_, pending_.  Never held across a btrfs call or any file I/O.
   std::mutex m_;
   std::map<std::string, SnapshotInfo> snaps_;
   std::set<std::string> pending_;  // names being created

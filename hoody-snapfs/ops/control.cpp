@@ -155,7 +155,7 @@ void Fs::opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
       HOODY_TRY(all, store_->list());
       for (auto& s : all) {
         // A stable, distinct number for ls -i: from the uuid.
-        d->entries.push_back({s.name, std::hash<std::string>()(s.uuid) | (1ull << 61), S_IFDIR | 0555});
+        d->entries.push_back({s.name, std::hash<std::string>()(s.uuid) | (1ull << 61), S_IFDIR | 0777});
       }
       return d;
     }
