@@ -13,14 +13,29 @@
 #include "hoody/names.hpp"
 #include "hoody/send_stream.hpp"
 #include "hoody/sys.hpp"
-#include "interim/interim_store.hpp"
 
 namespace hoody::snapfs {
 
 namespace {
 constexpr const char* kAuditFile = "audit.log";
 int64_t now_seconds() { return static_cast<int64_t>(::time(nullptr)); }
+int64_t secs(TimePoint t) {
+  return std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count();
+}
+SnapshotInfo info_of(const Snapshot& s) {
+  SnapshotInfo i;
+  i.name = s.name;
+  i.uuid = s.uuid;
+  i.created = secs(s.created);
+  i.creator = s.creator;
+  if (s.expires) i.expires = secs(*s.expires);
+  i.description = s.description;
+  i.type = s.type;
+  return i;
+}
 }  // namespace
+
+TimePoint time_point(int64_t unix_seconds) { return TimePoint(std::chrono::seconds(unix_seconds)); }
 
 OptionTable options() {
   auto t = OptionTable::generic();
@@ -83,10 +98,31 @@ Status Fs::start(std::string* why) {
     *why = "source " + scfg_.source + " is not a directory";
     return fail(ENOTDIR);
   }
-  auto store = InterimStore::open(scfg_.source, why);
-  if (!store) return fail(store.error());
-  HOODY_TRY(src, sys::open(scfg_.source.c_str(), O_RDONLY | O_DIRECTORY));
-  HOODY_TRY(sdir, sys::openat(src.get(), ".snapshots", O_RDONLY | O_DIRECTORY | O_NOFOLLOW));
+  auto src = sys::open(scfg_.source.c_str(), O_RDONLY | O_DIRECTORY);
+  if (!src) {
+    *why = "source " + scfg_.source + ": " + src.error().message();
+    return fail(src.error());
+  }
+  // Checked here too, so that the reason is the one line a person reads.
+  if (auto b = btrfs::is_btrfs(src->get()); !b || !*b) {
+    *why = "source " + scfg_.source +
+           " is not on BTRFS: snapshots need a BTRFS filesystem (a container directory "
+           "POOL/containers/<id> whose subvolumes are the scope)";
+    return fail(b ? Errno(EMEDIUMTYPE) : b.error());
+  }
+  auto store = SnapshotStore::open(src->get());
+  if (!store) {
+    int e = store.err();
+    *why = "source " + scfg_.source +
+           (e == EMEDIUMTYPE || e == ENOTTY
+                ? std::string(" is not on BTRFS: snapshots need a BTRFS filesystem (a container "
+                              "directory POOL/containers/<id> whose subvolumes are the scope)")
+            : e == EBUSY ? std::string(": its snapshot store is in use by another hoody-snapfs; "
+                                       "one daemon per container directory (bind-mount its mount)")
+                         : ": cannot open the snapshot store .snapshots: " + store.error().message());
+    return fail(store.error());
+  }
+  HOODY_TRY(sdir, sys::openat(src->get(), kStoreDir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW));
   HOODY_TRY(sst, sys::fstat(sdir.get()));
   store_dev_ = sst.st_dev;
   auto afd = sys::openat(sdir.get(), kAuditFile, O_WRONLY | O_APPEND | O_CREAT, 0600);
@@ -94,7 +130,7 @@ Status Fs::start(std::string* why) {
     *why = "source " + scfg_.source + "/.snapshots/" + kAuditFile + ": " + afd.error().message();
     return fail(afd.error());
   }
-  source_fd_ = std::move(src);
+  source_fd_ = std::move(*src);
   store_fd_ = std::move(sdir);
   audit_fd_ = std::move(*afd);
   store_ = std::move(*store);
@@ -129,29 +165,47 @@ void Fs::destroy() {
 
 void Fs::prune_loop() {
   auto interval = std::chrono::duration<double>(scfg_.prune_interval);
+  auto next = std::chrono::steady_clock::now() + interval;
   std::unique_lock g(prune_m_);
   while (!stop_) {
-    if (prune_cv_.wait_for(g, interval, [this] { return stop_; })) break;
+    prune_cv_.wait_until(g, next, [this] { return stop_ || recover_due_; });
+    if (stop_) break;
+    bool recover = std::exchange(recover_due_, false);
     g.unlock();
-    prune_once();
+    if (recover) {
+      // A restore returned right after its swap; its old live subvolumes are deleted here.
+      if (auto r = store_->recover(); !r) log::get("snap")->warn("recover: {}", r.error().message());
+    }
+    if (std::chrono::steady_clock::now() >= next) {
+      prune_once();
+      next = std::chrono::steady_clock::now() + interval;
+    }
     g.lock();
   }
 }
 
+void Fs::recover_soon() {
+  {
+    std::lock_guard g(prune_m_);
+    recover_due_ = true;
+  }
+  prune_cv_.notify_all();
+}
+
 void Fs::prune_once() {
-  auto removed = store_->prune_expired(now_seconds());
+  Who daemon{0, 0, static_cast<int32_t>(::getpid()), {}};
+  auto removed = store_->prune_expired(Clock::now(), daemon.store());
   if (!removed) {
     log::get("snap")->warn("prune: {}", removed.error().message());
     return;
   }
-  Caller daemon{0, 0, static_cast<int32_t>(::getpid()), {}};
   for (auto& name : *removed) audit(daemon, "prune", name, 0, "", "expired");
   if (!removed->empty()) root_mtime_ = now_seconds();
 }
 
-Fs::Caller Fs::caller_of(fuse_req_t req) {
+Fs::Who Fs::caller_of(fuse_req_t req) {
   const fuse_ctx* ctx = fuse_req_ctx(req);
-  Caller c{ctx->uid, ctx->gid, static_cast<int32_t>(ctx->pid), {}};
+  Who c{ctx->uid, ctx->gid, static_cast<int32_t>(ctx->pid), {}};
   if (c.uid != 0) {
     gid_t buf[64];
     int n = fuse_req_getgroups(req, 64, buf);
@@ -166,7 +220,7 @@ Fs::Caller Fs::caller_of(fuse_req_t req) {
   return c;
 }
 
-void Fs::audit(const Caller& c, const std::string& action, const std::string& name, int err,
+void Fs::audit(const Who& c, const std::string& action, const std::string& name, int err,
                const std::string& to, const std::string& reason) {
   vdir::AuditEntry e{now_seconds(), c.uid, c.pid, action, name, vdir::errno_name(err), to, reason};
   std::string line = vdir::audit_line(e);
@@ -200,10 +254,10 @@ std::optional<SnapshotInfo> Fs::snapshot_of(fuse_ino_t ino) {
     if (it == tops_.end()) return std::nullopt;
     top = it->second;
   }
-  auto s = store_->get(top.name);
+  auto s = get_info(top.name);
   if (s && s->uuid == top.uuid) return *s;
   // Renamed behind our back (or deleted): find it by uuid.
-  auto all = store_->list();
+  auto all = list_info(false);
   if (!all) return std::nullopt;
   for (auto& x : *all)
     if (x.uuid == top.uuid) {
@@ -220,12 +274,48 @@ void Fs::renamed(const std::string& from, const std::string& to) {
     if (top.name == from) top.name = to;
 }
 
-struct stat Fs::snapshot_attr(const SnapshotInfo& s, const struct stat& dir) {
+Result<SnapshotInfo> Fs::get_info(const std::string& name, bool with_subvolumes) {
+  HOODY_TRY(s, store_->get(name));
+  auto i = info_of(s);
+  if (with_subvolumes) {
+    if (auto d = sys::opendir_at(store_fd_.get(), i.uuid.c_str()); d)
+      while (auto* e = ::readdir(d->get()))
+        if (e->d_name[0] != '.') i.subvolumes.push_back(e->d_name);
+    std::sort(i.subvolumes.begin(), i.subvolumes.end());
+  }
+  return i;
+}
+
+Result<std::vector<SnapshotInfo>> Fs::list_info(bool with_subvolumes) {
+  HOODY_TRY(all, store_->list());
+  std::vector<SnapshotInfo> out;
+  out.reserve(all.size());
+  for (auto& s : all) {
+    out.push_back(info_of(s));
+    if (!with_subvolumes) continue;
+    auto& i = out.back();
+    if (auto d = sys::opendir_at(store_fd_.get(), i.uuid.c_str()); d)
+      while (auto* e = ::readdir(d->get()))
+        if (e->d_name[0] != '.') i.subvolumes.push_back(e->d_name);
+    std::sort(i.subvolumes.begin(), i.subvolumes.end());
+  }
+  return out;
+}
+
+size_t Fs::subvolume_count(const std::string& uuid) {
+  size_t n = 0;
+  if (auto d = sys::opendir_at(store_fd_.get(), uuid.c_str()); d)
+    while (auto* e = ::readdir(d->get()))
+      if (e->d_name[0] != '.') ++n;
+  return n;
+}
+
+struct stat Fs::snapshot_attr(const SnapshotInfo& s, const struct stat& dir, size_t subvolumes) {
   struct stat st = dir;
   // Open to all, as ZFS shows its snapshot directories: what may change is
   // decided by the daemon (the verbs, user.hoody.* xattrs) or is EROFS.
   st.st_mode = S_IFDIR | 0777;
-  st.st_nlink = 2 + s.subvolumes.size();
+  st.st_nlink = 2 + subvolumes;
   st.st_uid = 0;
   st.st_gid = 0;
   st.st_atim = st.st_mtim = st.st_ctim = timespec{static_cast<time_t>(s.created), 0};
@@ -238,7 +328,7 @@ Result<fuse_entry_param> Fs::snapshot_entry(const SnapshotInfo& s) {
     std::lock_guard g(tops_m_);
     tops_[e.attr.st_ino] = Top{s.uuid, s.name};
   }
-  e.attr = snapshot_attr(s, e.attr);
+  e.attr = snapshot_attr(s, e.attr, subvolume_count(s.uuid));
   // Names at the root change by other means too (expiry, restore's safety
   // snapshot): the kernel asks again on every use, the contents stay cached.
   e.entry_timeout = 0;
@@ -283,63 +373,12 @@ fuse_entry_param Fs::virtual_entry(uint64_t ino) {
 Result<std::string> Fs::compute_diff(const std::string& node_name) {
   auto spec = vdir::parse_diff_name(node_name);
   if (!spec) return fail(ENOENT);
-  HOODY_TRY(a, store_->get(spec->from));
-  bool live = spec->to == vdir::kLiveName;
-  SnapshotInfo b;
-  std::string tmp_dir;  // a read-only snapshot of the live state, for send
-  if (live) {
-    HOODY_TRY(subs, store_->live_subvolumes());
-    b.subvolumes = subs;
-    tmp_dir = ".diff-" + std::to_string(::getpid()) + "-" +
-              std::to_string(std::chrono::steady_clock::now().time_since_epoch().count());
-    HOODY_CHECK(sys::mkdirat(store_fd_.get(), tmp_dir.c_str(), 0700));
-    b.uuid = tmp_dir;
-  } else {
-    HOODY_TRY(bb, store_->get(spec->to));
-    b = bb;
-  }
-  auto cleanup = [&] {
-    if (!live) return;
-    if (auto d = sys::openat(store_fd_.get(), tmp_dir.c_str(), O_RDONLY | O_DIRECTORY); d)
-      for (auto& sub : b.subvolumes) (void)btrfs::delete_subvolume(d->get(), sub.c_str());
-    (void)sys::unlinkat(store_fd_.get(), tmp_dir.c_str(), AT_REMOVEDIR);
-  };
-  auto body = [&]() -> Result<std::string> {
-    HOODY_TRY(bdir, sys::openat(store_fd_.get(), b.uuid.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW));
-    if (live) {
-      for (auto& sub : b.subvolumes) {
-        HOODY_TRY(sfd, btrfs::open_dir(source_fd_.get(), sub.c_str()));
-        HOODY_CHECK(btrfs::snapshot(sfd.get(), bdir.get(), sub.c_str(), true));
-      }
-    }
-    HOODY_TRY(adir, sys::openat(store_fd_.get(), a.uuid.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW));
-    std::vector<std::string> all = a.subvolumes;
-    all.insert(all.end(), b.subvolumes.begin(), b.subvolumes.end());
-    std::sort(all.begin(), all.end());
-    all.erase(std::unique(all.begin(), all.end()), all.end());
-    std::vector<vdir::SubvolDiff> parts;
-    for (auto& sub : all) {
-      bool in_a = std::binary_search(a.subvolumes.begin(), a.subvolumes.end(), sub);
-      bool in_b = std::find(b.subvolumes.begin(), b.subvolumes.end(), sub) != b.subvolumes.end();
-      vdir::SubvolDiff p;
-      p.subvol = sub;
-      if (!in_a) {
-        p.whole = vdir::SubvolDiff::Whole::added;
-      } else if (!in_b) {
-        p.whole = vdir::SubvolDiff::Whole::removed;
-      } else {
-        HOODY_TRY(afd, btrfs::open_dir(adir.get(), sub.c_str()));
-        HOODY_TRY(bfd, btrfs::open_dir(bdir.get(), sub.c_str()));
-        HOODY_TRY(changes, send::diff_subvolumes(afd.get(), bfd.get()));
-        p.changes = std::move(changes);
-      }
-      parts.push_back(std::move(p));
-    }
-    return vdir::render_diff(parts);
-  };
-  auto r = body();
-  cleanup();
-  return r;
+  // The store folds the send streams of each scope subvolume (and takes
+  // temporary read-only snapshots of the live state for @live).
+  HOODY_TRY(changes, store_->diff(spec->from, spec->to));
+  std::string out;
+  for (auto& c : changes) out += send::format(c) + "\n";
+  return out;
 }
 
 }  // namespace hoody::snapfs

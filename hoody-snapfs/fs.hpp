@@ -26,7 +26,8 @@
 #include "hoody/daemon.hpp"
 #include "hoody/passthrough.hpp"
 #include "hoody/unique_fd.hpp"
-#include "store_api.hpp"
+#include "snapshot_info.hpp"
+#include "store/snapshot_store.hpp"
 #include "vdir/vdir.hpp"
 
 namespace hoody::snapfs {
@@ -40,6 +41,7 @@ struct Config {
 };
 
 OptionTable options();
+TimePoint time_point(int64_t unix_seconds);
 Config config_from(const MountArgs& args);
 
 class Fs final : public pt::PassthroughFs, public DaemonFs {
@@ -95,31 +97,39 @@ public:
   void fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) override;
 
   // For tests and the benchmark.
-  StoreApi& store() { return *store_; }
+  SnapshotStore& store() { return *store_; }
 
   // ---- shared by the op families ------------------------------------------------
-  struct Caller {
+  // Who sent a request.
+  struct Who {
     uint32_t uid = 0, gid = 0;
     int32_t pid = 0;
     std::vector<uint32_t> groups;
+    Caller store() const { return Caller{static_cast<uid_t>(uid), static_cast<pid_t>(pid)}; }
   };
-  static Caller caller_of(fuse_req_t req);
-  bool allowed(const Caller& c) const { return access_.allows(c.uid, c.gid, c.groups); }
+  static Who caller_of(fuse_req_t req);
+  bool allowed(const Who& c) const { return access_.allows(c.uid, c.gid, c.groups); }
   // Appends one line to the audit log and logs it (info, or warn on failure).
-  void audit(const Caller& c, const std::string& action, const std::string& name, int err,
+  void audit(const Who& c, const std::string& action, const std::string& name, int err,
              const std::string& to = "", const std::string& reason = "");
   std::string audit_text();
 
+  // The store's snapshot `name` in the daemon's terms (subvolumes filled if asked).
+  Result<SnapshotInfo> get_info(const std::string& name, bool with_subvolumes = false);
+  Result<std::vector<SnapshotInfo>> list_info(bool with_subvolumes);
   // The snapshot shown by a top-level directory Inode (nullopt for any other inode).
   std::optional<SnapshotInfo> snapshot_of(fuse_ino_t ino);
   // Entry for snapshot `s` (lookup counted on the core's Inode of its directory).
   Result<fuse_entry_param> snapshot_entry(const SnapshotInfo& s);
-  struct stat snapshot_attr(const SnapshotInfo& s, const struct stat& dir);
+  struct stat snapshot_attr(const SnapshotInfo& s, const struct stat& dir, size_t subvolumes);
+  size_t subvolume_count(const std::string& uuid);
   struct stat root_attr();
   struct stat virtual_attr(uint64_t ino);
   fuse_entry_param virtual_entry(uint64_t ino);
   bool is_root(fuse_ino_t ino) const { return ino == FUSE_ROOT_ID; }
 
+  // Wakes the background thread to finish a restore's deletions (recover()).
+  void recover_soon();
   // The contents of .hoody/diff/A..B, computed now.
   Result<std::string> compute_diff(const std::string& node_name);
 
@@ -134,10 +144,11 @@ private:
   void prune_loop();
   void prune_once();
 
+
   Config scfg_;
   vdir::AccessPolicy access_;
   std::optional<int64_t> default_expiry_offset_;  // seconds from creation
-  std::unique_ptr<StoreApi> store_;
+  std::unique_ptr<SnapshotStore> store_;
   dev_t store_dev_ = 0;  // st_dev of SOURCE/.snapshots: the <uuid> dirs live on it
   UniqueFd source_fd_;   // SOURCE, O_RDONLY|O_DIRECTORY
   UniqueFd store_fd_;    // SOURCE/.snapshots, O_RDONLY|O_DIRECTORY
@@ -155,6 +166,7 @@ private:
   std::mutex prune_m_;
   std::condition_variable prune_cv_;
   bool stop_ = false;
+  bool recover_due_ = false;  // a restore left old live subvolumes to delete
   std::thread prune_thread_;
 };
 

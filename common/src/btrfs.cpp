@@ -92,9 +92,10 @@ Status snapshot(int src_fd, int dst_dirfd, const char* name, bool readonly) {
   return s;
 }
 
-Status delete_subvolume(int dirfd, const char* name) {
-  auto s = check(btrfs_util_delete_subvolume_fd(dirfd, name, 0));
-  log::get("btrfs")->debug("op=delete_subvolume name={} -> {}", name,
+Status delete_subvolume(int dirfd, const char* name, bool recursive) {
+  int flags = recursive ? BTRFS_UTIL_DELETE_SUBVOLUME_RECURSIVE : 0;
+  auto s = check(btrfs_util_delete_subvolume_fd(dirfd, name, flags));
+  log::get("btrfs")->debug("op=delete_subvolume name={} recursive={} -> {}", name, recursive,
                            s ? "ok" : s.error().message());
   return s;
 }
@@ -159,6 +160,14 @@ Result<std::vector<Child>> children(int fd, bool post_order) {
 }
 
 Status sync(int fd) { return check(btrfs_util_sync_fd(fd)); }
+
+Result<uint64_t> start_sync(int fd) {
+  uint64_t transid = 0;
+  HOODY_CHECK(check(btrfs_util_start_sync_fd(fd, &transid)));
+  return transid;
+}
+
+Status wait_sync(int fd, uint64_t transid) { return check(btrfs_util_wait_sync_fd(fd, transid)); }
 
 Result<UniqueFd> open_dir(int dirfd, const char* name) {
   return sys::openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);

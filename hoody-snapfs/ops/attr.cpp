@@ -67,7 +67,7 @@ void Fs::getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     return sys::fstatat(fd.get(), "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
   }();
   if (!st) return reply(req, fail(st.error()));
-  auto shown = snapshot_attr(*snap, *st);
+  auto shown = snapshot_attr(*snap, *st, subvolume_count(snap->uuid));
   fuse_reply_attr(req, &shown, 0);
 }
 
@@ -142,12 +142,12 @@ void Fs::setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* 
         audit(c, action, snap->name, EINVAL, text.substr(0, 64), why);
         return fail(EINVAL);
       }
-      s = store_->set_expires(snap->name, *e);
+      s = store_->set_expires(snap->name, *e ? std::optional<TimePoint>(time_point(**e)) : std::nullopt, c.store());
       audit(c, action, snap->name, s.err(), *e ? vdir::format_rfc3339(**e) : "never");
     } else {
       if (text.size() > 4096) return fail(E2BIG);
       while (!text.empty() && text.back() == '\0') text.pop_back();
-      s = store_->set_description(snap->name, text);
+      s = store_->set_description(snap->name, text, c.store());
       audit(c, action, snap->name, s.err());
     }
     return s;
@@ -171,8 +171,8 @@ void Fs::removexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
                                                  " is not root nor in allow_users/allow_groups");
       return fail(EPERM);
     }
-    Status s = is_expires ? store_->set_expires(snap->name, std::nullopt)
-                          : store_->set_description(snap->name, "");
+    Status s = is_expires ? store_->set_expires(snap->name, std::nullopt, c.store())
+                          : store_->set_description(snap->name, "", c.store());
     audit(c, action, snap->name, s.err(), is_expires ? "never" : "");
     return s;
   }());

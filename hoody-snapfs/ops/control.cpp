@@ -34,7 +34,7 @@ struct VDir {
 };
 VDir* vdir_of(fuse_file_info* fi) { return reinterpret_cast<VDir*>(fi->fh); }
 
-std::string denied(const Fs::Caller& c) {
+std::string denied(const Fs::Who& c) {
   return "uid " + std::to_string(c.uid) + " is not root nor in allow_users/allow_groups";
 }
 }  // namespace
@@ -59,7 +59,7 @@ void Fs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     }
     if (acc != O_RDONLY) return fail(EACCES);  // read-only control files
     if (ino == vdir::kSnapshotsJson) {
-      HOODY_TRY(all, store_->list());
+      HOODY_TRY(all, list_info(true));
       f->content = vdir::snapshots_json(all);
     } else if (ino == vdir::kLog) {
       f->content = audit_text();
@@ -113,7 +113,10 @@ void Fs::write_buf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* in, off_t off, f
       audit(c, "restore", data.substr(0, 64), EINVAL, "", why);
       return fail(EINVAL);
     }
-    auto r = store_->restore(*name, c.uid);
+    // Returns once every subvolume is swapped; the old live subvolumes are
+    // deleted by the background thread (recover()).
+    auto r = store_->restore(*name, c.store(), false);
+    if (r) recover_soon();
     audit(c, "restore", *name, r.err(), r ? *r : "", r ? "" : r.error().message());
     if (!r) return fail(r.error());
     root_mtime_ = static_cast<int64_t>(::time(nullptr));

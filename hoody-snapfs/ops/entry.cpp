@@ -28,7 +28,7 @@ void Fs::lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
     if (is_root(parent)) {
       if (is_ctl_name(name)) return virtual_entry(vdir::kCtlDir);
       if (name_problem(name)) return fail(ENOENT);
-      HOODY_TRY(s, store_->get(name));
+      HOODY_TRY(s, get_info(name));
       return snapshot_entry(s);
     }
     if (parent == vdir::kDiffDir) {
@@ -71,11 +71,14 @@ void Fs::mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode)
     if (default_expiry_offset_) expires = static_cast<int64_t>(::time(nullptr)) + *default_expiry_offset_;
     // The store's btrfs calls may take a second (dirty data is flushed): no
     // daemon lock is held here, the other worker threads keep serving.
-    auto s = store_->create(name, c.uid, expires, "");
+    CreateOptions opts;
+    if (expires) opts.expires = time_point(*expires);
+    auto s = store_->create(name, c.store(), opts);
     audit(c, "create", name, s.err(), "", s ? "" : s.error().message());
     if (!s) return fail(s.error());
     root_mtime_ = static_cast<int64_t>(::time(nullptr));
-    return snapshot_entry(*s);
+    HOODY_TRY(info, get_info(name));
+    return snapshot_entry(info);
   }());
 }
 
@@ -89,7 +92,7 @@ void Fs::rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
                                             " is not root nor in allow_users/allow_groups");
       return fail(EPERM);
     }
-    auto s = store_->remove(name);
+    auto s = store_->remove(name, c.store());
     audit(c, "delete", name, s.err());
     if (s) root_mtime_ = static_cast<int64_t>(::time(nullptr));
     return s;
@@ -121,7 +124,7 @@ void Fs::rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t 
     }
     // rename(2) would replace an existing target; a snapshot is never
     // replaced by a rename: EEXIST (RENAME_NOREPLACE semantics always).
-    auto s = store_->rename(name, newname);
+    auto s = store_->rename(name, newname, c.store());
     audit(c, "rename", name, s.err(), newname);
     if (s) {
       renamed(name, newname);

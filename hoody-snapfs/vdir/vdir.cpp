@@ -229,26 +229,6 @@ std::string errno_name(int err) {
   return "E" + std::to_string(err);
 }
 
-std::string render_diff(const std::vector<SubvolDiff>& parts) {
-  std::string out;
-  for (auto& p : parts) {
-    if (p.whole == SubvolDiff::Whole::added) {
-      out += "+ " + send::escape_path(p.subvol) + "\n";
-      continue;
-    }
-    if (p.whole == SubvolDiff::Whole::removed) {
-      out += "- " + send::escape_path(p.subvol) + "\n";
-      continue;
-    }
-    for (auto c : p.changes) {
-      c.path = p.subvol + "/" + c.path;
-      if (!c.to.empty()) c.to = p.subvol + "/" + c.to;
-      out += send::format(c) + "\n";
-    }
-  }
-  return out;
-}
-
 Result<std::string> parse_restore_request(std::string_view data, std::string* why) {
   while (!data.empty() && (data.back() == '\n' || data.back() == '\r' || data.back() == ' '))
     data.remove_suffix(1);

@@ -23,8 +23,7 @@
 #include <vector>
 
 #include "hoody/result.hpp"
-#include "hoody/send_stream.hpp"
-#include "../store_api.hpp"
+#include "../snapshot_info.hpp"
 
 namespace hoody::snapfs::vdir {
 
@@ -107,14 +106,6 @@ struct AuditEntry {
 };
 std::string audit_line(const AuditEntry& e);  // one JSON object and '\n'
 std::string errno_name(int err);              // "EPERM"; "E123" if unknown
-
-// One subvolume's changes, rendered with the subvolume as the first component.
-struct SubvolDiff {
-  std::string subvol;
-  enum class Whole { no, added, removed } whole = Whole::no;
-  std::vector<send::Change> changes;
-};
-std::string render_diff(const std::vector<SubvolDiff>& parts);
 
 // The snapshot name written to .hoody/restore ("NAME\n" from echo).
 Result<std::string> parse_restore_request(std::string_view data, std::string* why);

@@ -131,12 +131,15 @@ TEST_CASE("create, info, snapshot, read-only flag, children, delete, sync") {
   CHECK(::fcntl(sv.get(), F_GETFD) >= 0);
 
   CHECK(btrfs::sync(pool.fd()).ok());
+  auto transid = btrfs::start_sync(pool.fd());
+  REQUIRE(transid.ok());
+  CHECK(*transid > 0);
+  CHECK(btrfs::wait_sync(pool.fd(), *transid).ok());
 
   // Non-recursive delete: a subvolume holding one is refused.
   CHECK(btrfs::delete_subvolume(pool.fd(), "sv").err() == ENOTEMPTY);
-  CHECK(btrfs::delete_subvolume(sv.get(), "inner").ok());
   sv.reset();
-  CHECK(btrfs::delete_subvolume(pool.fd(), "sv").ok());
+  CHECK(btrfs::delete_subvolume(pool.fd(), "sv", true).ok());  // recursive: inner first
   CHECK(btrfs::delete_subvolume(pool.fd(), "sv").err() == ENOENT);
   CHECK(btrfs::delete_subvolume(pool.fd(), "rw").ok());
   snap.reset();

@@ -317,7 +317,7 @@ TEST_CASE("metadata xattrs; expiry pruned by the daemon") {
   REQUIRE(::mkdir(fs.at("s").c_str(), 0755) == 0);
   auto s = fs.at("s");
   CHECK(getx(s, "user.hoody.uuid").size() == 36);
-  CHECK(getx(s, "user.hoody.type") == "btrfs");
+  CHECK(getx(s, "user.hoody.type") == "filesystem");
   CHECK(getx(s, "user.hoody.creator") == "0");
   CHECK(getx(s, "user.hoody.created").size() == 20);
   CHECK(getx(s, "user.hoody.expires").size() == 20);  // the default expiry
@@ -460,7 +460,7 @@ TEST_CASE("a slow snapshot does not block the other requests of the mount") {
     auto a = std::chrono::steady_clock::now();
     CHECK(slurp(fs.at("before/storage/hello.txt")) == "hello\n");
     CHECK(!slurp(fs.at(".hoody/snapshots.json")).empty());
-    CHECK(getx(fs.at("before"), "user.hoody.type") == "btrfs");
+    CHECK(getx(fs.at("before"), "user.hoody.type") == "filesystem");
     worst = std::max(worst, std::chrono::duration<double>(std::chrono::steady_clock::now() - a).count());
     ++reads;
     if (std::chrono::steady_clock::now() - t0 > 20s) break;
