@@ -154,6 +154,7 @@ private:
   UniqueFd store_fd_;    // SOURCE/.snapshots, O_RDONLY|O_DIRECTORY
   UniqueFd audit_fd_;    // SOURCE/.snapshots/audit.log, O_APPEND
   std::atomic<int64_t> root_mtime_{0};  // last create/delete/rename
+  std::atomic<bool> restoring_{false};  // one restore at a time: EBUSY for a second
 
   // Guards tops_.  A leaf lock: nothing is called under it.
   std::mutex tops_m_;

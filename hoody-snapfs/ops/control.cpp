@@ -115,7 +115,12 @@ void Fs::write_buf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* in, off_t off, f
     }
     // Returns once every subvolume is swapped; the old live subvolumes are
     // deleted by the background thread (recover()).
+    if (restoring_.exchange(true)) {
+      audit(c, "restore", *name, EBUSY, "", "another restore is running");
+      return fail(EBUSY);
+    }
     auto r = store_->restore(*name, c.store(), false);
+    restoring_ = false;
     if (r) recover_soon();
     audit(c, "restore", *name, r.err(), r ? *r : "", r ? "" : r.error().message());
     if (!r) return fail(r.error());
