@@ -8,7 +8,9 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <functional>
 #include <fstream>
+#include <sstream>
 #include <thread>
 
 #include "hoody/test/btrfs_pool.hpp"
@@ -113,4 +115,151 @@ TEST_CASE("guard: hang until the deadline or SIGTERM" * doctest::skip()) {
   std::fprintf(stderr, "hanging with %s mounted\n", m.mnt.c_str());
   std::fflush(nullptr);
   for (;;) std::this_thread::sleep_for(1s);
+}
+
+TEST_CASE("cleanup_registry undoes unreleased resources newest first, skips released ones") {
+  require_root();
+  const std::string base = session_dir() + "/registry-test";
+  REQUIRE(::mkdir(base.c_str(), 0755) == 0);
+  const std::string kept = base + "/kept", gone = base + "/gone";
+  REQUIRE(::mkdir(kept.c_str(), 0755) == 0);
+  REQUIRE(::mkdir(gone.c_str(), 0755) == 0);
+  Child sleeper([] {
+    ::pause();
+    return 0;
+  });
+  std::string start = slurp("/proc/" + std::to_string(sleeper.pid()) + "/stat");
+  auto paren = start.rfind(')');
+  std::istringstream ss(start.substr(paren + 2));
+  std::string field;
+  for (int i = 3; i <= 22; ++i) ss >> field;
+  {
+    std::ofstream reg(base + "/registry");
+    reg << "+1 dir " << gone << "\n"
+        << "+2 dir " << kept << "\n-2\n"
+        << "+3 pid " << sleeper.pid() << " " << field << "\n"
+        << "+4 pid " << ::getpid() << " 1\n"  // wrong start time: must not be killed
+        << "+5 loop_image " << base << "/no-such.img\n"
+        << "+6 fuse_mount " << base << "/not-mounted\n";
+  }
+  cleanup_registry(base + "/registry", false);
+  CHECK(::access(gone.c_str(), F_OK) != 0);
+  CHECK(::access(kept.c_str(), F_OK) == 0);
+  ExitInfo e = sleeper.wait();
+  CHECK(e.signal == SIGKILL);
+}
+
+TEST_CASE("a missing capability skips (77), or fails under CI=true") {
+  require_root();
+  auto probe = [](const char* ci) {
+    return run_child(
+        [ci] {
+          ::setenv("CI", ci, 1);
+          require_root();
+          return 0;
+        },
+        {.as_nobody = true});
+  };
+  ExitInfo skip = probe("false");
+  CHECK(skip.exit_code == 77);
+  CHECK(skip.output.find("SKIP: missing capability: root") != std::string::npos);
+  ExitInfo fail = probe("true");
+  CHECK(fail.exit_code != 0);
+  CHECK(fail.exit_code != 77);
+}
+
+// The example of tests/integration/README.md, verbatim.
+TEST_CASE("a file written through the mount lands in the backing subvolume") {
+  require_mount_capabilities();                 // skip (77), or fail under CI=true
+  BtrfsPool pool;                               // loop image, mkfs.btrfs, mount
+  auto src = pool.make_subvolume("databases");
+  auto mnt = pool.make_temp_dir("mnt");
+  Daemon d(dbfs_argv(src, mnt), mnt, pool.dir() + "/daemon.log");  // waits for the mount
+  auto e = run_child([&] { return ::mkdir((mnt + "/x").c_str(), 0755); }, {.as_nobody = true});
+  CHECK(e.exit_code != 0);                      // nobody may not write a 0755 root dir
+}
+
+// --- The guard proved automatically: this binary runs itself -------------
+namespace {
+
+// Everything a nested run made under `base`: mounts, loop devices, dirs.
+std::string leftovers(const std::string& base) {
+  std::string out;
+  std::istringstream mi(slurp("/proc/self/mountinfo"));
+  for (std::string line; std::getline(mi, line);)
+    if (line.find(base) != std::string::npos) out += "mount: " + line + "\n";
+  std::istringstream lo(run({find_tool("losetup"), "-a"}).output);
+  for (std::string line; std::getline(lo, line);)
+    if (line.find(base) != std::string::npos) out += "loop: " + line + "\n";
+  std::istringstream ls(run({"sh", "-c", "ls -d '" + base + "'/hoody-it.* 2>/dev/null"}).output);
+  for (std::string line; std::getline(ls, line);) out += "dir: " + line + "\n";
+  return out;
+}
+
+// Run this binary's guard on one skipped "guard:" case, in its own process
+// group, with its session dir under a fresh `base`.
+Child run_self(const std::string& base, const std::string& test_case, const char* timeout) {
+  return Child(
+      [=] {
+        ::setpgid(0, 0);
+        ::unsetenv("HOODY_TEST_SESSION_DIR");
+        ::setenv("HOODY_TEST_TMP", base.c_str(), 1);
+        ::setenv("HOODY_TEST_TIMEOUT", timeout, 1);
+        std::string tc = "-tc=" + test_case;
+        ::execl("/proc/self/exe", "integration-rig", "--no-skip", tc.c_str(), nullptr);
+        return 127;
+      },
+      {.timeout = 60s});
+}
+
+std::string fresh_base(const char* name) {
+  std::string base = session_dir() + "/" + name;
+  REQUIRE(::mkdir(base.c_str(), 0755) == 0);
+  return base;
+}
+
+bool wait_until(const std::function<bool()>& cond, std::chrono::milliseconds limit) {
+  auto end = std::chrono::steady_clock::now() + limit;
+  while (!cond()) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    std::this_thread::sleep_for(20ms);
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("the guard cleans up after a failed check, a crash and its deadline") {
+  require_mount_capabilities();
+  struct Case {
+    const char* test_case;
+    const char* timeout;
+    const char* expect;
+  };
+  for (auto c : {Case{"guard: failing*", "60", "=== daemon log"},
+                 Case{"guard: crash*", "60", "killed by SEGV"},
+                 Case{"guard: hang*", "2", "deadline of 2 s"}}) {
+    CAPTURE(c.test_case);
+    std::string base = fresh_base(c.timeout[0] == '2' ? "hang" : c.expect[0] == '=' ? "fail" : "crash");
+    ExitInfo e = run_self(base, c.test_case, c.timeout).wait();
+    CHECK_MESSAGE(e.exit_code == 1, e.describe());
+    CHECK_MESSAGE(e.output.find(c.expect) != std::string::npos, e.describe());
+    CHECK_MESSAGE(leftovers(base).empty(), leftovers(base));
+  }
+}
+
+TEST_CASE("the guard cleans up after meson's timeout (SIGTERM, SIGKILL 0.5 s later)") {
+  require_mount_capabilities();
+  std::string base = fresh_base("sigterm");
+  Child guard = run_self(base, "guard: hang*", "60");
+  bool mounted = wait_until([&] { return leftovers(base).find("fuse") != std::string::npos; }, 20s);
+  REQUIRE_MESSAGE(mounted, "the nested test did not mount: " << leftovers(base));
+  ::killpg(guard.pid(), SIGTERM);  // what meson does on a timeout
+  std::this_thread::sleep_for(500ms);
+  ::killpg(guard.pid(), SIGKILL);
+  ExitInfo e = guard.wait();
+  CHECK(e.exit_code == 128 + SIGTERM);
+  bool clean = wait_until([&] { return leftovers(base).empty(); }, 20s);
+  CHECK_MESSAGE(clean, leftovers(base) << "\njanitor log:\n" << slurp(base + "/hoody-it-janitor.log"));
+  CHECK(slurp(base + "/hoody-it-janitor.log").find("losetup -d") != std::string::npos);
 }

@@ -52,9 +52,10 @@ Daemon::Daemon(std::vector<std::string> argv, std::string mountpoint, std::strin
       log_path_(std::move(log_path)),
       opts_(opts) {
   if (argv_.empty()) throw std::invalid_argument("Daemon: empty argv");
-  mount_id_ = register_resource(Resource::fuse_mount, mountpoint_);
   int log_fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (log_fd < 0) throw std::runtime_error("open " + log_path_ + ": " + std::strerror(errno));
+  log_id_ = register_resource(Resource::log, log_path_);
+  mount_id_ = register_resource(Resource::fuse_mount, mountpoint_);
   std::vector<char*> args;
   for (auto& a : argv_) args.push_back(a.data());
   args.push_back(nullptr);
@@ -63,6 +64,8 @@ Daemon::Daemon(std::vector<std::string> argv, std::string mountpoint, std::strin
   if (pid_ < 0) {
     int e = errno;
     ::close(log_fd);
+    release(std::exchange(mount_id_, 0));
+    release(std::exchange(log_id_, 0));
     throw std::runtime_error(std::string("fork: ") + std::strerror(e));
   }
   if (pid_ == 0) {
@@ -93,6 +96,7 @@ Daemon::Daemon(std::vector<std::string> argv, std::string mountpoint, std::strin
       // It may have mounted and died at once.
       if (is_mounted(mountpoint_)) run({"fusermount3", "-uz", mountpoint_}, 10s);
       release(std::exchange(mount_id_, 0));
+      release(std::exchange(log_id_, 0));
       ::close(std::exchange(pidfd_, -1));
       throw std::runtime_error(msg);
     }
@@ -134,6 +138,33 @@ std::string Daemon::stop() {
     }
   }
   release(std::exchange(pid_id_, 0));
+  release(std::exchange(log_id_, 0));
+  ::close(std::exchange(pidfd_, -1));
+  return result;
+}
+
+std::string Daemon::terminate(int sig) {
+  if (stopped_) return "stopped";
+  stopped_ = true;
+  ::kill(pid_, sig);
+  int status = 0;
+  std::string result;
+  if (wait_for(pid_, pidfd_, opts_.stop_timeout, &status)) {
+    result = describe_status(status);
+  } else {
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, &status, 0);
+    result = describe_status(status) + " (did not exit within " +
+             std::to_string(opts_.stop_timeout.count()) + " ms)";
+  }
+  release(std::exchange(pid_id_, 0));
+  if (is_mounted(mountpoint_)) {
+    result += " (left mounted)";
+    run({"fusermount3", "-uz", mountpoint_}, 10s);
+    if (is_mounted(mountpoint_)) ::umount2(mountpoint_.c_str(), MNT_DETACH);
+  }
+  release(std::exchange(mount_id_, 0));
+  release(std::exchange(log_id_, 0));
   ::close(std::exchange(pidfd_, -1));
   return result;
 }

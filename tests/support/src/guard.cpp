@@ -39,6 +39,7 @@ const char* kind_name(Resource k) {
     case Resource::mount: return "mount";
     case Resource::loop_image: return "loop_image";
     case Resource::dir: return "dir";
+    case Resource::log: return "log";
   }
   return "?";
 }
@@ -68,11 +69,13 @@ void append_line(const std::string& line) {
     throw std::runtime_error("write " + path + ": " + std::strerror(e));
 }
 
-// Field 22 of /proc/PID/stat: the start time, to tell a process from a pid reuse.
+// Field 22 of /proc/PID/stat: the start time, to tell a process from a pid
+// reuse.  Empty for a process that is gone or a zombie.
 std::string start_time(pid_t pid) {
   std::string s = slurp("/proc/" + std::to_string(pid) + "/stat");
   auto close_paren = s.rfind(')');
-  if (close_paren == std::string::npos) return {};
+  if (close_paren == std::string::npos || close_paren + 2 >= s.size()) return {};
+  if (s[close_paren + 2] == 'Z') return {};
   std::istringstream ss(s.substr(close_paren + 2));
   std::string field;
   // After "pid (comm) " the state is field 3; start time is field 22.
@@ -115,6 +118,10 @@ void unmount_lazy(const std::string& path, bool fuse, bool verbose) {
 
 void cleanup_one(Resource kind, const std::string& value, bool verbose) {
   switch (kind) {
+    case Resource::log:
+      std::fprintf(stderr, "guard: === log of a daemon not stopped by the test: %s ===\n%s"
+                   "guard: === end of log ===\n", value.c_str(), slurp(value).c_str());
+      break;
     case Resource::fuse_mount: unmount_lazy(value, true, verbose); break;
     case Resource::mount: unmount_lazy(value, false, verbose); break;
     case Resource::pid: {
@@ -244,13 +251,15 @@ void cleanup_registry(const std::string& registry_path, bool verbose) {
     std::getline(ls, value);
     if (!value.empty() && value[0] == ' ') value.erase(0, 1);
     for (Resource k : {Resource::fuse_mount, Resource::pid, Resource::mount,
-                       Resource::loop_image, Resource::dir})
+                       Resource::loop_image, Resource::dir, Resource::log})
       if (kind == kind_name(k)) entries.push_back({id, k, value});
   }
   int left = 0;
   for (auto& e : entries) left += !released.count(e.id);
   if (left == 0) return;
   note(verbose, std::to_string(left) + " resource(s) left by the test; cleaning up");
+  std::stable_partition(entries.begin(), entries.end(),
+                        [](const Entry& e) { return e.kind != Resource::log; });
   for (auto it = entries.rbegin(); it != entries.rend(); ++it) {
     if (released.count(it->id)) continue;
     try {
@@ -307,9 +316,24 @@ bool wait_gone(pid_t child, std::chrono::milliseconds limit, int* status) {
   ::kill(child, SIGTERM);
   std::fflush(nullptr);
   pid_t janitor = ::fork();
+  if (janitor < 0) {  // no janitor: clean up here, and hope for the 0.5 s
+    wait_gone(child, 200ms, nullptr);
+    final_cleanup(child, dir);
+    ::_exit(128 + sig);
+  }
   if (janitor == 0) {
     ::setsid();
     ::signal(SIGPIPE, SIG_IGN);
+    // meson stops reading our output now: the janitor writes to a file next
+    // to the session dir.
+    std::string log = dir.substr(0, dir.rfind('/')) + "/hoody-it-janitor.log";
+    int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd >= 0) {
+      ::dup2(fd, 1);
+      ::dup2(fd, 2);
+      std::fprintf(stderr, "guard: janitor for %s (test pid %d, got %s)\n", dir.c_str(), child,
+                   sigabbrev_np(sig));
+    }
     sigset_t none;
     sigemptyset(&none);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);
@@ -323,8 +347,8 @@ bool wait_gone(pid_t child, std::chrono::milliseconds limit, int* status) {
     final_cleanup(child, dir);
     ::_exit(0);
   }
-  std::fprintf(stderr, "guard: got %s; cleanup continues in pid %d\n", sigabbrev_np(sig),
-               janitor);
+  std::fprintf(stderr, "guard: got %s; cleanup continues in pid %d (log: %s/hoody-it-janitor.log)\n",
+               sigabbrev_np(sig), janitor, dir.substr(0, dir.rfind('/')).c_str());
   int status;
   wait_gone(child, 200ms, &status);
   ::_exit(128 + sig);
@@ -382,8 +406,7 @@ int main(int argc, char** argv) {
       }
       break;
     }
-    struct timespec ts = {0, 0};
-    ts.tv_sec = std::min<long>(left.count() / 1000 + 1, 1);
+    struct timespec ts = {1, 0};  // the deadline is checked once a second
     siginfo_t info;
     int sig = ::sigtimedwait(&set, &info, &ts);
     if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP) detach_cleanup_and_exit(child, sig, dir);

@@ -40,6 +40,11 @@ public:
   // ("exit 0", "killed by SIGKILL", ...).  The destructor calls it if needed.
   std::string stop();
 
+  // Send `sig` (the daemon must unmount by itself), wait for the exit; SIGKILL
+  // after stop_timeout.  Returns the status, plus " (left mounted)" when the
+  // mount was still there (then it is lazily unmounted).
+  std::string terminate(int sig);
+
 private:
   std::vector<std::string> argv_;
   std::string mountpoint_, log_path_;
@@ -47,7 +52,7 @@ private:
   pid_t pid_ = -1;
   int pidfd_ = -1;
   bool stopped_ = false;
-  std::uint64_t pid_id_ = 0, mount_id_ = 0;
+  std::uint64_t log_id_ = 0, pid_id_ = 0, mount_id_ = 0;
 };
 
 // The daemon under test for the dbfs area: $HOODY_DBFS (set by meson when the

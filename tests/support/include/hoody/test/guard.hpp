@@ -8,7 +8,8 @@
 // order, every resource the child registered and did not release: FUSE mounts
 // (fusermount3 -uz), daemon pids (SIGKILL, checked against the start time so a
 // recycled pid is never hit), mounts (umount -l), loop devices (found by
-// backing image, losetup -d) and directories (rm -rf --one-file-system).
+// backing image, losetup -d) and directories (rm -rf --one-file-system); the
+// log of a daemon that was not stopped normally is printed first.
 //
 // The normal path is RAII in the child (BtrfsPool, Daemon): they register a
 // resource before creating it and release it after undoing it.  On SIGTERM
@@ -31,6 +32,7 @@ enum class Resource {
   mount,       // a mountpoint: umount -l
   loop_image,  // an image file: every loop device backed by it is detached
   dir,         // a directory: rm -rf --one-file-system
+  log,         // a daemon's log file: printed to stderr if still registered
 };
 
 // Record a resource in the registry of this test run, before creating it.

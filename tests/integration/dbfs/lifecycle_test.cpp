@@ -1,0 +1,104 @@
+// The daemon's life cycle as DESIGN.md promises it: the mount.fuse3 command
+// line (options also after the positionals), a clean unmount on SIGTERM and
+// SIGINT, a non-zero exit with a reason when it cannot start, and a refusal
+// of a second daemon over the same backing directory.
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+#include <sys/stat.h>
+
+#include <cstring>
+
+#include "hoody/test/btrfs_pool.hpp"
+#include "hoody/test/capability.hpp"
+#include "hoody/test/daemon.hpp"
+#include "hoody/test/process.hpp"
+
+using namespace hoody::test;
+
+namespace {
+
+struct Pool {
+  bool capable = (require_mount_capabilities(), true);
+  BtrfsPool pool;
+  std::string backing = pool.make_subvolume("databases");
+  std::string mnt = pool.make_temp_dir("mnt");
+  std::string log = pool.dir() + "/daemon.log";
+};
+
+// As mount.fuse3 calls it: DAEMON SOURCE MOUNTPOINT -o OPTIONS (plus -f).
+std::vector<std::string> options_last(const std::string& src, const std::string& mnt) {
+  std::vector<std::string> argv{dbfs_command().program, src, mnt, "-f", "-o",
+                                "allow_other,default_permissions"};
+  if (dbfs_command().is_bindfs) argv.insert(argv.begin() + 1, "--multithreaded");
+  return argv;
+}
+
+}  // namespace
+
+TEST_CASE("options after the positionals (mount.fuse3 style) are honoured") {
+  Pool p;
+  Daemon d(options_last(p.backing, p.mnt), p.mnt, p.log);
+  // allow_other took effect: another user can look at the mount.
+  ExitInfo e = run_child([&] {
+    struct stat st;
+    return ::stat(p.mnt.c_str(), &st) == 0 ? 0 : 1;
+  }, {.as_nobody = true});
+  CHECK_MESSAGE(e.ok(), "nobody cannot stat the mount: allow_other was not applied: " << e.describe());
+}
+
+TEST_CASE("SIGTERM and SIGINT unmount cleanly") {
+  for (int sig : {SIGTERM, SIGINT}) {
+    CAPTURE(sigabbrev_np(sig));
+    Pool p;
+    Daemon d(dbfs_argv(p.backing, p.mnt), p.mnt, p.log);
+    {
+      int fd = ::open((p.mnt + "/file").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+      REQUIRE(fd >= 0);
+      CHECK(::write(fd, "data", 4) == 4);
+      ::close(fd);
+    }
+    std::string how = d.terminate(sig);
+    CHECK_MESSAGE(how == "exit 0", "after " << sigabbrev_np(sig) << ": " << how << "\n" << d.log());
+    CHECK_FALSE(is_mounted(p.mnt));
+    CHECK(slurp(p.backing + "/file") == "data");
+  }
+}
+
+TEST_CASE("a daemon that cannot start exits non-zero with a reason") {
+  Pool p;
+  try {
+    Daemon d(dbfs_argv(p.backing + "/missing", p.mnt), p.mnt, p.log, {.start_timeout = 5s});
+    FAIL("the daemon mounted a missing source");
+  } catch (const std::runtime_error& e) {
+    std::string msg = e.what();
+    CHECK_MESSAGE(msg.find("daemon exited before mounting (exit ") != std::string::npos, msg);
+    CHECK_MESSAGE(msg.find("(exit 0)") == std::string::npos, msg);
+    std::string log = slurp(p.log);
+    CHECK_MESSAGE(!log.empty(), "no reason given on stderr");
+  }
+  CHECK_FALSE(is_mounted(p.mnt));
+}
+
+TEST_CASE("a second daemon over the same backing directory refuses to start") {
+  Pool p;
+  Daemon first(dbfs_argv(p.backing, p.mnt), p.mnt, p.log);
+  std::string mnt2 = p.pool.make_temp_dir("mnt2");
+  bool refused = false;
+  std::string why;
+  try {
+    Daemon second(dbfs_argv(p.backing, mnt2), mnt2, p.pool.dir() + "/daemon2.log", {.start_timeout = 5s});
+  } catch (const std::runtime_error& e) {
+    refused = true;
+    why = e.what();
+  }
+  if (dbfs_command().is_bindfs && !refused) {
+    MESSAGE("known divergence (bindfs): a second bindfs over the same source mounts; "
+            "hoody-dbfs must refuse (DESIGN.md: WAL coherence)");
+  } else {
+    CHECK_MESSAGE(refused, "the second daemon mounted the same backing directory");
+    MESSAGE("refused: " << why);
+  }
+  CHECK(is_mounted(p.mnt, "fuse"));
+}
