@@ -13,6 +13,7 @@
 #include "hoody/names.hpp"
 #include "hoody/send_stream.hpp"
 #include "hoody/sys.hpp"
+#include "store/format.hpp"
 
 namespace hoody::snapfs {
 
@@ -61,7 +62,7 @@ Config config_from(const MountArgs& args) {
   c.allow_groups = args.str("allow_groups");
   if (!c.default_expiry.empty()) {
     std::string why;
-    auto e = vdir::parse_expiry(c.default_expiry, 0, &why);
+    auto e = parse_expiry(c.default_expiry, TimePoint{}, &why);
     if (!e) throw UsageError("option 'default_expiry': " + why);
     if (c.default_expiry[0] != '+')
       throw UsageError("option 'default_expiry': give a duration such as +7d, not a time");
@@ -85,9 +86,9 @@ Status Fs::start(std::string* why) {
   if (!acc) return fail(acc.error());
   access_ = *acc;
   if (!scfg_.default_expiry.empty()) {
-    auto e = vdir::parse_expiry(scfg_.default_expiry, 0, why);
+    auto e = parse_expiry(scfg_.default_expiry, TimePoint{}, why);
     if (!e) return fail(e.error());
-    default_expiry_offset_ = *e;
+    if (*e) default_expiry_offset_ = secs(**e);
   }
   auto st = sys::stat(scfg_.source.c_str());
   if (!st) {

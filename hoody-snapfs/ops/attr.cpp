@@ -6,6 +6,7 @@
 
 #include "../fs.hpp"
 #include "hoody/sys.hpp"
+#include "store/format.hpp"
 
 namespace hoody::snapfs {
 
@@ -137,13 +138,14 @@ void Fs::setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* 
     Status s;
     if (is_expires) {
       std::string why;
-      auto e = vdir::parse_expiry(text, static_cast<int64_t>(::time(nullptr)), &why);
+      // The store's syntax: +N with s, m, h, d or w; an RFC 3339 time; never.
+      auto e = parse_expiry(text, Clock::now(), &why);
       if (!e) {
         audit(c, action, snap->name, EINVAL, text.substr(0, 64), why);
         return fail(EINVAL);
       }
-      s = store_->set_expires(snap->name, *e ? std::optional<TimePoint>(time_point(**e)) : std::nullopt, c.store());
-      audit(c, action, snap->name, s.err(), *e ? vdir::format_rfc3339(**e) : "never");
+      s = store_->set_expires(snap->name, *e, c.store());
+      audit(c, action, snap->name, s.err(), *e ? format_utc(**e) : "never");
     } else {
       if (text.size() > 4096) return fail(E2BIG);
       while (!text.empty() && text.back() == '\0') text.pop_back();

@@ -85,10 +85,7 @@ private:
 
 // ---- time -----------------------------------------------------------------
 std::string format_rfc3339(int64_t unix_seconds);  // "2026-11-26T15:00:00Z"
-std::optional<int64_t> parse_rfc3339(std::string_view text);
-// An expiry as users write it: "+30m", "+12h", "+7d", "+2w", an RFC 3339 time,
-// or "" / "never" / "none" to clear it.  EINVAL and *why for anything else.
-Result<std::optional<int64_t>> parse_expiry(std::string_view text, int64_t now, std::string* why);
+// (Expiries are parsed by the store: store/format.hpp parse_expiry.)
 
 // ---- control file contents ---------------------------------------------------
 std::string snapshots_json(const std::vector<SnapshotInfo>& snaps);

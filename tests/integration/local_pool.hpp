@@ -5,7 +5,8 @@
 //   require_capabilities();          // exit 77 (skip) or, under CI=true, 1
 //   LocalPool pool;                  // temp dir, 1 GiB sparse image, mkfs, loop, mount
 //   pool.path()  pool.fd()           // the mounted filesystem
-//   ~LocalPool                       // umount, losetup -d, rm -rf: also on failure
+//   ~LocalPool                       // umount, losetup -d, rm -rf: also on failure,
+//                                    // and by a janitor child if the test dies
 #pragma once
 
 #include <fcntl.h>
@@ -14,6 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -67,9 +69,10 @@ public:
     char tmpl[] = "/tmp/hoody-it.XXXXXX";
     if (!::mkdtemp(tmpl)) throw std::runtime_error("mkdtemp failed");
     dir_ = tmpl;
+    image_ = dir_ + "/pool.img";
+    mnt_ = dir_ + "/mnt";
+    start_janitor();
     try {
-      image_ = dir_ + "/pool.img";
-      mnt_ = dir_ + "/mnt";
       sh("truncate -s " + size + " '" + image_ + "'");
       sh("mkfs.btrfs -q -f '" + image_ + "' >/dev/null");
       loop_ = sh("losetup --find --show '" + image_ + "'");
@@ -92,6 +95,33 @@ public:
   int fd() const { return fd_.get(); }
 
 private:
+  // A child that waits for this process to close the pipe (on cleanup, or by
+  // dying: a crash, SIGKILL) and then removes whatever is left: the mount,
+  // the loop device of the image, the directory.
+  void start_janitor() {
+    int p[2];
+    if (::pipe2(p, O_CLOEXEC) != 0) throw std::runtime_error("pipe2 failed");
+    pid_t pid = ::fork();
+    if (pid < 0) throw std::runtime_error("fork failed");
+    if (pid == 0) {
+      ::dup2(p[0], 3);  // dup2 clears O_CLOEXEC; every other fd goes
+      ::close_range(4, ~0U, 0);
+      if (p[0] != 3) ::close(p[0]);
+      ::setsid();  // out of the test's process group: meson's kill must not reach it
+      char c;
+      while (::read(3, &c, 1) > 0 || errno == EINTR) {
+      }
+      const std::string cmd = "mountpoint -q '" + mnt_ + "' && umount -l '" + mnt_ +
+                              "'; losetup -j '" + image_ +
+                              "' -O NAME -n | xargs -r -n1 losetup -d; rm -rf '" + dir_ + "'";
+      ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    ::close(p[0]);
+    janitor_pipe_.reset(p[1]);
+    janitor_ = pid;
+  }
+
   void cleanup() noexcept {
     fd_.reset();
     if (mounted_) {
@@ -109,11 +139,18 @@ private:
       std::system(("rm -rf '" + dir_ + "'").c_str());
       dir_.clear();
     }
+    janitor_pipe_.reset();
+    if (janitor_ > 0) {
+      ::waitpid(janitor_, nullptr, 0);
+      janitor_ = -1;
+    }
   }
 
   std::string dir_, image_, mnt_, loop_;
   bool mounted_ = false;
   UniqueFd fd_;
+  UniqueFd janitor_pipe_;
+  pid_t janitor_ = -1;
 };
 
 }  // namespace hoody::test

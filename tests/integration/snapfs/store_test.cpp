@@ -486,6 +486,40 @@ TEST_CASE("list() is not held up by a create that flushes dirty data") {
   CHECK(st->get("flush").ok());
 }
 
+TEST_CASE("concurrent operations from several threads keep the store consistent") {
+  LocalPool pool;
+  Container c(pool, "c1");
+  auto st = c.open();
+  constexpr int kThreads = 4, kRounds = 8;
+  std::atomic<int> created{0}, removed{0}, renamed{0}, collisions{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kRounds; ++i) {
+        std::string mine = "t" + std::to_string(t) + "-" + std::to_string(i);
+        // Everyone also fights over one shared name.
+        auto shared = st->create("shared-" + std::to_string(i), Caller{0, t});
+        if (shared) ++created;
+        else if (shared.err() == EEXIST) ++collisions;
+        else FAIL_CHECK("create shared: ", shared.error().message());
+        if (st->create(mine, Caller{0, t})) ++created;
+        if (i % 2 == 0 && st->rename(mine, mine + "-r", Caller{0, t})) ++renamed;
+        if (i % 3 == 0 && st->remove(i % 2 == 0 ? mine + "-r" : mine, Caller{0, t})) ++removed;
+        CHECK(st->list().ok());
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(collisions == (kThreads - 1) * kRounds);
+  auto list = st->list();
+  REQUIRE(list.ok());
+  CHECK(static_cast<int>(list->size()) == created - removed);
+  CHECK(renamed == kThreads * (kRounds / 2));
+  check_store_consistent(c, *st);
+  MESSAGE(created.load(), " created, ", removed.load(), " removed, ", renamed.load(),
+          " renamed, ", collisions.load(), " EEXIST on a shared name");
+}
+
 TEST_CASE("restore time does not grow with the data size") {
   LocalPool pool;
   struct Times {
