@@ -73,6 +73,7 @@ Config config_from(const MountArgs& args) {
 Fs::Fs(Config cfg) : pt::PassthroughFs(cfg.core), scfg_(std::move(cfg)) {}
 
 Fs::~Fs() {
+  wait_jobs();
   {
     std::lock_guard g(prune_m_);
     stop_ = true;
@@ -155,7 +156,31 @@ void Fs::init(fuse_conn_info* conn) {
   if (!prune_thread_.joinable()) prune_thread_ = std::thread([this] { prune_loop(); });
 }
 
+void Fs::offload(std::function<void()> fn) {
+  {
+    std::lock_guard g(jobs_m_);
+    ++jobs_;
+  }
+  auto run = [this, fn = std::move(fn)] {
+    fn();
+    std::lock_guard g(jobs_m_);
+    if (--jobs_ == 0) jobs_cv_.notify_all();
+  };
+  try {
+    std::thread(run).detach();  // a copy: run stays callable if this throws
+  } catch (const std::system_error&) {
+    // No thread to be had: do it here rather than not at all.
+    run();
+  }
+}
+
+void Fs::wait_jobs() {
+  std::unique_lock g(jobs_m_);
+  jobs_cv_.wait(g, [this] { return jobs_ == 0; });
+}
+
 void Fs::destroy() {
+  wait_jobs();
   {
     std::lock_guard g(prune_m_);
     stop_ = true;

@@ -16,6 +16,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -128,6 +129,11 @@ public:
   fuse_entry_param virtual_entry(uint64_t ino);
   bool is_root(fuse_ino_t ino) const { return ino == FUSE_ROOT_ID; }
 
+  // Runs fn (which replies to its request) on a thread of its own: a request
+  // that waits on BTRFS (a snapshot flushing dirty data, a delete, a restore,
+  // a send stream) never pins a worker of the FUSE loop.  destroy() waits for
+  // every such job.
+  void offload(std::function<void()> fn);
   // Wakes the background thread to finish a restore's deletions (recover()).
   void recover_soon();
   // The contents of .hoody/diff/A..B, computed now.
@@ -162,6 +168,12 @@ private:
     std::string uuid, name;
   };
   std::unordered_map<ino_t, Top> tops_;  // backing ino of a <uuid> dir -> its snapshot
+
+  // Guards jobs_ (offloaded requests in flight).  A leaf lock.
+  std::mutex jobs_m_;
+  std::condition_variable jobs_cv_;
+  size_t jobs_ = 0;
+  void wait_jobs();
 
   // Guards stop_ (the prune thread's sleep).  A leaf lock.
   std::mutex prune_m_;

@@ -19,11 +19,12 @@ void reply(fuse_req_t req, const Result<fuse_entry_param>& e) {
 }
 void reply(fuse_req_t req, Status s) { fuse_reply_err(req, s.err()); }
 
-bool is_ctl_name(const char* name) { return vdir::kCtlName == name; }
+bool is_ctl_name(std::string_view name) { return vdir::kCtlName == name; }
 }  // namespace
 
 void Fs::lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
-  if (!is_root(parent) && !vdir::is_virtual(parent)) return pt::PassthroughFs::lookup(req, parent, name);
+  if (!is_root(parent) && !vdir::is_virtual(parent))
+    return pt::PassthroughFs::lookup(req, parent, name);
   reply(req, [&]() -> Result<fuse_entry_param> {
     if (is_root(parent)) {
       if (is_ctl_name(name)) return virtual_entry(vdir::kCtlDir);
@@ -53,50 +54,57 @@ void Fs::forget(fuse_ino_t ino, uint64_t nlookup) {
 }
 
 void Fs::mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
-  if (!is_root(parent) && !vdir::is_virtual(parent)) return pt::PassthroughFs::mkdir(req, parent, name, mode);
-  reply(req, [&]() -> Result<fuse_entry_param> {
-    if (!is_root(parent)) return fail(EPERM);
-    auto c = caller_of(req);
-    std::string why;
-    if (auto v = validate_snapshot_name(name, &why); !v) {
-      audit(c, "create", name, v.err(), "", why);
-      return fail(v.error());
-    }
-    if (!allowed(c)) {
-      audit(c, "create", name, EPERM, "", "uid " + std::to_string(c.uid) +
-                                            " is not root nor in allow_users/allow_groups");
-      return fail(EPERM);
-    }
-    std::optional<int64_t> expires;
-    if (default_expiry_offset_) expires = static_cast<int64_t>(::time(nullptr)) + *default_expiry_offset_;
-    // The store's btrfs calls may take a second (dirty data is flushed): no
-    // daemon lock is held here, the other worker threads keep serving.
-    CreateOptions opts;
-    if (expires) opts.expires = time_point(*expires);
-    auto s = store_->create(name, c.store(), opts);
-    audit(c, "create", name, s.err(), "", s ? "" : s.error().message());
-    if (!s) return fail(s.error());
-    root_mtime_ = static_cast<int64_t>(::time(nullptr));
-    HOODY_TRY(info, get_info(name));
-    return snapshot_entry(info);
-  }());
+  if (!is_root(parent) && !vdir::is_virtual(parent))
+    return pt::PassthroughFs::mkdir(req, parent, name, mode);
+  offload([this, req, parent, name = std::string(name)] {
+    reply(req, [&]() -> Result<fuse_entry_param> {
+      if (!is_root(parent)) return fail(EPERM);
+      auto c = caller_of(req);
+      std::string why;
+      if (auto v = validate_snapshot_name(name, &why); !v) {
+        audit(c, "create", name, v.err(), "", why);
+        return fail(v.error());
+      }
+      if (!allowed(c)) {
+        audit(c, "create", name, EPERM, "",
+              "uid " + std::to_string(c.uid) + " is not root nor in allow_users/allow_groups");
+        return fail(EPERM);
+      }
+      std::optional<int64_t> expires;
+      if (default_expiry_offset_)
+        expires = static_cast<int64_t>(::time(nullptr)) + *default_expiry_offset_;
+      // The store's btrfs calls may take a second (dirty data is flushed): no
+      // daemon lock is held here, the other worker threads keep serving.
+      CreateOptions opts;
+      if (expires) opts.expires = time_point(*expires);
+      auto s = store_->create(name, c.store(), opts);
+      audit(c, "create", name, s.err(), "", s ? "" : s.error().message());
+      if (!s) return fail(s.error());
+      root_mtime_ = static_cast<int64_t>(::time(nullptr));
+      HOODY_TRY(info, get_info(name));
+      return snapshot_entry(info);
+    }());
+  });
 }
 
 void Fs::rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
-  if (!is_root(parent) && !vdir::is_virtual(parent)) return pt::PassthroughFs::rmdir(req, parent, name);
-  reply(req, [&]() -> Status {
-    if (!is_root(parent) || is_ctl_name(name)) return fail(EPERM);
-    auto c = caller_of(req);
-    if (!allowed(c)) {
-      audit(c, "delete", name, EPERM, "", "uid " + std::to_string(c.uid) +
-                                            " is not root nor in allow_users/allow_groups");
-      return fail(EPERM);
-    }
-    auto s = store_->remove(name, c.store());
-    audit(c, "delete", name, s.err());
-    if (s) root_mtime_ = static_cast<int64_t>(::time(nullptr));
-    return s;
-  }());
+  if (!is_root(parent) && !vdir::is_virtual(parent))
+    return pt::PassthroughFs::rmdir(req, parent, name);
+  offload([this, req, parent, name = std::string(name)] {
+    reply(req, [&]() -> Status {
+      if (!is_root(parent) || is_ctl_name(name)) return fail(EPERM);
+      auto c = caller_of(req);
+      if (!allowed(c)) {
+        audit(c, "delete", name, EPERM, "",
+              "uid " + std::to_string(c.uid) + " is not root nor in allow_users/allow_groups");
+        return fail(EPERM);
+      }
+      auto s = store_->remove(name, c.store());
+      audit(c, "delete", name, s.err());
+      if (s) root_mtime_ = static_cast<int64_t>(::time(nullptr));
+      return s;
+    }());
+  });
 }
 
 void Fs::rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
@@ -104,34 +112,38 @@ void Fs::rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t 
   bool ours = is_root(parent) || is_root(newparent) || vdir::is_virtual(parent) ||
               vdir::is_virtual(newparent);
   if (!ours) return pt::PassthroughFs::rename(req, parent, name, newparent, newname, flags);
-  reply(req, [&]() -> Status {
-    // Snapshots move only within the root, and nothing moves in or out of it.
-    if (parent != newparent) return fail(EXDEV);
-    if (!is_root(parent)) return fail(EPERM);
-    // Exchanging two snapshots (or whiteouts) is not a rename of one.
-    if (flags & (RENAME_EXCHANGE | RENAME_WHITEOUT)) return fail(EINVAL);
-    if (is_ctl_name(name) || is_ctl_name(newname)) return fail(EPERM);
-    auto c = caller_of(req);
-    std::string why;
-    if (auto v = validate_snapshot_name(newname, &why); !v) {
-      audit(c, "rename", name, v.err(), newname, why);
-      return fail(v.error());
-    }
-    if (!allowed(c)) {
-      audit(c, "rename", name, EPERM, newname, "uid " + std::to_string(c.uid) +
-                                                 " is not root nor in allow_users/allow_groups");
-      return fail(EPERM);
-    }
-    // rename(2) would replace an existing target; a snapshot is never
-    // replaced by a rename: EEXIST (RENAME_NOREPLACE semantics always).
-    auto s = store_->rename(name, newname, c.store());
-    audit(c, "rename", name, s.err(), newname);
-    if (s) {
-      renamed(name, newname);
-      root_mtime_ = static_cast<int64_t>(::time(nullptr));
-    }
-    return s;
-  }());
+  // The store serialises renames with creates: this one may wait for a snapshot.
+  offload([this, req, parent, newparent, flags, name = std::string(name),
+           newname = std::string(newname)] {
+    reply(req, [&]() -> Status {
+      // Snapshots move only within the root, and nothing moves in or out of it.
+      if (parent != newparent) return fail(EXDEV);
+      if (!is_root(parent)) return fail(EPERM);
+      // Exchanging two snapshots (or whiteouts) is not a rename of one.
+      if (flags & (RENAME_EXCHANGE | RENAME_WHITEOUT)) return fail(EINVAL);
+      if (is_ctl_name(name) || is_ctl_name(newname)) return fail(EPERM);
+      auto c = caller_of(req);
+      std::string why;
+      if (auto v = validate_snapshot_name(newname, &why); !v) {
+        audit(c, "rename", name, v.err(), newname, why);
+        return fail(v.error());
+      }
+      if (!allowed(c)) {
+        audit(c, "rename", name, EPERM, newname,
+              "uid " + std::to_string(c.uid) + " is not root nor in allow_users/allow_groups");
+        return fail(EPERM);
+      }
+      // rename(2) would replace an existing target; a snapshot is never
+      // replaced by a rename: EEXIST (RENAME_NOREPLACE semantics always).
+      auto s = store_->rename(name, newname, c.store());
+      audit(c, "rename", name, s.err(), newname);
+      if (s) {
+        renamed(name, newname);
+        root_mtime_ = static_cast<int64_t>(::time(nullptr));
+      }
+      return s;
+    }());
+  });
 }
 
 // Nothing but snapshots (directories) is made at the root or in .hoody/.
