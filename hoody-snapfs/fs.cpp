@@ -210,6 +210,11 @@ void Fs::prune_loop() {
   }
 }
 
+void Fs::changed() {
+  root_mtime_ = now_seconds();
+  ++changes_;
+}
+
 void Fs::recover_soon() {
   {
     std::lock_guard g(prune_m_);
@@ -226,7 +231,7 @@ void Fs::prune_once() {
     return;
   }
   for (auto& name : *removed) audit(daemon, "prune", name, 0, "", "expired");
-  if (!removed->empty()) root_mtime_ = now_seconds();
+  if (!removed->empty()) changed();
 }
 
 Fs::Who Fs::caller_of(fuse_req_t req) {
@@ -358,7 +363,7 @@ Result<fuse_entry_param> Fs::snapshot_entry(const SnapshotInfo& s) {
   // Names at the root change by other means too (expiry, restore's safety
   // snapshot): the kernel asks again on every use, the contents stay cached.
   e.entry_timeout = 0;
-  e.attr_timeout = 0;
+  e.attr_timeout = cfg_.attr_timeout;
   return e;
 }
 
@@ -366,9 +371,15 @@ struct stat Fs::root_attr() {
   struct stat st {};
   auto r = sys::fstat(store_fd_.get());
   if (r) st = *r;
-  auto n = store_->list();
+  uint64_t gen = changes_.load();
+  if (counted_at_.load() != gen) {
+    if (auto n = store_->list(); n) {
+      count_ = n->size();
+      counted_at_ = gen;
+    }
+  }
   st.st_mode = S_IFDIR | 0777;  // anyone may try mkdir; the daemon decides (EPERM)
-  st.st_nlink = 3 + (n ? n->size() : 0);  // ., .., .hoody, one per snapshot
+  st.st_nlink = 3 + count_.load();  // ., .., .hoody, one per snapshot
   st.st_uid = 0;
   st.st_gid = 0;
   st.st_ino = 1;

@@ -134,6 +134,8 @@ public:
   // a send stream) never pins a worker of the FUSE loop.  destroy() waits for
   // every such job.
   void offload(std::function<void()> fn);
+  // The set of snapshots changed (times and counts of the root follow).
+  void changed();
   // Wakes the background thread to finish a restore's deletions (recover()).
   void recover_soon();
   // The contents of .hoody/diff/A..B, computed now.
@@ -159,7 +161,12 @@ private:
   UniqueFd source_fd_;   // SOURCE, O_RDONLY|O_DIRECTORY
   UniqueFd store_fd_;    // SOURCE/.snapshots, O_RDONLY|O_DIRECTORY
   UniqueFd audit_fd_;    // SOURCE/.snapshots/audit.log, O_APPEND
-  std::atomic<int64_t> root_mtime_{0};  // last create/delete/rename
+  std::atomic<int64_t> root_mtime_{0};  // last create/delete/rename/prune/restore
+  // The root's snapshot count, recounted only after a change: a getattr of
+  // the root (every path walk checks its permission) must not list the store.
+  std::atomic<uint64_t> changes_{1};
+  std::atomic<uint64_t> counted_at_{0};
+  std::atomic<size_t> count_{0};
   std::atomic<bool> restoring_{false};  // one restore at a time: EBUSY for a second
 
   // Guards tops_.  A leaf lock: nothing is called under it.

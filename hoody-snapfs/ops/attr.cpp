@@ -51,8 +51,10 @@ Result<std::string> meta_value(const SnapshotInfo& s, std::string_view name) {
 
 void Fs::getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if (is_root(ino)) {
+    // The root's count and times may lag by attr_timeout: each path walk
+    // checks the root's permission, and asking every time costs a round trip.
     auto st = root_attr();
-    fuse_reply_attr(req, &st, 0);
+    fuse_reply_attr(req, &st, cfg_.attr_timeout);
     return;
   }
   if (vdir::is_virtual(ino)) {
@@ -69,7 +71,7 @@ void Fs::getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   }();
   if (!st) return reply(req, fail(st.error()));
   auto shown = snapshot_attr(*snap, *st, subvolume_count(snap->uuid));
-  fuse_reply_attr(req, &shown, 0);
+  fuse_reply_attr(req, &shown, cfg_.attr_timeout);
 }
 
 void Fs::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int valid, fuse_file_info* fi) {

@@ -140,7 +140,7 @@ void Fs::write_buf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* in, off_t off, f
       if (r) recover_soon();
       audit(c, "restore", *name, r.err(), r ? *r : "", r ? "" : r.error().message());
       if (!r) return fail(r.error());
-      root_mtime_ = static_cast<int64_t>(::time(nullptr));
+      changed();
       return n;
     }();
     if (!written) return reply(req, fail(written.error()));

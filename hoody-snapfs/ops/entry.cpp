@@ -80,7 +80,7 @@ void Fs::mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode)
       auto s = store_->create(name, c.store(), opts);
       audit(c, "create", name, s.err(), "", s ? "" : s.error().message());
       if (!s) return fail(s.error());
-      root_mtime_ = static_cast<int64_t>(::time(nullptr));
+      changed();
       HOODY_TRY(info, get_info(name));
       return snapshot_entry(info);
     }());
@@ -101,7 +101,7 @@ void Fs::rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
       }
       auto s = store_->remove(name, c.store());
       audit(c, "delete", name, s.err());
-      if (s) root_mtime_ = static_cast<int64_t>(::time(nullptr));
+      if (s) changed();
       return s;
     }());
   });
@@ -139,7 +139,7 @@ void Fs::rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t 
       audit(c, "rename", name, s.err(), newname);
       if (s) {
         renamed(name, newname);
-        root_mtime_ = static_cast<int64_t>(::time(nullptr));
+        changed();
       }
       return s;
     }());
