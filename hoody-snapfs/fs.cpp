@@ -230,7 +230,10 @@ void Fs::prune_once() {
     log::get("snap")->warn("prune: {}", removed.error().message());
     return;
   }
-  for (auto& name : *removed) audit(daemon, "prune", name, 0, "", "expired");
+  for (auto& name : *removed) {
+    audit(daemon, "prune", name, 0, "", "expired");
+    this->removed(name);
+  }
   if (!removed->empty()) changed();
 }
 
@@ -339,6 +342,11 @@ size_t Fs::subvolume_count(const std::string& uuid) {
     while (auto* e = ::readdir(d->get()))
       if (e->d_name[0] != '.') ++n;
   return n;
+}
+
+void Fs::removed(const std::string& name) {
+  std::lock_guard g(tops_m_);
+  std::erase_if(tops_, [&](const auto& kv) { return kv.second.name == name; });
 }
 
 struct stat Fs::snapshot_attr(const SnapshotInfo& s, const struct stat& dir, size_t subvolumes) {

@@ -144,6 +144,8 @@ public:
   vdir::DiffTable diffs_;
   // A rename at the root: the top-level directories follow it.
   void renamed(const std::string& from, const std::string& to);
+  // A snapshot is gone: its top-level directory no longer shows it.
+  void removed(const std::string& name);
 
 protected:
   Status may_mutate(fuse_req_t req, const char* what) override;

@@ -101,7 +101,10 @@ void Fs::rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
       }
       auto s = store_->remove(name, c.store());
       audit(c, "delete", name, s.err());
-      if (s) changed();
+      if (s) {
+        removed(name);
+        changed();
+      }
       return s;
     }());
   });

@@ -1,6 +1,7 @@
 // hoody-snapfs on a real BTRFS loop image with the real daemon mounted.
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <linux/fs.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -278,6 +279,26 @@ TEST_CASE("allow_users lets a named user take and delete snapshots") {
     return 0;
   }, {.as_nobody = true});
   CHECK_MESSAGE(e.exit_code == 0, e.describe());
+}
+
+TEST_CASE("allow_groups lets the members of a group in (primary or supplementary)") {
+  require_mount_capabilities();
+  Snapfs fs("allow_other,allow_groups=65534");
+  ::chmod(fs.pool.dir().c_str(), 0755);
+  std::string m = fs.mnt;
+  auto e = run_child([m]() -> int {
+    if (::mkdir((m + "/by-group").c_str(), 0755) != 0) return 1;
+    if (::setxattr((m + "/by-group").c_str(), "user.hoody.expires", "+1d", 3, 0) != 0) return 2;
+    return 0;
+  }, {.as_nobody = true});
+  CHECK_MESSAGE(e.exit_code == 0, e.describe());
+  auto other = run_child([m]() -> int {
+    if (::setgroups(0, nullptr) != 0 || ::setresgid(1234, 1234, 1234) != 0 ||
+        ::setresuid(1234, 1234, 1234) != 0)
+      return 100;
+    return err_of(::mkdir((m + "/by-other").c_str(), 0755));
+  });
+  CHECK(other.exit_code == EPERM);
 }
 
 TEST_CASE("rmdir deletes all of a snapshot; mv renames only within the directory") {
