@@ -161,8 +161,14 @@ int run_session(const fuse_lowlevel_ops& ops, void* userdata, const SessionConfi
   fuse_session_unmount(se);
   fuse_remove_signal_handlers(se);
   log->info("unmounted {}", cfg.mountpoint);
-  // A loop ended by SIGTERM/SIGINT/SIGHUP is a clean exit.
-  return (ret == 0 || fuse_session_exited(se)) ? 0 : 1;
+  // libfuse 3.14 returns the signal number for a loop ended by SIGTERM,
+  // SIGINT or SIGHUP (and resets the session's exited flag): a clean exit.
+  // Only a negative errno is a failure.
+  if (ret < 0) {
+    log->error("FUSE loop failed: {}", std::strerror(-ret));
+    return 1;
+  }
+  return 0;
 }
 
 }  // namespace hoody

@@ -172,6 +172,19 @@ bool mounted_beneath(const std::string& dir) {
   return false;
 }
 
+// Subvolumes nested in the scope subvolumes ("storage/docker/btrfs/..."):
+// BTRFS snapshots them as empty stubs, so no snapshot holds their data.
+Result<std::vector<std::string>> nested_subvolumes(int source_fd,
+                                                   const std::vector<std::string>& scope) {
+  std::vector<std::string> out;
+  for (const auto& sv : scope) {
+    HOODY_TRY(fd, btrfs::open_dir(source_fd, sv.c_str()));
+    HOODY_TRY(kids, btrfs::children(fd.get()));
+    for (auto& k : kids) out.push_back(sv + "/" + k.path);
+  }
+  return out;
+}
+
 Snapshot row_to_snapshot(const sql::Stmt& s) {
   Snapshot out;
   out.name = s.text(0);
@@ -196,6 +209,8 @@ const std::vector<std::string>& SnapshotStore::crash_points() {
       "remove:delete-1",  "remove:deleted",   "restore:safety",    "restore:journaled",
       "restore:copy-1",   "restore:prepared", "restore:exchange-1", "restore:exchanged",
       "restore:committed", "restore:delete-1", "restore:deleted",
+      // In recover() undoing a restore killed at restore:exchanged.
+      "recover:swapback-1",
   };
   return kPoints;
 }
@@ -325,7 +340,10 @@ Status SnapshotStore::purge(const char* dir_name, const char* op) {
   for (const auto& n : names) {
     HOODY_TRY(st, sys::fstatat(dfd->get(), n.c_str(), AT_SYMLINK_NOFOLLOW));
     if (S_ISDIR(st.st_mode) && st.st_ino == btrfs::kSubvolumeRootIno) {
-      HOODY_CHECK(btrfs::delete_subvolume(dfd->get(), n.c_str(), /*recursive=*/true));
+      // Never recursive: store directories hold no nested subvolumes (BTRFS
+      // snapshots them as empty stubs), so a nested one is someone's data
+      // (ENOTEMPTY, the journal entry stays).
+      HOODY_CHECK(btrfs::delete_subvolume(dfd->get(), n.c_str(), /*recursive=*/false));
       if (++deleted == 1 && op) crash_point(op, "delete-1");
     } else {
       HOODY_CHECK(sys::unlinkat(dfd->get(), n.c_str(), S_ISDIR(st.st_mode) ? AT_REMOVEDIR : 0));
@@ -416,6 +434,10 @@ Result<Snapshot> SnapshotStore::create_locked(std::string_view name, const Calle
     return fail(EEXIST);
   }
   HOODY_TRY(subvols, scope());
+  if (auto nested = nested_subvolumes(source_.get(), subvols); nested && !nested->empty())
+    lg->warn("op=create name={} -> nested subvolume {} (and {} more) is not captured: snapshots "
+             "hold an empty directory in its place",
+             quote_name(name), nested->front(), nested->size() - 1);
 
   Snapshot snap;
   snap.name = std::string(name);
@@ -426,6 +448,7 @@ Result<Snapshot> SnapshotStore::create_locked(std::string_view name, const Calle
   snap.description = opts.description;
   auto t0 = std::chrono::steady_clock::now();
 
+  double window_ms = 0;  // from the first subvolume's snapshot to the last one's
   HOODY_TRY(jid, journal_begin("create", name, snap.uuid, json::object().dump()));
   crash_point("create", "journaled");
   const std::string staging = kStagingPrefix + snap.uuid;
@@ -434,12 +457,19 @@ Result<Snapshot> SnapshotStore::create_locked(std::string_view name, const Calle
     HOODY_CHECK(sys::mkdirat(store_.get(), staging.c_str(), 0700));
     crash_point("create", "staged");
     HOODY_TRY(sfd, btrfs::open_dir(store_.get(), staging.c_str()));
+    // BTRFS snapshots one subvolume at a time, each after flushing its dirty
+    // data.  Flush all of it first, so that the snapshots follow each other
+    // within milliseconds instead of one flush apart ("taken together").
+    if (subvols.size() > 1) HOODY_CHECK(btrfs::sync(source_.get()));
+    auto first = std::chrono::steady_clock::now();
     int n = 0;
     for (const auto& sv : subvols) {
       HOODY_TRY(src, btrfs::open_dir(source_.get(), sv.c_str()));
       HOODY_CHECK(btrfs::snapshot(src.get(), sfd.get(), sv.c_str(), /*readonly=*/true));
       if (++n == 1) crash_point("create", "subvol-1");
     }
+    window_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - first)
+                    .count();
     crash_point("create", "snapshotted");
     HOODY_CHECK(sys::renameat2(store_.get(), staging.c_str(), store_.get(), snap.uuid.c_str(),
                                RENAME_NOREPLACE));
@@ -473,9 +503,11 @@ Result<Snapshot> SnapshotStore::create_locked(std::string_view name, const Calle
     return fail(st.error());
   }
   crash_point("create", "committed");
-  lg->info("op=create name={} uuid={} subvolumes={} uid={} -> ok in {:.1f} ms", quote_name(name),
-           snap.uuid, subvols.size(), caller.uid,
-           std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  lg->info("op=create name={} uuid={} subvolumes={} uid={} -> ok in {:.1f} ms (snapshots within "
+           "{:.1f} ms)",
+           quote_name(name), snap.uuid, subvols.size(), caller.uid,
+           std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(),
+           window_ms);
   return snap;
 }
 
@@ -583,7 +615,8 @@ Status SnapshotStore::set_expires(std::string_view name, std::optional<TimePoint
   HOODY_CHECK(q.run());
   Errno err(db_.changes() == 0 ? ENOENT : 0);
   (void)audit(caller, "set_expires", name,
-              result_text(err, expires ? utc_stamp(*expires) : std::string("never")));
+              err.value() ? result_text(err, "no such snapshot")
+                          : "ok; expires " + (expires ? utc_stamp(*expires) : std::string("never")));
   if (err.value()) return fail(err);
   return {};
 }
@@ -596,7 +629,7 @@ Status SnapshotStore::set_description(std::string_view name, std::string_view de
   q.bind(1, description).bind(2, name);
   HOODY_CHECK(q.run());
   Errno err(db_.changes() == 0 ? ENOENT : 0);
-  (void)audit(caller, "set_description", name, result_text(err, {}));
+  (void)audit(caller, "set_description", name, result_text(err, "no such snapshot"));
   if (err.value()) return fail(err);
   return {};
 }
@@ -650,6 +683,18 @@ Result<std::string> SnapshotStore::restore(std::string_view name, const Caller& 
   std::vector<std::string> extra;  // live subvolumes the snapshot lacks: moved out
   std::set_difference(live.begin(), live.end(), snap_subvols.begin(), snap_subvols.end(),
                       std::back_inserter(extra));
+  // Nested subvolumes are in no snapshot, the safety snapshot included: a
+  // restore would drop them from the live state.  Refuse.
+  HOODY_TRY(nested, nested_subvolumes(source_.get(), live));
+  if (!nested.empty()) {
+    std::string why = "the live state holds nested subvolume " + nested.front() +
+                      (nested.size() > 1 ? " (and " + std::to_string(nested.size() - 1) + " more)"
+                                         : std::string()) +
+                      ", which no snapshot captures; move or delete it first";
+    lg->warn("op=restore name={} -> {}", quote_name(name), why);
+    audit_result(caller, "restore", name, Errno(ENOTSUP), why);
+    return fail(ENOTSUP);
+  }
 
   // 1. The safety snapshot of the live state.
   const TimePoint now = Clock::now();
@@ -785,6 +830,7 @@ Status SnapshotStore::recover_restore(const Journal& j) {
   auto wfd = sys::openat(store_.get(), work.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
   if (!wfd) return wfd.err() == ENOENT ? Status() : fail(wfd.error());
   if (j.data.contains("copies")) {
+    int swapped_back = 0;
     for (auto& [sv, copy_uuid] : j.data["copies"].items()) {
       auto live = btrfs::open_dir(source_.get(), sv.c_str());
       if (!live) {
@@ -802,6 +848,7 @@ Status SnapshotStore::recover_restore(const Journal& j) {
         HOODY_CHECK(sys::renameat2(source_.get(), sv.c_str(), wfd->get(), sv.c_str(),
                                    RENAME_NOREPLACE));
       }
+      if (++swapped_back == 1) crash_point("recover", "swapback-1");
     }
   }
   for (const auto& x : j.data.value("extra", std::vector<std::string>())) {

@@ -17,10 +17,13 @@
 //
 // Crash safety: every multi-step operation writes a journal row first and
 // recover() (run by open()) finishes or undoes it:
-//   create   before the staging dir is renamed to <uuid>: undone; after: finished
-//   remove   the row goes first: always finished (the subvolumes are deleted)
-//   restore  before the commit step: every exchange is undone; after: the old
-//            live subvolumes are deleted.  The safety snapshot stays either way.
+//   create   undone (staging dir or <uuid> deleted): its row and the end of its
+//            journal entry are one transaction, so a pending create never committed
+//   remove   the row goes first, with the journal entry: always finished
+//   restore  before the commit step: every exchange is undone (a swapped-in copy
+//            is told by its uuid, journaled before the first exchange); after:
+//            the old live subvolumes are deleted.  The safety snapshot stays.
+// recover() is idempotent, so a crash during recovery is recovered next time.
 // HOODY_CRASH_AT=<op>:<step> (crash_points()) kills the process at a step.
 //
 // Threads: any member may be called from any thread.  Mutating operations
@@ -120,6 +123,8 @@ public:
   // every scope subvolume swapped by renameat2(RENAME_EXCHANGE) for a writable
   // snapshot of `name`; scope subvolumes the snapshot lacks are moved out, and
   // the old live subvolumes are deleted.  Returns the safety snapshot's name.
+  // ENOTSUP (nothing done) while a scope subvolume holds a nested subvolume:
+  // BTRFS snapshots those as empty directories, so the restore would lose them.
   // Bind mounts of the old live subvolumes keep showing the old tree: whoever
   // mounted them must re-mount after a restore.  While such a mount is visible
   // in this mount namespace the old subvolume is not deleted (it would show
@@ -154,7 +159,8 @@ public:
   // Number of unfinished journal entries (0 after a clean recover()).
   Result<int64_t> pending_operations() const;
 
-  // Every "<op>:<step>" accepted by HOODY_CRASH_AT, in execution order.
+  // Every "<op>:<step>" accepted by HOODY_CRASH_AT, in execution order; the
+  // "recover:" ones are reached while recover() undoes a killed restore.
   static const std::vector<std::string>& crash_points();
 
   ~SnapshotStore();

@@ -29,6 +29,8 @@
 
 #include "hoody/result.hpp"
 #include "hoody/sys.hpp"
+#include "hoody/io_engine.hpp"
+#include "hoody_config.h"
 #include "hoody/unique_fd.hpp"
 
 struct file_handle;
@@ -37,10 +39,6 @@ namespace hoody {
 
 class MountArgs;
 class OptionTable;
-
-namespace io {
-class Engine;
-}
 
 namespace pt {
 
@@ -57,7 +55,9 @@ struct Config {
   bool writeback_cache = false;   // buys write() latency, not commit throughput
   bool read_only = false;         // every mutating request gets EROFS
   size_t fd_budget = 0;           // O_PATH fds kept open; 0: 3/4 of RLIMIT_NOFILE
-  std::string io = "sync";        // backing I/O engine: "sync" or "uring"
+  // Backing I/O engine, "sync" or "uring": the meson option io_default,
+  // chosen by tests/bench/fs_bench (sync won 5 of 6 workloads).
+  std::string io = HOODY_IO_DEFAULT;
 };
 
 // Adds the core's -o options (entry_timeout=, attr_timeout=, ...) to a table.
@@ -205,6 +205,9 @@ protected:
   static File* file_of(fuse_file_info* fi) { return reinterpret_cast<File*>(fi->fh); }
 
   Config cfg_;
+  // The backing I/O engine; null for io=sync (reads are spliced, writes
+  // copied by libfuse, fsyncs done in the worker).
+  std::unique_ptr<io::Engine> io_;
 
 private:
   void evict_over_budget();

@@ -103,6 +103,12 @@ Status PassthroughFs::open_source(std::string* why) {
   } else {
     budget_ = cfg_.fd_budget ? cfg_.fd_budget : 4096;
   }
+  auto kind = io::parse_kind(cfg_.io).value_or(io::Kind::sync);
+  if (kind == io::Kind::uring) {
+    io_ = io::make_engine(kind);  // falls back to sync with a log line
+    if (std::string(io_->name()) == "sync") io_.reset();
+  }
+  cfg_.io = io_ ? "uring" : "sync";
   log::get("fuse")->info("source={} fd_budget={} entry_timeout={} attr_timeout={} io={}",
                          cfg_.source, budget_, cfg_.entry_timeout, cfg_.attr_timeout, cfg_.io);
   return {};

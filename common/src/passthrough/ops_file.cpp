@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <memory>
 
 #include "hoody/log.hpp"
 #include "hoody/passthrough.hpp"
@@ -76,8 +77,33 @@ void PassthroughFs::create(fuse_req_t req, fuse_ino_t parent, const char* name, 
   }
 }
 
+namespace {
+// A buffer for the io_uring engine, aligned for O_DIRECT backing files.
+struct IoBuf {
+  explicit IoBuf(size_t n) {
+    if (::posix_memalign(&p, 4096, n ? n : 1) != 0) p = nullptr;
+  }
+  ~IoBuf() { std::free(p); }
+  IoBuf(const IoBuf&) = delete;
+  IoBuf& operator=(const IoBuf&) = delete;
+  void* p = nullptr;
+};
+}  // namespace
+
 void PassthroughFs::read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
   File* f = file_of(fi);
+  if (io_) {
+    // Replied from the completion (possibly inline, before read() returns).
+    auto buf = std::make_shared<IoBuf>(size);
+    if (!buf->p) return reply(req, fail(ENOMEM));
+    io_->read(f->fd.get(), buf->p, size, off, [req, buf](ssize_t res) {
+      if (res < 0)
+        fuse_reply_err(req, static_cast<int>(-res));
+      else
+        fuse_reply_buf(req, static_cast<const char*>(buf->p), static_cast<size_t>(res));
+    });
+    return;
+  }
   // Spliced from the backing file: libfuse moves the pages into /dev/fuse, or
   // reads into a buffer itself when splice is not available.
   fuse_bufvec buf = fd_bufvec(f->fd.get(), size, off);
@@ -88,6 +114,27 @@ void PassthroughFs::write_buf(fuse_req_t req, fuse_ino_t, fuse_bufvec* in, off_t
                               fuse_file_info* fi) {
   File* f = file_of(fi);
   size_t size = fuse_buf_size(in);
+  if (io_) {
+    // libfuse's buffer lives only until we return: the engine gets a copy.
+    auto buf = std::make_shared<IoBuf>(size);
+    if (!buf->p) return reply(req, fail(ENOMEM));
+    fuse_bufvec mem{};
+    mem.count = 1;
+    mem.buf[0].size = size;
+    mem.buf[0].mem = buf->p;
+    ssize_t got = fuse_buf_copy(&mem, in, static_cast<fuse_buf_copy_flags>(0));
+    if (got < 0) return reply(req, fail(static_cast<int>(-got)));
+    io_->write(f->fd.get(), buf->p, static_cast<size_t>(got), off,
+               [this, req, buf, f, off](ssize_t res) {
+                 if (res < 0) {
+                   fuse_reply_err(req, static_cast<int>(-res));
+                   return;
+                 }
+                 on_write(*f, off, static_cast<size_t>(res));
+                 fuse_reply_write(req, static_cast<size_t>(res));
+               });
+    return;
+  }
   fuse_bufvec out = fd_bufvec(f->fd.get(), size, off);
   ssize_t n = fuse_buf_copy(&out, in, static_cast<fuse_buf_copy_flags>(0));
   if (n < 0) return reply(req, fail(static_cast<int>(-n)));
@@ -111,6 +158,12 @@ void PassthroughFs::release(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
 
 void PassthroughFs::fsync(fuse_req_t req, fuse_ino_t, int datasync, fuse_file_info* fi) {
   int fd = file_of(fi)->fd.get();
+  if (io_) {
+    io_->fsync(fd, datasync != 0, [req](ssize_t res) {
+      fuse_reply_err(req, res < 0 ? static_cast<int>(-res) : 0);
+    });
+    return;
+  }
   reply(req, datasync ? sys::fdatasync(fd) : sys::fsync(fd));
 }
 

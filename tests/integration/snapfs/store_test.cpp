@@ -1,11 +1,9 @@
 // hoody::snapfs::SnapshotStore on a real loop-mounted BTRFS.
-#define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,7 +14,8 @@
 #include <string>
 #include <vector>
 
-#include "../local_pool.hpp"
+#include "../test_pool.hpp"
+#include "hoody/test/guard.hpp"
 #include "hoody/btrfs.hpp"
 #include "hoody/sys.hpp"
 #include "store/crash.hpp"
@@ -24,7 +23,7 @@
 
 using namespace hoody;
 using namespace hoody::snapfs;
-using hoody::test::LocalPool;
+using hoody::test::Pool;
 using hoody::test::sh;
 
 namespace doctest {
@@ -51,7 +50,7 @@ struct Container {
   std::string path;
   UniqueFd fd;
 
-  Container(const LocalPool& pool, const std::string& id) {
+  Container(const Pool& pool, const std::string& id) {
     sh("mkdir -p '" + pool.path() + "/containers'");
     path = pool.path() + "/containers/" + id;
     sh("mkdir '" + path + "'");
@@ -163,7 +162,7 @@ std::vector<std::string> names(const std::vector<Snapshot>& v) {
 }  // namespace
 
 TEST_CASE("open: .snapshots 0700, index.db in WAL mode, one instance, BTRFS only") {
-  LocalPool pool;
+  Pool pool;
   Container c(pool, "c1");
   {
     auto st = c.open();
@@ -205,7 +204,7 @@ TEST_CASE("open: .snapshots 0700, index.db in WAL mode, one instance, BTRFS only
 }
 
 TEST_CASE("create, list, get, rename, remove and their errors") {
-  LocalPool pool;
+  Pool pool;
   Container c(pool, "c1");
   auto st = c.open();
 
@@ -301,7 +300,7 @@ TEST_CASE("create, list, get, rename, remove and their errors") {
 }
 
 TEST_CASE("metadata, expiry and pruning") {
-  LocalPool pool;
+  Pool pool;
   Container c(pool, "c1");
   auto st = c.open();
   const auto now = Clock::now();
@@ -327,7 +326,7 @@ TEST_CASE("metadata, expiry and pruning") {
 }
 
 TEST_CASE("restore swaps the live subvolumes for the snapshot's") {
-  LocalPool pool;
+  Pool pool;
   Container c(pool, "c1");
   auto st = c.open();
   REQUIRE(st->create("s1", kRoot).ok());
@@ -390,18 +389,54 @@ TEST_CASE("restore swaps the live subvolumes for the snapshot's") {
         }) == 3);
 }
 
+TEST_CASE("nested subvolumes: not captured, and a restore that would lose them is refused") {
+  Pool pool;
+  Container c(pool, "c1");
+  auto st = c.open();
+  REQUIRE(btrfs::create_subvolume(c.fd.get(), "storage/../storage/inner").err() == EINVAL);
+  {
+    auto storage = btrfs::open_dir(c.fd.get(), "storage");
+    REQUIRE(btrfs::create_subvolume(storage->get(), "inner").ok());
+  }
+  sh("echo precious > '" + c.path + "/storage/inner/data'");
+  REQUIRE(st->create("s1", kRoot).ok());  // allowed; the log warns
+  {
+    auto fd = st->open_snapshot("s1");
+    struct stat sb;
+    REQUIRE(::fstatat(fd->get(), "storage/inner", &sb, 0) == 0);
+    CHECK(sb.st_ino != btrfs::kSubvolumeRootIno);  // an empty stub
+    CHECK(sys::read_file(fd->get(), "storage/inner/data").err() == ENOENT);
+  }
+  CHECK(st->restore("s1", kRoot).err() == ENOTSUP);
+  CHECK(c.read("storage/inner/data") == "precious\n");
+  CHECK(names(*st->list()) == std::vector<std::string>{"s1"});  // no safety snapshot either
+  auto log = st->audit_log(1);
+  REQUIRE(log.ok());
+  CHECK(log->back().result.find("nested subvolume storage/inner") != std::string::npos);
+  // Moved out of the scope, the restore goes ahead.
+  REQUIRE(btrfs::delete_subvolume(btrfs::open_dir(c.fd.get(), "storage")->get(), "inner").ok());
+  CHECK(st->restore("s1", kRoot).ok());
+  check_store_consistent(c, *st);
+}
+
 TEST_CASE("restore keeps an old live subvolume that is still bind-mounted") {
-  LocalPool pool;
+  Pool pool;
   Container c(pool, "c1");
   auto st = c.open();
   REQUIRE(st->create("s1", kRoot).ok());
   c.set_state("B");
   const std::string bind = pool.path() + "/bind";
+  // Registered with the guard, which unmounts it if this test dies.
+  auto mount_id = hoody::test::register_resource(hoody::test::Resource::mount, bind);
   sh("mkdir '" + bind + "' && mount --bind '" + c.path + "/storage' '" + bind + "'");
   struct Unmount {
     std::string path;
-    ~Unmount() { std::system(("umount '" + path + "' 2>/dev/null").c_str()); }
-  } unmount{bind};
+    std::uint64_t id;
+    ~Unmount() {
+      hoody::test::run({"umount", path});
+      hoody::test::release(id);
+    }
+  } unmount{bind, mount_id};
 
   REQUIRE(st->restore("s1", kRoot).ok());
   CHECK(c.state() == "A");
@@ -416,11 +451,10 @@ TEST_CASE("restore keeps an old live subvolume that is still bind-mounted") {
   CHECK(st->recover().ok());
   CHECK(*st->pending_operations() == 0);
   check_store_consistent(c, *st);
-  sh("umount '" + bind + "'");
 }
 
 TEST_CASE("diff between two snapshots, per subvolume") {
-  LocalPool pool;
+  Pool pool;
   Container c(pool, "c1");
   auto st = c.open();
   REQUIRE(st->create("s1", kRoot).ok());
@@ -457,7 +491,7 @@ TEST_CASE("diff between two snapshots, per subvolume") {
 }
 
 TEST_CASE("list() is not held up by a create that flushes dirty data") {
-  LocalPool pool;
+  Pool pool;
   Container c(pool, "c1");
   auto st = c.open();
   sh("dd if=/dev/zero of='" + c.path + "/storage/dirty' bs=1M count=300 status=none");  // no sync
@@ -487,7 +521,7 @@ TEST_CASE("list() is not held up by a create that flushes dirty data") {
 }
 
 TEST_CASE("concurrent operations from several threads keep the store consistent") {
-  LocalPool pool;
+  Pool pool;
   Container c(pool, "c1");
   auto st = c.open();
   constexpr int kThreads = 4, kRounds = 8;
@@ -521,7 +555,7 @@ TEST_CASE("concurrent operations from several threads keep the store consistent"
 }
 
 TEST_CASE("restore time does not grow with the data size") {
-  LocalPool pool;
+  Pool pool;
   struct Times {
     double create, swap, deferred_delete, inline_restore;
   };
@@ -564,7 +598,7 @@ TEST_CASE("restore time does not grow with the data size") {
 }
 
 TEST_CASE("a crash at every step leaves the old or the new state") {
-  LocalPool pool;
+  Pool pool;
   int n = 0;
   for (const auto& point : SnapshotStore::crash_points()) {
     CAPTURE(point);
@@ -577,22 +611,27 @@ TEST_CASE("a crash at every step leaves the old or the new state") {
     }
     c.set_state("B");
 
-    pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
+    if (op == "recover") {
+      // First a restore killed after its exchanges, then recover() killed.
+      auto first = hoody::test::run_child([&] {
+        ::setenv(kCrashEnv, "restore:exchanged", 1);
+        auto st = SnapshotStore::open(c.fd.get());
+        return st && (*st)->restore("base", kRoot) ? 0 : 11;
+      });
+      REQUIRE_MESSAGE(first.signal == SIGKILL, "first child: ", first.describe());
+      CHECK(c.state() == "A");  // swapped, not committed
+    }
+    auto child = hoody::test::run_child([&] {
       ::setenv(kCrashEnv, point.c_str(), 1);
       auto st = SnapshotStore::open(c.fd.get());
-      if (!st) ::_exit(10);
+      if (!st) return 10;
       bool ok = true;
       if (op == "create") ok = (*st)->create("new", kRoot).ok();
       if (op == "remove") ok = (*st)->remove("victim", kRoot).ok();
       if (op == "restore") ok = (*st)->restore("base", kRoot).ok();
-      ::_exit(ok ? 0 : 11);  // the crash point was not reached
-    }
-    int status = 0;
-    REQUIRE(::waitpid(pid, &status, 0) == pid);
-    REQUIRE_MESSAGE(WIFSIGNALED(status), "child exited with ", WEXITSTATUS(status));
-    CHECK(WTERMSIG(status) == SIGKILL);
+      return ok ? 0 : 11;  // the crash point was not reached
+    });
+    REQUIRE_MESSAGE(child.signal == SIGKILL, "child: ", child.describe());
 
     auto st = c.open();  // recovers
     check_store_consistent(c, *st);
@@ -610,7 +649,7 @@ TEST_CASE("a crash at every step leaves the old or the new state") {
       CHECK(st->get("victim").err() == ENOENT);  // the row goes first: always finished
       CHECK(snapshot_state(*st, "base") == "A");
       CHECK(c.state() == "B");
-    } else {
+    } else {  // restore, recover
       bool committed = step == "committed" || step == "delete-1" || step == "deleted";
       CHECK(c.state() == (committed ? "A" : "B"));
       CHECK(snapshot_state(*st, "base") == "A");
@@ -626,11 +665,5 @@ TEST_CASE("a crash at every step leaves the old or the new state") {
     CHECK(st->create("after", kRoot).ok());
     check_store_consistent(c, *st);
   }
-  CHECK(n == 19);
-}
-
-int main(int argc, char** argv) {
-  hoody::test::require_capabilities();
-  doctest::Context ctx(argc, argv);
-  return ctx.run();
+  CHECK(n == 20);
 }
