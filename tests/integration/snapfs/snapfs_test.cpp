@@ -404,6 +404,29 @@ TEST_CASE("restore through .hoody/restore") {
   CHECK(err_of(::open(fs.at(".hoody/restore").c_str(), O_RDONLY)) == EACCES);
   auto sh = run({"sh", "-c", "echo good > " + fs.at(".hoody/restore")});
   CHECK_MESSAGE(sh.exit_code == 0, sh.describe());
+  // Restores at once from several processes: each one is done or EBUSY.  (The
+  // kernel serialises writes to one file with its inode lock, so here they
+  // run in turn; EBUSY is the daemon's answer should two ever overlap.)
+  Pipe go;
+  std::string ctl = fs.at(".hoody/restore");
+  std::vector<Child> kids;
+  for (int i = 0; i < 4; ++i)
+    kids.emplace_back([&go, ctl]() -> int {
+      int fd = ::open(ctl.c_str(), O_WRONLY);
+      if (fd < 0) return 100;
+      if (!go.wait_signal()) return 101;
+      return err_of(static_cast<int>(::write(fd, "good\n", 5)) < 0 ? -1 : 0);
+    });
+  for (int i = 0; i < 4; ++i) go.signal();
+  int done = 0;
+  for (auto& k : kids) {
+    auto e = k.wait();
+    CHECK_MESSAGE((e.exit_code == 0 || e.exit_code == EBUSY), e.describe());
+    done += e.exit_code == 0;
+  }
+  CHECK(done >= 1);
+  MESSAGE("concurrent restores: ", done, " done, ", 4 - done, " EBUSY");
+  CHECK(slurp(fs.storage + "/hello.txt") == "hello\n");
 }
 
 TEST_CASE("control files: snapshots.json, log, diff") {
