@@ -131,6 +131,13 @@ TEST_CASE("refuses to start on a missing or non-BTRFS source, with one line") {
   CHECK(notbtrfs.exit_code == 1);
   CHECK_MESSAGE(notbtrfs.output.find("not on BTRFS") != std::string::npos, notbtrfs.output);
   CHECK(std::count(notbtrfs.output.begin(), notbtrfs.output.end(), '\n') == 1);
+  // allow_users with commas: the second name reads as an option; say so.
+  auto comma = run({snapfs_bin(), "-f", "-o", "allow_other,allow_users=root,nobody", plain, mnt});
+  CHECK(comma.exit_code == 2);
+  CHECK_MESSAGE(comma.output.find("separate names with ':'") != std::string::npos, comma.output);
+  auto nouser = run({snapfs_bin(), "-f", "-o", "allow_users=no-such-user-x", plain, mnt});
+  CHECK(nouser.exit_code == 1);
+  CHECK(nouser.output.find("no-such-user-x") != std::string::npos);
   CHECK_FALSE(is_mounted(mnt));
 }
 
