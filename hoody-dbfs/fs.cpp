@@ -2,25 +2,56 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <unistd.h>
+
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+
+#include <nlohmann/json.hpp>
 
 #include "hoody/log.hpp"
+#include "hoody/mount_options.hpp"
 #include "hoody/sys.hpp"
+#include "status.hpp"
 
 namespace hoody::dbfs {
+
+namespace {
+constexpr char kSqliteMagic[] = "SQLite format 3";  // 16 bytes with its NUL
+
+std::chrono::milliseconds ms(double seconds) {
+  return std::chrono::milliseconds(static_cast<long long>(seconds * 1000));
+}
+}  // namespace
 
 OptionTable options() {
   auto t = OptionTable::generic();
   pt::add_options(t);
+  t.add({"lock_wait", OptKind::seconds,
+         "bound of a lock wait that SQLite's protocol allows (default 30); then EAGAIN"})
+      .add({"commit_wait", OptKind::seconds,
+            "bound of a commit waiting for readers to drain (default 30)"})
+      .add({"lease", OptKind::seconds,
+            "demote a writer-token holder that has not written after this while others "
+            "wait (default 0: strict token, no BUSY)"});
   return t;
 }
 
 Config config_from(const MountArgs& args) {
   Config c;
   c.core = pt::config_from(args);
+  c.locks.sqlite_wait = ms(args.seconds("lock_wait", 30));
+  c.locks.commit_wait = ms(args.seconds("commit_wait", 30));
+  c.locks.lease = ms(args.seconds("lease", 0));
+  char buf[PATH_MAX];
+  c.mountpoint = ::realpath(args.mountpoint.c_str(), buf) ? buf : args.mountpoint;
   return c;
 }
 
-Fs::Fs(Config cfg) : pt::PassthroughFs(cfg.core), dcfg_(std::move(cfg)) {}
+Fs::Fs(Config cfg) : pt::PassthroughFs(cfg.core), dcfg_(std::move(cfg)), locks_(dcfg_.locks) {}
+
+Fs::~Fs() = default;
 
 Status Fs::start(std::string* why) {
   HOODY_CHECK(open_source(why));
@@ -47,9 +78,117 @@ Status Fs::start(std::string* why) {
     return fail(e);
   }
   exclusive_ = std::move(*dir);
+  status_ = std::make_unique<StatusServer>(dcfg_.mountpoint, [this] { return status_json(); });
   return {};
 }
 
-fuse_lowlevel_ops Fs::ops() { return make_ops({}); }
+fuse_lowlevel_ops Fs::ops() { return make_ops({.posix_locks = true, .flock = true}); }
+
+std::string Fs::status_json() {
+  nlohmann::json j;
+  j["mountpoint"] = dcfg_.mountpoint;
+  j["source"] = dcfg_.core.source;
+  j["pid"] = ::getpid();
+  j["io"] = config().io;
+  j["inodes"] = inode_count();
+  j["open_path_fds"] = open_path_fds();
+  j["locks"] = nlohmann::json::parse(locks_.stats_json());
+  j["state"] = nlohmann::json::parse(locks_.state_json());
+  return j.dump(2);
+}
+
+void Fs::on_entry(pt::Inode& parent, pt::Inode& child, const char* name) {
+  if (child.type != S_IFREG) return;
+  fuse_ino_t ino = ino_of(&child);
+  auto kind = lock::classify(name);
+  std::string domain = std::to_string(parent.src_dev) + ":" + std::to_string(parent.src_ino) +
+                       "/" + std::string(lock::database_name(name));
+  {
+    std::lock_guard g(meta_mu_);
+    auto& m = meta_[ino];
+    if (m.domain == domain && m.kind == kind) return;  // seen before under this name
+    if (m.checked && m.kind == lock::FileKind::sqlite_db && kind == lock::FileKind::plain &&
+        m.domain == domain)
+      return;
+    m.kind = kind;
+    m.domain = domain;
+    m.checked = kind != lock::FileKind::plain;
+  }
+  if (kind != lock::FileKind::plain) locks_.register_file(ino, kind, domain);
+}
+
+void Fs::classify_on_open(fuse_ino_t ino, pt::File& file) {
+  std::string domain;
+  {
+    std::lock_guard g(meta_mu_);
+    auto it = meta_.find(ino);
+    if (it == meta_.end() || it->second.checked) return;
+    domain = it->second.domain;
+  }
+  // Is this plain-named file an SQLite database?  The header says so; an empty
+  // file may become one (SQLite locks before it writes the first page) and is
+  // treated as one in rollback mode: its non-SQLite byte ranges keep exact
+  // POSIX semantics either way.
+  unsigned char h[100] = {};
+  int fd = file.fd.get();
+  UniqueFd rd;
+  if ((file.flags & O_ACCMODE) == O_WRONLY) {
+    auto pfd = pin(file.inode);
+    if (pfd) {
+      auto r = sys::reopen(pfd->get(), O_RDONLY);
+      if (r) rd = std::move(*r);
+    }
+    fd = rd.get();
+  }
+  ssize_t n = fd >= 0 ? ::pread(fd, h, sizeof h, 0) : -1;
+  bool sqlite = n == 0 || (n >= 20 && std::memcmp(h, kSqliteMagic, 16) == 0);
+  {
+    std::lock_guard g(meta_mu_);
+    auto& m = meta_[ino];
+    m.checked = true;
+    m.kind = sqlite ? lock::FileKind::sqlite_db : lock::FileKind::plain;
+  }
+  if (!sqlite) return;
+  locks_.register_file(ino, lock::FileKind::sqlite_db, domain);
+  auto mode = n >= 20 ? lock::journal_mode_from_header(h[18], h[19]) : lock::JournalMode::rollback;
+  locks_.set_journal_mode(domain, mode);
+  log::get("lock")->debug("file={} domain={} sqlite_db mode={}", ino, domain, lock::to_string(mode));
+}
+
+void Fs::on_open(fuse_req_t, pt::File& file, fuse_file_info*) {
+  classify_on_open(ino_of(file.inode), file);
+}
+
+void Fs::on_write(pt::File& file, off_t off, size_t len) {
+  // SQLite changes the journal mode by rewriting header bytes 18-19 (under
+  // EXCLUSIVE); the first page of a new database is written the same way.
+  if (off > 19 || len == 0) return;
+  fuse_ino_t ino = ino_of(file.inode);
+  std::string domain;
+  {
+    std::lock_guard g(meta_mu_);
+    auto it = meta_.find(ino);
+    if (it == meta_.end() || it->second.kind != lock::FileKind::sqlite_db) return;
+    domain = it->second.domain;
+  }
+  unsigned char b[2];
+  if (::pread(file.fd.get(), b, 2, 18) == 2) locks_.set_journal_mode(domain, lock::journal_mode_from_header(b[0], b[1]));
+}
+
+void Fs::on_flush(fuse_req_t, pt::File& file, fuse_file_info* fi) {
+  // POSIX: closing any descriptor drops all of the process's locks on the file.
+  locks_.release_owner(ino_of(file.inode), fi->lock_owner);
+}
+
+void Fs::on_release(pt::File& file, fuse_file_info* fi) {
+  if (fi->flock_release) locks_.release_flock(ino_of(file.inode), fi->lock_owner);
+}
+
+void Fs::on_forget(pt::Inode& inode) {
+  fuse_ino_t ino = ino_of(&inode);
+  locks_.forget_file(ino);
+  std::lock_guard g(meta_mu_);
+  meta_.erase(ino);
+}
 
 }  // namespace hoody::dbfs

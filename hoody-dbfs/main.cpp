@@ -1,11 +1,23 @@
 // hoody-dbfs: SQLite databases that many processes and containers write at once.
+#include <cstdio>
+#include <cstring>
+
 #include "fs.hpp"
+#include "status.hpp"
 
 int main(int argc, char** argv) {
+  if (argc >= 2 && std::strcmp(argv[1], "--status") == 0) {
+    if (argc != 3) {
+      std::fprintf(stderr, "usage: hoody-dbfs --status MOUNTPOINT\n");
+      return 2;
+    }
+    return hoody::dbfs::status_client(argv[2]);
+  }
   hoody::DaemonSpec spec{
       "hoody-dbfs",
       "Serves the SQLite databases in SOURCE at MOUNTPOINT so that many processes and\n"
-      "containers write them at once without \"database is locked\". See hoody-dbfs(8).",
+      "containers write them at once without \"database is locked\". See hoody-dbfs(8).\n"
+      "`hoody-dbfs --status MOUNTPOINT` prints the lock counters of a running daemon.",
       hoody::dbfs::options(),
       [](const hoody::MountArgs& args) -> std::unique_ptr<hoody::DaemonFs> {
         return std::make_unique<hoody::dbfs::Fs>(hoody::dbfs::config_from(args));

@@ -197,12 +197,18 @@ protected:
   virtual void on_release(File& /*file*/, fuse_file_info* /*fi*/) {}
   // Data was written (dbfs watches the SQLite header bytes 18-19).
   virtual void on_write(File& /*file*/, off_t /*off*/, size_t /*len*/) {}
+  // The kernel forgot the inode; it leaves the table after this returns.
+  // Called with mutex_ held: do not call back into the table.
+  virtual void on_forget(Inode& /*inode*/) {}
 
   // Looks `name` up in `parent` and returns the entry with its lookup counted.
   Result<fuse_entry_param> do_lookup(fuse_ino_t parent, const char* name);
   void reply_entry(fuse_req_t req, fuse_ino_t parent, const char* name, Status made);
   void forget_one(Inode* inode, uint64_t n);
   static File* file_of(fuse_file_info* fi) { return reinterpret_cast<File*>(fi->fh); }
+  fuse_ino_t ino_of(Inode* in) const {
+    return in == root_.get() ? FUSE_ROOT_ID : reinterpret_cast<fuse_ino_t>(in);
+  }
 
   Config cfg_;
   // The backing I/O engine; null for io=sync (reads are spliced, writes

@@ -90,6 +90,16 @@ Status PassthroughFs::open_source(std::string* why) {
   root_ = std::make_unique<Inode>(std::move(*fd), st->st_dev, st->st_ino, st->st_mode);
   root_->nlookup = 2;  // the kernel never forgets the root
   path_fds_ = 1;
+  // The mount fd that reopens evicted inodes (open_by_handle_at refuses O_PATH fds).
+  {
+    auto buf = std::make_unique<char[]>(sizeof(file_handle) + MAX_HANDLE_SZ);
+    auto* fh = reinterpret_cast<file_handle*>(buf.get());
+    fh->handle_bytes = MAX_HANDLE_SZ;
+    int mount_id;
+    auto dir = sys::open(cfg_.source.c_str(), O_RDONLY | O_DIRECTORY);
+    if (dir && ::name_to_handle_at(root_->fd_.get(), "", fh, &mount_id, AT_EMPTY_PATH) == 0)
+      mount_fds_.emplace(mount_id, std::move(*dir));
+  }
 
   // Budget the O_PATH fds: raise the soft limit to the hard one and keep a
   // quarter for open files, directories and the rest of the daemon.
@@ -152,6 +162,12 @@ Result<FdRef> PassthroughFs::pin(Inode* in) {
   in->fd_.reset(fd);
   ++path_fds_;
   ++in->pins_;
+  g.unlock();
+  if (path_fds_.load() > budget_) {
+    // This inode is pinned, so it stays; the idlest others give their fds back.
+    std::lock_guard fg(mutex_);
+    evict_over_budget();
+  }
   return FdRef(in, fd);
 }
 
@@ -180,7 +196,10 @@ void PassthroughFs::evict_over_budget() {
       in->handle_ = std::move(buf);
       in->mount_id_ = mount_id;
       if (!mount_fds_.count(mount_id)) {
-        auto d = sys::dup(in->fd_.get());
+        // open_by_handle_at needs a real (not O_PATH) fd on the same mount:
+        // only a directory can give one without side effects.
+        if (in->type != S_IFDIR) continue;
+        auto d = sys::reopen(in->fd_.get(), O_RDONLY | O_DIRECTORY);
         if (!d) continue;
         mount_fds_.emplace(mount_id, std::move(*d));
       }
@@ -245,6 +264,7 @@ void PassthroughFs::forget_one(Inode* in, uint64_t n) {
   if (in->nlookup == 0) {
     auto it = inodes_.find({in->src_dev, in->src_ino});
     if (it != inodes_.end() && it->second.get() == in) {
+      on_forget(*in);
       if (in->fd_.valid()) --path_fds_;
       inodes_.erase(it);
     }

@@ -136,6 +136,21 @@ TEST_CASE("create, info, snapshot, read-only flag, children, delete, sync") {
   CHECK((*post)[0].path == "inner");
   CHECK(::fcntl(sv.get(), F_GETFD) >= 0);
 
+  // Unprivileged, libbtrfsutil 6.2's iterator closes the fd it is given; ours
+  // (and the caller's) must survive.
+  auto as_nobody = hoody::test::run_child(
+      [&] {
+        auto own = sys::open(pool.path().c_str(), O_RDONLY | O_DIRECTORY);
+        if (!own) return 2;
+        auto k = btrfs::children(own->get());
+        if (!k) return 10 + k.err();
+        if (::fcntl(own->get(), F_GETFD) < 0) return 3;
+        auto again = btrfs::children(own->get());
+        return again && again->size() == k->size() ? 0 : 4;
+      },
+      {.as_nobody = true});
+  CHECK_MESSAGE(as_nobody.ok(), as_nobody.describe());
+
   CHECK(btrfs::sync(pool.fd()).ok());
   auto transid = btrfs::start_sync(pool.fd());
   REQUIRE(transid.ok());
