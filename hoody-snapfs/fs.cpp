@@ -365,7 +365,7 @@ Result<fuse_entry_param> Fs::snapshot_entry(const SnapshotInfo& s) {
   HOODY_TRY(e, do_lookup(FUSE_ROOT_ID, s.uuid.c_str()));
   {
     std::lock_guard g(tops_m_);
-    tops_[e.attr.st_ino] = Top{s.uuid, s.name};
+    tops_[inode(e.ino)->src_ino] = Top{s.uuid, s.name};
   }
   e.attr = snapshot_attr(s, e.attr, subvolume_count(s.uuid));
   // Names at the root change by other means too (expiry, restore's safety

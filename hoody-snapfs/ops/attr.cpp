@@ -70,6 +70,7 @@ void Fs::getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     return sys::fstatat(fd.get(), "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
   }();
   if (!st) return reply(req, fail(st.error()));
+  show(*st);
   auto shown = snapshot_attr(*snap, *st, subvolume_count(snap->uuid));
   fuse_reply_attr(req, &shown, cfg_.attr_timeout);
 }

@@ -208,6 +208,14 @@ protected:
   // Called with mutex_ held: do not call back into the table.
   virtual void on_forget(Inode& /*inode*/) {}
 
+  // The st_ino shown for a backing (st_dev, st_ino).  Every file of one
+  // mount shares one st_dev, so inodes of other subvolumes (snapshots, nested
+  // subvolumes) get a per-device prefix in the top 16 bits; the source's own
+  // numbers stay as they are.  Keeps du, tar and cp -a from taking files of
+  // two snapshots for hard links of each other.
+  ino_t shown_ino(dev_t dev, ino_t ino);
+  void show(struct stat& st) { st.st_ino = shown_ino(st.st_dev, st.st_ino); }
+
   // Looks `name` up in `parent` and returns the entry with its lookup counted.
   Result<fuse_entry_param> do_lookup(fuse_ino_t parent, const char* name);
   void reply_entry(fuse_req_t req, fuse_ino_t parent, const char* name, Status made);
@@ -240,6 +248,9 @@ private:
   std::vector<std::unique_ptr<Inode>> old_roots_;
   std::unordered_map<int, UniqueFd> mount_fds_;  // mount id -> an fd on it; under mutex_
   std::atomic<size_t> path_fds_{0};
+  // Guards dev_index_.  Innermost.
+  std::mutex dev_mu_;
+  std::unordered_map<dev_t, ino_t> dev_index_;  // st_dev -> prefix (the source's: 0)
   std::atomic<uint64_t> clock_{0};
   size_t budget_ = 0;
 };

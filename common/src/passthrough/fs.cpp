@@ -145,6 +145,13 @@ Result<bool> PassthroughFs::reroot() {
   return true;
 }
 
+ino_t PassthroughFs::shown_ino(dev_t dev, ino_t ino) {
+  std::lock_guard g(dev_mu_);
+  if (dev_index_.empty()) dev_index_.emplace(old_roots_.front()->src_dev, 0);
+  auto [it, added] = dev_index_.emplace(dev, static_cast<ino_t>(dev_index_.size()));
+  return it->second == 0 ? ino : ino ^ (static_cast<ino_t>(it->second) << 48);
+}
+
 Inode* PassthroughFs::inode(fuse_ino_t ino) {
   if (ino == FUSE_ROOT_ID) return root_.load();
   return reinterpret_cast<Inode*>(ino);
@@ -241,6 +248,7 @@ Result<fuse_entry_param> PassthroughFs::do_lookup(fuse_ino_t parent, const char*
 
   fuse_entry_param e{};
   e.attr = st;
+  show(e.attr);
   e.attr_timeout = cfg_.attr_timeout;
   e.entry_timeout = cfg_.entry_timeout;
   Inode* child;

@@ -193,8 +193,14 @@ TEST_CASE("a snapshot shows exact contents, on its own filesystem") {
     CHECK(a.st_nlink == b.st_nlink);
     CHECK(a.st_mtim.tv_sec == b.st_mtim.tv_sec);
     CHECK(a.st_mtim.tv_nsec == b.st_mtim.tv_nsec);
-    CHECK(a.st_ino == b.st_ino);
+    // The backing number, with the snapshot subvolume's prefix in the top bits.
+    CHECK(a.st_ino == (b.st_ino & ((1ull << 48) - 1)));
   }
+  // Two snapshots of one file are two files to du, tar and cp -a: one st_dev,
+  // different st_ino.
+  REQUIRE(::mkdir(fs.at("s2").c_str(), 0755) == 0);
+  CHECK(lstat_of(fs.at("s/storage/hello.txt")).st_dev == lstat_of(fs.at("s2/storage/hello.txt")).st_dev);
+  CHECK(lstat_of(fs.at("s/storage/hello.txt")).st_ino != lstat_of(fs.at("s2/storage/hello.txt")).st_ino);
   // Hard links are one inode in the mount too.
   CHECK(lstat_of(fs.at("s/storage/hello.txt")).st_ino == lstat_of(fs.at("s/storage/dir/hardlink")).st_ino);
   char target[256] = {};
