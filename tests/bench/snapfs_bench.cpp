@@ -125,10 +125,13 @@ TEST_CASE("mkdir-to-visible vs raw btrfs snapshots of the same subvolumes") {
         REQUIRE(hoody::btrfs::snapshot(fd->get(), dst->get(), s, true));
       }
     }));
+    // The baseline: the btrfs command, run for each subvolume.
     cmd.push_back(time_ms([&] {
-      auto r = run({"btrfs", "subvolume", "snapshot", "-r", m.source + "/storage",
-                    raw_dir + "/" + n + "/storage-cmd"});
-      REQUIRE(r.ok());
+      for (const char* s : {"databases", "storage"}) {
+        auto r = run({"btrfs", "subvolume", "snapshot", "-r", m.source + "/" + s,
+                      raw_dir + "/" + n + "/" + s + "-cmd"});
+        REQUIRE(r.ok());
+      }
     }));
     mount.push_back(time_ms([&] {
       REQUIRE(::mkdir((m.mnt + "/" + n).c_str(), 0755) == 0);
@@ -136,9 +139,11 @@ TEST_CASE("mkdir-to-visible vs raw btrfs snapshots of the same subvolumes") {
       REQUIRE(::stat((m.mnt + "/" + n + "/storage/d0/f0").c_str(), &st) == 0);
     }));
   }
-  std::printf("snapshot of 2 subvolumes (median of 15): mkdir-to-visible %.2f ms, raw libbtrfsutil "
-              "%.2f ms (ratio %.2f); `btrfs subvolume snapshot -r` of one: %.2f ms\n",
-              median(mount), median(raw), median(mount) / median(raw), median(cmd));
+  std::printf("snapshot of 2 subvolumes (median of 15): mkdir-to-visible %.2f ms; "
+              "`btrfs subvolume snapshot -r` of both %.2f ms (ratio %.2f, target <= 1.5); "
+              "raw libbtrfsutil %.2f ms (ratio %.2f)\n",
+              median(mount), median(cmd), median(mount) / median(cmd), median(raw),
+              median(mount) / median(raw));
 }
 
 TEST_CASE("restore of 1k / 10k / 100k-file trees, and diff of 100 changes among 100k") {
