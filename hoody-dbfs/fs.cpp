@@ -49,16 +49,21 @@ Config config_from(const MountArgs& args) {
   return c;
 }
 
-Fs::Fs(Config cfg) : pt::PassthroughFs(cfg.core), dcfg_(std::move(cfg)), locks_(dcfg_.locks) {}
+Fs::Fs(Config cfg) : pt::PassthroughFs(cfg.core), dcfg_(std::move(cfg)) {}
 
 Fs::~Fs() = default;
 
 Status Fs::start(std::string* why) {
   HOODY_CHECK(open_source(why));
   HOODY_CHECK(lock_source(why));
+  return {};
+}
+
+void Fs::attached(fuse_session* se) {
+  se_ = se;
+  locks_.emplace(dcfg_.locks);
   status_ = std::make_unique<StatusServer>(dcfg_.mountpoint, [this] { return status_json(); });
   watch_ = std::make_unique<SourceWatch>(dcfg_.core.source, [this] { source_replaced(); });
-  return {};
 }
 
 Status Fs::lock_source(std::string* why) {
@@ -113,8 +118,9 @@ std::string Fs::status_json() {
   j["io"] = config().io;
   j["inodes"] = inode_count();
   j["open_path_fds"] = open_path_fds();
-  j["locks"] = nlohmann::json::parse(locks_.stats_json());
-  j["state"] = nlohmann::json::parse(locks_.state_json());
+  j["locks"] = nlohmann::json::parse(locks_->stats_json());
+  j["state"] = nlohmann::json::parse(locks_->state_json());
+  j["threads_started_after_daemonize"] = true;
   return j.dump(2);
 }
 
@@ -135,7 +141,7 @@ void Fs::on_entry(pt::Inode& parent, pt::Inode& child, const char* name) {
     m.domain = domain;
     m.checked = kind != lock::FileKind::plain;
   }
-  if (kind != lock::FileKind::plain) locks_.register_file(ino, kind, domain);
+  if (kind != lock::FileKind::plain) locks_->register_file(ino, kind, domain);
 }
 
 void Fs::classify_on_open(fuse_ino_t ino, pt::File& file) {
@@ -170,9 +176,9 @@ void Fs::classify_on_open(fuse_ino_t ino, pt::File& file) {
     m.kind = sqlite ? lock::FileKind::sqlite_db : lock::FileKind::plain;
   }
   if (!sqlite) return;
-  locks_.register_file(ino, lock::FileKind::sqlite_db, domain);
+  locks_->register_file(ino, lock::FileKind::sqlite_db, domain);
   auto mode = n >= 20 ? lock::journal_mode_from_header(h[18], h[19]) : lock::JournalMode::rollback;
-  locks_.set_journal_mode(domain, mode);
+  locks_->set_journal_mode(domain, mode);
   log::get("lock")->debug("file={} domain={} sqlite_db mode={}", ino, domain, lock::to_string(mode));
 }
 
@@ -193,21 +199,21 @@ void Fs::on_write(pt::File& file, off_t off, size_t len) {
     domain = it->second.domain;
   }
   unsigned char b[2];
-  if (::pread(file.fd.get(), b, 2, 18) == 2) locks_.set_journal_mode(domain, lock::journal_mode_from_header(b[0], b[1]));
+  if (::pread(file.fd.get(), b, 2, 18) == 2) locks_->set_journal_mode(domain, lock::journal_mode_from_header(b[0], b[1]));
 }
 
 void Fs::on_flush(fuse_req_t, pt::File& file, fuse_file_info* fi) {
   // POSIX: closing any descriptor drops all of the process's locks on the file.
-  locks_.release_owner(ino_of(file.inode), fi->lock_owner);
+  locks_->release_owner(ino_of(file.inode), fi->lock_owner);
 }
 
 void Fs::on_release(pt::File& file, fuse_file_info* fi) {
-  if (fi->flock_release) locks_.release_flock(ino_of(file.inode), fi->lock_owner);
+  if (fi->flock_release) locks_->release_flock(ino_of(file.inode), fi->lock_owner);
 }
 
 void Fs::on_forget(pt::Inode& inode) {
   fuse_ino_t ino = ino_of(&inode);
-  locks_.forget_file(ino);
+  locks_->forget_file(ino);
   std::lock_guard g(meta_mu_);
   meta_.erase(ino);
 }

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 
@@ -41,7 +42,9 @@ public:
   Status start(std::string* why) override;
   fuse_lowlevel_ops ops() override;
   void* userdata() override { return static_cast<pt::PassthroughFs*>(this); }
-  void attached(fuse_session* se) override { se_ = se; }
+  // After fuse_daemonize: starts the threads (lock manager timer, status
+  // socket, source watch); threads made before the fork would be lost.
+  void attached(fuse_session* se) override;
 
   // The lock ops (ops/lock.cpp).
   void getlk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock) override;
@@ -49,7 +52,7 @@ public:
              int sleep) override;
   void flock(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, int op) override;
 
-  lock::LockManager& locks() { return locks_; }
+  lock::LockManager& locks() { return *locks_; }
   // Everything --status prints, as JSON text.
   std::string status_json();
 
@@ -74,7 +77,7 @@ private:
 
   Config dcfg_;
   UniqueFd exclusive_;  // flock(LOCK_EX) on the backing directory while we serve it
-  lock::LockManager locks_;
+  std::optional<lock::LockManager> locks_;  // made in attached(): it has a thread
   // Guards meta_.  Lock order: innermost; never held across a LockManager call
   // whose completion could take it.
   std::mutex meta_mu_;

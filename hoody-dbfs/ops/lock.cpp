@@ -27,7 +27,7 @@ void Fs::getlk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock*
     fuse_reply_err(req, EINVAL);
     return;
   }
-  auto conflict = locks_.getlk(ino, fi->lock_owner, *type, range->start, range->end);
+  auto conflict = locks_->getlk(ino, fi->lock_owner, *type, range->start, range->end);
   struct flock out = *lk;
   lock::to_flock(conflict, out);
   fuse_reply_lock(req, &out);
@@ -49,11 +49,11 @@ void Fs::setlk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock*
   r.pid = static_cast<std::uint32_t>(fuse_req_ctx(req)->pid);
   r.writable = writable(file_of(fi));
   r.wait = sleep != 0;
-  lock::TicketId t = locks_.new_ticket();
+  lock::TicketId t = locks_->new_ticket();
   // Before the manager can park the request: an interrupt that is already
   // pending fires inside this call and is remembered by ticket id.
   fuse_req_interrupt_func(req, on_interrupt, reinterpret_cast<void*>(static_cast<uintptr_t>(t)));
-  locks_.setlk(t, r, [req](int err) { fuse_reply_err(req, err); });
+  locks_->setlk(t, r, [req](int err) { fuse_reply_err(req, err); });
 }
 
 void Fs::flock(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, int op) {
@@ -64,9 +64,9 @@ void Fs::flock(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, int op) {
     case LOCK_UN: what = lock::FlockOp::unlock; break;
     default: fuse_reply_err(req, EINVAL); return;
   }
-  lock::TicketId t = locks_.new_ticket();
+  lock::TicketId t = locks_->new_ticket();
   fuse_req_interrupt_func(req, on_interrupt, reinterpret_cast<void*>(static_cast<uintptr_t>(t)));
-  locks_.flock(t, ino, fi->lock_owner, what, (op & LOCK_NB) != 0,
+  locks_->flock(t, ino, fi->lock_owner, what, (op & LOCK_NB) != 0,
                static_cast<std::uint32_t>(fuse_req_ctx(req)->pid),
                [req](int err) { fuse_reply_err(req, err); });
 }

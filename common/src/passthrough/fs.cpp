@@ -115,12 +115,6 @@ Status PassthroughFs::open_source(std::string* why) {
   } else {
     budget_ = cfg_.fd_budget ? cfg_.fd_budget : 4096;
   }
-  auto kind = io::parse_kind(cfg_.io).value_or(io::Kind::sync);
-  if (kind == io::Kind::uring) {
-    io_ = io::make_engine(kind);  // falls back to sync with a log line
-    if (std::string(io_->name()) == "sync") io_.reset();
-  }
-  cfg_.io = io_ ? "uring" : "sync";
   log::get("fuse")->info("source={} fd_budget={} entry_timeout={} attr_timeout={} io={}",
                          cfg_.source, budget_, cfg_.entry_timeout, cfg_.attr_timeout, cfg_.io);
   return {};
@@ -312,6 +306,13 @@ Status PassthroughFs::may_open(fuse_req_t req, Inode&, int flags) {
 }
 
 void PassthroughFs::init(fuse_conn_info* conn) {
+  // The io_uring engine has threads, so it starts here, after fuse_daemonize
+  // forked (threads do not survive a fork), not in open_source().
+  if (!io_ && io::parse_kind(cfg_.io).value_or(io::Kind::sync) == io::Kind::uring) {
+    io_ = io::make_engine(io::Kind::uring);  // falls back to sync with a log line
+    if (std::string(io_->name()) == "sync") io_.reset();
+    if (!io_) cfg_.io = "sync";
+  }
   auto want = [&](unsigned cap, bool on) {
     if (on && (conn->capable & cap))
       conn->want |= cap;

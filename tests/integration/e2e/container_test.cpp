@@ -15,6 +15,8 @@
 #include <fstream>
 #include <thread>
 
+#include "hoody/btrfs.hpp"
+#include "hoody/sys.hpp"
 #include "hoody/test/btrfs_pool.hpp"
 #include "hoody/test/capability.hpp"
 #include "hoody/test/daemon.hpp"
@@ -137,4 +139,74 @@ TEST_CASE("snapshot, a change gone wrong, restore: /hoody/storage and /hoody/dat
   CHECK_MESSAGE(listing.find("pre-restore-") != std::string::npos, listing);
   auto leftovers = run({"sh", "-c", "btrfs subvolume list -o '" + c + "/.snapshots' | grep -c restore- || true"});
   CHECK_MESSAGE(leftovers.output == "0\n", leftovers.output);
+}
+
+// As fstab, mount.fuse3 and hoody-up start it: without -f, so the daemon
+// forks (fuse_daemonize).  Its threads (lock manager timer, status socket,
+// source watch) must exist in the forked daemon: a thread started before the
+// fork is lost, and everything that needs it silently stops working.
+TEST_CASE("a daemonized hoody-dbfs has its threads: --status answers, lock waits time out, a restore is followed") {
+  require_mount_capabilities();
+  BtrfsPool pool;
+  pool.make_dir("containers");
+  std::string c = pool.make_dir("containers/c1");
+  std::string live = pool.make_subvolume("containers/c1/databases");
+  std::string mnt = pool.make_temp_dir("mnt");
+  auto id = register_resource(Resource::fuse_mount, mnt);
+  ExitInfo start = run({env("HOODY_DBFS"), "-o", "allow_other,lock_wait=0.3", live, mnt}, std::chrono::seconds(20));
+  REQUIRE_MESSAGE(start.ok(), start.describe());
+  REQUIRE(is_mounted(mnt, "fuse.hoody-dbfs"));
+  struct Unmount {
+    std::string m;
+    std::uint64_t id;
+    ~Unmount() {
+      run({"fusermount3", "-u", m});
+      release(id);
+    }
+  } unmount{mnt, id};
+
+  // The status socket's thread answers.
+  ExitInfo status = run({env("HOODY_DBFS"), "--status", mnt}, std::chrono::seconds(5));
+  CHECK_MESSAGE(status.ok(), status.describe());
+  CHECK(status.output.find("\"locks\"") != std::string::npos);
+
+  // The lock manager's timer thread bounds a wait (lock_wait=0.3 s).
+  std::string db = mnt + "/app.db";
+  sql(db, "CREATE TABLE t(x); INSERT INTO t VALUES (1);");
+  Pipe holding;
+  Child holder([&] {
+    sqlite3* h = nullptr;
+    sqlite3_open(db.c_str(), &h);
+    sqlite3_exec(h, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr);
+    holding.signal();
+    ::sleep(3);
+    sqlite3_exec(h, "COMMIT", nullptr, nullptr, nullptr);
+    sqlite3_close(h);
+    return 0;
+  });
+  REQUIRE(holding.wait_signal());
+  ExitInfo waiter = run_child([&] {
+    sqlite3* h = nullptr;
+    sqlite3_open(db.c_str(), &h);
+    auto t0 = std::chrono::steady_clock::now();
+    int rc = sqlite3_exec(h, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr);
+    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    sqlite3_close(h);
+    // BUSY after the bound (0.3 s), not after the holder's 3 s.
+    return (rc == SQLITE_BUSY && s < 2.0) ? 0 : 1;
+  }, {.timeout = std::chrono::seconds(10)});
+  CHECK_MESSAGE(waiter.ok(), "the wait was not bounded: " << waiter.describe());
+  holder.wait();
+
+  // The source watch's thread follows a restore (the swap the store makes).
+  auto cfd = hoody::sys::open(c.c_str(), O_RDONLY | O_DIRECTORY);
+  REQUIRE(cfd.ok());
+  REQUIRE(hoody::btrfs::create_subvolume(cfd->get(), ".restored").ok());
+  REQUIRE(::renameat2(cfd->get(), ".restored", cfd->get(), "databases", RENAME_EXCHANGE) == 0);
+  bool followed = false;
+  for (int i = 0; i < 50 && !followed; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    followed = ::access(db.c_str(), F_OK) != 0;  // the restored subvolume is empty
+  }
+  CHECK_MESSAGE(followed, "the daemonized hoody-dbfs still serves the old subvolume");
 }
