@@ -208,6 +208,11 @@ TEST_CASE("kill -9 of the daemon under load: ENOTCONN, remount, every committed 
     CHECK_MESSAGE(extra == 0, extra << " transactions present that were never attempted to commit");
     CHECK_MESSAGE(partial == 0, partial << " torn transactions");
     CHECK(exec_rc(db.get(), insert_sql(9, 0, 0)) == SQLITE_OK);  // writable again
+    if (d.mode == "delete") {
+      struct stat js;
+      CHECK_MESSAGE(::stat((m.backing + "/" + d.name + "-journal").c_str(), &js) < 0,
+                    "the hot journal is still there after the remount");
+    }
   }
 }
 
