@@ -8,6 +8,8 @@
 //            also runs on the native backing directory, where it must fail.
 //   readers  SQLITE_OPEN_READONLY / mode=ro readers keep reading while a writer
 //            holds a transaction open, and a mixed workload gives 0 BUSY.
+#include <signal.h>
+
 #include "sqlite_harness.hpp"
 
 using namespace hoody::test;
@@ -88,6 +90,19 @@ TEST_CASE("zero BUSY: 2/8/32 processes x 3 workloads x DELETE/WAL, busy_timeout=
         total_committed += o.committed;
       }
     }
+  }
+  // A long read phase before the write (the strict token's point: no lease
+  // runs out, no stale snapshot).
+  for (std::string mode : {"delete", "wal"}) {
+    std::string where = mode + " | " + to_string(Kind::deferred_slow) + " | 8 procs";
+    CAPTURE(where);
+    Outcome o = run_cell(m.mnt, mode, Kind::deferred_slow, {8, 8}, true);
+    MESSAGE("hoody-dbfs " << where << " x 8: committed " << o.committed << "/" << o.attempted << ", "
+                          << o.busy_report << ", " << o.secs << " s");
+    CHECK_MESSAGE(o.busy == 0, o.busy_report << "; " << o.first_error);
+    CHECK_MESSAGE(o.other == 0, o.first_error);
+    total_busy += o.busy;
+    total_committed += o.committed;
   }
   auto st = status_of(m.mnt);
   MESSAGE("hoody-dbfs total: " << total_committed << " transactions committed, " << total_busy
@@ -236,5 +251,57 @@ TEST_CASE("read-only readers stay concurrent with writers; 0 BUSY for both") {
       CHECK(query(db.get(), "PRAGMA integrity_check") == "ok");
       CHECK(query_int(db.get(), "SELECT count(*) FROM t WHERE p < 3") == 180);
     }
+  }
+}
+
+namespace {
+void on_usr1(int) {}
+}  // namespace
+
+TEST_CASE("a signal storm (handlers with SA_RESTART) on queued writers gives no BUSY") {
+  Mounted m;
+  for (std::string mode : {"delete", "wal"}) {
+    CAPTURE(mode);
+    std::string path = m.mnt + "/storm-" + mode + ".db";
+    create_db(path, mode);
+    auto sh = make_shared_mem<Shared>();
+    constexpr int kProcs = 8, kTxns = 20;
+    std::vector<Child> kids;
+    std::vector<pid_t> pids;
+    for (int i = 0; i < kProcs; ++i) {
+      kids.emplace_back([&, i] {
+        struct sigaction sa {};
+        sa.sa_handler = on_usr1;
+        sa.sa_flags = SA_RESTART;
+        ::sigaction(SIGUSR1, &sa, nullptr);
+        sh->flag[0].fetch_add(1);
+        return worker(*sh, i, path, Kind::immediate, kTxns, 0);
+      }, ChildOptions{.timeout = 120s});
+      pids.push_back(kids.back().pid());
+    }
+    while (sh->flag[0].load() < kProcs) ::usleep(1000);  // handlers installed
+    sh->go = 1;
+    int sent = 0;
+    while (sh->committed_total() + sh->busy_total() + sh->other_total() < kProcs * kTxns) {
+      for (pid_t p : pids) ::kill(p, SIGUSR1), ++sent;
+      ::usleep(2000);
+      bool all_done = true;
+      for (int i = 0; i < kProcs; ++i)
+        all_done &= sh->procs[i].attempted.load() >= kTxns;
+      if (all_done) break;
+    }
+    for (auto& k : kids) {
+      ExitInfo e = k.wait();
+      CHECK_MESSAGE(e.ok(), e.describe());
+    }
+    auto st = status_of(m.mnt);
+    MESSAGE(mode << ": " << sent << " SIGUSR1 sent; committed " << sh->committed_total() << "/"
+                 << kProcs * kTxns << "; " << sh->busy_report() << "; daemon interrupts "
+                 << st["locks"]["interrupts"].dump());
+    CHECK_MESSAGE(sh->busy_total() == 0, sh->busy_report() << "; " << sh->first_error());
+    CHECK_MESSAGE(sh->other_total() == 0, sh->first_error());
+    Db db = open_db(path, 0);
+    CHECK(query(db.get(), "PRAGMA integrity_check") == "ok");
+    check_rows(db.get(), *sh, kProcs, rows_per_txn(Kind::immediate));
   }
 }

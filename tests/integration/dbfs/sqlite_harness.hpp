@@ -192,12 +192,13 @@ inline bool wait_go(const Shared& sh, std::chrono::seconds limit = std::chrono::
 
 // ---- the three workloads ------------------------------------------------------------
 
-enum class Kind { autocommit, immediate, deferred };
+enum class Kind { autocommit, immediate, deferred, deferred_slow };
 inline std::string to_string(Kind k) {
   switch (k) {
     case Kind::autocommit: return "autocommit INSERT";
     case Kind::immediate: return "BEGIN IMMEDIATE";
     case Kind::deferred: return "deferred BEGIN;SELECT;INSERT;COMMIT";
+    case Kind::deferred_slow: return "deferred, 20 ms between SELECT and INSERT";
   }
   return "?";
 }
@@ -243,9 +244,10 @@ inline int worker(Shared& sh, int id, const std::string& path, Kind kind, int tx
     } else {
       what = kind == Kind::immediate ? "BEGIN IMMEDIATE" : "BEGIN";
       rc = exec_rc(h, kind == Kind::immediate ? "BEGIN IMMEDIATE" : "BEGIN");
-      if (rc == SQLITE_OK && kind == Kind::deferred) {
+      if (rc == SQLITE_OK && kind != Kind::immediate) {
         what = "SELECT";
         rc = exec_rc(h, "SELECT count(*) FROM t");
+        if (kind == Kind::deferred_slow) ::usleep(20000);  // a long read phase
       }
       for (int k = 0; rc == SQLITE_OK && k < rows_per_txn(kind); ++k) {
         what = "INSERT";
