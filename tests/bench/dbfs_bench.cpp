@@ -16,7 +16,9 @@
 //       autocommit (one read transaction each: two lock round trips through
 //       FUSE per query), the same on a mode=ro connection, and 100 SELECTs
 //       per read transaction (the round trips amortized)
-// Each prints the median of 3 rounds (candidates rotated per round), the ratio
+// All candidates stay mounted (each on its own subvolume) and each workload runs
+// on all of them back to back.  Each prints the median of 3 rounds (candidate
+// order rotated per round), the ratio
 // to native and the BUSY count; then the research note's passthrough_hp
 // reference ratios.  Not a timed test: it prints, it never fails on speed.
 #include <doctest/doctest.h>
@@ -60,6 +62,7 @@ int env_int(const char* name, int dflt) {
 struct Result {
   double rate = 0;
   int busy = 0;
+  long long ops = 0;
 };
 
 // (a)/(b): `writers` processes x `txns` autocommit inserts of 100 bytes.
@@ -97,7 +100,7 @@ Result writers_bench(const std::string& dir, const std::string& mode, int writer
   sh->go = 1;
   for (auto& k : kids) k.wait();
   double secs = seconds_since(t0);
-  Result r{sh->committed_total() / secs, sh->busy_total() + sh->other_total()};
+  Result r{sh->committed_total() / secs, sh->busy_total() + sh->other_total(), sh->committed_total()};
   for (const char* suffix : {"", "-wal", "-shm", "-journal"}) ::unlink((path + suffix).c_str());
   return r;
 }
@@ -139,6 +142,7 @@ Result hot_selects(const std::string& path, int busy_ms, int per_txn, bool ro) {
     n += 500;
   }
   r.rate = n / seconds_since(t0);
+  r.ops = n;
   sqlite3_finalize(st);
   return r;
 }
@@ -160,7 +164,6 @@ TEST_CASE("dbfs_bench: 8 writers busy_timeout=0 on hoody-dbfs vs native/bindfs w
   require_mount_capabilities();
   BtrfsPool pool(BtrfsPool::Options{4ull << 30});
   std::string backing = pool.make_subvolume("data");
-  std::string mnt = pool.make_temp_dir("mnt");
   const char* dbfs = std::getenv("HOODY_DBFS");
   REQUIRE_MESSAGE(dbfs, "HOODY_DBFS must name the hoody-dbfs binary");
   std::string bindfs = find_tool("bindfs");
@@ -200,29 +203,51 @@ TEST_CASE("dbfs_bench: 8 writers busy_timeout=0 on hoody-dbfs vs native/bindfs w
   };
   if (const char* only = std::getenv("HOODY_BENCH_ONLY"))  // a substring of the workload names
     std::erase_if(loads, [&](const Load& l) { return l.name.find(only) == std::string::npos; });
+  // Every candidate has its own subvolume and mountpoint, mounted for the
+  // whole run, so that one workload runs on all candidates back to back (the
+  // machine's load changes slowly; a shared machine makes this matter).
+  struct Mount {
+    std::string dir;  // where the workload runs
+    std::string mnt;  // "" for native
+    std::unique_ptr<Daemon> daemon;
+  };
+  std::map<std::string, Mount> mounts;
   build_hot_db(backing + "/hot.db");
+  for (auto& c : cands) {
+    std::string sub = c.name == "native-bt60" ? backing : pool.make_subvolume("data-" + c.name);
+    if (sub != backing) run_checked({"cp", "--reflink=always", backing + "/hot.db", sub + "/hot.db"});
+    Mount mt{sub, "", nullptr};
+    if (c.argv) {
+      mt.mnt = pool.make_temp_dir("mnt-" + c.name);
+      mt.daemon = std::make_unique<Daemon>(c.argv(sub, mt.mnt), mt.mnt, pool.dir() + "/" + c.name + ".log");
+      mt.dir = mt.mnt;
+    }
+    mounts[c.name] = std::move(mt);
+  }
 
   const int rounds = env_int("HOODY_BENCH_ROUNDS", 3);
   std::map<std::string, std::map<std::string, std::vector<double>>> rate;
   std::map<std::string, std::map<std::string, int>> busy;
+  std::map<std::string, std::vector<double>> lock_reqs;  // dbfs-sync: lock requests per op
   auto t_all = Clock::now();
   for (int round = 0; round < rounds; ++round) {
-    for (size_t k = 0; k < cands.size(); ++k) {
-      auto& c = cands[(k + static_cast<size_t>(round)) % cands.size()];
-      std::unique_ptr<Daemon> d;
-      std::string dir = backing;
-      if (c.argv) {
-        d = std::make_unique<Daemon>(c.argv(backing, mnt), mnt, pool.dir() + "/" + c.name + ".log");
-        dir = mnt;
-      }
-      for (auto& w : loads) {
-        Result r = w.run(dir, c.busy_ms);
+    for (auto& w : loads) {
+      for (size_t k = 0; k < cands.size(); ++k) {
+        auto& c = cands[(k + static_cast<size_t>(round)) % cands.size()];
+        Mount& mt = mounts[c.name];
+        bool count = c.name == "dbfs-sync";
+        long long before = count ? status_of(mt.mnt)["locks"]["requests"].get<long long>() : 0;
+        Result r = w.run(mt.dir, c.busy_ms);
+        if (count && r.ops > 0)
+          lock_reqs[w.name].push_back(
+              static_cast<double>(status_of(mt.mnt)["locks"]["requests"].get<long long>() - before) /
+              static_cast<double>(r.ops));
         rate[w.name][c.name].push_back(r.rate);
         busy[w.name][c.name] += r.busy;
       }
-      d.reset();
     }
   }
+  mounts.clear();
 
   std::printf("\ndbfs_bench: median of %d rounds on a BTRFS loop image (%.0f s); synchronous=FULL;\n"
               "ratio = candidate / native-bt60; [n] = SQLITE_BUSY or other errors over all rounds\n",
@@ -246,6 +271,9 @@ TEST_CASE("dbfs_bench: 8 writers busy_timeout=0 on hoody-dbfs vs native/bindfs w
   for (auto& w : loads)
     std::printf(" [%s %.2f]", w.name.c_str(),
                 median(rate[w.name]["dbfs-uring"]) / median(rate[w.name]["dbfs-sync"]));
+  std::printf("\nlock requests (FUSE round trips) per transaction/query on dbfs-sync:");
+  for (auto& w : loads)
+    if (!lock_reqs[w.name].empty()) std::printf(" [%s %.1f]", w.name.c_str(), median(lock_reqs[w.name]));
   std::printf("\ntargets (issue 4): (a) >= 0.8x, aim > 1x; (b) >= 0.85x; (c) >= 0.9x\n");
   std::printf("reference (research/fuse-limits.md, passthrough_hp, 1 writer vs native): WAL inserts "
               "0.86-0.93x, DELETE 0.80-0.85x, hot SELECTs 0.93x\n");
