@@ -55,6 +55,13 @@ Fs::~Fs() = default;
 
 Status Fs::start(std::string* why) {
   HOODY_CHECK(open_source(why));
+  HOODY_CHECK(lock_source(why));
+  status_ = std::make_unique<StatusServer>(dcfg_.mountpoint, [this] { return status_json(); });
+  watch_ = std::make_unique<SourceWatch>(dcfg_.core.source, [this] { source_replaced(); });
+  return {};
+}
+
+Status Fs::lock_source(std::string* why) {
   // Two FUSE mounts of one backing file do not share the page cache, and
   // SQLite's WAL index is a shared mmap of -shm: a second daemon over the same
   // directory would let two containers see different -shm pages and corrupt
@@ -78,8 +85,22 @@ Status Fs::start(std::string* why) {
     return fail(e);
   }
   exclusive_ = std::move(*dir);
-  status_ = std::make_unique<StatusServer>(dcfg_.mountpoint, [this] { return status_json(); });
   return {};
+}
+
+void Fs::source_replaced() {
+  // A restore swapped the subvolume at SOURCE: serve the new one, hold its
+  // exclusivity lock, and drop the kernel's cached root attributes and listing.
+  auto r = reroot();
+  if (!r) {
+    log::get("fuse")->error("source {} changed but cannot be reopened: {}", dcfg_.core.source,
+                            r.error().message());
+    return;
+  }
+  if (!*r) return;
+  std::string why;
+  if (!lock_source(&why)) log::get("fuse")->error("{}", why);
+  if (fuse_session* se = se_.load()) fuse_lowlevel_notify_inval_inode(se, FUSE_ROOT_ID, 0, 0);
 }
 
 fuse_lowlevel_ops Fs::ops() { return make_ops({.posix_locks = true, .flock = true}); }

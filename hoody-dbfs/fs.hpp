@@ -7,6 +7,7 @@
 // socket with the lock counters.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -14,6 +15,7 @@
 
 #include "hoody/daemon.hpp"
 #include "hoody/passthrough.hpp"
+#include "hoody/source_watch.hpp"
 #include "hoody/unique_fd.hpp"
 #include "lock/lock_manager.hpp"
 
@@ -39,6 +41,7 @@ public:
   Status start(std::string* why) override;
   fuse_lowlevel_ops ops() override;
   void* userdata() override { return static_cast<pt::PassthroughFs*>(this); }
+  void attached(fuse_session* se) override { se_ = se; }
 
   // The lock ops (ops/lock.cpp).
   void getlk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock) override;
@@ -66,6 +69,8 @@ private:
     bool checked = false;  // header read (plain-named files)
   };
   void classify_on_open(fuse_ino_t ino, pt::File& file);
+  Status lock_source(std::string* why);
+  void source_replaced();
 
   Config dcfg_;
   UniqueFd exclusive_;  // flock(LOCK_EX) on the backing directory while we serve it
@@ -75,6 +80,8 @@ private:
   std::mutex meta_mu_;
   std::unordered_map<fuse_ino_t, FileMeta> meta_;
   std::unique_ptr<StatusServer> status_;
+  std::atomic<fuse_session*> se_{nullptr};
+  std::unique_ptr<SourceWatch> watch_;  // last: its thread uses the members above
 };
 
 }  // namespace hoody::dbfs

@@ -92,9 +92,10 @@ Status snapshot(int src_fd, int dst_dirfd, const char* name, bool readonly) {
   return s;
 }
 
-Status delete_subvolume(int dirfd, const char* name) {
-  auto s = check(btrfs_util_delete_subvolume_fd(dirfd, name, 0));
-  log::get("btrfs")->debug("op=delete_subvolume name={} -> {}", name,
+Status delete_subvolume(int dirfd, const char* name, bool recursive) {
+  int flags = recursive ? BTRFS_UTIL_DELETE_SUBVOLUME_RECURSIVE : 0;
+  auto s = check(btrfs_util_delete_subvolume_fd(dirfd, name, flags));
+  log::get("btrfs")->debug("op=delete_subvolume name={} recursive={} -> {}", name, recursive,
                            s ? "ok" : s.error().message());
   return s;
 }
@@ -132,33 +133,43 @@ Status set_readonly(int fd, bool readonly) {
 }
 
 Result<std::vector<Child>> children(int fd, bool post_order) {
-  // libbtrfsutil 6.2 may close the fd it is given: give it its own.
-  HOODY_TRY(own, sys::dup(fd));
-  btrfs_util_subvolume_iterator* raw = nullptr;
-  int flags = post_order ? BTRFS_UTIL_SUBVOLUME_ITERATOR_POST_ORDER : 0;
-  HOODY_CHECK(check(btrfs_util_create_subvolume_iterator_fd(own.get(), 0, flags, &raw)));
-  UniqueIterator it(raw);
-  std::vector<Child> out;
-  for (;;) {
-    char* path = nullptr;
-    uint64_t id = 0;
-    auto e = btrfs_util_subvolume_iterator_next(it.get(), &path, &id);
-    if (e == BTRFS_UTIL_ERROR_STOP_ITERATION) break;
-    HOODY_CHECK(check(e));
-    std::unique_ptr<char, decltype(&std::free)> owned(path, &std::free);
-    out.push_back(Child{path, id});
-  }
-  // On 6.2 the iterator may have closed `own` already (unprivileged mode).
-  // Close it ourselves only while the number still names the directory we
-  // dup'ed, so that a number reused by another thread is never closed.
+  // libbtrfsutil 6.2 may close the fd it is given (unprivileged mode): give it
+  // its own, and afterwards close that only while the number still names the
+  // directory we dup'ed, so that a number reused by another thread is never
+  // closed.  This runs on every path out, failures included.
   HOODY_TRY(want, sys::fstat(fd));
-  it.reset();
+  HOODY_TRY(own, sys::dup(fd));
+  std::vector<Child> out;
+  Status st = [&]() -> Status {
+    btrfs_util_subvolume_iterator* raw = nullptr;
+    int flags = post_order ? BTRFS_UTIL_SUBVOLUME_ITERATOR_POST_ORDER : 0;
+    HOODY_CHECK(check(btrfs_util_create_subvolume_iterator_fd(own.get(), 0, flags, &raw)));
+    UniqueIterator it(raw);
+    for (;;) {
+      char* path = nullptr;
+      uint64_t id = 0;
+      auto e = btrfs_util_subvolume_iterator_next(it.get(), &path, &id);
+      if (e == BTRFS_UTIL_ERROR_STOP_ITERATION) return {};
+      HOODY_CHECK(check(e));
+      std::unique_ptr<char, decltype(&std::free)> owned(path, &std::free);
+      out.push_back(Child{path, id});
+    }
+  }();
   auto now = sys::fstat(own.get());
   if (!now || now->st_dev != want.st_dev || now->st_ino != want.st_ino) own.release();
+  if (!st) return fail(st.error());
   return out;
 }
 
 Status sync(int fd) { return check(btrfs_util_sync_fd(fd)); }
+
+Result<uint64_t> start_sync(int fd) {
+  uint64_t transid = 0;
+  HOODY_CHECK(check(btrfs_util_start_sync_fd(fd, &transid)));
+  return transid;
+}
+
+Status wait_sync(int fd, uint64_t transid) { return check(btrfs_util_wait_sync_fd(fd, transid)); }
 
 Result<UniqueFd> open_dir(int dirfd, const char* name) {
   return sys::openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);

@@ -25,6 +25,26 @@ void detail::call_done(Done& done, ssize_t res, const char* engine) noexcept {
   }
 }
 
+ssize_t detail::pwrite_full(int fd, const void* buf, size_t n, off_t off) noexcept {
+  const auto* p = static_cast<const char*>(buf);
+  size_t total = 0;
+  while (total < n) {
+    ssize_t r = sys::retry_eintr(
+        [&] { return ::pwrite(fd, p + total, n - total, off + static_cast<off_t>(total)); });
+    if (r < 0) {
+      int e = errno;
+      if (total == 0) return -e;
+      break;
+    }
+    if (r == 0) {  // no progress and no error: do not spin
+      if (total == 0) return -EIO;
+      break;
+    }
+    total += static_cast<size_t>(r);
+  }
+  return static_cast<ssize_t>(total);
+}
+
 namespace {
 
 using detail::call_done;
@@ -51,23 +71,7 @@ public:
   }
 
   void write(int fd, const void* buf, size_t n, off_t off, Done done) override {
-    const auto* p = static_cast<const char*>(buf);
-    size_t total = 0;
-    while (total < n) {
-      ssize_t r = sys::retry_eintr(
-          [&] { return ::pwrite(fd, p + total, n - total, off + static_cast<off_t>(total)); });
-      if (r < 0) {
-        int e = errno;
-        if (total == 0) return call_done(done, -e, "sync");
-        break;
-      }
-      if (r == 0) {  // no progress and no error: do not spin
-        if (total == 0) return call_done(done, -EIO, "sync");
-        break;
-      }
-      total += static_cast<size_t>(r);
-    }
-    call_done(done, static_cast<ssize_t>(total), "sync");
+    call_done(done, detail::pwrite_full(fd, buf, n, off), "sync");
   }
 
   void fsync(int fd, bool datasync, Done done) override {

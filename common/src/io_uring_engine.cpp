@@ -27,6 +27,7 @@
 // deadlock): it may exceed the bound, and the kernel's IORING_FEAT_NODROP
 // keeps any CQ overflow.
 #include <liburing.h>
+#include <sys/uio.h>
 #include <sched.h>
 
 #include <algorithm>
@@ -86,6 +87,11 @@ constexpr unsigned kMaxInlineBatches = 4;
 thread_local bool tl_reaping = false;
 // This thread is a reaper thread: it never waits for a slot.
 thread_local bool tl_reaper = false;
+// How many fast-path dones are running on this thread, nested.  Past
+// kMaxInlineDepth a request goes through the ring even if it could complete
+// at once, so a done that submits again cannot recurse without bound.
+thread_local unsigned tl_inline_depth = 0;
+constexpr unsigned kMaxInlineDepth = 8;
 
 // One ring with its locks and its reaper thread.
 class Shard {
@@ -310,7 +316,10 @@ private:
 
   // Lock order: sq_mu_ and cq_mu_ are leaves (nothing else is taken while one
   // is held, and never a callback).  state_mu_ is never held while taking
-  // sq_mu_ or cq_mu_, nor across a callback or a system call.
+  // sq_mu_ or cq_mu_, nor across a callback or I/O.  sq_mu_ is held across
+  // io_uring_enter(to_submit): that does not wait for I/O (io_uring tries
+  // each request without blocking and hands the rest to io-wq), and the
+  // kernel serializes submissions to one ring under its own lock anyway.
   std::mutex sq_mu_;     // the submission queue: get_sqe, prep, io_uring_submit
   std::mutex cq_mu_;     // consuming the completion queue: peek, advance
   std::mutex state_mu_;  // slots_used_, exit_ and the condition variables
@@ -335,21 +344,48 @@ thread_local const unsigned tl_thread_index = g_next_thread.fetch_add(1);
 
 class UringEngine final : public Engine {
 public:
-  explicit UringEngine(std::vector<std::unique_ptr<Shard>> shards) : shards_(std::move(shards)) {}
+  UringEngine(std::vector<std::unique_ptr<Shard>> shards, const Options& opts)
+      : shards_(std::move(shards)),
+        writes_inline_(opts.writes_inline),
+        read_nowait_(opts.nowait_first),
+        write_nowait_(opts.nowait_first) {}
 
   const char* name() const override { return "uring"; }
 
   void read(int fd, void* buf, size_t n, off_t off, Done done) override {
     if (n == 0) return detail::call_done(done, 0, "uring");
-    shard().start(
-        new Op{OpKind::read, false, fd, static_cast<char*>(buf), n, 0, off, 0, std::move(done)});
+    size_t moved = 0;
+    if (read_nowait_.load(std::memory_order_relaxed) && tl_inline_depth < kMaxInlineDepth) {
+      iovec iov{buf, n};
+      ssize_t r = ::preadv2(fd, &iov, 1, off, RWF_NOWAIT);
+      // All of it, or EOF: done.  A short read may be EOF or a partly cached
+      // range: the ring reads the rest (and finds EOF if it was).
+      if (r == ssize_t(n) || r == 0) return done_inline(done, r);
+      if (r > 0)
+        moved = size_t(r);
+      else if (fast_path_error(errno, read_nowait_))
+        return done_inline(done, -errno);
+    }
+    shard().start(new Op{OpKind::read, false, fd, static_cast<char*>(buf), n, moved, off, 0,
+                         std::move(done)});
   }
 
   void write(int fd, const void* buf, size_t n, off_t off, Done done) override {
     if (n == 0) return detail::call_done(done, 0, "uring");
+    if (writes_inline_) return done_inline(done, detail::pwrite_full(fd, buf, n, off));
+    size_t moved = 0;
+    if (write_nowait_.load(std::memory_order_relaxed) && tl_inline_depth < kMaxInlineDepth) {
+      iovec iov{const_cast<void*>(buf), n};
+      ssize_t r = ::pwritev2(fd, &iov, 1, off, RWF_NOWAIT);
+      if (r == ssize_t(n)) return done_inline(done, r);
+      if (r > 0)
+        moved = size_t(r);
+      else if (r < 0 && fast_path_error(errno, write_nowait_))
+        return done_inline(done, -errno);
+    }
     // The buffer is only read (IORING_OP_WRITE); Op keeps one pointer type.
     shard().start(new Op{OpKind::write, false, fd, const_cast<char*>(static_cast<const char*>(buf)),
-                         n, 0, off, 0, std::move(done)});
+                         n, moved, off, 0, std::move(done)});
   }
 
   void fsync(int fd, bool datasync, Done done) override {
@@ -359,7 +395,31 @@ public:
 private:
   Shard& shard() { return *shards_[tl_thread_index % shards_.size()]; }
 
+  static void done_inline(Done& done, ssize_t res) {
+    ++tl_inline_depth;
+    detail::call_done(done, res, "uring");
+    --tl_inline_depth;
+  }
+
+  // After a failed RWF_NOWAIT attempt: true if `err` is the request's own
+  // result (EBADF, EISDIR, EFBIG, ...), false if the ring should do it
+  // (EAGAIN: it would block; EINTR).  EOPNOTSUPP means the file system cannot
+  // do this without blocking (ext4 buffered writes): stop trying on this engine.
+  static bool fast_path_error(int err, std::atomic<bool>& enabled) {
+    if (err == EAGAIN || err == EINTR) return false;
+    if (err == EOPNOTSUPP) {
+      if (enabled.exchange(false))
+        log::get("io")->debug("engine=uring RWF_NOWAIT not supported here; fast path off");
+      return false;
+    }
+    return true;
+  }
+
   std::vector<std::unique_ptr<Shard>> shards_;  // destroyed in order; each drains first
+  const bool writes_inline_;  // Options::writes_inline
+  // Try the request with RWF_NOWAIT in the caller first (see Options::nowait_first).
+  std::atomic<bool> read_nowait_;
+  std::atomic<bool> write_nowait_;
 };
 
 Result<UniqueRing> make_ring(unsigned depth, unsigned* sq_entries) {
@@ -393,7 +453,7 @@ Result<std::unique_ptr<Engine>> make_uring_engine(const Options& opts) {
     HOODY_TRY(ring, make_ring(opts.queue_depth, &sq_entries));
     shards.push_back(std::make_unique<Shard>(std::move(ring), sq_entries));
   }
-  return std::unique_ptr<Engine>(new UringEngine(std::move(shards)));
+  return std::unique_ptr<Engine>(new UringEngine(std::move(shards), opts));
 }
 
 }  // namespace hoody::io

@@ -249,6 +249,10 @@ Result<std::string> run_send(int subvol_fd, const SendOptions& opts) {
   args.clone_sources = clone_ids.empty() ? nullptr : clone_ids.data();
   args.parent_root = parent_id;
   args.flags = opts.no_file_data ? BTRFS_SEND_FLAG_NO_FILE_DATA : 0;
+  if (opts.version) {
+    args.flags |= BTRFS_SEND_FLAG_VERSION;
+    args.version = opts.version;
+  }
   int r = ::ioctl(subvol_fd, BTRFS_IOC_SEND, &args);
   int send_err = r < 0 ? errno : 0;
   wr.reset();  // EOF for the reader

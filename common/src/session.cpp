@@ -143,6 +143,7 @@ int run_session(const fuse_lowlevel_ops& ops, void* userdata, const SessionConfi
     return 1;
   }
 
+  if (cfg.on_mounted) cfg.on_mounted(se);
   int ret;
   if (cfg.single_thread) {
     ret = fuse_session_loop(se);

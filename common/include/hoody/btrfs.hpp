@@ -64,10 +64,10 @@ Status create_subvolume(int dirfd, const char* name);
 // Snapshot the subvolume src_fd as dst_dirfd/name.  Non-recursive: nested
 // subvolumes appear as empty stubs.
 Status snapshot(int src_fd, int dst_dirfd, const char* name, bool readonly);
-// Delete subvolume dirfd/name.  Non-recursive: a subvolume holding other
-// subvolumes gives ENOTEMPTY; delete the children first (children() in
-// post-order) — the store never nests subvolumes.
-Status delete_subvolume(int dirfd, const char* name);
+// Delete subvolume dirfd/name (read-only ones too).  Without `recursive`, a
+// subvolume holding other subvolumes gives ENOTEMPTY; with it, libbtrfsutil
+// deletes the nested ones first, non-atomically (CAP_SYS_ADMIN).
+Status delete_subvolume(int dirfd, const char* name, bool recursive = false);
 
 Result<SubvolumeInfo> info(int fd);
 Result<bool> is_readonly(int fd);
@@ -79,6 +79,10 @@ Result<std::vector<Child>> children(int fd, bool post_order = false);
 
 // Commit the current transaction of the filesystem of fd and wait for it.
 Status sync(int fd);
+// Start a commit without waiting (BTRFS_IOC_START_SYNC): its transaction id,
+// for wait_sync (BTRFS_IOC_WAIT_SYNC) later, e.g. from a worker thread.
+Result<uint64_t> start_sync(int fd);
+Status wait_sync(int fd, uint64_t transid);
 
 // Open a directory for btrfs ioctls: O_RDONLY|O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC.
 Result<UniqueFd> open_dir(int dirfd, const char* name);

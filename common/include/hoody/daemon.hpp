@@ -26,6 +26,9 @@ public:
   virtual Status start(std::string* why) = 0;
   virtual fuse_lowlevel_ops ops() = 0;
   virtual void* userdata() = 0;
+  // The session is mounted (for notifications such as notify_inval_inode);
+  // called before the loop starts.
+  virtual void attached(fuse_session* /*se*/) {}
 };
 
 struct DaemonSpec {

@@ -26,6 +26,7 @@
 #include <string>
 #include <unordered_map>
 #include <utility>
+#include <vector>
 
 #include "hoody/result.hpp"
 #include "hoody/sys.hpp"
@@ -118,6 +119,12 @@ public:
 
   // Opens the backing directory; a one-line reason on failure.
   virtual Status open_source(std::string* why);
+  // Serves SOURCE anew after the directory at that path was replaced (a
+  // snapshot restore swaps subvolumes with RENAME_EXCHANGE): new lookups
+  // resolve in the new directory once the kernel's entries expire
+  // (entry_timeout); descriptors already open keep the old files.
+  // Returns false (no change) when SOURCE is still the same directory.
+  Result<bool> reroot();
 
   // The operations table of this filesystem (lock ops only when wanted).
   struct OpsFeatures {
@@ -127,7 +134,7 @@ public:
   static fuse_lowlevel_ops make_ops(OpsFeatures f);
 
   const Config& config() const { return cfg_; }
-  int root_fd() const { return root_->fd_.get(); }
+  int root_fd() const { return root_.load()->fd_.get(); }
   Inode* inode(fuse_ino_t ino);
   Result<FdRef> pin(Inode* inode);
   size_t inode_count();
@@ -201,13 +208,21 @@ protected:
   // Called with mutex_ held: do not call back into the table.
   virtual void on_forget(Inode& /*inode*/) {}
 
+  // The st_ino shown for a backing (st_dev, st_ino).  Every file of one
+  // mount shares one st_dev, so inodes of other subvolumes (snapshots, nested
+  // subvolumes) get a per-device prefix in the top 16 bits; the source's own
+  // numbers stay as they are.  Keeps du, tar and cp -a from taking files of
+  // two snapshots for hard links of each other.
+  ino_t shown_ino(dev_t dev, ino_t ino);
+  void show(struct stat& st) { st.st_ino = shown_ino(st.st_dev, st.st_ino); }
+
   // Looks `name` up in `parent` and returns the entry with its lookup counted.
   Result<fuse_entry_param> do_lookup(fuse_ino_t parent, const char* name);
   void reply_entry(fuse_req_t req, fuse_ino_t parent, const char* name, Status made);
   void forget_one(Inode* inode, uint64_t n);
   static File* file_of(fuse_file_info* fi) { return reinterpret_cast<File*>(fi->fh); }
   fuse_ino_t ino_of(Inode* in) const {
-    return in == root_.get() ? FUSE_ROOT_ID : reinterpret_cast<fuse_ino_t>(in);
+    return in == root_.load() ? FUSE_ROOT_ID : reinterpret_cast<fuse_ino_t>(in);
   }
 
   Config cfg_;
@@ -226,9 +241,16 @@ private:
     }
   };
   std::unordered_map<std::pair<dev_t, ino_t>, std::unique_ptr<Inode>, KeyHash> inodes_;
-  std::unique_ptr<Inode> root_;
+  // The root inode.  Atomic because reroot() replaces it while requests run;
+  // replaced roots stay alive in old_roots_ (guarded by mutex_) for requests
+  // that still hold them.
+  std::atomic<Inode*> root_{nullptr};
+  std::vector<std::unique_ptr<Inode>> old_roots_;
   std::unordered_map<int, UniqueFd> mount_fds_;  // mount id -> an fd on it; under mutex_
   std::atomic<size_t> path_fds_{0};
+  // Guards dev_index_.  Innermost.
+  std::mutex dev_mu_;
+  std::unordered_map<dev_t, ino_t> dev_index_;  // st_dev -> prefix (the source's: 0)
   std::atomic<uint64_t> clock_{0};
   size_t budget_ = 0;
 };

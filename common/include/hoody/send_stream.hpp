@@ -127,10 +127,11 @@ struct SendOptions {
   int parent_fd = -1;             // older read-only snapshot: incremental stream
   std::vector<int> clone_fds;     // extra clone sources (read-only subvolumes)
   bool no_file_data = true;       // BTRFS_SEND_FLAG_NO_FILE_DATA
+  uint32_t version = 0;           // stream protocol: 0 = the kernel's default (1), or 2
 };
 
 // BTRFS_IOC_SEND of the read-only subvolume `subvol_fd` into a pipe drained
-// by a thread; returns the raw stream (protocol version 1).
+// by a thread; returns the raw stream.
 Result<std::string> run_send(int subvol_fd, const SendOptions& opts = {});
 
 // ---- diff ----------------------------------------------------------------

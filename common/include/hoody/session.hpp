@@ -6,6 +6,7 @@
 
 #include <fuse_lowlevel.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,8 @@ struct SessionConfig {
   bool single_thread = false;
   unsigned max_threads = 0;                // 0: 2 x cores, at least 4
   bool clone_fd = true;
+  // Called once the session is mounted, before the loop (optional).
+  std::function<void(fuse_session*)> on_mounted;
 };
 
 // The reason a mount cannot start, as one line for a person ("" if none

@@ -87,9 +87,21 @@ Status PassthroughFs::open_source(std::string* why) {
     *why = "source " + cfg_.source + ": " + st.error().message();
     return fail(st.error());
   }
-  root_ = std::make_unique<Inode>(std::move(*fd), st->st_dev, st->st_ino, st->st_mode);
-  root_->nlookup = 2;  // the kernel never forgets the root
+  auto* root = new Inode(std::move(*fd), st->st_dev, st->st_ino, st->st_mode);
+  root->nlookup = 2;  // the kernel never forgets the root
+  old_roots_.emplace_back(root);  // owns every root, current and replaced
+  root_ = root;
   path_fds_ = 1;
+  // The mount fd that reopens evicted inodes (open_by_handle_at refuses O_PATH fds).
+  {
+    auto buf = std::make_unique<char[]>(sizeof(file_handle) + MAX_HANDLE_SZ);
+    auto* fh = reinterpret_cast<file_handle*>(buf.get());
+    fh->handle_bytes = MAX_HANDLE_SZ;
+    int mount_id;
+    auto dir = sys::open(cfg_.source.c_str(), O_RDONLY | O_DIRECTORY);
+    if (dir && ::name_to_handle_at(root->fd_.get(), "", fh, &mount_id, AT_EMPTY_PATH) == 0)
+      mount_fds_.emplace(mount_id, std::move(*dir));
+  }
 
   // Budget the O_PATH fds: raise the soft limit to the hard one and keep a
   // quarter for open files, directories and the rest of the daemon.
@@ -114,8 +126,34 @@ Status PassthroughFs::open_source(std::string* why) {
   return {};
 }
 
+Result<bool> PassthroughFs::reroot() {
+  HOODY_TRY(fd, sys::open(cfg_.source.c_str(), O_PATH | O_DIRECTORY));
+  HOODY_TRY(st, sys::fstat(fd.get()));
+  Inode* cur = root_.load();
+  if (st.st_dev == cur->src_dev && st.st_ino == cur->src_ino) return false;
+  auto* root = new Inode(std::move(fd), st.st_dev, st.st_ino, st.st_mode);
+  root->nlookup = 2;
+  {
+    std::lock_guard g(mutex_);
+    old_roots_.emplace_back(root);
+    ++path_fds_;
+    root_ = root;
+  }
+  log::get("fuse")->warn("source {} was replaced (a restore?): serving the new directory "
+                         "(dev={} ino={}); files open before keep the old one",
+                         cfg_.source, st.st_dev, st.st_ino);
+  return true;
+}
+
+ino_t PassthroughFs::shown_ino(dev_t dev, ino_t ino) {
+  std::lock_guard g(dev_mu_);
+  if (dev_index_.empty()) dev_index_.emplace(old_roots_.front()->src_dev, 0);
+  auto [it, added] = dev_index_.emplace(dev, static_cast<ino_t>(dev_index_.size()));
+  return it->second == 0 ? ino : ino ^ (static_cast<ino_t>(it->second) << 48);
+}
+
 Inode* PassthroughFs::inode(fuse_ino_t ino) {
-  if (ino == FUSE_ROOT_ID) return root_.get();
+  if (ino == FUSE_ROOT_ID) return root_.load();
   return reinterpret_cast<Inode*>(ino);
 }
 
@@ -152,6 +190,12 @@ Result<FdRef> PassthroughFs::pin(Inode* in) {
   in->fd_.reset(fd);
   ++path_fds_;
   ++in->pins_;
+  g.unlock();
+  if (path_fds_.load() > budget_) {
+    // This inode is pinned, so it stays; the idlest others give their fds back.
+    std::lock_guard fg(mutex_);
+    evict_over_budget();
+  }
   return FdRef(in, fd);
 }
 
@@ -180,7 +224,10 @@ void PassthroughFs::evict_over_budget() {
       in->handle_ = std::move(buf);
       in->mount_id_ = mount_id;
       if (!mount_fds_.count(mount_id)) {
-        auto d = sys::dup(in->fd_.get());
+        // open_by_handle_at needs a real (not O_PATH) fd on the same mount:
+        // only a directory can give one without side effects.
+        if (in->type != S_IFDIR) continue;
+        auto d = sys::reopen(in->fd_.get(), O_RDONLY | O_DIRECTORY);
         if (!d) continue;
         mount_fds_.emplace(mount_id, std::move(*d));
       }
@@ -201,6 +248,7 @@ Result<fuse_entry_param> PassthroughFs::do_lookup(fuse_ino_t parent, const char*
 
   fuse_entry_param e{};
   e.attr = st;
+  show(e.attr);
   e.attr_timeout = cfg_.attr_timeout;
   e.entry_timeout = cfg_.entry_timeout;
   Inode* child;
@@ -216,8 +264,8 @@ Result<fuse_entry_param> PassthroughFs::do_lookup(fuse_ino_t parent, const char*
         child->fd_ = std::move(fd);
         ++path_fds_;
       }
-    } else if (root_->src_dev == st.st_dev && root_->src_ino == st.st_ino) {
-      child = root_.get();  // a bind mount or a ".." back to the root
+    } else if (Inode* root = root_.load(); root->src_dev == st.st_dev && root->src_ino == st.st_ino) {
+      child = root;  // a bind mount or a ".." back to the root
     } else {
       auto in = std::make_unique<Inode>(std::move(fd), st.st_dev, st.st_ino, st.st_mode);
       child = in.get();
@@ -228,14 +276,15 @@ Result<fuse_entry_param> PassthroughFs::do_lookup(fuse_ino_t parent, const char*
     }
     ++child->nlookup;
   }
-  e.ino = child == root_.get() ? FUSE_ROOT_ID : reinterpret_cast<fuse_ino_t>(child);
+  e.ino = ino_of(child);
   on_entry(*dir, *child, name);
   return e;
 }
 
 void PassthroughFs::forget_one(Inode* in, uint64_t n) {
   std::lock_guard g(mutex_);
-  if (in == root_.get()) return;
+  for (auto& r : old_roots_)
+    if (in == r.get()) return;  // roots are never forgotten
   if (n > in->nlookup) {
     log::get("fuse")->error("forget of {} lookups on inode {} that has {}: kernel and daemon disagree",
                             n, in->src_ino, in->nlookup);

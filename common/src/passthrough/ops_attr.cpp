@@ -25,6 +25,7 @@ void PassthroughFs::getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) 
     return sys::fstatat(fd.get(), "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
   }();
   if (!st) return reply(req, fail(st.error()));
+  show(*st);
   fuse_reply_attr(req, &*st, cfg_.attr_timeout);
 }
 

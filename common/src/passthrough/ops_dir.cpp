@@ -50,6 +50,7 @@ void PassthroughFs::readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t o
   size_t rem = size;
   int err = 0;
 
+  dev_t dir_dev = inode(ino)->src_dev;
   if (off != d->offset) {
     ::seekdir(d->dp.get(), off);
     d->entry = nullptr;
@@ -71,7 +72,7 @@ void PassthroughFs::readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t o
       fuse_entry_param e{};
       fuse_ino_t looked_up = 0;
       if (is_dot_or_dotdot(name)) {
-        e.attr.st_ino = d->entry->d_ino;
+        e.attr.st_ino = shown_ino(dir_dev, d->entry->d_ino);
         e.attr.st_mode = static_cast<mode_t>(d->entry->d_type) << 12;
       } else {
         auto r = do_lookup(ino, name);
@@ -95,7 +96,7 @@ void PassthroughFs::readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t o
       }
     } else {
       struct stat st {};
-      st.st_ino = d->entry->d_ino;
+      st.st_ino = shown_ino(dir_dev, d->entry->d_ino);
       st.st_mode = static_cast<mode_t>(d->entry->d_type) << 12;
       entsize = fuse_add_direntry(req, p, rem, name, &st, next);
       if (entsize > rem) break;

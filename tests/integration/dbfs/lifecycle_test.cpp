@@ -102,3 +102,46 @@ TEST_CASE("a second daemon over the same backing directory refuses to start") {
   }
   CHECK(is_mounted(p.mnt, "fuse"));
 }
+
+TEST_CASE("each reason not to start is one line that names it (exit 1, nothing mounted)") {
+  Pool p;
+  if (dbfs_command().is_bindfs) return;  // the messages are hoody's
+  const std::string& prog = dbfs_command().program;
+  auto start = [&](const std::string& src, const std::string& mnt) {
+    return run({prog, "-f", src, mnt}, 10s);
+  };
+  auto one_line = [](const std::string& out) {
+    return out.find("hoody-dbfs: ") != std::string::npos;
+  };
+  SUBCASE("missing source") {
+    auto e = start(p.backing + "/nope", p.mnt);
+    CHECK(e.exit_code == 1);
+    CHECK_MESSAGE(one_line(e.output), e.output);
+    CHECK_MESSAGE(e.output.find("/nope: No such file or directory") != std::string::npos, e.output);
+  }
+  SUBCASE("missing mountpoint") {
+    auto e = start(p.backing, p.mnt + "/nope");
+    CHECK(e.exit_code == 1);
+    CHECK_MESSAGE(e.output.find("does not exist") != std::string::npos, e.output);
+  }
+  SUBCASE("mountpoint is a file") {
+    std::string f = p.pool.dir() + "/plainfile";
+    ::close(::open(f.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644));
+    auto e = start(p.backing, f);
+    CHECK(e.exit_code == 1);
+    CHECK_MESSAGE(e.output.find("is not a directory") != std::string::npos, e.output);
+  }
+  SUBCASE("mountpoint busy with another FUSE mount") {
+    std::string other = p.pool.make_subvolume("other");
+    Daemon first(dbfs_argv(other, p.mnt), p.mnt, p.log);
+    auto e = start(p.backing, p.mnt);
+    CHECK(e.exit_code == 1);
+    CHECK_MESSAGE(e.output.find("is busy") != std::string::npos, e.output);
+  }
+  SUBCASE("bad option: exit 2") {
+    auto e = run({prog, "-f", "-o", "allow_other,nonsense=3", p.backing, p.mnt}, 10s);
+    CHECK(e.exit_code == 2);
+    CHECK_MESSAGE(e.output.find("unknown option 'nonsense'") != std::string::npos, e.output);
+  }
+  CHECK_FALSE(is_mounted(p.mnt));
+}

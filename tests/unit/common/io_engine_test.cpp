@@ -2,6 +2,7 @@
 
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -77,8 +78,25 @@ ssize_t fsync_sync(io::Engine& e, int fd, bool datasync) {
   return w.wait();
 }
 
-std::unique_ptr<io::Engine> make(io::Kind kind, io::Options opts = {}) {
-  if (kind == io::Kind::sync) return io::make_sync_engine();
+// The engines under test: sync, uring with its RWF_NOWAIT fast path, uring
+// with every request through the ring, and uring writing in the caller.
+struct Config {
+  const char* name;
+  io::Kind kind;
+  bool nowait_first;
+  bool writes_inline;
+};
+const Config kConfigs[] = {
+    {"sync", io::Kind::sync, false, false},
+    {"uring", io::Kind::uring, true, false},
+    {"uring-ring-only", io::Kind::uring, false, false},
+    {"uring-writes-inline", io::Kind::uring, true, true},
+};
+
+std::unique_ptr<io::Engine> make(const Config& cfg, io::Options opts = {}) {
+  if (cfg.kind == io::Kind::sync) return io::make_sync_engine();
+  opts.nowait_first = cfg.nowait_first;
+  opts.writes_inline = cfg.writes_inline;
   auto r = io::make_uring_engine(opts);
   REQUIRE_MESSAGE(r.ok(), "io_uring_queue_init: " << r.error().message());
   return std::move(*r);
@@ -90,7 +108,6 @@ std::string pattern(size_t n, unsigned seed) {
   return s;
 }
 
-const io::Kind kKinds[] = {io::Kind::sync, io::Kind::uring};
 
 }  // namespace
 
@@ -103,11 +120,11 @@ TEST_CASE("parse_kind") {
 }
 
 TEST_CASE("reads and writes at offsets, short read at EOF") {
-  for (auto kind : kKinds) {
-    CAPTURE(io::to_string(kind));
+  for (const auto& cfg : kConfigs) {
+    CAPTURE(cfg.name);
     TempDir t;
-    auto e = make(kind);
-    CHECK(std::string(e->name()) == io::to_string(kind));
+    auto e = make(cfg);
+    CHECK(std::string(e->name()) == io::to_string(cfg.kind));
     auto fd = t.open("f");
 
     auto a = pattern(10000, 1);
@@ -140,10 +157,10 @@ TEST_CASE("reads and writes at offsets, short read at EOF") {
 }
 
 TEST_CASE("errors: EBADF, EISDIR, write to a read-only fd") {
-  for (auto kind : kKinds) {
-    CAPTURE(io::to_string(kind));
+  for (const auto& cfg : kConfigs) {
+    CAPTURE(cfg.name);
     TempDir t;
-    auto e = make(kind);
+    auto e = make(cfg);
     char buf[512];
 
     int closed = t.open("f").release();
@@ -163,10 +180,10 @@ TEST_CASE("errors: EBADF, EISDIR, write to a read-only fd") {
 }
 
 TEST_CASE("partial write then error reports the part (RLIMIT_FSIZE)") {
-  for (auto kind : kKinds) {
-    CAPTURE(io::to_string(kind));
+  for (const auto& cfg : kConfigs) {
+    CAPTURE(cfg.name);
     TempDir t;
-    auto e = make(kind);
+    auto e = make(cfg);
     auto fd = t.open("f");
     auto data = pattern(16384, 4);
 
@@ -190,10 +207,10 @@ TEST_CASE("partial write then error reports the part (RLIMIT_FSIZE)") {
 }
 
 TEST_CASE("fsync and fdatasync") {
-  for (auto kind : kKinds) {
-    CAPTURE(io::to_string(kind));
+  for (const auto& cfg : kConfigs) {
+    CAPTURE(cfg.name);
     TempDir t;
-    auto e = make(kind);
+    auto e = make(cfg);
     auto fd = t.open("f");
     auto a = pattern(4096, 5);
     CHECK(write_sync(*e, fd.get(), a.data(), a.size(), 0) == 4096);
@@ -207,11 +224,11 @@ TEST_CASE("many concurrent submitters, data verified") {
   constexpr int kThreads = 8;
   constexpr int kBlocksPerThread = 64;
   constexpr size_t kBlock = 4096;
-  for (auto kind : kKinds) {
-    CAPTURE(io::to_string(kind));
+  for (const auto& cfg : kConfigs) {
+    CAPTURE(cfg.name);
     TempDir t;
     // A small queue depth so that the submitters hit the backpressure.
-    auto e = make(kind, io::Options{.queue_depth = 8, .rings = 2});
+    auto e = make(cfg, io::Options{.queue_depth = 8, .rings = 2});
     auto fd = t.open("f");
 
     std::atomic<int> failures{0};
@@ -263,10 +280,10 @@ TEST_CASE("many concurrent submitters, data verified") {
 }
 
 TEST_CASE("a done that submits again (chained reads) does not recurse without bound") {
-  for (auto kind : kKinds) {
-    if (kind == io::Kind::sync) continue;  // sync recursion is the caller's business
+  for (const auto& cfg : kConfigs) {
+    if (cfg.kind == io::Kind::sync) continue;  // sync recursion is the caller's business
     TempDir t;
-    auto e = make(kind);
+    auto e = make(cfg);
     auto fd = t.open("f");
     auto a = pattern(4096, 6);
     REQUIRE(write_sync(*e, fd.get(), a.data(), a.size(), 0) == 4096);
@@ -288,7 +305,28 @@ TEST_CASE("a done that submits again (chained reads) does not recurse without bo
         cv.notify_all();
       }
     };
-    e->read(fd.get(), buf, sizeof buf, 0, next);
+    // Start the chain on a thread with a small stack: an unbounded recursion
+    // of inline completions would overflow it.
+    struct Start {
+      io::Engine* e;
+      int fd;
+      char* buf;
+      std::function<void(ssize_t)>* next;
+    } start{e.get(), fd.get(), buf, &next};
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 128 * 1024);
+    pthread_t tid;
+    REQUIRE(pthread_create(
+                &tid, &attr,
+                [](void* p) -> void* {
+                  auto* s = static_cast<Start*>(p);
+                  s->e->read(s->fd, s->buf, 4096, 0, *s->next);
+                  return nullptr;
+                },
+                &start) == 0);
+    pthread_attr_destroy(&attr);
+    pthread_join(tid, nullptr);
     std::unique_lock lk(mu);
     cv.wait(lk, [&] { return finished; });
     CHECK(bad.load() == 0);
@@ -296,10 +334,10 @@ TEST_CASE("a done that submits again (chained reads) does not recurse without bo
 }
 
 TEST_CASE("a throwing done is contained") {
-  for (auto kind : kKinds) {
-    CAPTURE(io::to_string(kind));
+  for (const auto& cfg : kConfigs) {
+    CAPTURE(cfg.name);
     TempDir t;
-    auto e = make(kind);
+    auto e = make(cfg);
     auto fd = t.open("f");
     char buf[16] = {};
     e->write(fd.get(), buf, sizeof buf, 0, [](ssize_t) { throw std::runtime_error("boom"); });
@@ -308,8 +346,8 @@ TEST_CASE("a throwing done is contained") {
 }
 
 TEST_CASE("shutdown with requests in flight calls every done once") {
-  for (auto kind : kKinds) {
-    CAPTURE(io::to_string(kind));
+  for (const auto& cfg : kConfigs) {
+    CAPTURE(cfg.name);
     TempDir t;
     auto fd = t.open("f");
     constexpr int kOps = 2000;
@@ -317,11 +355,12 @@ TEST_CASE("shutdown with requests in flight calls every done once") {
     auto data = pattern(4096, 7);
     std::vector<std::string> bufs(kOps / 2, std::string(4096, '\0'));
     {
-      auto e = make(kind, io::Options{.queue_depth = 32, .rings = 0});
+      auto e = make(cfg, io::Options{.queue_depth = 32, .rings = 0});
       std::vector<std::thread> threads;
       for (int th = 0; th < 4; ++th) {
         threads.emplace_back([&, th] {
           for (int i = th; i < kOps; i += 4) {
+            // Reads of blocks not yet written may pass EOF: either result is fine.
             auto done = [&calls, i](ssize_t) { calls[size_t(i)].fetch_add(1); };
             if (i % 50 == 0)
               e->fsync(fd.get(), i % 100 == 0, done);
@@ -369,3 +408,4 @@ TEST_CASE("make_engine falls back to sync") {
   char buf[8];
   CHECK(read_sync(*disabled, fd.get(), buf, sizeof buf, 0) == 3);
 }
+

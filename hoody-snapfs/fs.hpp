@@ -1,0 +1,198 @@
+// hoody-snapfs: the daemon object (the fuse userdata).
+//
+// The passthrough core serves the snapshot contents read-only from O_PATH fds
+// into SOURCE/.snapshots (the core's root is the store directory; its Inodes
+// are the <uuid> directories and everything beneath them).  On top of it:
+//  - the mount root is virtual: the snapshot names of the store, and .hoody/;
+//  - a name at the root is the store's <uuid> directory (the core's Inode),
+//    shown with the snapshot's metadata (mode 0555, times = creation);
+//  - mkdir/rmdir/rename at the root create, delete and rename snapshots;
+//    xattrs user.hoody.* of a snapshot are its metadata;
+//  - .hoody/ holds the control files (vdir/), whose node ids have bit 63 set.
+// Every other mutating call gives EROFS (the core with read_only).
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_map>
+
+#include "hoody/daemon.hpp"
+#include "hoody/passthrough.hpp"
+#include "hoody/unique_fd.hpp"
+#include "snapshot_info.hpp"
+#include "store/snapshot_store.hpp"
+#include "vdir/vdir.hpp"
+
+namespace hoody::snapfs {
+
+struct Config {
+  pt::Config core;                    // core.source: SOURCE/.snapshots
+  std::string source;                 // SOURCE, the container directory
+  std::string default_expiry;         // "+7d", "" for none
+  double prune_interval = 60;         // seconds between expiry sweeps
+  std::string allow_users, allow_groups;  // ':'-separated
+};
+
+OptionTable options();
+TimePoint time_point(int64_t unix_seconds);
+Config config_from(const MountArgs& args);
+
+class Fs final : public pt::PassthroughFs, public DaemonFs {
+public:
+  explicit Fs(Config cfg);
+  ~Fs() override;
+
+  // DaemonFs
+  Status start(std::string* why) override;
+  fuse_lowlevel_ops ops() override;
+  void* userdata() override { return static_cast<pt::PassthroughFs*>(this); }
+
+  // ---- ops (ops/*.cpp) --------------------------------------------------------
+  void init(fuse_conn_info* conn) override;
+  void destroy() override;
+  // ops/entry.cpp
+  void lookup(fuse_req_t req, fuse_ino_t parent, const char* name) override;
+  void forget(fuse_ino_t ino, uint64_t nlookup) override;
+  void mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) override;
+  void mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) override;
+  void symlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* name) override;
+  void link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t parent, const char* name) override;
+  void unlink(fuse_req_t req, fuse_ino_t parent, const char* name) override;
+  void rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) override;
+  void rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
+              const char* newname, unsigned flags) override;
+  void create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
+              fuse_file_info* fi) override;
+  // ops/attr.cpp
+  void getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) override;
+  void setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int valid,
+               fuse_file_info* fi) override;
+  void readlink(fuse_req_t req, fuse_ino_t ino) override;
+  void statfs(fuse_req_t req, fuse_ino_t ino) override;
+  void setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
+                int flags) override;
+  void getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) override;
+  void listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) override;
+  void removexattr(fuse_req_t req, fuse_ino_t ino, const char* name) override;
+  // ops/control.cpp
+  void open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) override;
+  void read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) override;
+  void write_buf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* in, off_t off,
+                 fuse_file_info* fi) override;
+  void flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) override;
+  void release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) override;
+  void fsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) override;
+  void lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi) override;
+  void opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) override;
+  void readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
+               bool plus) override;
+  void releasedir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) override;
+  void fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) override;
+
+  // For tests and the benchmark.
+  SnapshotStore& store() { return *store_; }
+
+  // ---- shared by the op families ------------------------------------------------
+  // Who sent a request.
+  struct Who {
+    uint32_t uid = 0, gid = 0;
+    int32_t pid = 0;
+    std::vector<uint32_t> groups;
+    Caller store() const { return Caller{static_cast<uid_t>(uid), static_cast<pid_t>(pid)}; }
+  };
+  static Who caller_of(fuse_req_t req);
+  bool allowed(const Who& c) const { return access_.allows(c.uid, c.gid, c.groups); }
+  // Appends one line to the audit log and logs it (info, or warn on failure).
+  void audit(const Who& c, const std::string& action, const std::string& name, int err,
+             const std::string& to = "", const std::string& reason = "");
+  std::string audit_text();
+
+  // The store's snapshot `name` in the daemon's terms (subvolumes filled if asked).
+  Result<SnapshotInfo> get_info(const std::string& name, bool with_subvolumes = false);
+  Result<std::vector<SnapshotInfo>> list_info(bool with_subvolumes);
+  // The snapshot shown by a top-level directory Inode (nullopt for any other inode).
+  std::optional<SnapshotInfo> snapshot_of(fuse_ino_t ino);
+  // Entry for snapshot `s` (lookup counted on the core's Inode of its directory).
+  Result<fuse_entry_param> snapshot_entry(const SnapshotInfo& s);
+  struct stat snapshot_attr(const SnapshotInfo& s, const struct stat& dir, size_t subvolumes);
+  size_t subvolume_count(const std::string& uuid);
+  struct stat root_attr();
+  struct stat virtual_attr(uint64_t ino);
+  fuse_entry_param virtual_entry(uint64_t ino);
+  bool is_root(fuse_ino_t ino) const { return ino == FUSE_ROOT_ID; }
+
+  // Runs fn (which replies to its request) on a thread of its own: a request
+  // that waits on BTRFS (a snapshot flushing dirty data, a delete, a restore,
+  // a send stream) never pins a worker of the FUSE loop.  destroy() waits for
+  // every such job.
+  void offload(std::function<void()> fn);
+  // The set of snapshots changed (times and counts of the root follow).
+  void changed();
+  // Wakes the background thread to finish a restore's deletions (recover()).
+  void recover_soon();
+  // The contents of .hoody/diff/A..B, computed now.
+  Result<std::string> compute_diff(const std::string& node_name);
+
+  vdir::DiffTable diffs_;
+  // A rename at the root: the top-level directories follow it.
+  void renamed(const std::string& from, const std::string& to);
+  // A snapshot is gone: its top-level directory no longer shows it.
+  void removed(const std::string& name);
+
+protected:
+  Status may_mutate(fuse_req_t req, const char* what) override;
+
+private:
+  void prune_loop();
+  void prune_once();
+
+
+  Config scfg_;
+  vdir::AccessPolicy access_;
+  std::optional<int64_t> default_expiry_offset_;  // seconds from creation
+  std::unique_ptr<SnapshotStore> store_;
+  dev_t store_dev_ = 0;  // st_dev of SOURCE/.snapshots: the <uuid> dirs live on it
+  UniqueFd source_fd_;   // SOURCE, O_RDONLY|O_DIRECTORY
+  UniqueFd store_fd_;    // SOURCE/.snapshots, O_RDONLY|O_DIRECTORY
+  UniqueFd audit_fd_;    // SOURCE/.snapshots/audit.log, O_APPEND
+  std::atomic<int64_t> root_mtime_{0};  // last create/delete/rename/prune/restore
+  // The root's snapshot count, recounted only after a change: a getattr of
+  // the root (every path walk checks its permission) must not list the store.
+  std::atomic<uint64_t> changes_{1};
+  std::atomic<uint64_t> counted_at_{0};
+  std::atomic<size_t> count_{0};
+  std::atomic<bool> restoring_{false};  // one restore at a time: EBUSY for a second
+
+  // Guards tops_.  A leaf lock: nothing is called under it.
+  std::mutex tops_m_;
+  struct Top {
+    std::string uuid, name;
+  };
+  std::unordered_map<ino_t, Top> tops_;  // backing ino of a <uuid> dir -> its snapshot
+
+  // Guards jobs_ (offloaded requests in flight).  A leaf lock.
+  std::mutex jobs_m_;
+  std::condition_variable jobs_cv_;
+  size_t jobs_ = 0;
+  void wait_jobs();
+
+  // Guards stop_ (the prune thread's sleep).  A leaf lock.
+  std::mutex prune_m_;
+  std::condition_variable prune_cv_;
+  bool stop_ = false;
+  bool recover_due_ = false;  // a restore left old live subvolumes to delete
+  std::thread prune_thread_;
+};
+
+// The daemon object of a request.
+inline Fs& snapfs_of(fuse_req_t req) { return static_cast<Fs&>(pt::fs_of(req)); }
+
+}  // namespace hoody::snapfs

@@ -1,0 +1,248 @@
+// Open files and directories: the control files of .hoody/ and the listing of
+// the root and .hoody/ are the daemon's; everything else is the core's.
+//
+// A control file's contents are computed at open (snapshots.json, log, a
+// diff) and served with direct_io: its size shows as 0, reads go to EOF.
+// .hoody/restore takes one write: the snapshot name; the write returns when
+// the restore is done.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <functional>
+#include <memory>
+
+#include "../fs.hpp"
+#include "hoody/names.hpp"
+
+namespace hoody::snapfs {
+
+namespace {
+void reply(fuse_req_t req, Status s) { fuse_reply_err(req, s.err()); }
+
+// fuse_file_info::fh of an open control file.
+struct VFile {
+  uint64_t ino = 0;
+  std::string content;
+};
+VFile* vfile_of(fuse_file_info* fi) { return reinterpret_cast<VFile*>(fi->fh); }
+
+// fuse_file_info::fh of an open root or .hoody/ directory: its entries, taken
+// at opendir (and again on a rewind).
+struct VDir {
+  std::vector<vdir::Entry> entries;
+};
+VDir* vdir_of(fuse_file_info* fi) { return reinterpret_cast<VDir*>(fi->fh); }
+
+std::string denied(const Fs::Who& c) {
+  return "uid " + std::to_string(c.uid) + " is not root nor in allow_users/allow_groups";
+}
+}  // namespace
+
+void Fs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  if (!vdir::is_virtual(ino)) return pt::PassthroughFs::open(req, ino, fi);
+  // fi lives in libfuse's frame of this call: an offloaded open keeps a copy.
+  auto finish = [this, req, ino](fuse_file_info info) {
+    auto made = [&]() -> Result<std::unique_ptr<VFile>> {
+      auto* fi = &info;
+      mode_t mode = vdir::node_mode(ino);
+      if (!mode) return fail(ENOENT);
+      if (S_ISDIR(mode)) return fail(EISDIR);
+      int acc = fi->flags & O_ACCMODE;
+      auto f = std::make_unique<VFile>();
+      f->ino = ino;
+      if (ino == vdir::kRestore) {
+        if (acc != O_WRONLY) return fail(EACCES);  // write-only
+        auto c = caller_of(req);
+        if (!allowed(c)) {
+          audit(c, "restore", "", EPERM, "", denied(c));
+          return fail(EPERM);
+        }
+        return f;
+      }
+      if (acc != O_RDONLY) return fail(EACCES);  // read-only control files
+      if (ino == vdir::kSnapshotsJson) {
+        HOODY_TRY(all, list_info(true));
+        f->content = vdir::snapshots_json(all);
+      } else if (ino == vdir::kLog) {
+        f->content = audit_text();
+      } else {
+        auto name = diffs_.name_of(ino);
+        if (!name) return fail(ENOENT);
+        HOODY_TRY(text, compute_diff(*name));
+        f->content = std::move(text);
+      }
+      return f;
+    }();
+    if (!made) return reply(req, fail(made.error()));
+    VFile* f = made->release();
+    info.fh = reinterpret_cast<uint64_t>(f);
+    info.direct_io = 1;
+    info.keep_cache = 0;
+    if (fuse_reply_open(req, &info) == -ENOENT) delete f;
+  };
+  // A diff runs send streams (and snapshots the live state for @live).
+  if (vdir::is_diff_node(ino))
+    offload([finish, info = *fi] { finish(info); });
+  else
+    finish(*fi);
+}
+
+void Fs::read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  if (!vdir::is_virtual(ino)) return pt::PassthroughFs::read(req, ino, size, off, fi);
+  const std::string& c = vfile_of(fi)->content;
+  size_t start = std::min(static_cast<size_t>(off < 0 ? 0 : off), c.size());
+  size_t n = std::min(size, c.size() - start);
+  fuse_reply_buf(req, c.data() + start, n);
+}
+
+void Fs::write_buf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* in, off_t off, fuse_file_info* fi) {
+  if (!vdir::is_virtual(ino)) return pt::PassthroughFs::write_buf(req, ino, in, off, fi);
+  // The data is copied here (in lives only during this call); the restore runs offloaded.
+  auto data = [&]() -> Result<std::string> {
+    if (ino != vdir::kRestore) return fail(EBADF);
+    size_t size = fuse_buf_size(in);
+    if (size > 4096) return fail(EINVAL);
+    std::string d(size, '\0');
+    fuse_bufvec out{};
+    out.count = 1;
+    out.buf[0].mem = d.data();
+    out.buf[0].size = size;
+    ssize_t n = fuse_buf_copy(&out, in, static_cast<fuse_buf_copy_flags>(0));
+    if (n < 0) return fail(static_cast<int>(-n));
+    d.resize(static_cast<size_t>(n));
+    return d;
+  }();
+  if (!data) return reply(req, fail(data.error()));
+  offload([this, req, data = std::move(*data)] {
+    auto written = [&]() -> Result<size_t> {
+      size_t n = data.size();
+      auto c = caller_of(req);
+      // Allowed at open; checked again: the fd may have been passed on.
+      if (!allowed(c)) {
+        audit(c, "restore", "", EPERM, "", denied(c));
+        return fail(EPERM);
+      }
+      std::string why;
+      auto name = vdir::parse_restore_request(data, &why);
+      if (!name) {
+        audit(c, "restore", data.substr(0, 64), EINVAL, "", why);
+        return fail(EINVAL);
+      }
+      // Returns once every subvolume is swapped; the old live subvolumes are
+      // deleted by the background thread (recover()).
+      if (restoring_.exchange(true)) {
+        audit(c, "restore", *name, EBUSY, "", "another restore is running");
+        return fail(EBUSY);
+      }
+      auto r = store_->restore(*name, c.store(), false);
+      restoring_ = false;
+      if (r) recover_soon();
+      audit(c, "restore", *name, r.err(), r ? *r : "", r ? "" : r.error().message());
+      if (!r) return fail(r.error());
+      changed();
+      return n;
+    }();
+    if (!written) return reply(req, fail(written.error()));
+    fuse_reply_write(req, *written);
+  });
+}
+
+void Fs::flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  if (!vdir::is_virtual(ino)) return pt::PassthroughFs::flush(req, ino, fi);
+  reply(req, {});
+}
+
+void Fs::release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  if (!vdir::is_virtual(ino)) return pt::PassthroughFs::release(req, ino, fi);
+  delete vfile_of(fi);
+  reply(req, {});
+}
+
+void Fs::fsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) {
+  if (!vdir::is_virtual(ino)) return pt::PassthroughFs::fsync(req, ino, datasync, fi);
+  reply(req, {});
+}
+
+void Fs::lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi) {
+  if (!vdir::is_virtual(ino)) return pt::PassthroughFs::lseek(req, ino, off, whence, fi);
+  reply(req, fail(EOPNOTSUPP));
+}
+
+void Fs::opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  if (!is_root(ino) && !vdir::is_virtual(ino)) return pt::PassthroughFs::opendir(req, ino, fi);
+  auto made = [&]() -> Result<std::unique_ptr<VDir>> {
+    auto d = std::make_unique<VDir>();
+    if (is_root(ino)) {
+      d->entries.push_back({".", FUSE_ROOT_ID, S_IFDIR | 0777});
+      d->entries.push_back({"..", FUSE_ROOT_ID, S_IFDIR | 0755});
+      d->entries.push_back({std::string(vdir::kCtlName), vdir::kCtlDir, S_IFDIR | 0555});
+      HOODY_TRY(all, store_->list());
+      for (auto& s : all) {
+        // A stable, distinct number for ls -i: from the uuid.
+        d->entries.push_back(
+            {s.name, std::hash<std::string>()(s.uuid) | (1ull << 61), S_IFDIR | 0777});
+      }
+      return d;
+    }
+    mode_t mode = vdir::node_mode(ino);
+    if (!S_ISDIR(mode)) return fail(mode ? ENOTDIR : ENOENT);
+    d->entries.push_back({".", ino, mode});
+    d->entries.push_back(
+        {"..", ino == vdir::kCtlDir ? FUSE_ROOT_ID : vdir::kCtlDir, S_IFDIR | 0555});
+    for (auto& e : vdir::fixed_entries(ino)) d->entries.push_back(e);
+    return d;
+  }();
+  if (!made) return reply(req, fail(made.error()));
+  VDir* d = made->release();
+  fi->fh = reinterpret_cast<uint64_t>(d);
+  fi->cache_readdir = 0;  // snapshots come and go: list afresh
+  fi->keep_cache = 0;
+  if (fuse_reply_open(req, fi) == -ENOENT) delete d;
+}
+
+void Fs::readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
+                 bool plus) {
+  if (!is_root(ino) && !vdir::is_virtual(ino))
+    return pt::PassthroughFs::readdir(req, ino, size, off, fi, plus);
+  VDir* d = vdir_of(fi);
+  std::vector<char> buf(size);
+  size_t used = 0;
+  for (size_t i = static_cast<size_t>(off < 0 ? 0 : off); i < d->entries.size(); ++i) {
+    const auto& e = d->entries[i];
+    size_t n;
+    if (plus) {
+      // No node id: the kernel makes no dentry from it and counts no lookup;
+      // a later lookup gives the real entry.
+      fuse_entry_param p{};
+      p.attr.st_ino =
+          vdir::is_virtual(e.ino) ? ((e.ino & ~vdir::kVirtualBit) | (1ull << 62)) : e.ino;
+      p.attr.st_mode = e.mode;
+      n = fuse_add_direntry_plus(req, buf.data() + used, size - used, e.name.c_str(), &p,
+                                 static_cast<off_t>(i + 1));
+    } else {
+      struct stat st {};
+      st.st_ino = vdir::is_virtual(e.ino) ? ((e.ino & ~vdir::kVirtualBit) | (1ull << 62)) : e.ino;
+      st.st_mode = e.mode;
+      n = fuse_add_direntry(req, buf.data() + used, size - used, e.name.c_str(), &st,
+                            static_cast<off_t>(i + 1));
+    }
+    if (n > size - used) break;
+    used += n;
+  }
+  fuse_reply_buf(req, buf.data(), used);
+}
+
+void Fs::releasedir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  if (!is_root(ino) && !vdir::is_virtual(ino)) return pt::PassthroughFs::releasedir(req, ino, fi);
+  delete vdir_of(fi);
+  reply(req, {});
+}
+
+void Fs::fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) {
+  if (!is_root(ino) && !vdir::is_virtual(ino))
+    return pt::PassthroughFs::fsyncdir(req, ino, datasync, fi);
+  reply(req, {});
+}
+
+}  // namespace hoody::snapfs

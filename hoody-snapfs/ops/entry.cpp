@@ -1,0 +1,180 @@
+// Names: lookup, forget, and the name-changing ops.  At the root they are the
+// snapshot verbs (mkdir creates, rmdir deletes, rename renames); in .hoody/
+// nothing changes (EPERM); inside a snapshot the core answers EROFS.
+#include <fcntl.h>
+#include <linux/fs.h>
+
+#include "../fs.hpp"
+#include "hoody/log.hpp"
+#include "hoody/names.hpp"
+
+namespace hoody::snapfs {
+
+namespace {
+void reply(fuse_req_t req, const Result<fuse_entry_param>& e) {
+  if (e)
+    fuse_reply_entry(req, &*e);
+  else
+    fuse_reply_err(req, e.err());
+}
+void reply(fuse_req_t req, Status s) { fuse_reply_err(req, s.err()); }
+
+bool is_ctl_name(std::string_view name) { return vdir::kCtlName == name; }
+}  // namespace
+
+void Fs::lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  if (!is_root(parent) && !vdir::is_virtual(parent))
+    return pt::PassthroughFs::lookup(req, parent, name);
+  reply(req, [&]() -> Result<fuse_entry_param> {
+    if (is_root(parent)) {
+      if (is_ctl_name(name)) return virtual_entry(vdir::kCtlDir);
+      if (name_problem(name)) return fail(ENOENT);
+      HOODY_TRY(s, get_info(name));
+      return snapshot_entry(s);
+    }
+    if (parent == vdir::kDiffDir) {
+      auto spec = vdir::parse_diff_name(name);
+      if (!spec) return fail(ENOENT);
+      // Both sides must exist now; the contents are computed at open.
+      HOODY_CHECK(store_->get(spec->from));
+      if (spec->to != vdir::kLiveName) HOODY_CHECK(store_->get(spec->to));
+      return virtual_entry(diffs_.lookup(name));
+    }
+    if (!S_ISDIR(vdir::node_mode(parent))) return fail(ENOTDIR);
+    uint64_t child = vdir::fixed_child(parent, name);
+    if (!child) return fail(ENOENT);
+    return virtual_entry(child);
+  }());
+}
+
+void Fs::forget(fuse_ino_t ino, uint64_t nlookup) {
+  if (vdir::is_diff_node(ino)) return diffs_.forget(ino, nlookup);
+  if (vdir::is_virtual(ino)) return;
+  pt::PassthroughFs::forget(ino, nlookup);
+}
+
+void Fs::mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+  if (!is_root(parent) && !vdir::is_virtual(parent))
+    return pt::PassthroughFs::mkdir(req, parent, name, mode);
+  offload([this, req, parent, name = std::string(name)] {
+    reply(req, [&]() -> Result<fuse_entry_param> {
+      if (!is_root(parent)) return fail(EPERM);
+      auto c = caller_of(req);
+      std::string why;
+      if (auto v = validate_snapshot_name(name, &why); !v) {
+        audit(c, "create", name, v.err(), "", why);
+        return fail(v.error());
+      }
+      if (!allowed(c)) {
+        audit(c, "create", name, EPERM, "",
+              "uid " + std::to_string(c.uid) + " is not root nor in allow_users/allow_groups");
+        return fail(EPERM);
+      }
+      std::optional<int64_t> expires;
+      if (default_expiry_offset_)
+        expires = static_cast<int64_t>(::time(nullptr)) + *default_expiry_offset_;
+      // The store's btrfs calls may take a second (dirty data is flushed): no
+      // daemon lock is held here, the other worker threads keep serving.
+      CreateOptions opts;
+      if (expires) opts.expires = time_point(*expires);
+      auto s = store_->create(name, c.store(), opts);
+      audit(c, "create", name, s.err(), "", s ? "" : s.error().message());
+      if (!s) return fail(s.error());
+      changed();
+      HOODY_TRY(info, get_info(name));
+      return snapshot_entry(info);
+    }());
+  });
+}
+
+void Fs::rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  if (!is_root(parent) && !vdir::is_virtual(parent))
+    return pt::PassthroughFs::rmdir(req, parent, name);
+  offload([this, req, parent, name = std::string(name)] {
+    reply(req, [&]() -> Status {
+      if (!is_root(parent) || is_ctl_name(name)) return fail(EPERM);
+      auto c = caller_of(req);
+      if (!allowed(c)) {
+        audit(c, "delete", name, EPERM, "",
+              "uid " + std::to_string(c.uid) + " is not root nor in allow_users/allow_groups");
+        return fail(EPERM);
+      }
+      auto s = store_->remove(name, c.store());
+      audit(c, "delete", name, s.err());
+      if (s) {
+        removed(name);
+        changed();
+      }
+      return s;
+    }());
+  });
+}
+
+void Fs::rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
+                const char* newname, unsigned flags) {
+  bool ours = is_root(parent) || is_root(newparent) || vdir::is_virtual(parent) ||
+              vdir::is_virtual(newparent);
+  if (!ours) return pt::PassthroughFs::rename(req, parent, name, newparent, newname, flags);
+  // The store serialises renames with creates: this one may wait for a snapshot.
+  offload([this, req, parent, newparent, flags, name = std::string(name),
+           newname = std::string(newname)] {
+    reply(req, [&]() -> Status {
+      // Snapshots move only within the root, and nothing moves in or out of it.
+      if (parent != newparent) return fail(EXDEV);
+      if (!is_root(parent)) return fail(EPERM);
+      // Exchanging two snapshots (or whiteouts) is not a rename of one.
+      if (flags & (RENAME_EXCHANGE | RENAME_WHITEOUT)) return fail(EINVAL);
+      if (is_ctl_name(name) || is_ctl_name(newname)) return fail(EPERM);
+      auto c = caller_of(req);
+      std::string why;
+      if (auto v = validate_snapshot_name(newname, &why); !v) {
+        audit(c, "rename", name, v.err(), newname, why);
+        return fail(v.error());
+      }
+      if (!allowed(c)) {
+        audit(c, "rename", name, EPERM, newname,
+              "uid " + std::to_string(c.uid) + " is not root nor in allow_users/allow_groups");
+        return fail(EPERM);
+      }
+      // rename(2) would replace an existing target; a snapshot is never
+      // replaced by a rename: EEXIST (RENAME_NOREPLACE semantics always).
+      auto s = store_->rename(name, newname, c.store());
+      audit(c, "rename", name, s.err(), newname);
+      if (s) {
+        renamed(name, newname);
+        changed();
+      }
+      return s;
+    }());
+  });
+}
+
+// Nothing but snapshots (directories) is made at the root or in .hoody/.
+void Fs::mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
+  if (is_root(parent) || vdir::is_virtual(parent)) return reply(req, Status(fail(EPERM)));
+  pt::PassthroughFs::mknod(req, parent, name, mode, rdev);
+}
+
+void Fs::symlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* name) {
+  if (is_root(parent) || vdir::is_virtual(parent)) return reply(req, Status(fail(EPERM)));
+  pt::PassthroughFs::symlink(req, link, parent, name);
+}
+
+void Fs::link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t parent, const char* name) {
+  if (is_root(parent) || vdir::is_virtual(parent) || vdir::is_virtual(ino))
+    return reply(req, Status(fail(EPERM)));
+  pt::PassthroughFs::link(req, ino, parent, name);
+}
+
+void Fs::unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  if (is_root(parent) || vdir::is_virtual(parent)) return reply(req, Status(fail(EPERM)));
+  pt::PassthroughFs::unlink(req, parent, name);
+}
+
+void Fs::create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
+                fuse_file_info* fi) {
+  if (is_root(parent) || vdir::is_virtual(parent)) return reply(req, Status(fail(EPERM)));
+  pt::PassthroughFs::create(req, parent, name, mode, fi);
+}
+
+}  // namespace hoody::snapfs

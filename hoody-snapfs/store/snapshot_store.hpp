@@ -1,0 +1,205 @@
+// SnapshotStore: the snapshots of one container directory on BTRFS (no FUSE).
+//
+//   SOURCE/                      a container directory (POOL/containers/<id>)
+//   ├── storage/, databases/     subvolumes directly inside SOURCE: the scope
+//   └── .snapshots/              0700, the store
+//       ├── index.db             SQLite (WAL): snapshots, audit, journal
+//       ├── lock                 flock'ed by the one store instance
+//       ├── <uuid>/<subvol>      a snapshot: one read-only snapshot per scope subvolume
+//       ├── .staging-<uuid>/     a snapshot being taken
+//       ├── .trash-<uuid>/       a snapshot being deleted
+//       ├── .restore-<op>/       restore work: writable copies, then the old live subvolumes
+//       └── .diff-<uuid>/        read-only snapshots of the live state for a diff
+//
+// Names are user-facing (index.db); directories are uuids, so a rename touches
+// only the index.  A snapshot is listed iff its row exists: the row is written
+// in the same transaction that ends the journal entry of a create.
+//
+// Crash safety: every multi-step operation writes a journal row first and
+// recover() (run by open()) finishes or undoes it:
+//   create   undone (staging dir or <uuid> deleted): its row and the end of its
+//            journal entry are one transaction, so a pending create never committed
+//   remove   the row goes first, with the journal entry: always finished
+//   restore  before the commit step: every exchange is undone (a swapped-in copy
+//            is told by its uuid, journaled before the first exchange); after:
+//            the old live subvolumes are deleted.  The safety snapshot stays.
+// recover() is idempotent, so a crash during recovery is recovered next time.
+// HOODY_CRASH_AT=<op>:<step> (crash_points()) kills the process at a step.
+//
+// Threads: any member may be called from any thread.  Mutating operations
+// are serialised by op_mu_; list()/get()/audit_log() only wait for the short
+// index transactions (db_mu_), never for a snapshot being taken.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "hoody/result.hpp"
+#include "hoody/send_stream.hpp"
+#include "hoody/unique_fd.hpp"
+#include "sqlite.hpp"
+
+namespace hoody::snapfs {
+
+using Clock = std::chrono::system_clock;
+using TimePoint = Clock::time_point;
+
+inline constexpr const char* kStoreDir = ".snapshots";
+inline constexpr const char* kIndexDb = "index.db";
+inline constexpr auto kSafetyKeep = std::chrono::hours(24 * 7);
+inline constexpr std::size_t kMaxDescriptionBytes = 4096;
+// The live state in diff(); reserved, so no snapshot can be named so.
+inline constexpr std::string_view kLive = "@live";
+
+// Who asked: recorded in the audit log (and as the creator of a snapshot).
+struct Caller {
+  uid_t uid = 0;
+  pid_t pid = 0;
+};
+
+struct Snapshot {
+  std::string name;
+  std::string uuid;  // the directory .snapshots/<uuid>
+  TimePoint created{};
+  std::optional<TimePoint> expires;
+  uid_t creator = 0;
+  std::string type = "filesystem";
+  std::string description;
+  friend bool operator==(const Snapshot&, const Snapshot&) = default;
+};
+
+struct CreateOptions {
+  std::optional<TimePoint> expires;
+  std::string description;
+};
+
+struct AuditEntry {
+  TimePoint time{};
+  uid_t uid = 0;
+  pid_t pid = 0;
+  std::string action;  // create, remove, rename, restore, set_expires, set_description, prune, recover
+  std::string name;
+  std::string result;  // "ok" or "EEXIST: ..." with the reason
+};
+
+class SnapshotStore {
+public:
+  // Opens the store of the container directory `source_fd` (which must be on
+  // BTRFS: EMEDIUMTYPE otherwise), creating .snapshots (0700) and index.db,
+  // and runs recover().  EBUSY if another store instance holds it.
+  static Result<std::unique_ptr<SnapshotStore>> open(int source_fd);
+
+  // A read-only snapshot of every scope subvolume, taken together under
+  // `name`.  EINVAL/ENAMETOOLONG for a bad name, EEXIST for a taken one.
+  Result<Snapshot> create(std::string_view name, const Caller& caller,
+                          const CreateOptions& opts = {});
+  // ENOENT if there is no such snapshot.  The subvolumes are deleted before
+  // this returns (BTRFS reclaims their space in the background).
+  Status remove(std::string_view name, const Caller& caller);
+  // Index-only; EEXIST if `to` is taken, ENOENT if `from` is missing.
+  Status rename(std::string_view from, std::string_view to, const Caller& caller);
+  Status set_expires(std::string_view name, std::optional<TimePoint> expires,
+                     const Caller& caller);
+  // E2BIG above kMaxDescriptionBytes.
+  Status set_description(std::string_view name, std::string_view description,
+                         const Caller& caller);
+
+  // Oldest first (created, then name).
+  Result<std::vector<Snapshot>> list() const;
+  Result<Snapshot> get(std::string_view name) const;
+  // The names of the removed snapshots whose expiry is at or before `now`.
+  Result<std::vector<std::string>> prune_expired(TimePoint now, const Caller& caller);
+
+  // Destructive restore of the live state to snapshot `name`: first a safety
+  // snapshot "pre-restore-<UTC YYYYMMDDTHHMMSSZ>" (expiring in 7 days), then
+  // every scope subvolume swapped by renameat2(RENAME_EXCHANGE) for a writable
+  // snapshot of `name`; scope subvolumes the snapshot lacks are moved out, and
+  // the old live subvolumes are deleted.  Returns the safety snapshot's name.
+  // ENOTSUP (nothing done) while a scope subvolume holds a nested subvolume:
+  // BTRFS snapshots those as empty directories, so the restore would lose them.
+  // Bind mounts of the old live subvolumes keep showing the old tree: whoever
+  // mounted them must re-mount after a restore.  While such a mount is visible
+  // in this mount namespace the old subvolume is not deleted (it would show
+  // an empty, deleted directory); recover() deletes it once it is unmounted.
+  //
+  // Deleting a subvolume evicts its cached pages, which takes time in
+  // proportion to the cached data (~110 ms for 384 MiB here).  With
+  // delete_old_now=false restore() returns right after the swap is committed
+  // (constant time) and leaves the deletion to the next recover(), which the
+  // daemon runs from a worker thread.
+  Result<std::string> restore(std::string_view name, const Caller& caller,
+                              bool delete_old_now = true);
+
+  // Finish or undo every journaled operation (see the top of this file), and
+  // finish the deletions a restore(..., delete_old_now=false) left.  Run by
+  // open(); safe to run again at any time.
+  Status recover();
+
+  // The scope: names of the subvolumes directly inside SOURCE (no '.' names).
+  Result<std::vector<std::string>> scope() const;
+  // O_RDONLY|O_DIRECTORY fd of .snapshots/<uuid> for browsing `name`.
+  Result<UniqueFd> open_snapshot(std::string_view name) const;
+  // What changed from snapshot `from` to snapshot `to`, per scope subvolume,
+  // with paths prefixed by the subvolume name ("storage/a/b").  A subvolume
+  // present in only one of them is one `+`/`-` line.  Either side may be
+  // kLive: the live state, through temporary read-only snapshots (.diff-<uuid>,
+  // deleted afterwards) so that it is a send-stream diff too, not a tree walk.
+  Result<std::vector<send::Change>> diff(std::string_view from, std::string_view to);
+
+  // The newest `limit` audit entries, oldest first.
+  Result<std::vector<AuditEntry>> audit_log(std::size_t limit = 1000) const;
+  // Number of unfinished journal entries (0 after a clean recover()).
+  Result<int64_t> pending_operations() const;
+
+  // Every "<op>:<step>" accepted by HOODY_CRASH_AT, in execution order; the
+  // "recover:" ones are reached while recover() undoes a killed restore.
+  static const std::vector<std::string>& crash_points();
+
+  ~SnapshotStore();
+  SnapshotStore(const SnapshotStore&) = delete;
+  SnapshotStore& operator=(const SnapshotStore&) = delete;
+
+private:
+  SnapshotStore() = default;
+
+  struct Journal;
+  Result<Snapshot> create_locked(std::string_view name, const Caller& caller,
+                                 const CreateOptions& opts);
+  Status remove_locked(std::string_view name, const Caller& caller);
+  Result<std::optional<Snapshot>> find(std::string_view name) const;
+  Status audit(const Caller& caller, std::string_view action, std::string_view name,
+               std::string_view result);
+  void audit_result(const Caller& caller, std::string_view action, std::string_view name,
+                    Errno err, std::string_view reason = {});
+  Result<int64_t> journal_begin(std::string_view op, std::string_view name, std::string_view uuid,
+                                const std::string& data);
+  Status journal_update(int64_t id, int step, const std::string& data);
+  Status journal_end(int64_t id);
+  Status recover_one(const Journal& j);
+  Status undo_create(const Journal& j);
+  Status finish_remove(std::string_view uuid);
+  Status recover_restore(const Journal& j);
+  Status purge(const char* dir_name, const char* op);
+  Status purge_restored(const std::string& work);
+  Status check_name(std::string_view action, std::string_view name, std::string_view what,
+                    const Caller& caller);
+
+  UniqueFd source_;  // SOURCE, O_RDONLY|O_DIRECTORY
+  UniqueFd store_;   // SOURCE/.snapshots
+  UniqueFd lock_;    // .snapshots/lock, flock(LOCK_EX)
+  // Lock order: op_mu_ before db_mu_.  db_mu_ is held only for index
+  // statements and transactions, never across a BTRFS call.
+  mutable std::mutex op_mu_;  // serialises create/remove/rename/restore/prune/recover
+  mutable std::mutex db_mu_;  // guards db_
+  sql::Db db_;
+};
+
+}  // namespace hoody::snapfs

@@ -1,0 +1,122 @@
+// The virtual namespace of hoody-snapfs, pure (no FUSE headers): node ids of
+// the control files, the diff nodes, the contents of the control files, the
+// expiry syntax and the access policy.  Unit-tested without a mount.
+//
+//   MOUNTPOINT/                   the snapshots (names from the store)
+//   MOUNTPOINT/.hoody/            control directory (names beginning with '.' are reserved)
+//             restore             write a snapshot name to restore it
+//             snapshots.json      every snapshot with its metadata
+//             log                 the audit log, one JSON object a line
+//             diff/A..B           what changed from A to B (B may be @live)
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "hoody/result.hpp"
+#include "../snapshot_info.hpp"
+
+namespace hoody::snapfs::vdir {
+
+// FUSE node ids of the passthrough core are Inode* addresses: user-space
+// pointers, which never have bit 63 set (canonical user addresses are below
+// 2^47, or 2^56 with 5-level paging).  Virtual nodes have it set, so the two
+// never collide.
+inline constexpr uint64_t kVirtualBit = 1ull << 63;
+inline constexpr uint64_t kCtlDir = kVirtualBit | 1;
+inline constexpr uint64_t kRestore = kVirtualBit | 2;
+inline constexpr uint64_t kSnapshotsJson = kVirtualBit | 3;
+inline constexpr uint64_t kLog = kVirtualBit | 4;
+inline constexpr uint64_t kDiffDir = kVirtualBit | 5;
+inline constexpr uint64_t kFirstDiffId = kVirtualBit | 0x1000;
+
+inline constexpr std::string_view kCtlName = ".hoody";
+inline constexpr std::string_view kLiveName = "@live";
+
+inline bool is_virtual(uint64_t ino) { return (ino & kVirtualBit) != 0; }
+inline bool is_diff_node(uint64_t ino) { return is_virtual(ino) && ino >= kFirstDiffId; }
+
+struct Entry {
+  std::string name;
+  uint64_t ino = 0;
+  mode_t mode = 0;  // S_IFDIR|0555, S_IFREG|0444, ...
+};
+
+// The fixed node `name` in the fixed directory `dir` (0: none).
+uint64_t fixed_child(uint64_t dir, std::string_view name);
+// The fixed entries of a fixed directory (diff/ has none: its files are made by lookup).
+std::vector<Entry> fixed_entries(uint64_t dir);
+// Mode of a fixed or diff node (0: not a node).
+mode_t node_mode(uint64_t ino);
+
+// "A..B": the two snapshot names of a diff node.  The split is the first
+// ".." that leaves a valid name on each side (B may be @live).
+struct DiffSpec {
+  std::string from, to;
+};
+std::optional<DiffSpec> parse_diff_name(std::string_view name);
+
+// Diff nodes: made by lookup, counted like inodes, gone at the last forget.
+class DiffTable {
+public:
+  // The id of `name`, one more lookup counted.
+  uint64_t lookup(const std::string& name);
+  // Drop n lookups; the node disappears at zero.
+  void forget(uint64_t id, uint64_t n);
+  std::optional<std::string> name_of(uint64_t id) const;
+  size_t size() const;
+
+private:
+  // Guards everything below; a leaf lock (nothing is called under it).
+  mutable std::mutex m_;
+  uint64_t next_ = kFirstDiffId;
+  std::unordered_map<std::string, uint64_t> ids_;
+  std::unordered_map<uint64_t, std::pair<std::string, uint64_t>> nodes_;  // id -> name, nlookup
+};
+
+// ---- time -----------------------------------------------------------------
+std::string format_rfc3339(int64_t unix_seconds);  // "2026-11-26T15:00:00Z"
+// (Expiries are parsed by the store: store/format.hpp parse_expiry.)
+
+// ---- control file contents ---------------------------------------------------
+std::string snapshots_json(const std::vector<SnapshotInfo>& snaps);
+std::string snapshot_json_object(const SnapshotInfo& s);  // one object, for tools
+
+struct AuditEntry {
+  int64_t time = 0;
+  uint32_t uid = 0;
+  int32_t pid = 0;
+  std::string action;  // create, delete, rename, restore, set_expires, set_description, prune
+  std::string name;
+  std::string result;  // "ok" or an errno name ("EPERM")
+  std::string to;      // rename target, restore safety snapshot, expiry value
+  std::string reason;  // why it failed, for a person
+};
+std::string audit_line(const AuditEntry& e);  // one JSON object and '\n'
+std::string errno_name(int err);              // "EPERM"; "E123" if unknown
+
+// The snapshot name written to .hoody/restore ("NAME\n" from echo).
+Result<std::string> parse_restore_request(std::string_view data, std::string* why);
+
+// ---- access -----------------------------------------------------------------
+// Who may create, delete, rename, restore and set expiry: root, and the users
+// and groups named in -o allow_users=alice:bob and allow_groups=ops:admin
+// (':'-separated: a ',' would end the -o option).  Names or numeric ids.
+struct AccessPolicy {
+  std::vector<uint32_t> uids;
+  std::vector<uint32_t> gids;
+  bool allows(uint32_t uid, uint32_t gid, const std::vector<uint32_t>& groups) const;
+};
+// Names are resolved with getpwnam/getgrnam; an unknown one is an error naming it.
+Result<AccessPolicy> parse_access(std::string_view users, std::string_view groups, std::string* why);
+
+}  // namespace hoody::snapfs::vdir

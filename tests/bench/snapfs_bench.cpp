@@ -1,0 +1,228 @@
+// hoody-snapfs against raw BTRFS, measured in the same run on one loop image:
+//  - mkdir-to-visible of a snapshot vs libbtrfsutil snapshots of the same subvolumes;
+//  - restore of 1 000 / 10 000 / 100 000-file trees (flat in the size; target < 200 ms at 10k);
+//  - ls of 1 000 snapshots (target < 50 ms) vs ls of the store directory;
+//  - diff of 100 changes among 100 000 files (target < 100 ms) vs the send diff alone.
+// Medians; ratios are mount / raw.
+#include <doctest/doctest.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "hoody/btrfs.hpp"
+#include "hoody/send_stream.hpp"
+#include "hoody/sys.hpp"
+#include "hoody/test/btrfs_pool.hpp"
+#include "hoody/test/capability.hpp"
+#include "hoody/test/daemon.hpp"
+#include "hoody/test/process.hpp"
+
+using namespace hoody::test;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double ms_since(Clock::time_point t) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+double time_ms(const std::function<void()>& f) {
+  auto t = Clock::now();
+  f();
+  return ms_since(t);
+}
+
+void make_files(const std::string& dir, int n) {
+  for (int d = 0; d < (n + 999) / 1000; ++d) {
+    std::string sub = dir + "/d" + std::to_string(d);
+    ::mkdir(sub.c_str(), 0755);
+    for (int i = 0; i < 1000 && d * 1000 + i < n; ++i) {
+      std::string p = sub + "/f" + std::to_string(i);
+      int fd = ::open(p.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      REQUIRE(fd >= 0);
+      REQUIRE(::write(fd, p.data(), p.size()) == static_cast<ssize_t>(p.size()));
+      ::close(fd);
+    }
+  }
+  ::sync();
+}
+
+size_t count_entries(const std::string& dir) {
+  DIR* d = ::opendir(dir.c_str());
+  REQUIRE(d);
+  size_t n = 0;
+  while (::readdir(d)) ++n;
+  ::closedir(d);
+  return n;
+}
+
+void write_text(const std::string& path, const std::string& text) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC);
+  REQUIRE_MESSAGE(fd >= 0, path);
+  CHECK(::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()));
+  ::close(fd);
+}
+
+std::string getx(const std::string& p, const char* name) {
+  char buf[256];
+  ssize_t n = ::getxattr(p.c_str(), name, buf, sizeof buf);
+  return n < 0 ? "" : std::string(buf, static_cast<size_t>(n));
+}
+
+struct Mount {
+  BtrfsPool pool{BtrfsPool::Options{8ull << 30}};
+  std::string source, storage, mnt;
+  std::unique_ptr<Daemon> daemon;
+  explicit Mount(const std::vector<std::string>& subvols) {
+    pool.make_dir("containers");
+    source = pool.make_dir("containers/c1");
+    for (auto& s : subvols) pool.make_subvolume("containers/c1/" + s);
+    storage = source + "/" + subvols.front();
+    mnt = pool.make_temp_dir("mnt");
+  }
+  void start() {
+    const char* bin = std::getenv("HOODY_SNAPFS");
+    daemon = std::make_unique<Daemon>(
+        std::vector<std::string>{bin ? bin : "hoody-snapfs", "-f", "-o", "allow_other", source, mnt},
+        mnt, pool.dir() + "/daemon.log");
+  }
+};
+
+}  // namespace
+
+TEST_CASE("mkdir-to-visible vs raw btrfs snapshots of the same subvolumes") {
+  require_mount_capabilities();
+  Mount m({"storage", "databases"});
+  make_files(m.storage, 2000);
+  m.start();
+  auto raw_dir = m.pool.make_dir("raw");
+  auto src = hoody::sys::open(m.source.c_str(), O_RDONLY | O_DIRECTORY);
+  REQUIRE(src);
+  std::vector<double> raw, mount, cmd;
+  for (int i = 0; i < 15; ++i) {
+    std::string n = "r" + std::to_string(i);
+    raw.push_back(time_ms([&] {
+      REQUIRE(::mkdir((raw_dir + "/" + n).c_str(), 0755) == 0);
+      auto dst = hoody::sys::open((raw_dir + "/" + n).c_str(), O_RDONLY | O_DIRECTORY);
+      for (const char* s : {"databases", "storage"}) {
+        auto fd = hoody::btrfs::open_dir(src->get(), s);
+        REQUIRE(hoody::btrfs::snapshot(fd->get(), dst->get(), s, true));
+      }
+    }));
+    // The baseline: the btrfs command, run for each subvolume.
+    cmd.push_back(time_ms([&] {
+      for (const char* s : {"databases", "storage"}) {
+        auto r = run({"btrfs", "subvolume", "snapshot", "-r", m.source + "/" + s,
+                      raw_dir + "/" + n + "/" + s + "-cmd"});
+        REQUIRE(r.ok());
+      }
+    }));
+    mount.push_back(time_ms([&] {
+      REQUIRE(::mkdir((m.mnt + "/" + n).c_str(), 0755) == 0);
+      struct stat st;
+      REQUIRE(::stat((m.mnt + "/" + n + "/storage/d0/f0").c_str(), &st) == 0);
+    }));
+  }
+  std::printf("snapshot of 2 subvolumes (median of 15): mkdir-to-visible %.2f ms; "
+              "`btrfs subvolume snapshot -r` of both %.2f ms (ratio %.2f, target <= 1.5); "
+              "raw libbtrfsutil %.2f ms (ratio %.2f)\n",
+              median(mount), median(cmd), median(mount) / median(cmd), median(raw),
+              median(mount) / median(raw));
+}
+
+TEST_CASE("restore of 1k / 10k / 100k-file trees, and diff of 100 changes among 100k") {
+  require_mount_capabilities();
+  for (int n : {1000, 10000, 100000}) {
+    Mount m({"storage"});
+    make_files(m.storage, n);
+    m.start();
+    REQUIRE(::mkdir((m.mnt + "/base").c_str(), 0755) == 0);
+    // Raw: what a restore must do at least, a writable snapshot and an exchange.
+    auto src = hoody::sys::open(m.source.c_str(), O_RDONLY | O_DIRECTORY);
+    std::string uuid = getx(m.mnt + "/base", "user.hoody.uuid");
+    auto snapdir = hoody::sys::open((m.source + "/.snapshots/" + uuid).c_str(), O_RDONLY | O_DIRECTORY);
+    REQUIRE(snapdir);
+    std::vector<double> raw, mount;
+    for (int i = 0; i < 5; ++i) {
+      raw.push_back(time_ms([&] {
+        auto from = hoody::btrfs::open_dir(snapdir->get(), "storage");
+        REQUIRE(hoody::btrfs::snapshot(from->get(), src->get(), "tmp", false));
+        REQUIRE(hoody::sys::renameat2(src->get(), "tmp", src->get(), "storage", RENAME_EXCHANGE));
+        REQUIRE(hoody::sys::renameat2(src->get(), "tmp", src->get(), "storage", RENAME_EXCHANGE));
+      }));
+      REQUIRE(hoody::btrfs::delete_subvolume(src->get(), "tmp"));
+      mount.push_back(time_ms([&] { write_text(m.mnt + "/.hoody/restore", "base\n"); }));
+    }
+    std::printf("restore of %6d files (median of 5): %.2f ms; raw snapshot+exchange %.2f ms "
+                "(ratio %.2f)\n",
+                n, median(mount), median(raw), median(mount) / median(raw));
+    if (n != 100000) continue;
+
+    // diff: 100 changes among the 100k files.
+    for (int i = 0; i < 100; ++i) {
+      std::string p = m.storage + "/d" + std::to_string(i) + "/f" + std::to_string(i);
+      int fd = ::open(p.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+      REQUIRE(fd >= 0);
+      REQUIRE(::write(fd, "x", 1) == 1);
+      ::close(fd);
+    }
+    REQUIRE(::mkdir((m.mnt + "/after").c_str(), 0755) == 0);
+    std::string uuid_b = getx(m.mnt + "/after", "user.hoody.uuid");
+    auto a_sub = hoody::btrfs::open_dir(snapdir->get(), "storage");
+    auto b_dir = hoody::sys::open((m.source + "/.snapshots/" + uuid_b).c_str(), O_RDONLY | O_DIRECTORY);
+    auto b_sub = hoody::btrfs::open_dir(b_dir->get(), "storage");
+    std::vector<double> draw, dmount;
+    size_t lines = 0;
+    for (int i = 0; i < 5; ++i) {
+      draw.push_back(time_ms([&] {
+        auto c = hoody::send::diff_subvolumes(a_sub->get(), b_sub->get());
+        REQUIRE(c);
+        CHECK(c->size() == 100);
+      }));
+      dmount.push_back(time_ms([&] {
+        auto text = slurp(m.mnt + "/.hoody/diff/base..after");
+        lines = static_cast<size_t>(std::count(text.begin(), text.end(), '\n'));
+      }));
+    }
+    CHECK(lines == 100);
+    std::printf("diff of 100 changes among 100000 files (median of 5): %.2f ms; send diff alone "
+                "%.2f ms (ratio %.2f)\n",
+                median(dmount), median(draw), median(dmount) / median(draw));
+  }
+}
+
+TEST_CASE("ls of 1000 snapshots") {
+  require_mount_capabilities();
+  Mount m({"storage"});
+  make_files(m.storage, 10);
+  m.start();
+  auto t = Clock::now();
+  for (int i = 0; i < 1000; ++i)
+    REQUIRE(::mkdir((m.mnt + "/s" + std::to_string(i)).c_str(), 0755) == 0);
+  double make = ms_since(t);
+  std::vector<double> raw, mount, mount_l;
+  for (int i = 0; i < 7; ++i) {
+    raw.push_back(time_ms([&] { CHECK(count_entries(m.source + "/.snapshots") >= 1000); }));
+    mount.push_back(time_ms([&] { CHECK(count_entries(m.mnt) == 1003); }));
+    mount_l.push_back(time_ms([&] { CHECK(run({"ls", "-l", m.mnt}).ok()); }));
+  }
+  std::printf("ls of 1000 snapshots (median of 7): readdir %.2f ms, `ls -l` %.2f ms; readdir of "
+              "the store directory %.2f ms (ratio %.2f); 1000 mkdirs took %.0f ms\n",
+              median(mount), median(mount_l), median(raw), median(mount) / median(raw), make);
+}

@@ -1,0 +1,677 @@
+// hoody::snapfs::SnapshotStore on a real loop-mounted BTRFS.
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <thread>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "../test_pool.hpp"
+#include "hoody/test/guard.hpp"
+#include "hoody/btrfs.hpp"
+#include "hoody/sys.hpp"
+#include "store/crash.hpp"
+#include "store/snapshot_store.hpp"
+
+using namespace hoody;
+using namespace hoody::snapfs;
+using hoody::test::Pool;
+using hoody::test::sh;
+
+namespace doctest {
+template <> struct StringMaker<std::vector<std::string>> {
+  static String convert(const std::vector<std::string>& v) {
+    std::string s = "{";
+    for (const auto& x : v) s += " \"" + x + "\"";
+    return (s + " }").c_str();
+  }
+};
+}  // namespace doctest
+
+namespace {
+
+const Caller kRoot{0, 1};
+
+double ms_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// A container directory POOL/containers/<id> with the subvolumes storage and
+// databases, holding state "A".
+struct Container {
+  std::string path;
+  UniqueFd fd;
+
+  Container(const Pool& pool, const std::string& id) {
+    sh("mkdir -p '" + pool.path() + "/containers'");
+    path = pool.path() + "/containers/" + id;
+    sh("mkdir '" + path + "'");
+    auto dir = sys::open(path.c_str(), O_RDONLY | O_DIRECTORY);
+    REQUIRE(dir.ok());
+    fd = std::move(*dir);
+    REQUIRE(btrfs::create_subvolume(fd.get(), "storage").ok());
+    REQUIRE(btrfs::create_subvolume(fd.get(), "databases").ok());
+    set_state("A");
+  }
+
+  // storage/file = S, storage/only-S exists, databases/db = S.
+  void set_state(const std::string& s) {
+    sh("cd '" + path + "' && rm -f storage/only-* && echo " + s + " > storage/file && echo " + s +
+       " > storage/only-" + s + " && mkdir -p storage/dir && echo " + s +
+       " > storage/dir/deep && echo " + s + " > databases/db");
+  }
+
+  std::string read(const std::string& rel) const {
+    auto r = sys::read_file(fd.get(), rel.c_str());
+    return r ? *r : "<" + r.error().message() + ">";
+  }
+
+  // "A" or "B" if the live state is consistently that one, else a description.
+  std::string state() const {
+    std::string s = read("storage/file");
+    if (!s.empty() && s.back() == '\n') s.pop_back();
+    std::string want = s + "\n";
+    if (read("storage/dir/deep") != want || read("databases/db") != want ||
+        read("storage/only-" + s) != want)
+      return "mixed(" + s + "," + read("databases/db") + ")";
+    return s;
+  }
+
+  std::unique_ptr<SnapshotStore> open() const {
+    auto s = SnapshotStore::open(fd.get());
+    REQUIRE_MESSAGE(s.ok(), "open store: ", s.error().message());
+    return std::move(*s);
+  }
+
+  std::vector<std::string> store_entries() const {
+    auto out = sh("ls -A '" + path + "/.snapshots'");
+    std::vector<std::string> v;
+    size_t p = 0;
+    while (p < out.size()) {
+      auto nl = out.find('\n', p);
+      v.push_back(out.substr(p, nl == std::string::npos ? std::string::npos : nl - p));
+      if (nl == std::string::npos) break;
+      p = nl + 1;
+    }
+    return v;
+  }
+};
+
+// The state "A"/"B" held by snapshot `name` (read through its directory).
+std::string snapshot_state(SnapshotStore& st, const std::string& name) {
+  auto fd = st.open_snapshot(name);
+  if (!fd) return "<" + fd.error().message() + ">";
+  auto r = sys::read_file(fd->get(), "storage/file");
+  auto d = sys::read_file(fd->get(), "databases/db");
+  if (!r || !d) return "<unreadable>";
+  if (*r != *d) return "mixed";
+  return r->substr(0, r->size() - 1);
+}
+
+bool is_rw_subvolume(int dirfd, const char* name) {
+  auto fd = btrfs::open_dir(dirfd, name);
+  if (!fd) return false;
+  auto sv = btrfs::is_subvolume(fd->get());
+  auto ro = btrfs::is_readonly(fd->get());
+  return sv.ok() && *sv && ro.ok() && !*ro;
+}
+
+// Invariants after open()/recover(): no journal, no work dirs, every listed
+// snapshot complete and read-only, every snapshot dir listed.
+void check_store_consistent(const Container& c, SnapshotStore& st) {
+  CHECK(*st.pending_operations() == 0);
+  auto list = st.list();
+  REQUIRE(list.ok());
+  std::vector<std::string> uuids;
+  for (auto& s : *list) {
+    uuids.push_back(s.uuid);
+    auto fd = st.open_snapshot(s.name);
+    REQUIRE_MESSAGE(fd.ok(), "snapshot ", s.name);
+    for (const char* sv : {"storage", "databases"}) {
+      auto sfd = btrfs::open_dir(fd->get(), sv);
+      if (sfd.err() == ENOENT && std::string(sv) == "databases") continue;  // deleted by a test
+      REQUIRE_MESSAGE(sfd.ok(), s.name, "/", sv);
+      CHECK(*btrfs::is_subvolume(sfd->get()));
+      CHECK(*btrfs::is_readonly(sfd->get()));
+    }
+  }
+  for (auto& e : c.store_entries()) {
+    CAPTURE(e);
+    if (e == "index.db" || e == "index.db-wal" || e == "index.db-shm" || e == "lock") continue;
+    CHECK(e[0] != '.');  // no .staging-, .trash-, .restore- left
+    CHECK(std::find(uuids.begin(), uuids.end(), e) != uuids.end());
+  }
+  CHECK(is_rw_subvolume(c.fd.get(), "storage"));
+  CHECK(is_rw_subvolume(c.fd.get(), "databases"));
+}
+
+std::vector<std::string> names(const std::vector<Snapshot>& v) {
+  std::vector<std::string> out;
+  for (auto& s : v) out.push_back(s.name);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("open: .snapshots 0700, index.db in WAL mode, one instance, BTRFS only") {
+  Pool pool;
+  Container c(pool, "c1");
+  {
+    auto st = c.open();
+    struct stat sb;
+    REQUIRE(::fstatat(c.fd.get(), ".snapshots", &sb, 0) == 0);
+    CHECK((sb.st_mode & 07777) == 0700);
+    CHECK(SnapshotStore::open(c.fd.get()).err() == EBUSY);
+    CHECK(*st->scope() == std::vector<std::string>{"databases", "storage"});
+    CHECK(st->list()->empty());
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open_v2((c.path + "/.snapshots/index.db").c_str(), &db, SQLITE_OPEN_READONLY,
+                            nullptr) == SQLITE_OK);
+    sqlite3_stmt* q = nullptr;
+    REQUIRE(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &q, nullptr) == SQLITE_OK);
+    REQUIRE(sqlite3_step(q) == SQLITE_ROW);
+    CHECK(std::string(reinterpret_cast<const char*>(sqlite3_column_text(q, 0))) == "wal");
+    sqlite3_finalize(q);
+    REQUIRE(sqlite3_prepare_v2(db, "SELECT name FROM sqlite_master WHERE type='table' ORDER BY name",
+                               -1, &q, nullptr) == SQLITE_OK);
+    std::vector<std::string> tables;
+    while (sqlite3_step(q) == SQLITE_ROW)
+      tables.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(q, 0)));
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    CHECK(tables == std::vector<std::string>{"audit", "journal", "snapshots"});
+  }
+  // Closed: it opens again, and a loose mode is tightened.
+  REQUIRE(::fchmodat(c.fd.get(), ".snapshots", 0755, 0) == 0);
+  {
+    auto st = c.open();
+    struct stat sb;
+    REQUIRE(::fstatat(c.fd.get(), ".snapshots", &sb, 0) == 0);
+    CHECK((sb.st_mode & 07777) == 0700);
+  }
+  // Not BTRFS.
+  auto proc = sys::open("/dev", O_RDONLY | O_DIRECTORY);
+  REQUIRE(proc.ok());
+  CHECK(SnapshotStore::open(proc->get()).err() == EMEDIUMTYPE);
+}
+
+TEST_CASE("create, list, get, rename, remove and their errors") {
+  Pool pool;
+  Container c(pool, "c1");
+  auto st = c.open();
+
+  auto a = st->create("a", Caller{1000, 42}, {std::nullopt, "first"});
+  REQUIRE(a.ok());
+  CHECK(a->name == "a");
+  CHECK(a->uuid.size() == 36);
+  CHECK(a->creator == 1000);
+  CHECK(a->type == "filesystem");
+  CHECK(a->description == "first");
+  CHECK_FALSE(a->expires.has_value());
+  CHECK(snapshot_state(*st, "a") == "A");
+  c.set_state("B");
+  CHECK(snapshot_state(*st, "a") == "A");  // a snapshot does not follow the live state
+  {
+    auto fd = st->open_snapshot("a");
+    REQUIRE(fd.ok());
+    CHECK(sys::openat(fd->get(), "storage/new", O_CREAT | O_WRONLY, 0644).err() == EROFS);
+    // The snapshot directory is the uuid.
+    CHECK(*btrfs::is_subvolume(btrfs::open_dir(fd->get(), "storage")->get()));
+  }
+  CHECK(*st->get("a") == *a);
+
+  SUBCASE("errors") {
+    CHECK(st->create("a", kRoot).err() == EEXIST);
+    CHECK(st->create("x/y", kRoot).err() == EINVAL);
+    CHECK(st->create(".hidden", kRoot).err() == EINVAL);
+    CHECK(st->create("-x", kRoot).err() == EINVAL);
+    CHECK(st->create("", kRoot).err() == EINVAL);
+    CHECK(st->create(std::string(256, 'n'), kRoot).err() == ENAMETOOLONG);
+    CHECK(st->create("d", kRoot, {std::nullopt, std::string(kMaxDescriptionBytes + 1, 'x')}).err() ==
+          E2BIG);
+    CHECK(st->get("nope").err() == ENOENT);
+    CHECK(st->remove("nope", kRoot).err() == ENOENT);
+    CHECK(st->rename("nope", "b", kRoot).err() == ENOENT);
+    CHECK(st->rename("a", "b/c", kRoot).err() == EINVAL);
+    CHECK(st->open_snapshot("nope").err() == ENOENT);
+    CHECK(st->restore("nope", kRoot).err() == ENOENT);
+    CHECK(st->set_expires("nope", std::nullopt, kRoot).err() == ENOENT);
+    CHECK(st->set_description("nope", "x", kRoot).err() == ENOENT);
+    CHECK(names(*st->list()) == std::vector<std::string>{"a"});
+    check_store_consistent(c, *st);
+  }
+
+  SUBCASE("rename is index-only and refuses a taken name") {
+    REQUIRE(st->create("b", kRoot).ok());
+    CHECK(snapshot_state(*st, "b") == "B");
+    CHECK(st->rename("a", "b", kRoot).err() == EEXIST);
+    CHECK(st->rename("a", "a", kRoot).ok());
+    REQUIRE(st->rename("a", "renamed", kRoot).ok());
+    CHECK(st->get("a").err() == ENOENT);
+    CHECK(st->get("renamed")->uuid == a->uuid);
+    CHECK(snapshot_state(*st, "renamed") == "A");
+    CHECK(names(*st->list()) == std::vector<std::string>{"renamed", "b"});
+    REQUIRE(st->create("a", kRoot).ok());  // the old name is free again
+    check_store_consistent(c, *st);
+  }
+
+  SUBCASE("remove deletes the subvolumes") {
+    REQUIRE(st->remove("a", kRoot).ok());
+    CHECK(st->get("a").err() == ENOENT);
+    CHECK(st->list()->empty());
+    CHECK(c.store_entries() == std::vector<std::string>{"index.db", "index.db-shm", "index.db-wal",
+                                                        "lock"});
+    REQUIRE(st->create("a", kRoot).ok());  // and the name can be taken again
+    CHECK(snapshot_state(*st, "a") == "B");
+    check_store_consistent(c, *st);
+  }
+
+  SUBCASE("the audit log records who did what and how it went") {
+    CHECK(st->create("x/y", Caller{7, 8}).err() == EINVAL);
+    REQUIRE(st->rename("a", "z", kRoot).ok());
+    auto log = st->audit_log();
+    REQUIRE(log.ok());
+    REQUIRE(log->size() == 3);
+    CHECK((*log)[0].action == "create");
+    CHECK((*log)[0].uid == 1000);
+    CHECK((*log)[0].pid == 42);
+    CHECK((*log)[0].result == "ok");
+    CHECK((*log)[1].uid == 7);
+    CHECK((*log)[1].name == "x/y");
+    CHECK((*log)[1].result.rfind("EINVAL: snapshot \"x/y\": name may not contain '/'", 0) == 0);
+    CHECK((*log)[2].action == "rename");
+    CHECK((*log)[2].name == "a -> z");
+    CHECK(st->audit_log(1)->size() == 1);
+  }
+
+  SUBCASE("the index survives a reopen") {
+    st.reset();
+    st = c.open();
+    CHECK(*st->get("a") == *a);
+  }
+}
+
+TEST_CASE("metadata, expiry and pruning") {
+  Pool pool;
+  Container c(pool, "c1");
+  auto st = c.open();
+  const auto now = Clock::now();
+  using std::chrono::hours;
+  REQUIRE(st->create("old", kRoot, {now - hours(1), ""}).ok());
+  REQUIRE(st->create("later", kRoot, {now + hours(1), ""}).ok());
+  REQUIRE(st->create("never", kRoot).ok());
+  REQUIRE(st->create("edge", kRoot).ok());
+  REQUIRE(st->set_expires("edge", now, kRoot).ok());
+  REQUIRE(st->set_description("never", "keep me", kRoot).ok());
+  CHECK(st->get("never")->description == "keep me");
+  CHECK(st->set_description("never", std::string(kMaxDescriptionBytes + 1, 'x'), kRoot).err() == E2BIG);
+  // Expiry round-trips at nanosecond precision.
+  CHECK(*st->get("edge")->expires == now);
+
+  auto pruned = st->prune_expired(now, kRoot);
+  REQUIRE(pruned.ok());
+  CHECK(*pruned == std::vector<std::string>{"old", "edge"});
+  CHECK(names(*st->list()) == std::vector<std::string>{"later", "never"});
+  REQUIRE(st->set_expires("later", std::nullopt, kRoot).ok());
+  CHECK(st->prune_expired(now + hours(48), kRoot)->empty());
+  check_store_consistent(c, *st);
+}
+
+TEST_CASE("restore swaps the live subvolumes for the snapshot's") {
+  Pool pool;
+  Container c(pool, "c1");
+  auto st = c.open();
+  REQUIRE(st->create("s1", kRoot).ok());
+  c.set_state("B");
+  REQUIRE(btrfs::create_subvolume(c.fd.get(), "cache").ok());  // not in s1
+  sh("echo c > '" + c.path + "/cache/x'");
+  CHECK(*st->scope() == std::vector<std::string>{"cache", "databases", "storage"});
+  auto before = btrfs::info(btrfs::open_dir(c.fd.get(), "storage")->get());
+
+  const auto t_before = Clock::now();
+  auto safety = st->restore("s1", Caller{0, 99});
+  REQUIRE(safety.ok());
+  CHECK(safety->rfind("pre-restore-", 0) == 0);
+  CHECK(safety->size() == std::string("pre-restore-20261126T145623Z").size());
+
+  CHECK(c.state() == "A");
+  CHECK(c.read("storage/only-B").rfind("<", 0) == 0);  // gone
+  CHECK(*st->scope() == std::vector<std::string>{"databases", "storage"});
+  CHECK(is_rw_subvolume(c.fd.get(), "storage"));
+  CHECK(is_rw_subvolume(c.fd.get(), "databases"));
+  auto after = btrfs::info(btrfs::open_dir(c.fd.get(), "storage")->get());
+  CHECK(after->uuid != before->uuid);
+  sh("echo writable > '" + c.path + "/storage/w'");
+
+  // The safety snapshot holds the state before, expires in 7 days.
+  auto s = st->get(*safety);
+  REQUIRE(s.ok());
+  CHECK(snapshot_state(*st, *safety) == "B");
+  REQUIRE(s->expires.has_value());
+  auto keep = std::chrono::duration_cast<std::chrono::seconds>(*s->expires - t_before).count();
+  CHECK(keep >= 7 * 86400 - 5);
+  CHECK(keep <= 7 * 86400 + 5);
+  {
+    auto fd = st->open_snapshot(*safety);
+    CHECK(*sys::read_file(fd->get(), "cache/x") == "c\n");  // the extra subvolume is kept there
+  }
+  CHECK(snapshot_state(*st, "s1") == "A");  // the target is untouched
+  check_store_consistent(c, *st);
+
+  // Restore the safety snapshot: back to B, with cache.
+  auto safety2 = st->restore(*safety, kRoot);
+  REQUIRE(safety2.ok());
+  CHECK(*safety2 != *safety);  // a second safety snapshot with its own name
+  CHECK(c.state() == "B");
+  CHECK(c.read("cache/x") == "c\n");
+  CHECK(*st->scope() == std::vector<std::string>{"cache", "databases", "storage"});
+
+  // A scope subvolume deleted since the snapshot comes back.
+  sh("btrfs -q subvolume delete '" + c.path + "/databases'");
+  CHECK(*st->scope() == std::vector<std::string>{"cache", "storage"});
+  REQUIRE(st->restore("s1", kRoot).ok());
+  CHECK(c.state() == "A");
+  CHECK(*st->scope() == std::vector<std::string>{"databases", "storage"});
+  check_store_consistent(c, *st);
+
+  auto log = st->audit_log();
+  REQUIRE(log.ok());
+  CHECK(std::count_if(log->begin(), log->end(), [](auto& e) {
+          return e.action == "restore" && e.result.rfind("ok", 0) == 0;
+        }) == 3);
+}
+
+TEST_CASE("nested subvolumes: not captured, and a restore that would lose them is refused") {
+  Pool pool;
+  Container c(pool, "c1");
+  auto st = c.open();
+  REQUIRE(btrfs::create_subvolume(c.fd.get(), "storage/../storage/inner").err() == EINVAL);
+  {
+    auto storage = btrfs::open_dir(c.fd.get(), "storage");
+    REQUIRE(btrfs::create_subvolume(storage->get(), "inner").ok());
+  }
+  sh("echo precious > '" + c.path + "/storage/inner/data'");
+  REQUIRE(st->create("s1", kRoot).ok());  // allowed; the log warns
+  {
+    auto fd = st->open_snapshot("s1");
+    struct stat sb;
+    REQUIRE(::fstatat(fd->get(), "storage/inner", &sb, 0) == 0);
+    CHECK(sb.st_ino != btrfs::kSubvolumeRootIno);  // an empty stub
+    CHECK(sys::read_file(fd->get(), "storage/inner/data").err() == ENOENT);
+  }
+  CHECK(st->restore("s1", kRoot).err() == ENOTSUP);
+  CHECK(c.read("storage/inner/data") == "precious\n");
+  CHECK(names(*st->list()) == std::vector<std::string>{"s1"});  // no safety snapshot either
+  auto log = st->audit_log(1);
+  REQUIRE(log.ok());
+  CHECK(log->back().result.find("nested subvolume storage/inner") != std::string::npos);
+  // Moved out of the scope, the restore goes ahead.
+  REQUIRE(btrfs::delete_subvolume(btrfs::open_dir(c.fd.get(), "storage")->get(), "inner").ok());
+  CHECK(st->restore("s1", kRoot).ok());
+  check_store_consistent(c, *st);
+}
+
+TEST_CASE("restore re-attaches bind mounts of the live subvolumes (as /hoody/storage is)") {
+  Pool pool;
+  Container c(pool, "c1");
+  auto st = c.open();
+  REQUIRE(st->create("s1", kRoot).ok());
+  c.set_state("B");
+  const std::string bind = pool.path() + "/bind";
+  const std::string sub = pool.path() + "/sub";
+  // Registered with the guard, which unmounts them if this test dies.
+  auto bind_id = hoody::test::register_resource(hoody::test::Resource::mount, bind);
+  auto sub_id = hoody::test::register_resource(hoody::test::Resource::mount, sub);
+  sh("mkdir '" + bind + "' '" + sub + "' && mount --bind '" + c.path + "/storage' '" + bind +
+     "' && mount --bind -o ro,nosuid '" + c.path + "/storage/dir' '" + sub + "'");
+  struct Unmount {
+    std::string path;
+    std::uint64_t id;
+    ~Unmount() {
+      hoody::test::run({"umount", "-l", path});
+      hoody::test::release(id);
+    }
+  } u1{bind, bind_id}, u2{sub, sub_id};
+  REQUIRE(*sys::read_file(AT_FDCWD, (bind + "/file").c_str()) == "B\n");
+
+  REQUIRE(st->restore("s1", kRoot).ok());
+  CHECK(c.state() == "A");
+  // The mounts now show the restored tree, the sub-directory one at the same place.
+  CHECK(*sys::read_file(AT_FDCWD, (bind + "/file").c_str()) == "A\n");
+  CHECK(*sys::read_file(AT_FDCWD, (sub + "/deep").c_str()) == "A\n");
+  // ... with their flags, and writes through the writable one land in SOURCE.
+  std::string info = *sys::read_file(AT_FDCWD, "/proc/self/mountinfo");
+  auto at = info.find(" " + sub + " ");
+  REQUIRE(at != std::string::npos);
+  std::string line = info.substr(at, info.find('\n', at) - at);
+  CHECK_MESSAGE(line.find(" ro,") != std::string::npos, line);
+  CHECK_MESSAGE(line.find("nosuid") != std::string::npos, line);
+  sh("echo C > '" + bind + "/written-after'");
+  CHECK(c.read("storage/written-after") == "C\n");
+  // Nothing holds the old subvolumes: they are gone.
+  CHECK(*st->pending_operations() == 0);
+  check_store_consistent(c, *st);
+}
+
+TEST_CASE("diff between two snapshots, per subvolume") {
+  Pool pool;
+  Container c(pool, "c1");
+  auto st = c.open();
+  REQUIRE(st->create("s1", kRoot).ok());
+  c.set_state("B");
+  sh("mv '" + c.path + "/storage/dir' '" + c.path + "/storage/dir2'");
+  REQUIRE(st->create("s2", kRoot).ok());
+  auto d = st->diff("s1", "s2");
+  REQUIRE(d.ok());
+  std::vector<std::string> lines;
+  for (auto& ch : *d) lines.push_back(send::format(ch));
+  CHECK(lines == std::vector<std::string>{"M databases/db", "R storage/dir -> storage/dir2",
+                                          "M storage/dir2/deep", "M storage/file",
+                                          "- storage/only-A", "+ storage/only-B"});
+  CHECK(st->diff("s1", "nope").err() == ENOENT);
+  CHECK(st->diff("s2", "s2")->empty());
+
+  // Against the live state, through temporary snapshots that do not stay.
+  sh("cd '" + c.path + "' && echo x > databases/new && rm storage/file");
+  auto live = st->diff("s2", kLive);
+  REQUIRE(live.ok());
+  lines.clear();
+  for (auto& ch : *live) lines.push_back(send::format(ch));
+  CHECK(lines == std::vector<std::string>{"+ databases/new", "- storage/file"});
+  auto back = st->diff(kLive, "s2");
+  REQUIRE(back.ok());
+  lines.clear();
+  for (auto& ch : *back) lines.push_back(send::format(ch));
+  CHECK(lines == std::vector<std::string>{"- databases/new", "+ storage/file"});
+  check_store_consistent(c, *st);
+  // "@live" is reserved.
+  CHECK(st->create("@live", kRoot).err() == EINVAL);
+  CHECK(st->rename("s1", "@live", kRoot).err() == EINVAL);
+  CHECK(st->create("@other", kRoot).ok());
+}
+
+TEST_CASE("list() is not held up by a create that flushes dirty data") {
+  Pool pool;
+  Container c(pool, "c1");
+  auto st = c.open();
+  sh("dd if=/dev/zero of='" + c.path + "/storage/dirty' bs=1M count=300 status=none");  // no sync
+  std::atomic<bool> done{false};
+  double t_create = 0;
+  std::thread creator([&] {
+    auto t0 = std::chrono::steady_clock::now();
+    CHECK(st->create("flush", kRoot).ok());
+    t_create = ms_since(t0);
+    done = true;
+  });
+  double worst = 0;
+  int calls = 0;
+  while (!done) {
+    auto t0 = std::chrono::steady_clock::now();
+    CHECK(st->list().ok());
+    worst = std::max(worst, ms_since(t0));
+    ++calls;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  creator.join();
+  MESSAGE("create with 300 MiB dirty: ", t_create, " ms; ", calls,
+          " list() calls meanwhile, the slowest ", worst, " ms");
+  CHECK(calls > 1);
+  CHECK(worst < std::max(100.0, t_create / 4));
+  CHECK(st->get("flush").ok());
+}
+
+TEST_CASE("concurrent operations from several threads keep the store consistent") {
+  Pool pool;
+  Container c(pool, "c1");
+  auto st = c.open();
+  constexpr int kThreads = 4, kRounds = 8;
+  std::atomic<int> created{0}, removed{0}, renamed{0}, collisions{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kRounds; ++i) {
+        std::string mine = "t" + std::to_string(t) + "-" + std::to_string(i);
+        // Everyone also fights over one shared name.
+        auto shared = st->create("shared-" + std::to_string(i), Caller{0, t});
+        if (shared) ++created;
+        else if (shared.err() == EEXIST) ++collisions;
+        else FAIL_CHECK("create shared: ", shared.error().message());
+        if (st->create(mine, Caller{0, t})) ++created;
+        if (i % 2 == 0 && st->rename(mine, mine + "-r", Caller{0, t})) ++renamed;
+        if (i % 3 == 0 && st->remove(i % 2 == 0 ? mine + "-r" : mine, Caller{0, t})) ++removed;
+        CHECK(st->list().ok());
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(collisions == (kThreads - 1) * kRounds);
+  auto list = st->list();
+  REQUIRE(list.ok());
+  CHECK(static_cast<int>(list->size()) == created - removed);
+  CHECK(renamed == kThreads * (kRounds / 2));
+  check_store_consistent(c, *st);
+  MESSAGE(created.load(), " created, ", removed.load(), " removed, ", renamed.load(),
+          " renamed, ", collisions.load(), " EEXIST on a shared name");
+}
+
+TEST_CASE("restore time does not grow with the data size") {
+  Pool pool;
+  struct Times {
+    double create, swap, deferred_delete, inline_restore;
+  };
+  auto run = [&](const std::string& id, int mib) {
+    Container c(pool, id);
+    sh("dd if=/dev/zero of='" + c.path + "/storage/big' bs=1M count=" + std::to_string(mib) +
+       " status=none && sync");
+    auto st = c.open();
+    Times t{};
+    auto t0 = std::chrono::steady_clock::now();
+    REQUIRE(st->create("s", kRoot).ok());
+    t.create = ms_since(t0);
+    // The same small change in each run: what varies is the total size.
+    auto change = [&] {
+      sh("dd if=/dev/zero of='" + c.path + "/storage/big2' bs=1M count=1 status=none && sync");
+    };
+    change();
+    t0 = std::chrono::steady_clock::now();
+    REQUIRE(st->restore("s", kRoot, /*delete_old_now=*/false).ok());
+    t.swap = ms_since(t0);
+    CHECK(c.read("storage/big2").rfind("<", 0) == 0);
+    CHECK(*st->pending_operations() == 1);  // the deletion is left to recover()
+    t0 = std::chrono::steady_clock::now();
+    REQUIRE(st->recover().ok());
+    t.deferred_delete = ms_since(t0);
+    check_store_consistent(c, *st);
+    change();
+    t0 = std::chrono::steady_clock::now();
+    REQUIRE(st->restore("s", kRoot).ok());
+    t.inline_restore = ms_since(t0);
+    MESSAGE(mib, " MiB: create ", t.create, " ms; restore up to the committed swap ", t.swap,
+            " ms; deferred deletion of the old live ", t.deferred_delete,
+            " ms; restore with inline deletion ", t.inline_restore, " ms");
+    return t;
+  };
+  Times small = run("small", 8);
+  Times large = run("large", 384);
+  // Generous bound for a shared 2-core machine: a copy of 384 MiB would take seconds.
+  CHECK(large.swap < std::max(4 * small.swap, small.swap + 250.0));
+}
+
+TEST_CASE("a crash at every step leaves the old or the new state") {
+  Pool pool;
+  int n = 0;
+  for (const auto& point : SnapshotStore::crash_points()) {
+    CAPTURE(point);
+    const std::string op = point.substr(0, point.find(':'));
+    Container c(pool, "crash" + std::to_string(n++));
+    {
+      auto st = c.open();
+      REQUIRE(st->create("base", kRoot).ok());   // state A
+      REQUIRE(st->create("victim", kRoot).ok());
+    }
+    c.set_state("B");
+
+    if (op == "recover") {
+      // First a restore killed after its exchanges, then recover() killed.
+      auto first = hoody::test::run_child([&] {
+        ::setenv(kCrashEnv, "restore:exchanged", 1);
+        auto st = SnapshotStore::open(c.fd.get());
+        return st && (*st)->restore("base", kRoot) ? 0 : 11;
+      });
+      REQUIRE_MESSAGE(first.signal == SIGKILL, "first child: ", first.describe());
+      CHECK(c.state() == "A");  // swapped, not committed
+    }
+    auto child = hoody::test::run_child([&] {
+      ::setenv(kCrashEnv, point.c_str(), 1);
+      auto st = SnapshotStore::open(c.fd.get());
+      if (!st) return 10;
+      bool ok = true;
+      if (op == "create") ok = (*st)->create("new", kRoot).ok();
+      if (op == "remove") ok = (*st)->remove("victim", kRoot).ok();
+      if (op == "restore") ok = (*st)->restore("base", kRoot).ok();
+      return ok ? 0 : 11;  // the crash point was not reached
+    });
+    REQUIRE_MESSAGE(child.signal == SIGKILL, "child: ", child.describe());
+
+    auto st = c.open();  // recovers
+    check_store_consistent(c, *st);
+    auto step = point.substr(point.find(':') + 1);
+    if (op == "create") {
+      auto s = st->get("new");
+      if (step == "committed") {
+        REQUIRE(s.ok());
+        CHECK(snapshot_state(*st, "new") == "B");
+      } else {
+        CHECK(s.err() == ENOENT);  // undone
+      }
+      CHECK(c.state() == "B");
+    } else if (op == "remove") {
+      CHECK(st->get("victim").err() == ENOENT);  // the row goes first: always finished
+      CHECK(snapshot_state(*st, "base") == "A");
+      CHECK(c.state() == "B");
+    } else {  // restore, recover
+      bool committed = step == "committed" || step == "delete-1" || step == "deleted";
+      CHECK(c.state() == (committed ? "A" : "B"));
+      CHECK(snapshot_state(*st, "base") == "A");
+      auto all = st->list();
+      bool has_safety = std::any_of(all->begin(), all->end(), [](const Snapshot& s) {
+        return s.name.rfind("pre-restore-", 0) == 0;
+      });
+      CHECK(has_safety);  // taken before the crash at every restore step
+      // The store works after recovery.
+      REQUIRE(st->restore("base", kRoot).ok());
+      CHECK(c.state() == "A");
+    }
+    CHECK(st->create("after", kRoot).ok());
+    check_store_consistent(c, *st);
+  }
+  CHECK(n == 20);
+}

@@ -1,0 +1,83 @@
+#include <doctest/doctest.h>
+
+#include "store/format.hpp"
+
+using namespace hoody;
+using namespace hoody::snapfs;
+using namespace std::chrono;
+
+namespace {
+TimePoint at(time_t t) { return Clock::from_time_t(t); }
+constexpr time_t kNow = 1795703423;  // 2026-11-26T14:30:23Z
+}  // namespace
+
+TEST_CASE("format_utc") {
+  CHECK(format_utc(at(0)) == "1970-01-01T00:00:00Z");
+  CHECK(format_utc(at(kNow)) == "2026-11-26T14:30:23Z");
+  CHECK(format_utc(at(kNow) + milliseconds(999)) == "2026-11-26T14:30:23Z");
+}
+
+TEST_CASE("parse_expiry: relative") {
+  auto now = at(kNow);
+  CHECK(**parse_expiry("+7d", now) == now + hours(24 * 7));
+  CHECK(**parse_expiry("+36h", now) == now + hours(36));
+  CHECK(**parse_expiry("+90m", now) == now + minutes(90));
+  CHECK(**parse_expiry("+10s", now) == now + seconds(10));
+  CHECK(**parse_expiry("+2w\n", now) == now + hours(24 * 14));
+  std::string why;
+  CHECK(parse_expiry("+0d", now, &why).err() == EINVAL);
+  CHECK(parse_expiry("+d", now, &why).err() == EINVAL);
+  CHECK(parse_expiry("+7y", now, &why).err() == EINVAL);
+  CHECK(why.find("use +<n>") != std::string::npos);
+  CHECK(parse_expiry("+-1d", now).err() == EINVAL);
+  CHECK(parse_expiry("+1.5d", now).err() == EINVAL);
+  CHECK(parse_expiry("+99999999999999999999d", now).err() == EINVAL);
+  CHECK(parse_expiry("+40000d", now, &why).err() == EINVAL);
+  CHECK(why.find("100 years") != std::string::npos);
+}
+
+TEST_CASE("parse_expiry: absolute and never") {
+  auto now = at(kNow);
+  CHECK(**parse_expiry("2026-12-01T00:00:00Z", now) == at(1796083200));
+  CHECK(**parse_expiry("2026-12-01", now) == at(1796083200));
+  CHECK(**parse_expiry("2026-12-01T02:00:00+02:00", now) == at(1796083200));
+  CHECK(**parse_expiry("2026-11-30T22:30:00-01:30", now) == at(1796083200));
+  CHECK(**parse_expiry("2026-12-01 00:00:00Z", now) == at(1796083200));
+  CHECK_FALSE(parse_expiry("never", now)->has_value());
+  CHECK_FALSE(parse_expiry("", now)->has_value());
+  CHECK_FALSE(parse_expiry("\n", now)->has_value());
+  // In the past is allowed: pruned at the next pass.
+  CHECK(**parse_expiry("2000-01-01", now) == at(946684800));
+  std::string why;
+  CHECK(parse_expiry("2026-02-30", now, &why).err() == EINVAL);
+  CHECK(why == "expiry \"2026-02-30\": no such date or time");
+  CHECK(parse_expiry("2026-12-01T00:00:00", now, &why).err() == EINVAL);
+  CHECK(why.find("needs a zone") != std::string::npos);
+  CHECK(parse_expiry("2026-12-01T25:00:00Z", now).err() == EINVAL);
+  CHECK(parse_expiry("26-12-01", now).err() == EINVAL);
+  CHECK(parse_expiry("tomorrow", now).err() == EINVAL);
+  CHECK(parse_expiry("2200-01-01", now, &why).err() == EINVAL);
+  CHECK(parse_expiry("2026-12-01T00:00:00+24:00", now).err() == EINVAL);
+}
+
+TEST_CASE("json forms") {
+  Snapshot s;
+  s.name = "pre-auth";
+  s.uuid = "0f0e0d0c-0b0a-4908-8706-050403020100";
+  s.created = at(kNow);
+  s.creator = 1000;
+  s.description = "before \"auth\"";
+  auto j = to_json(s);
+  CHECK(j.dump() ==
+        "{\"created\":\"2026-11-26T14:30:23Z\",\"creator\":1000,\"description\":\"before "
+        "\\\"auth\\\"\",\"expires\":null,\"name\":\"pre-auth\",\"type\":\"filesystem\","
+        "\"uuid\":\"0f0e0d0c-0b0a-4908-8706-050403020100\"}");
+  s.expires = at(kNow) + hours(24);
+  CHECK(to_json(s)["expires"] == "2026-11-27T14:30:23Z");
+
+  AuditEntry e{at(kNow), 0, 42, "create", std::string("bad\xff", 4), "EINVAL: x"};
+  auto line = to_json_line(e);
+  CHECK(line.find('\n') == std::string::npos);
+  CHECK(line.find("\"action\":\"create\"") != std::string::npos);
+  CHECK(line.find("\"name\":\"bad\xef\xbf\xbd\"") != std::string::npos);  // U+FFFD
+}
