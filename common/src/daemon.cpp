@@ -46,6 +46,8 @@ int daemon_main(int argc, char** argv, const DaemonSpec& spec) {
   ::umask(0);
   log::Options lo;
   lo.level = args.log_level;
+  // libfuse's -d request trace arrives at debug level through our logger.
+  if (args.debug && lo.level.empty()) lo.level = "debug";
   lo.ident = spec.name;
   std::string where = args.str("log", args.foreground ? "stderr" : "syslog");
   lo.sink = where == "syslog" ? log::Sink::syslog : log::Sink::stderr_;
