@@ -19,8 +19,10 @@
 #include "hoody/test/capability.hpp"
 #include "hoody/test/daemon.hpp"
 #include "hoody/test/process.hpp"
+#include "sqlite_harness.hpp"
 
 using namespace hoody::test;
+using namespace hoody::test::sqlh;  // Db, SqlError, open_db, exec, query, query_int
 
 namespace {
 
@@ -28,53 +30,6 @@ int env_int(const char* name, int fallback) {
   const char* v = std::getenv(name);
   return v && *v ? std::atoi(v) : fallback;
 }
-
-struct DbDeleter {
-  void operator()(sqlite3* db) const { sqlite3_close_v2(db); }
-};
-using Db = std::unique_ptr<sqlite3, DbDeleter>;
-
-// Errors carry SQLite's message; in a child they become its output.
-struct SqlError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-Db open_db(const std::string& path, int busy_ms) {
-  sqlite3* raw = nullptr;
-  int rc = sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr);
-  Db db(raw);
-  if (rc != SQLITE_OK)
-    throw SqlError("open " + path + ": " + (raw ? sqlite3_errmsg(raw) : sqlite3_errstr(rc)));
-  sqlite3_busy_timeout(db.get(), busy_ms);
-  return db;
-}
-
-void exec(sqlite3* db, const std::string& sql) {
-  char* err = nullptr;
-  if (sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
-    std::string msg = sql + ": " + (err ? err : "?") + " (" +
-                      sqlite3_errstr(sqlite3_extended_errcode(db)) + ")";
-    sqlite3_free(err);
-    throw SqlError(msg);
-  }
-}
-
-// The first column of the first row, as text.
-std::string query(sqlite3* db, const std::string& sql) {
-  sqlite3_stmt* st = nullptr;
-  if (sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr) != SQLITE_OK)
-    throw SqlError(sql + ": " + sqlite3_errmsg(db));
-  std::unique_ptr<sqlite3_stmt, int (*)(sqlite3_stmt*)> guard(st, sqlite3_finalize);
-  int rc = sqlite3_step(st);
-  if (rc == SQLITE_ROW) {
-    auto* text = sqlite3_column_text(st, 0);
-    return text ? reinterpret_cast<const char*>(text) : "NULL";
-  }
-  if (rc == SQLITE_DONE) return "";
-  throw SqlError(sql + ": " + sqlite3_errmsg(db) + " (" + sqlite3_errstr(sqlite3_extended_errcode(db)) + ")");
-}
-
-long long query_int(sqlite3* db, const std::string& sql) { return std::stoll(query(db, sql)); }
 
 struct Workload {
   std::string journal_mode;  // "wal" or "delete"
