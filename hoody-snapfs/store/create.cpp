@@ -1,0 +1,135 @@
+// SnapshotStore: create (and the undo of an interrupted one).
+#include "snapshot_store.hpp"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+
+#include "crash.hpp"
+#include "hoody/btrfs.hpp"
+#include "hoody/log.hpp"
+#include "hoody/names.hpp"
+#include "hoody/sys.hpp"
+#include "store_detail.hpp"
+
+namespace hoody::snapfs {
+
+using json = nlohmann::json;
+using namespace detail;
+
+Result<Snapshot> SnapshotStore::create(std::string_view name, const Caller& caller,
+                                       const CreateOptions& opts) {
+  std::lock_guard lock(op_mu_);
+  return create_locked(name, caller, opts);
+}
+
+Result<Snapshot> SnapshotStore::create_locked(std::string_view name, const Caller& caller,
+                                              const CreateOptions& opts) {
+  auto lg = log::get("snap");
+  HOODY_CHECK(check_name("create", name, name, caller));
+  if (opts.description.size() > kMaxDescriptionBytes) {
+    audit_result(caller, "create", name, Errno(E2BIG), "description too long");
+    return fail(E2BIG);
+  }
+  HOODY_TRY(existing, find(name));
+  if (existing) {
+    audit_result(caller, "create", name, Errno(EEXIST), "snapshot " + quote_name(name) + " exists");
+    return fail(EEXIST);
+  }
+  HOODY_TRY(subvols, scope());
+  if (auto nested = nested_subvolumes(source_.get(), subvols); nested && !nested->empty())
+    lg->warn("op=create name={} -> nested subvolume {} (and {} more) is not captured: snapshots "
+             "hold an empty directory in its place",
+             quote_name(name), nested->front(), nested->size() - 1);
+
+  Snapshot snap;
+  snap.name = std::string(name);
+  snap.uuid = random_uuid();
+  snap.created = Clock::now();
+  snap.expires = opts.expires;
+  snap.creator = caller.uid;
+  snap.description = opts.description;
+  auto t0 = std::chrono::steady_clock::now();
+
+  double window_ms = 0;  // from the first subvolume's snapshot to the last one's
+  HOODY_TRY(jid, journal_begin("create", name, snap.uuid, json::object().dump()));
+  crash_point("create", "journaled");
+  const std::string staging = kStagingPrefix + snap.uuid;
+
+  Status st = [&]() -> Status {
+    HOODY_CHECK(sys::mkdirat(store_.get(), staging.c_str(), 0700));
+    crash_point("create", "staged");
+    HOODY_TRY(sfd, btrfs::open_dir(store_.get(), staging.c_str()));
+    // BTRFS snapshots one subvolume at a time, each after flushing its dirty
+    // data.  Flush all of it first, so that the snapshots follow each other
+    // within milliseconds instead of one flush apart ("taken together").
+    if (subvols.size() > 1) HOODY_CHECK(btrfs::sync(source_.get()));
+    auto first = std::chrono::steady_clock::now();
+    int n = 0;
+    for (const auto& sv : subvols) {
+      HOODY_TRY(src, btrfs::open_dir(source_.get(), sv.c_str()));
+      HOODY_CHECK(btrfs::snapshot(src.get(), sfd.get(), sv.c_str(), /*readonly=*/true));
+      if (++n == 1) crash_point("create", "subvol-1");
+    }
+    window_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - first)
+                    .count();
+    crash_point("create", "snapshotted");
+    HOODY_CHECK(sys::renameat2(store_.get(), staging.c_str(), store_.get(), snap.uuid.c_str(),
+                               RENAME_NOREPLACE));
+    crash_point("create", "renamed");
+    // The commit point: the row appears and the journal entry ends together.
+    std::lock_guard dl(db_mu_);
+    sql::Txn txn(db_);
+    HOODY_CHECK(txn.begin());
+    sql::Stmt ins(db_,
+                  "INSERT INTO snapshots(name, uuid, created, expires, creator, type, description) "
+                  "VALUES(?, ?, ?, ?, ?, ?, ?)");
+    ins.bind(1, snap.name)
+        .bind(2, snap.uuid)
+        .bind(3, to_ns(snap.created))
+        .bind(4, to_ns(snap.expires))
+        .bind(5, static_cast<int64_t>(snap.creator))
+        .bind(6, snap.type)
+        .bind(7, snap.description);
+    HOODY_CHECK(ins.run());
+    sql::Stmt del(db_, "DELETE FROM journal WHERE id = ?");
+    del.bind(1, jid);
+    HOODY_CHECK(del.run());
+    HOODY_CHECK(audit(caller, "create", name, "ok"));
+    return txn.commit();
+  }();
+  if (!st) {
+    lg->warn("op=create name={} -> {}; undoing", quote_name(name), st.error().message());
+    Journal j{jid, "create", snap.name, snap.uuid, 0, json::object()};
+    if (undo_create(j)) (void)journal_end(jid);
+    audit_result(caller, "create", name, st.error());
+    return fail(st.error());
+  }
+  crash_point("create", "committed");
+  lg->info("op=create name={} uuid={} subvolumes={} uid={} -> ok in {:.1f} ms (snapshots within "
+           "{:.1f} ms)",
+           quote_name(name), snap.uuid, subvols.size(), caller.uid,
+           std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(),
+           window_ms);
+  return snap;
+}
+
+// A create without its row is undone: whether it got as far as <uuid> or not.
+Status SnapshotStore::undo_create(const Journal& j) {
+  {
+    std::lock_guard lock(db_mu_);
+    sql::Stmt q(db_, "SELECT 1 FROM snapshots WHERE uuid = ?");
+    q.bind(1, j.uuid);
+    HOODY_TRY(row, q.step());
+    if (row) return {};  // committed after all
+  }
+  HOODY_CHECK(purge((kStagingPrefix + j.uuid).c_str(), nullptr));
+  HOODY_CHECK(purge(j.uuid.c_str(), nullptr));
+  return {};
+}
+
+}  // namespace hoody::snapfs

@@ -1,0 +1,321 @@
+// SnapshotStore: restore, and the finishing or undoing of an interrupted one.
+#include "snapshot_store.hpp"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "crash.hpp"
+#include "hoody/btrfs.hpp"
+#include "hoody/log.hpp"
+#include "hoody/names.hpp"
+#include "hoody/sys.hpp"
+#include "store_detail.hpp"
+
+namespace hoody::snapfs {
+
+using json = nlohmann::json;
+using namespace detail;
+
+namespace {
+
+// Whether a mount visible here has its root inside .snapshots/<dir>: a bind
+// mount of a live subvolume that a restore swapped out.  Deleting that
+// subvolume would leave the mount showing an empty, deleted directory.
+bool mounted_beneath(const std::string& dir) {
+  auto info = sys::read_file(AT_FDCWD, "/proc/self/mountinfo");
+  if (!info) return false;
+  const std::string needle = std::string("/") + kStoreDir + "/" + dir;
+  std::string_view all = *info;
+  while (!all.empty()) {
+    auto nl = all.find('\n');
+    std::string_view line = all.substr(0, nl);
+    all.remove_prefix(nl == std::string_view::npos ? all.size() : nl + 1);
+    // id parent major:minor root mountpoint ...
+    std::size_t pos = 0;
+    for (int f = 0; f < 3 && pos != std::string_view::npos; ++f) {
+      pos = line.find(' ', pos);
+      if (pos != std::string_view::npos) ++pos;
+    }
+    if (pos == std::string_view::npos) continue;
+    std::string_view root = line.substr(pos, line.find(' ', pos) - pos);
+    auto at = root.find(needle);
+    if (at == std::string_view::npos) continue;
+    auto end = at + needle.size();
+    if (end == root.size() || root[end] == '/') return true;
+  }
+  return false;
+}
+
+// Re-attach the mounts visible here whose root lies inside an old live
+// subvolume that a restore swapped out to .snapshots/<work>/<sv>: each is
+// detached and bound again to the same place inside the restored SOURCE/<sv>,
+// with its ro/nosuid/nodev/noexec flags.  So /hoody/storage (a bind mount of
+// the storage subvolume) shows the restored state, and the old subvolume can
+// go.  Mounts made in other mount namespaces cannot be seen from here: their
+// owner re-attaches them (hoody-up does, when run again).
+void reattach_mounts(int source_fd, const std::string& work) {
+  auto lg = log::get("snap");
+  auto info = sys::read_file(AT_FDCWD, "/proc/self/mountinfo");
+  if (!info) return;
+  const std::string needle = std::string("/") + kStoreDir + "/" + work + "/";
+  std::istringstream lines(*info);
+  std::string line;
+  struct Target {
+    std::string mountpoint, inside, opts;
+  };
+  std::vector<Target> targets;
+  while (std::getline(lines, line)) {
+    std::istringstream f(line);
+    std::string id, parent, dev, root, mnt, opts;
+    f >> id >> parent >> dev >> root >> mnt >> opts;
+    auto at = root.find(needle);
+    if (at == std::string::npos) continue;
+    // root = .../.snapshots/<work>/<sv>[/sub]: the same place under SOURCE.
+    targets.push_back({mnt, root.substr(at + needle.size()), opts});
+  }
+  for (auto& t : targets) {
+    auto unescape = [](std::string v) {
+      std::string out;
+      for (size_t i = 0; i < v.size(); ++i) {
+        if (v[i] == '\\' && i + 3 < v.size()) {
+          out += static_cast<char>((v[i + 1] - '0') * 64 + (v[i + 2] - '0') * 8 + (v[i + 3] - '0'));
+          i += 3;
+        } else {
+          out += v[i];
+        }
+      }
+      return out;
+    };
+    std::string mnt = unescape(t.mountpoint);
+    std::string from = sys::proc_fd(source_fd) + "/" + unescape(t.inside);
+    unsigned long flags = 0;
+    for (auto& [name, bit] : {std::pair<const char*, unsigned long>{"ro", MS_RDONLY},
+                              {"nosuid", MS_NOSUID}, {"nodev", MS_NODEV}, {"noexec", MS_NOEXEC}}) {
+      std::string o = "," + t.opts + ",";
+      if (o.find(std::string(",") + name + ",") != std::string::npos) flags |= bit;
+    }
+    if (::umount2(mnt.c_str(), MNT_DETACH) < 0 ||
+        ::mount(from.c_str(), mnt.c_str(), nullptr, MS_BIND, nullptr) < 0) {
+      lg->error("op=restore mount={} -> cannot re-attach to the restored subvolume: {}", mnt,
+                std::strerror(errno));
+      continue;
+    }
+    if (flags && ::mount(nullptr, mnt.c_str(), nullptr, MS_REMOUNT | MS_BIND | flags, nullptr) < 0)
+      lg->warn("op=restore mount={} -> re-attached, but its flags could not be restored: {}", mnt,
+               std::strerror(errno));
+    lg->info("op=restore mount={} -> re-attached to the restored {}", mnt, t.inside);
+  }
+}
+
+}  // namespace
+
+Result<std::string> SnapshotStore::restore(std::string_view name, const Caller& caller,
+                                           bool delete_old_now) {
+  std::lock_guard lock(op_mu_);
+  auto lg = log::get("snap");
+  auto t0 = std::chrono::steady_clock::now();
+  auto target_r = find(name);
+  if (!target_r) return fail(target_r.error());
+  if (!*target_r) {
+    audit_result(caller, "restore", name, Errno(ENOENT), "no such snapshot");
+    return fail(ENOENT);
+  }
+  const Snapshot target = **target_r;
+  HOODY_TRY(snap_dir, sys::openat(store_.get(), target.uuid.c_str(),
+                                  O_RDONLY | O_DIRECTORY | O_NOFOLLOW));
+  HOODY_TRY(snap_subvols, subvolumes_in(snap_dir.get()));
+  HOODY_TRY(live, scope());
+  std::vector<std::string> extra;  // live subvolumes the snapshot lacks: moved out
+  std::set_difference(live.begin(), live.end(), snap_subvols.begin(), snap_subvols.end(),
+                      std::back_inserter(extra));
+  // Nested subvolumes are in no snapshot, the safety snapshot included: a
+  // restore would drop them from the live state.  Refuse.
+  HOODY_TRY(nested, nested_subvolumes(source_.get(), live));
+  if (!nested.empty()) {
+    std::string why = "the live state holds nested subvolume " + nested.front() +
+                      (nested.size() > 1 ? " (and " + std::to_string(nested.size() - 1) + " more)"
+                                         : std::string()) +
+                      ", which no snapshot captures; move or delete it first";
+    lg->warn("op=restore name={} -> {}", quote_name(name), why);
+    audit_result(caller, "restore", name, Errno(ENOTSUP), why);
+    return fail(ENOTSUP);
+  }
+
+  // 1. The safety snapshot of the live state.
+  const TimePoint now = Clock::now();
+  std::string safety = "pre-restore-" + utc_stamp(now);
+  for (int i = 2;; ++i) {
+    HOODY_TRY(taken, find(safety));
+    if (!taken) break;
+    safety = "pre-restore-" + utc_stamp(now) + "-" + std::to_string(i);
+  }
+  CreateOptions sopts;
+  sopts.expires = now + kSafetyKeep;
+  sopts.description = "live state before the restore of " + std::string(name);
+  if (auto s = create_locked(safety, caller, sopts); !s) {
+    audit_result(caller, "restore", name, s.error(), "safety snapshot failed");
+    return fail(s.error());
+  }
+  crash_point("restore", "safety");
+
+  // 2. Journal, then writable copies of the snapshot in .restore-<op>.
+  const std::string opid = random_uuid();
+  const std::string work = kRestorePrefix + opid;
+  json data = {{"opid", opid}, {"subvolumes", snap_subvols}, {"extra", extra},
+               {"safety", safety}};
+  HOODY_TRY(jid, journal_begin("restore", name, target.uuid, data.dump()));
+  crash_point("restore", "journaled");
+  Journal j{jid, "restore", std::string(name), target.uuid, 0, data};
+
+  Status st = [&]() -> Status {
+    HOODY_CHECK(sys::mkdirat(store_.get(), work.c_str(), 0700));
+    HOODY_TRY(wfd, btrfs::open_dir(store_.get(), work.c_str()));
+    json copies = json::object();
+    int n = 0;
+    for (const auto& sv : snap_subvols) {
+      HOODY_TRY(src, btrfs::open_dir(snap_dir.get(), sv.c_str()));
+      HOODY_CHECK(btrfs::snapshot(src.get(), wfd.get(), sv.c_str(), /*readonly=*/false));
+      HOODY_TRY(copy, btrfs::open_dir(wfd.get(), sv.c_str()));
+      HOODY_TRY(ci, btrfs::info(copy.get()));
+      copies[sv] = ci.uuid;
+      if (++n == 1) crash_point("restore", "copy-1");
+    }
+    // Recorded before any exchange: recovery tells a swapped-in copy by its uuid.
+    j.data["copies"] = copies;
+    HOODY_CHECK(journal_update(jid, 0, j.data.dump()));
+    crash_point("restore", "prepared");
+
+    // 3. The swap: one atomic exchange per subvolume.
+    n = 0;
+    for (const auto& sv : snap_subvols) {
+      HOODY_TRY(present, exists(source_.get(), sv));
+      if (present) {
+        HOODY_CHECK(sys::renameat2(source_.get(), sv.c_str(), wfd.get(), sv.c_str(),
+                                   RENAME_EXCHANGE));
+      } else {
+        HOODY_CHECK(sys::renameat2(wfd.get(), sv.c_str(), source_.get(), sv.c_str(),
+                                   RENAME_NOREPLACE));
+      }
+      if (++n == 1) crash_point("restore", "exchange-1");
+    }
+    for (const auto& x : extra)
+      HOODY_CHECK(
+          sys::renameat2(source_.get(), x.c_str(), wfd.get(), x.c_str(), RENAME_NOREPLACE));
+    crash_point("restore", "exchanged");
+    return {};
+  }();
+  if (!st) {
+    lg->warn("op=restore name={} -> {}; undoing", quote_name(name), st.error().message());
+    if (recover_restore(j)) (void)journal_end(jid);
+    audit_result(caller, "restore", name, st.error());
+    return fail(st.error());
+  }
+
+  // 4. Commit: from here on recovery finishes instead of undoing.
+  Status committed = [&]() -> Status {
+    std::lock_guard dl(db_mu_);
+    sql::Txn txn(db_);
+    HOODY_CHECK(txn.begin());
+    sql::Stmt q(db_, "UPDATE journal SET step = 1 WHERE id = ?");
+    q.bind(1, jid);
+    HOODY_CHECK(q.run());
+    HOODY_CHECK(audit(caller, "restore", name, "ok; safety snapshot " + safety));
+    return txn.commit();
+  }();
+  if (!committed) {
+    lg->error("op=restore name={} -> commit failed: {}; undoing", quote_name(name),
+              committed.error().message());
+    if (recover_restore(j)) (void)journal_end(jid);
+    audit_result(caller, "restore", name, committed.error(), "commit failed");
+    return fail(committed.error());
+  }
+  crash_point("restore", "committed");
+  auto t_swap = std::chrono::steady_clock::now();
+  reattach_mounts(source_.get(), work);
+
+  // 5. The old live subvolumes go (now, or at the next recover()).
+  if (!delete_old_now) {
+    lg->info("op=restore name={} safety={} subvolumes={} uid={} -> ok; swap {:.1f} ms, deletion "
+             "deferred",
+             quote_name(name), safety, snap_subvols.size(), caller.uid,
+             std::chrono::duration<double, std::milli>(t_swap - t0).count());
+    return safety;
+  }
+  if (auto s = purge_restored(work); !s) {
+    lg->warn("op=restore name={} -> old live subvolumes not deleted yet ({}); retried by recover()",
+             quote_name(name), s.error().message());
+  } else {
+    crash_point("restore", "deleted");
+    (void)journal_end(jid);
+  }
+  auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
+  lg->info("op=restore name={} safety={} subvolumes={} uid={} -> ok; swap {:.1f} ms, total {:.1f} ms",
+           quote_name(name), safety, snap_subvols.size(), caller.uid, ms(t0, t_swap),
+           ms(t0, std::chrono::steady_clock::now()));
+  return safety;
+}
+
+// Delete the old live subvolumes of a committed restore, unless one is still
+// the root of a mount here (EBUSY: re-mount the new one first, then recover()).
+Status SnapshotStore::purge_restored(const std::string& work) {
+  reattach_mounts(source_.get(), work);  // also after a crash past the commit
+  if (mounted_beneath(work)) {
+    log::get("snap")->warn(
+        "op=restore dir={} -> an old live subvolume is still mounted (a bind mount of the "
+        "state before the restore); re-mount the restored subvolume, then recover()",
+        work);
+    return fail(EBUSY);
+  }
+  return purge(work.c_str(), "restore");
+}
+
+// Undo (step 0) or finish (step 1) a restore.
+Status SnapshotStore::recover_restore(const Journal& j) {
+  const std::string work = kRestorePrefix + j.data.value("opid", std::string());
+  if (j.step >= 1) return purge_restored(work);
+
+  auto wfd = sys::openat(store_.get(), work.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+  if (!wfd) return wfd.err() == ENOENT ? Status() : fail(wfd.error());
+  if (j.data.contains("copies")) {
+    int swapped_back = 0;
+    for (auto& [sv, copy_uuid] : j.data["copies"].items()) {
+      auto live = btrfs::open_dir(source_.get(), sv.c_str());
+      if (!live) {
+        if (live.err() == ENOENT) continue;
+        return fail(live.error());
+      }
+      HOODY_TRY(li, btrfs::info(live->get()));
+      live->reset();
+      if (li.uuid != copy_uuid.get<std::string>()) continue;  // not swapped in
+      HOODY_TRY(old_there, exists(wfd->get(), sv));
+      if (old_there) {
+        HOODY_CHECK(sys::renameat2(source_.get(), sv.c_str(), wfd->get(), sv.c_str(),
+                                   RENAME_EXCHANGE));
+      } else {
+        HOODY_CHECK(sys::renameat2(source_.get(), sv.c_str(), wfd->get(), sv.c_str(),
+                                   RENAME_NOREPLACE));
+      }
+      if (++swapped_back == 1) crash_point("recover", "swapback-1");
+    }
+  }
+  for (const auto& x : j.data.value("extra", std::vector<std::string>())) {
+    HOODY_TRY(in_work, exists(wfd->get(), x));
+    HOODY_TRY(in_live, exists(source_.get(), x));
+    if (in_work && !in_live)
+      HOODY_CHECK(
+          sys::renameat2(wfd->get(), x.c_str(), source_.get(), x.c_str(), RENAME_NOREPLACE));
+  }
+  wfd->reset();
+  // Only the writable copies are left in the work directory now.
+  return purge(work.c_str(), nullptr);
+}
+
+}  // namespace hoody::snapfs
