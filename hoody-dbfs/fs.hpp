@@ -14,6 +14,8 @@
 #include <string>
 #include <unordered_map>
 
+#include <nlohmann/json.hpp>
+
 #include "hoody/daemon.hpp"
 #include "hoody/passthrough.hpp"
 #include "hoody/source_watch.hpp"
@@ -23,6 +25,7 @@
 namespace hoody::dbfs {
 
 class StatusServer;
+class ControlServer;
 
 struct Config {
   pt::Config core;
@@ -56,6 +59,16 @@ public:
   // Everything --status prints, as JSON text.
   std::string status_json();
 
+  // The subvolume at SOURCE was replaced (a restore): serve the new one, make
+  // every inode and file of the old tree stale, retire their locks, drop the
+  // kernel's caches of the old tree.  Called by the control socket
+  // ("source-replaced") and by the inotify watch; serialized and idempotent:
+  // it returns when the last change's invalidation is complete.  The reply
+  // body of "source-replaced": changed, epoch, stale_holders (or ok:false).
+  // Never call it from a request of this mount (the kernel notifications
+  // would wait for it).
+  nlohmann::json source_replaced();
+
 protected:
   void on_entry(pt::Inode& parent, pt::Inode& child, const char* name) override;
   void on_open(fuse_req_t req, pt::File& file, fuse_file_info* fi) override;
@@ -73,7 +86,7 @@ private:
   };
   void classify_on_open(fuse_ino_t ino, pt::File& file);
   Status lock_source(std::string* why);
-  void source_replaced();
+  std::string database_name(const std::string& domain);
 
   Config dcfg_;
   UniqueFd exclusive_;  // flock(LOCK_EX) on the backing directory while we serve it
@@ -84,6 +97,10 @@ private:
   std::unordered_map<fuse_ino_t, FileMeta> meta_;
   std::unique_ptr<StatusServer> status_;
   std::atomic<fuse_session*> se_{nullptr};
+  // Serializes source_replaced() (control thread, watch thread).  Taken by no
+  // request handler: the kernel notifications it makes may wait for requests.
+  std::mutex change_mu_;
+  std::unique_ptr<ControlServer> control_;  // its thread uses the members above
   std::unique_ptr<SourceWatch> watch_;  // last: its thread uses the members above
 };
 
