@@ -158,7 +158,8 @@ Result<Snapshot> SnapshotStore::create_locked(std::string_view name, const Calle
       "(snapshots within {:.1f} ms; databases={} held {:.1f} ms{}{})",
       quote_name(name), snap.uuid, subvols.size(), caller.uid, snap.consistency,
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(),
-      window_ms, quiesce.databases, held_ms, snap.busy.empty() ? "" : "; not quiesced: ",
+      window_ms, quiesce.databases, held_ms,
+      snap.busy.empty() ? "" : "; crash-consistent, not quiesced: ",
       describe_busy(snap.busy));
   if (snap.consistency == kCrash && !snap.busy.empty())
     lg->warn("{}", line);

@@ -213,10 +213,20 @@ Status SnapshotStore::restore(std::string_view name, const Caller& caller,
   HOODY_TRY(jid, journal_begin("restore", name, target.uuid, data.dump()));
   crash_point("restore", "journaled");
   Journal j{jid, "restore", std::string(name), target.uuid, 0, data};
-  // Undo everything (the databases are resumed by `hold` on the way out).
+  // Undo everything (the databases are resumed by `hold` on the way out,
+  // after their servers were told, should an exchange have been made).
+  Quiescer* q_told = nullptr;  // set once an exchange may have been made
   auto undo = [&](Errno err, std::string why) -> Status {
     lg->warn("op=restore name={} -> {}; undoing", quote_name(name), why);
-    if (recover_restore(j)) (void)journal_end(jid);
+    if (recover_restore(j, /*roll_back=*/true)) (void)journal_end(jid);
+    if (q_told)
+      for (const auto& sv : live) {
+        std::string w;
+        if (auto r = q_told->replaced(sv, &w); !r)
+          lg->error("op=restore name={} subvolume={} -> undone, but its server did not confirm "
+                    "that it serves it again: {}",
+                    quote_name(name), sv, w);
+      }
     report.error = why;
     audit_result(caller, "restore", name, err, why);
     return fail(err);
@@ -287,6 +297,7 @@ Status SnapshotStore::restore(std::string_view name, const Caller& caller,
   crash_point("restore", "safety");
 
   // 4. The swap: one atomic exchange per subvolume.
+  q_told = q;
   Status st = [&]() -> Status {
     HOODY_TRY(wfd, btrfs::open_dir(store_.get(), work.c_str()));
     int n = 0;
@@ -408,36 +419,67 @@ Status SnapshotStore::purge_restored(const std::string& work) {
   return purge(work.c_str(), "restore");
 }
 
-// Undo (step 0) or finish (step 1) a restore.
-Status SnapshotStore::recover_restore(const Journal& j) {
+// Undo or finish a restore (see the top of snapshot_store.hpp).
+Status SnapshotStore::recover_restore(const Journal& j, bool roll_back) {
   const std::string work = kRestorePrefix + j.data.value("opid", std::string());
   if (j.step >= 1) return purge_restored(work);
 
   auto wfd = sys::openat(store_.get(), work.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
   if (!wfd) return wfd.err() == ENOENT ? Status() : fail(wfd.error());
+  // Which of the copies are live already (the exchanges done)?
+  std::vector<std::string> live_copies, waiting;
   if (j.data.contains("copies")) {
-    int swapped_back = 0;
     for (auto& [sv, copy_uuid] : j.data["copies"].items()) {
       auto live = btrfs::open_dir(source_.get(), sv.c_str());
-      if (!live) {
-        if (live.err() == ENOENT) continue;
-        return fail(live.error());
+      if (!live && live.err() != ENOENT) return fail(live.error());
+      bool is_copy = false;
+      if (live) {
+        HOODY_TRY(li, btrfs::info(live->get()));
+        is_copy = li.uuid == copy_uuid.get<std::string>();
       }
-      HOODY_TRY(li, btrfs::info(live->get()));
-      live->reset();
-      if (li.uuid != copy_uuid.get<std::string>()) continue;  // not swapped in
-      HOODY_TRY(old_there, exists(wfd->get(), sv));
-      if (old_there) {
+      (is_copy ? live_copies : waiting).push_back(sv);
+    }
+  }
+  const auto extra = j.data.value("extra", std::vector<std::string>());
+  if (!roll_back && !live_copies.empty() && j.data.contains("safety")) {
+    // Finish: the remaining exchanges, the extra subvolumes out, the commit.
+    int n = 0;
+    for (const auto& sv : waiting) {
+      HOODY_TRY(present, exists(source_.get(), sv));
+      if (present) {
         HOODY_CHECK(sys::renameat2(source_.get(), sv.c_str(), wfd->get(), sv.c_str(),
                                    RENAME_EXCHANGE));
       } else {
-        HOODY_CHECK(sys::renameat2(source_.get(), sv.c_str(), wfd->get(), sv.c_str(),
+        HOODY_CHECK(sys::renameat2(wfd->get(), sv.c_str(), source_.get(), sv.c_str(),
                                    RENAME_NOREPLACE));
       }
-      if (++swapped_back == 1) crash_point("recover", "swapback-1");
+      if (++n == 1) crash_point("recover", "forward-1");
+    }
+    for (const auto& x : extra) {
+      HOODY_TRY(in_work, exists(wfd->get(), x));
+      HOODY_TRY(in_live, exists(source_.get(), x));
+      if (in_live && !in_work)
+        HOODY_CHECK(
+            sys::renameat2(source_.get(), x.c_str(), wfd->get(), x.c_str(), RENAME_NOREPLACE));
+    }
+    wfd->reset();
+    HOODY_CHECK(journal_update(j.id, 1, j.data.dump()));
+    log::get("snap")->warn("op=recover journal={} name={} -> the restore had begun its exchanges: "
+                           "finished ({} more exchanged)",
+                           j.id, quote_name(j.name), waiting.size());
+    return purge_restored(work);
+  }
+  for (const auto& sv : live_copies) {
+    HOODY_TRY(old_there, exists(wfd->get(), sv));
+    if (old_there) {
+      HOODY_CHECK(sys::renameat2(source_.get(), sv.c_str(), wfd->get(), sv.c_str(),
+                                 RENAME_EXCHANGE));
+    } else {
+      HOODY_CHECK(sys::renameat2(source_.get(), sv.c_str(), wfd->get(), sv.c_str(),
+                                 RENAME_NOREPLACE));
     }
   }
-  for (const auto& x : j.data.value("extra", std::vector<std::string>())) {
+  for (const auto& x : extra) {
     HOODY_TRY(in_work, exists(wfd->get(), x));
     HOODY_TRY(in_live, exists(source_.get(), x));
     if (in_work && !in_live)

@@ -221,8 +221,8 @@ const std::vector<std::string>& SnapshotStore::crash_points() {
       "restore:copy-1",    "restore:prepared",   "restore:quiesced",  "restore:safety",
       "restore:exchange-1", "restore:exchanged", "restore:committed", "restore:replaced",
       "restore:resumed",   "restore:delete-1",   "restore:deleted",
-      // In recover() undoing a restore killed at restore:exchanged.
-      "recover:swapback-1",
+      // In recover() finishing a restore killed at restore:exchange-1.
+      "recover:forward-1",
   };
   return kPoints;
 }

@@ -20,8 +20,11 @@
 //   create   undone (staging dir or <uuid> deleted): its row and the end of its
 //            journal entry are one transaction, so a pending create never committed
 //   remove   the row goes first, with the journal entry: always finished
-//   restore  before the commit step: every exchange is undone (a swapped-in copy
-//            is told by its uuid, journaled before the first exchange); after:
+//   restore  before its first exchange: undone (a swapped-in copy is told by
+//            its uuid, journaled before the first exchange); from its first
+//            exchange on (the safety snapshot is taken by then): finished, as
+//            hoody-dbfs follows an exchange by itself and what its writers
+//            wrote since is in the restored subvolumes; after the commit step:
 //            the old live subvolumes are deleted.  The safety snapshot stays.
 // recover() is idempotent, so a crash during recovery is recovered next time.
 // HOODY_CRASH_AT=<op>:<step> (crash_points()) kills the process at a step.
@@ -239,7 +242,11 @@ private:
   Status recover_one(const Journal& j);
   Status undo_create(const Journal& j);
   Status finish_remove(std::string_view uuid);
-  Status recover_restore(const Journal& j);
+  // roll_back: undo even a restore that began its exchanges (a failure in
+  // restore() itself, with the databases still held); else such a restore is
+  // finished (recover() after a crash: hoody-dbfs follows an exchange by
+  // itself, so what was written since is in the restored subvolume).
+  Status recover_restore(const Journal& j, bool roll_back = false);
   Status purge(const char* dir_name, const char* op);
   Status purge_restored(const std::string& work);
   Status check_name(std::string_view action, std::string_view name, std::string_view what,
