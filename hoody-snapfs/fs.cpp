@@ -36,7 +36,7 @@ SnapshotInfo info_of(const Snapshot& s) {
 }
 }  // namespace
 
-TimePoint time_point(int64_t unix_seconds) { return TimePoint(std::chrono::seconds(unix_seconds)); }
+Result<TimePoint> time_point(int64_t unix_seconds) { return time_from_unix(unix_seconds); }
 
 OptionTable options() {
   auto t = OptionTable::generic();
@@ -264,6 +264,9 @@ void Fs::audit(const Who& c, const std::string& action, const std::string& name,
     if (!w) log::get("snap")->error("audit log: {}", w.error().message());
   }
   line.pop_back();
+  // JSON escapes C0 controls; a name or value may still carry DEL or C1
+  // controls (U+009B is CSI): escaped too, so a log line cannot drive a terminal.
+  line = escape_control(line, false);
   if (err)
     log::get("snap")->warn("audit {}", line);
   else

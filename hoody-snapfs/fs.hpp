@@ -42,7 +42,8 @@ struct Config {
 };
 
 OptionTable options();
-TimePoint time_point(int64_t unix_seconds);
+// EINVAL outside the times the store can hold (store/format.hpp time_from_unix).
+Result<TimePoint> time_point(int64_t unix_seconds);
 Config config_from(const MountArgs& args);
 
 class Fs final : public pt::PassthroughFs, public DaemonFs {
