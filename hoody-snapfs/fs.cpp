@@ -149,6 +149,10 @@ Status Fs::start(std::string* why) {
 
 fuse_lowlevel_ops Fs::ops() { return make_ops({}); }
 
+std::function<int(uint64_t)> Fs::tmpfile_errno() {
+  return [](uint64_t nodeid) { return nodeid == FUSE_ROOT_ID || vdir::is_virtual(nodeid) ? EPERM : EROFS; };
+}
+
 void Fs::init(fuse_conn_info* conn) {
   pt::PassthroughFs::init(conn);
   // Started here, after fuse_daemonize(): a thread started before the fork

@@ -278,3 +278,21 @@ TEST_CASE("item 11: hoody-snap usage errors exit 2, --help exits 0") {
   r = run({snap_bin(), "--help"});
   CHECK_MESSAGE(r.exit_code == 0, r.describe());
 }
+
+TEST_CASE("item 11: open(O_TMPFILE) gives EROFS inside a snapshot, EPERM at the root") {
+  require_mount_capabilities();
+  Snapfs fs;
+  REQUIRE(::mkdir(fs.at("s").c_str(), 0755) == 0);
+  // Twice: a first ENOSYS would make the kernel answer EOPNOTSUPP for ever after.
+  for (int i = 0; i < 2; ++i) {
+    CAPTURE(i);
+    CHECK(err_of(::open(fs.at("s/storage").c_str(), O_TMPFILE | O_RDWR, 0600)) == EROFS);
+    CHECK(err_of(::open(fs.at("s").c_str(), O_TMPFILE | O_WRONLY, 0600)) == EROFS);
+    CHECK(err_of(::open(fs.mnt.c_str(), O_TMPFILE | O_RDWR, 0600)) == EPERM);
+    CHECK(err_of(::open(fs.at(".hoody").c_str(), O_TMPFILE | O_RDWR, 0600)) == EPERM);
+  }
+  // The mount still serves everything else.
+  CHECK(slurp(fs.at("s/storage/hello.txt")) == "hello\n");
+  REQUIRE(::mkdir(fs.at("t").c_str(), 0755) == 0);
+  CHECK(::rmdir(fs.at("t").c_str()) == 0);
+}
