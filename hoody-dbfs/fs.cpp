@@ -149,17 +149,19 @@ void Fs::classify_on_open(fuse_ino_t ino, pt::File& file) {
     if (it == meta_.end() || it->second.named != lock::FileKind::plain) return;
     if (it->second.header == Header::sqlite) return;  // writes to page 1 keep it current
   }
-  read_header(ino, file);
+  read_header(ino, file, false);
 }
 
-void Fs::read_header(fuse_ino_t ino, pt::File& file) {
+void Fs::read_header(fuse_ino_t ino, pt::File& file, bool through_handle) {
   unsigned char h[20] = {};
-  int fd = file.fd.get();
+  int fd = through_handle && (file.flags & O_ACCMODE) != O_WRONLY ? file.fd.get() : -1;
   UniqueFd rd;
-  if ((file.flags & O_ACCMODE) == O_WRONLY) {
-    auto pfd = pin(file.inode);
-    if (pfd) {
-      auto r = sys::reopen(pfd->get(), O_RDONLY);
+  if (fd < 0) {
+    // A descriptor of our own, with O_NOATIME: looking at a
+    // file must not change its atime (POSIX parity of open and write).
+    if (auto pfd = pin(file.inode)) {
+      auto r = sys::reopen(pfd->get(), O_RDONLY | O_NOATIME);
+      if (!r) r = sys::reopen(pfd->get(), O_RDONLY);
       if (r) rd = std::move(*r);
     }
     fd = rd.get();
@@ -221,18 +223,22 @@ void Fs::on_open(fuse_req_t, pt::File& file, fuse_file_info*) {
 }
 
 void Fs::on_write(pt::File& file, off_t off, size_t len) {
-  // A write to the header may change what the file is: SQLite writes page 1
-  // of a new database, changes the journal mode in bytes 18-19 (under
-  // EXCLUSIVE), and a file that was empty may have become anything.
+  // A write may change what the file is: SQLite writes page 1 of a new
+  // database (the file was empty), and changes the journal mode in header
+  // bytes 18-19 (under EXCLUSIVE).  A file that is something else stays so
+  // until its next open.
   if (len == 0) return;
   fuse_ino_t ino = ino_of(file.inode);
+  Header header;
   {
     std::lock_guard g(meta_mu_);
     auto it = meta_.find(ino);
     if (it == meta_.end() || it->second.named != lock::FileKind::plain) return;
-    if (off > 19 && it->second.header != Header::empty) return;
+    header = it->second.header;
   }
-  read_header(ino, file);
+  if (header == Header::empty) return read_header(ino, file, false);
+  // The database's own handle, as SQLite's reads go (its atime moves anyway).
+  if (header == Header::sqlite && off <= 19) read_header(ino, file, true);
 }
 
 void Fs::on_flush(fuse_req_t, pt::File& file, fuse_file_info* fi) {

@@ -82,8 +82,9 @@ private:
   };
   void classify_on_open(fuse_ino_t ino, pt::File& file);
   // Reads the header of `file` (after an open, or a write to it) and tells the
-  // lock manager what the file is now.
-  void read_header(fuse_ino_t ino, pt::File& file);
+  // lock manager what the file is now.  Through the handle's own descriptor
+  // when `through_handle` (and it is readable), else an O_NOATIME one.
+  void read_header(fuse_ino_t ino, pt::File& file, bool through_handle);
   // Tells the lock manager what `ino` is now (before each lock request: the
   // database beside a -shm may have become SQLite, or stopped being it).
   void classify_for_lock(fuse_ino_t ino);
@@ -94,7 +95,9 @@ private:
   UniqueFd exclusive_;  // flock(LOCK_EX) on the backing directory while we serve it
   std::optional<lock::LockManager> locks_;  // made in attached(): it has a thread
   // Serialises classify_for_lock, so that what locks_ was told is the newest.
-  // Lock order: before meta_mu_ and the lock manager's mutex.
+  // Lock order: before meta_mu_ and the lock manager's mutex.  Held across
+  // LockManager::register_file (rarely: only when a file's kind changes),
+  // whose completions only reply and never take it.
   std::mutex classify_mu_;
   // Guards meta_ and db_of_domain_.  Lock order: innermost; never held across
   // a LockManager call whose completion could take it.

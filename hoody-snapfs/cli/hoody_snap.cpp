@@ -41,10 +41,12 @@ struct Failure {
 // through this: control characters and escape sequences shown as \n, \x1b, ...
 std::string shown(std::string_view text) { return hoody::escape_control(text); }
 
+// The message may quote names already (quote_name escapes '\\'): only control
+// characters are escaped here, so nothing is escaped twice.
 [[noreturn]] void die(const Failure& f) {
-  std::fprintf(stderr, "hoody-snap: %s: %s%s%s\n", shown(f.what).c_str(),
+  std::fprintf(stderr, "hoody-snap: %s: %s%s%s\n", hoody::escape_control(f.what, false).c_str(),
                f.err ? std::strerror(f.err) : "failed", f.hint.empty() ? "" : "; ",
-               shown(f.hint).c_str());
+               hoody::escape_control(f.hint, false).c_str());
   std::exit(1);
 }
 
@@ -124,7 +126,7 @@ std::optional<Failure> set_meta(const std::string& path, const std::string& name
                                 const std::string& value, const std::string& mount) {
   if (::setxattr(path.c_str(), key, value.data(), value.size(), 0) < 0) {
     int e = errno;
-    std::string hint = e == EINVAL ? "an expiry is +N with m, h, d or w (+7d) or an RFC 3339 time"
+    std::string hint = e == EINVAL ? "an expiry is +N with s, m, h, d or w (+7d), an RFC 3339 time or never"
                                    : hint_for("change", e, mount);
     return Failure{std::string("set ") + key + " of " + q(name), e, hint};
   }
