@@ -209,9 +209,12 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    // --help and --version exit 0; every other parse error is a usage error: 2.
-    int rc = app.exit(e);
-    return rc == 0 ? 0 : kUsageExit;
+    // --help and --version exit 0; every other parse error is a usage error: 2,
+    // said with the arguments it echoes escaped.
+    if (e.get_exit_code() == 0) return app.exit(e);
+    std::fprintf(stderr, "hoody-snap: %s\nRun with --help for more information.\n",
+                 shown(e.what()).c_str());
+    return kUsageExit;
   }
   while (mount.size() > 1 && mount.back() == '/') mount.pop_back();
 

@@ -277,6 +277,12 @@ TEST_CASE("item 11: hoody-snap usage errors exit 2, --help exits 0") {
   CHECK_MESSAGE(r.exit_code == 2, r.describe());
   r = run({snap_bin(), "--help"});
   CHECK_MESSAGE(r.exit_code == 0, r.describe());
+  CHECK(r.output.find("create") != std::string::npos);
+  // The refused argument is echoed escaped (item 9 for the usage message).
+  r = run({snap_bin(), "list", "--\x1b[31mred"});
+  CHECK_MESSAGE(r.exit_code == 2, r.describe());
+  CHECK(r.output.find('\x1b') == std::string::npos);
+  CHECK_MESSAGE(r.output.find("\\x1b[31mred") != std::string::npos, r.output);
 }
 
 TEST_CASE("item 11: open(O_TMPFILE) gives EROFS inside a snapshot, EPERM at the root") {
