@@ -216,8 +216,12 @@ TEST_CASE("item 7: new names with '..' are EINVAL; old ones stay listable and de
   // Names taken before the rule.
   REQUIRE(::mkdir(fs.at("old1").c_str(), 0755) == 0);
   REQUIRE(::mkdir(fs.at("old2").c_str(), 0755) == 0);
+  REQUIRE(::mkdir(fs.at("old3").c_str(), 0755) == 0);
   rename_in_index(fs, "old1", "a..b");
   rename_in_index(fs, "old2", "c..d");
+  rename_in_index(fs, "old3", "g..h");
+  r = fs.snap({"delete", "g..h"});
+  CHECK_MESSAGE(r.exit_code == 0, r.describe());
   CHECK(has(names_in(fs.mnt), "a..b"));
   CHECK(exists(fs.at("a..b/storage/hello.txt")));
   r = fs.snap({"list"});
