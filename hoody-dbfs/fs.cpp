@@ -149,6 +149,12 @@ nlohmann::json Fs::source_replaced() {
   return {{"changed", r->changed}, {"epoch", r->epoch}, {"stale_holders", stale}, {"ms", ms}};
 }
 
+bool Fs::is_shm(fuse_ino_t ino) {
+  std::lock_guard g(meta_mu_);
+  auto it = meta_.find(ino);
+  return it != meta_.end() && it->second.kind == lock::FileKind::shm;
+}
+
 std::string Fs::database_name(const std::string& domain) {
   // "<dev>:<ino>/<name>" (on_entry): the parent's path + the name.
   auto colon = domain.find(':');

@@ -87,6 +87,7 @@ private:
   void classify_on_open(fuse_ino_t ino, pt::File& file);
   Status lock_source(std::string* why);
   std::string database_name(const std::string& domain);
+  bool is_shm(fuse_ino_t ino);
 
   Config dcfg_;
   UniqueFd exclusive_;  // flock(LOCK_EX) on the backing directory while we serve it
