@@ -82,6 +82,11 @@ void Fs::attached(fuse_session* se) {
   watch_ = std::make_unique<SourceWatch>(dcfg_.core.source, [this] { source_replaced(); });
 }
 
+void Fs::destroy() {
+  std::lock_guard g(change_mu_);  // a source change in progress finishes first
+  se_ = nullptr;
+}
+
 Status Fs::lock_source(std::string* why) {
   // Two FUSE mounts of one backing file do not share the page cache, and
   // SQLite's WAL index is a shared mmap of -shm: a second daemon over the same

@@ -48,6 +48,8 @@ public:
   // After fuse_daemonize: starts the threads (lock manager timer, status
   // socket, source watch); threads made before the fork would be lost.
   void attached(fuse_session* se) override;
+  // The session ends: no kernel notification may use it any more.
+  void destroy() override;
 
   // The lock ops (ops/lock.cpp).
   void getlk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock) override;

@@ -257,6 +257,57 @@ TEST_CASE("a connection held across the restore: its next write fails (SQLITE_IO
   }
 }
 
+TEST_CASE("Python's sqlite3 holding a connection across the restore gets an error, not a lost "
+          "commit") {
+  std::string py = find_tool("python3");
+  if (py.empty()) {
+    if (std::getenv("CI")) FAIL("python3 is missing");
+    MESSAGE("python3 not found: skipped");
+    return;
+  }
+  Rig r;
+  std::string db = r.mnt + "/py.db";
+  create_db(db, "wal");
+  std::string snap = r.snapshot();
+  std::string ready = r.pool.dir() + "/py.ready", go = r.pool.dir() + "/py.go";
+  const char* script = R"PY(
+import os, sqlite3, sys, time
+db, ready, go = sys.argv[1:4]
+c = sqlite3.connect(db)  # timeout=5 s by default
+c.execute("INSERT INTO t(p, s, k, v) VALUES (3, 0, 0, x'00')"); c.commit()
+open(ready, "w").close()
+while not os.path.exists(go): time.sleep(0.01)
+try:
+    c.execute("INSERT INTO t(p, s, k, v) VALUES (3, 1, 0, x'00')"); c.commit()
+    print("WROTE")
+except sqlite3.Error as e:
+    print("ERROR", e)
+c.close()
+print("CLOSED")
+)PY";
+  std::string script_path = r.pool.dir() + "/held.py";
+  write_text(script_path, script);
+  Child holder([&] {
+    ::execl(py.c_str(), py.c_str(), script_path.c_str(), db.c_str(), ready.c_str(), go.c_str(),
+            nullptr);
+    return 127;
+  });
+  for (int i = 0; i < 2000 && !exists(ready); ++i) ::usleep(10000);
+  REQUIRE(exists(ready));
+  std::string old_wal = r.c1 + "/" + snap + "/py.db-wal";
+  r.exchange(snap);
+  r.source_replaced();
+  std::string before = digest(old_wal);
+  write_text(go, "");
+  auto ex = holder.wait();
+  CHECK_MESSAGE(ex.exit_code == 0, ex.describe());
+  CHECK_MESSAGE(ex.output.find("ERROR disk I/O error") != std::string::npos, ex.output);
+  CHECK(ex.output.find("CLOSED") != std::string::npos);
+  CHECK(ex.output.find("WROTE") == std::string::npos);
+  CHECK(digest(old_wal) == before);
+  CHECK(rows(db) == 0);  // the restored state: the snapshot was taken before its first row
+}
+
 TEST_CASE("plain files opened before the restore: writes, fsync, truncate and locks give EIO; "
           "unlock, reads and close work") {
   Rig r;
