@@ -61,6 +61,7 @@ Fs::~Fs() = default;
 Status Fs::start(std::string* why) {
   HOODY_CHECK(open_source(why));
   HOODY_CHECK(lock_source(why));
+  control_ = std::make_unique<ControlServer>(dcfg_.core.source);
   return {};
 }
 
@@ -78,7 +79,7 @@ void Fs::attached(fuse_session* se) {
     return nlohmann::json{{"holders", rows}};
   };
   t.database_name = [this](const std::string& key) { return database_name(key); };
-  control_ = std::make_unique<ControlServer>(dcfg_.core.source, std::move(t));
+  control_->run(std::move(t));
   watch_ = std::make_unique<SourceWatch>(dcfg_.core.source, [this] { source_replaced(); });
 }
 

@@ -530,12 +530,12 @@ TEST_CASE("control socket: peer credentials (nobody is refused), holders, bad re
     // first call then finds the connection reset.
     auto c = ctl::Client::connect(live);
     if (!c) {
-      std::printf("connect: %s\n", c.error().message().c_str());
+      std::fprintf(stderr, "connect: %s\n", c.error().message().c_str());
       return 10;
     }
     auto rep = c->call({{"op", "holders"}}, 5s);
-    if (rep.ok()) std::printf("reply: %s\n", rep->dump().c_str());
-    else std::printf("call: %s\n", rep.error().message().c_str());
+    if (rep.ok()) std::fprintf(stderr, "reply: %s\n", rep->dump().c_str());
+    else std::fprintf(stderr, "call: %s\n", rep.error().message().c_str());
     return rep.ok() ? 11 : (rep.error().value() == ECONNRESET ? 0 : 12);
   }, {.as_nobody = true});
   CHECK_MESSAGE(ex.exit_code == 0, ex.describe());
