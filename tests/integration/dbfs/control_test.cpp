@@ -573,3 +573,51 @@ TEST_CASE("control socket: peer credentials (nobody is refused), holders, bad re
   REQUIRE_FALSE(none.ok());
   CHECK(none.error().value() == ECONNREFUSED);
 }
+
+TEST_CASE("timings: quiesce with 8 idle connections, source-replaced with 10k names in the root") {
+  Rig r("allow_other,default_permissions");
+  std::string db = r.mnt + "/app.db";
+  create_db(db, "wal");
+  auto sh = make_shared_mem<Shared>();
+  std::vector<Child> idle;
+  for (int p = 0; p < 8; ++p)
+    idle.emplace_back([&] {
+      Db h = open_db(db, 0);
+      query(h.get(), "SELECT count(*) FROM t");
+      sh->flag[0].fetch_add(1);
+      while (!sh->stop.load()) ::usleep(1000);
+      return 0;
+    });
+  while (sh->flag[0].load() < 8) ::usleep(1000);
+  auto c = r.client();
+  double worst = 0;
+  for (int i = 0; i < 5; ++i) {
+    auto t0 = Clock::now();
+    json q = r.call(c, {{"op", "quiesce"}, {"timeout_ms", 2000}});
+    r.call(c, {{"op", "resume"}});
+    double rt = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count() /
+                1000.0;
+    CHECK(q["busy"].empty());
+    worst = std::max(worst, rt);
+  }
+  MESSAGE("quiesce+resume round trip with 8 idle connections: worst of 5 = " << worst << " ms");
+  CHECK(worst < 100);  // a bound for a loaded 2-core machine; the target is < 5 ms
+  sh->stop = 1;
+  for (auto& ch : idle) CHECK(ch.wait().exit_code == 0);
+
+  for (int i = 0; i < 10000; ++i) {
+    int fd = ::open((r.live + "/f" + std::to_string(i)).c_str(), O_CREAT | O_WRONLY, 0644);
+    REQUIRE(fd >= 0);
+    ::close(fd);
+  }
+  CHECK(listing(r.mnt).size() >= 10000);  // the kernel caches 10k entries
+  std::string snap = r.snapshot();
+  r.exchange(snap);
+  auto t0 = Clock::now();
+  json rep = r.source_replaced();
+  double rt = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count() /
+              1000.0;
+  MESSAGE("source-replaced with 10k names in the root: " << rt << " ms (daemon: " << rep["ms"]
+                                                         << " ms, changed=" << rep["changed"] << ")");
+  CHECK(rt < 2000);
+}
