@@ -48,9 +48,6 @@ Config config_from(const MountArgs& args) {
   c.locks.lease = ms(args.seconds("lease", 0));
   char buf[PATH_MAX];
   c.mountpoint = ::realpath(args.mountpoint.c_str(), buf) ? buf : args.mountpoint;
-  // Absolute: the daemon reopens SOURCE after a restore (its cwd is then "/"),
-  // and the control socket is named after it.
-  if (::realpath(c.core.source.c_str(), buf)) c.core.source = buf;
   return c;
 }
 
