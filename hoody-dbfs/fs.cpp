@@ -59,6 +59,8 @@ Fs::~Fs() = default;
 Status Fs::start(std::string* why) {
   HOODY_CHECK(open_source(why));
   HOODY_CHECK(lock_source(why));
+  // Both sockets listen before the mount appears (their threads start in attached()).
+  status_ = std::make_unique<StatusServer>(dcfg_.mountpoint);
   control_ = std::make_unique<ControlServer>(dcfg_.core.source);
   return {};
 }
@@ -66,7 +68,7 @@ Status Fs::start(std::string* why) {
 void Fs::attached(fuse_session* se) {
   se_ = se;
   locks_.emplace(dcfg_.locks);
-  status_ = std::make_unique<StatusServer>(dcfg_.mountpoint, [this] { return status_json(); });
+  status_->run([this] { return status_json(); });
   ControlServer::Target t;
   t.locks = &*locks_;
   t.source_replaced = [this] { return source_replaced(); };
