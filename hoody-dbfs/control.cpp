@@ -28,8 +28,7 @@ void poke(int efd) {
 }
 }  // namespace
 
-ControlServer::ControlServer(const std::string& source_realpath, Target target)
-    : target_(std::move(target)) {
+ControlServer::ControlServer(const std::string& source_realpath) {
   auto log = log::get("fuse");
   socklen_t len = 0;
   sockaddr_un addr = ctl::control_address(source_realpath, &len);
@@ -45,6 +44,11 @@ ControlServer::ControlServer(const std::string& source_realpath, Target target)
   stop_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   log->info("control socket @hoody-dbfs-ctl:{}", source_realpath);
+}
+
+void ControlServer::run(Target target) {
+  if (!listen_ || thread_.joinable()) return;
+  target_ = std::move(target);
   thread_ = std::thread([this] { serve(); });
 }
 

@@ -48,8 +48,12 @@ public:
     std::function<std::string(const std::string&)> database_name;
   };
 
-  ControlServer(const std::string& source_realpath, Target target);
+  // Binds and listens at once (before the mount appears, so a peer that sees
+  // the mount can connect; requests wait in the backlog until run()).
+  explicit ControlServer(const std::string& source_realpath);
   ~ControlServer();
+  // Starts serving (after fuse_daemonize: threads do not survive the fork).
+  void run(Target target);
   ControlServer(const ControlServer&) = delete;
   ControlServer& operator=(const ControlServer&) = delete;
 

@@ -49,9 +49,6 @@ Config config_from(const MountArgs& args) {
   c.locks.lease = ms(args.seconds("lease", 0));
   char buf[PATH_MAX];
   c.mountpoint = ::realpath(args.mountpoint.c_str(), buf) ? buf : args.mountpoint;
-  // Absolute: the daemon reopens SOURCE after a restore (its cwd is then "/"),
-  // and the control socket is named after it.
-  if (::realpath(c.core.source.c_str(), buf)) c.core.source = buf;
   return c;
 }
 
@@ -62,13 +59,16 @@ Fs::~Fs() = default;
 Status Fs::start(std::string* why) {
   HOODY_CHECK(open_source(why));
   HOODY_CHECK(lock_source(why));
+  // Both sockets listen before the mount appears (their threads start in attached()).
+  status_ = std::make_unique<StatusServer>(dcfg_.mountpoint);
+  control_ = std::make_unique<ControlServer>(dcfg_.core.source);
   return {};
 }
 
 void Fs::attached(fuse_session* se) {
   se_ = se;
   locks_.emplace(dcfg_.locks);
-  status_ = std::make_unique<StatusServer>(dcfg_.mountpoint, [this] { return status_json(); });
+  status_->run([this] { return status_json(); });
   ControlServer::Target t;
   t.locks = &*locks_;
   t.source_replaced = [this] { return source_replaced(); };
@@ -79,8 +79,13 @@ void Fs::attached(fuse_session* se) {
     return nlohmann::json{{"holders", rows}};
   };
   t.database_name = [this](const std::string& key) { return database_name(key); };
-  control_ = std::make_unique<ControlServer>(dcfg_.core.source, std::move(t));
+  control_->run(std::move(t));
   watch_ = std::make_unique<SourceWatch>(dcfg_.core.source, [this] { source_replaced(); });
+}
+
+void Fs::destroy() {
+  std::lock_guard g(change_mu_);  // a source change in progress finishes first
+  se_ = nullptr;
 }
 
 Status Fs::lock_source(std::string* why) {
@@ -148,6 +153,12 @@ nlohmann::json Fs::source_replaced() {
              r->epoch, r->stale.size(), r->old_names.size() + r->new_names.size(), stale.size(),
              ms);
   return {{"changed", r->changed}, {"epoch", r->epoch}, {"stale_holders", stale}, {"ms", ms}};
+}
+
+bool Fs::is_shm(fuse_ino_t ino) {
+  std::lock_guard g(meta_mu_);
+  auto it = meta_.find(ino);
+  return it != meta_.end() && it->second.named == lock::FileKind::shm;
 }
 
 std::string Fs::database_name(const std::string& domain) {

@@ -49,6 +49,8 @@ public:
   // After fuse_daemonize: starts the threads (lock manager timer, status
   // socket, source watch); threads made before the fork would be lost.
   void attached(fuse_session* se) override;
+  // The session ends: no kernel notification may use it any more.
+  void destroy() override;
 
   // The lock ops (ops/lock.cpp).
   void getlk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock) override;
@@ -103,6 +105,7 @@ private:
   void classify_for_lock(fuse_ino_t ino);
   Status lock_source(std::string* why);
   std::string database_name(const std::string& domain);
+  bool is_shm(fuse_ino_t ino);
 
   Config dcfg_;
   UniqueFd exclusive_;  // flock(LOCK_EX) on the backing directory while we serve it

@@ -21,8 +21,15 @@ bool writable(const pt::File* f) { return (f->flags & O_ACCMODE) != O_RDONLY; }
 }  // namespace
 
 void Fs::getlk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock* lk) {
-  // A file of a replaced tree (a restore): no lock questions either.
+  // A file of a replaced tree (a restore): no lock questions either; the
+  // -shm of one is answered "unlocked" (see setlk).
   if (stale(*file_of(fi))) {
+    if (is_shm(ino)) {
+      struct flock out = *lk;
+      out.l_type = F_UNLCK;
+      fuse_reply_lock(req, &out);
+      return;
+    }
     fuse_reply_err(req, stale_refusal(req, "getlk", *file_of(fi)).err());
     return;
   }
@@ -49,6 +56,14 @@ void Fs::setlk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock*
   // A file of a replaced tree takes no new lock (unlocks go through, so an
   // application's cleanup works).
   pt::File* f = file_of(fi);
+  if (*type != lock::LockType::unlock && stale(*f) && is_shm(ino)) {
+    // SQLite turns any failed -shm lock into BUSY and retries its read for
+    // about 10 s before SQLITE_PROTOCOL: a no-op grant lets the connection
+    // reach its next write instead, which fails with EIO (SQLITE_IOERR).
+    // Nothing of a replaced tree needs exclusion any more.
+    fuse_reply_err(req, 0);
+    return;
+  }
   if (*type != lock::LockType::unlock && stale(*f)) {
     fuse_reply_err(req, stale_refusal(req, "setlk", *f).err());
     return;
