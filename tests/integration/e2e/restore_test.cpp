@@ -595,3 +595,54 @@ TEST_CASE("snapfs killed at each new step: dbfs resumes at once; the old or the 
     CHECK(count(s.db()) == 1);
   }
 }
+
+TEST_CASE("a hoody-dbfs that does not answer: the restore fails with ETIMEDOUT naming it, a snapshot is crash-consistent") {
+  require_mount_capabilities();
+  System s("allow_other,quiesce_timeout=0.3");
+  {
+    auto h = open_db(s.db());
+    exec(h.get(), "CREATE TABLE t(x INTEGER)");
+    exec(h.get(), "INSERT INTO t VALUES (1)");
+  }
+  s.snapshot("pre");
+  {
+    auto h = open_db(s.db());
+    exec(h.get(), "INSERT INTO t VALUES (2)");
+  }
+  // Stopped: its control socket accepts, nothing answers.
+  REQUIRE(::kill(s.dbfs->pid(), SIGSTOP) == 0);
+  struct Cont {
+    pid_t p;
+    ~Cont() { ::kill(p, SIGCONT); }
+  } cont{s.dbfs->pid()};
+  int err = 0;
+  auto t0 = SteadyClock::now();
+  auto res = s.restore_result("pre\n", &err);
+  double ms = std::chrono::duration<double, std::milli>(SteadyClock::now() - t0).count();
+  CHECK(err == ETIMEDOUT);
+  CHECK(res.value("errno", "") == "ETIMEDOUT");
+  std::string why = res.value("error", "");
+  CHECK_MESSAGE(why.find("hoody-dbfs serving " + s.databases_sv) != std::string::npos, why);
+  CHECK_MESSAGE(why.find("did not answer quiesce") != std::string::npos, why);
+  CHECK(ms < 5000);  // quiesce_timeout + the slack, not forever
+  // Nothing swapped, no safety snapshot.
+  auto lh = open_db(s.live(), 5000, SQLITE_OPEN_READONLY);
+  CHECK(query(lh.get(), "SELECT group_concat(x) FROM (SELECT x FROM t ORDER BY x)") == "1,2");
+  auto all = nlohmann::json::parse(slurp(s.snapshots + "/.hoody/snapshots.json"));
+  CHECK(all.size() == 1);
+  // A snapshot goes on, crash-consistent, and says why.
+  s.snapshot("while-stopped");
+  std::string c = xattr(s.snapshots + "/while-stopped", "user.hoody.consistency");
+  CHECK_MESSAGE(c.rfind("crash hoody-dbfs serving", 0) == 0, c);
+  ::kill(s.dbfs->pid(), SIGCONT);
+  // Going again, it holds nothing for the connections that gave up on it.
+  auto t1 = SteadyClock::now();
+  {
+    auto h = open_db(s.db(), 0);
+    CHECK(exec_rc(h.get(), "INSERT INTO t VALUES (3)") == SQLITE_OK);
+  }
+  CHECK(std::chrono::duration<double, std::milli>(SteadyClock::now() - t1).count() < 1000);
+  CHECK(s.restore("pre") == 0);
+  CHECK(count(s.db()) == 1);
+  MESSAGE("restore with a stopped hoody-dbfs failed after ", ms, " ms: ", why);
+}
