@@ -2,10 +2,16 @@
 
 #include <sys/socket.h>
 
+#include <dirent.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+
 #include <algorithm>
 #include <cstring>
 
 #include "hoody/log.hpp"
+#include "hoody/sys.hpp"
 
 namespace hoody::snapfs {
 
@@ -18,6 +24,38 @@ std::string reply_error(const json& r) {
   std::string e = r.value("errno", std::string("EIO"));
   std::string text = r.value("error", std::string());
   return text.empty() ? e : e + ": " + text;
+}
+
+std::string comm_of(pid_t pid) {
+  auto c = sys::read_file(AT_FDCWD, ("/proc/" + std::to_string(pid) + "/comm").c_str());
+  std::string s = c ? *c : std::string();
+  while (!s.empty() && s.back() == '\n') s.pop_back();
+  return s;
+}
+
+// The pid of the hoody-dbfs serving `path`.  SO_PEERCRED names the process
+// that called listen(): a daemonized dbfs listens before it forks, so that
+// pid may be gone; then the hoody-dbfs whose command line names `path`.
+pid_t server_pid(pid_t cred_pid, const std::string& path) {
+  if (cred_pid > 0 && comm_of(cred_pid).rfind("hoody-dbfs", 0) == 0) return cred_pid;
+  auto proc = sys::opendir_at(AT_FDCWD, "/proc");
+  if (!proc) return 0;
+  while (auto* e = ::readdir(proc->get())) {
+    char* end = nullptr;
+    long pid = std::strtol(e->d_name, &end, 10);
+    if (!end || *end || pid <= 0) continue;
+    if (comm_of(static_cast<pid_t>(pid)).rfind("hoody-dbfs", 0) != 0) continue;
+    auto cmd = sys::read_file(AT_FDCWD, ("/proc/" + std::string(e->d_name) + "/cmdline").c_str());
+    if (!cmd) continue;
+    for (size_t at = 0; at < cmd->size();) {
+      std::string arg = cmd->c_str() + at;
+      at += arg.size() + 1;
+      char real[PATH_MAX];
+      if (!arg.empty() && arg[0] == '/' && ::realpath(arg.c_str(), real) && path == real)
+        return static_cast<pid_t>(pid);
+    }
+  }
+  return 0;
 }
 
 std::string transport_error(int err, const std::string& path, const char* op, ms bound) {
@@ -59,7 +97,8 @@ DbfsPeers::Peer* DbfsPeers::peer(const std::string& sv) {
   auto p = std::make_unique<Peer>(Peer{sv, path, std::move(*c), 0, false});
   struct ucred cred {};
   socklen_t len = sizeof cred;
-  if (::getsockopt(p->client.fd(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) p->pid = cred.pid;
+  if (::getsockopt(p->client.fd(), SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) cred.pid = 0;
+  p->pid = server_pid(cred.pid, path);
   peers_.push_back(std::move(p));
   return peers_.back().get();
 }

@@ -646,3 +646,64 @@ TEST_CASE("a hoody-dbfs that does not answer: the restore fails with ETIMEDOUT n
   CHECK(count(s.db()) == 1);
   MESSAGE("restore with a stopped hoody-dbfs failed after ", ms, " ms: ", why);
 }
+
+TEST_CASE("restore --if-idle with a daemonized hoody-dbfs: refuses while a connection is open, then restores") {
+  require_mount_capabilities();
+  BtrfsPool pool;
+  pool.make_dir("containers");
+  std::string c = pool.make_dir("containers/c1");
+  pool.make_subvolume("containers/c1/storage");
+  std::string dsv = pool.make_subvolume("containers/c1/databases");
+  std::string dbm = pool.make_temp_dir("databases"), snm = pool.make_temp_dir("snapshots");
+  // As fstab starts it: without -f, it forks after it listens.
+  auto id = register_resource(Resource::fuse_mount, dbm);
+  ExitInfo start = run({env("HOODY_DBFS"), "-o", "allow_other", dsv, dbm}, 20s);
+  REQUIRE_MESSAGE(start.ok(), start.describe());
+  struct Unmount {
+    std::string m;
+    std::uint64_t id;
+    ~Unmount() {
+      run({"fusermount3", "-u", m});
+      release(id);
+    }
+  } unmount{dbm, id};
+  Daemon snapfs({env("HOODY_SNAPFS"), "-f", "-o", "allow_other", c, snm}, snm,
+                pool.dir() + "/snapfs.log");
+  {
+    auto h = open_db(dbm + "/app.db");
+    exec(h.get(), "CREATE TABLE t(x INTEGER)");
+  }
+  REQUIRE(::mkdir((snm + "/pre").c_str(), 0755) == 0);
+  {
+    auto h = open_db(dbm + "/app.db");
+    exec(h.get(), "INSERT INTO t VALUES (1)");
+  }
+  // Nothing open: the daemon itself (its fds into the subvolume) is no user.
+  auto r = run({env("HOODY_SNAP"), "--mount", snm, "restore", "--if-idle", "pre"});
+  CHECK_MESSAGE(r.exit_code == 0, r.describe(), snapfs.log());
+  // A connection open: refused, with its pid.
+  Pipe ready, done;
+  std::string db = dbm + "/app.db";
+  Child holder([&] {
+    sqlite3* h = nullptr;
+    if (sqlite3_open(db.c_str(), &h) != SQLITE_OK) return 1;
+    sqlite3_exec(h, "SELECT count(*) FROM t", nullptr, nullptr, nullptr);
+    ready.signal();
+    done.wait_signal(60s);
+    sqlite3_close(h);
+    return 0;
+  });
+  REQUIRE(ready.wait_signal());
+  r = run({env("HOODY_SNAP"), "--mount", snm, "restore", "--if-idle", "pre"});
+  CHECK(r.exit_code == 1);
+  CHECK_MESSAGE(r.output.find("  " + std::to_string(holder.pid()) + " ") != std::string::npos,
+                r.describe());
+  CHECK_MESSAGE(r.output.find("app.db") != std::string::npos, r.describe());
+  // Without --if-idle: restored, and the holder is named as one to restart.
+  r = run({env("HOODY_SNAP"), "--mount", snm, "restore", "pre"});
+  CHECK_MESSAGE(r.exit_code == 0, r.describe());
+  CHECK_MESSAGE(r.output.find("restart them") != std::string::npos, r.describe());
+  CHECK(r.output.find("  " + std::to_string(holder.pid()) + " ") != std::string::npos);
+  done.signal();
+  holder.wait();
+}
