@@ -420,16 +420,18 @@ TEST_CASE("restore through .hoody/restore") {
   // Restores at once from several processes, each with an fd opened before:
   // the kernel serialises their writes, the first one restores, the others
   // find that a restore ran since they opened the file: EBUSY.
-  Pipe go;
+  Pipe opened, go;
   std::string ctl = fs.at(".hoody/restore");
   std::vector<Child> kids;
   for (int i = 0; i < 4; ++i)
-    kids.emplace_back([&go, ctl]() -> int {
+    kids.emplace_back([&opened, &go, ctl]() -> int {
       int fd = ::open(ctl.c_str(), O_WRONLY);
       if (fd < 0) return 100;
+      opened.signal();
       if (!go.wait_signal()) return 101;
       return err_of(static_cast<int>(::write(fd, "good\n", 5)) < 0 ? -1 : 0);
     });
+  for (int i = 0; i < 4; ++i) REQUIRE(opened.wait_signal());
   for (int i = 0; i < 4; ++i) go.signal();
   int done = 0;
   for (auto& k : kids) {
