@@ -431,7 +431,8 @@ Result<std::shared_ptr<const std::string>> Fs::open_diff(
   // new snapshot of the same name afterwards is another key).
   HOODY_TRY(from, store_->diff_side(spec->from));
   HOODY_TRY(to, store_->diff_side(spec->to));
-  std::string key = from.identity + ".." + to.identity;
+  // "//" occurs in no identity (a subvolume name is never empty).
+  std::string key = from.identity + "//" + to.identity;
   // The live state moves: shared while in flight, never kept.
   bool keep = !from.live() && !to.live();
   auto ticket = diff_cache_->ticket();
