@@ -141,7 +141,9 @@ Status Fs::start(std::string* why) {
   audit_fd_ = std::move(*afd);
   store_ = std::move(*store);
   diff_cache_ = std::make_unique<DiffCache>(
-      DiffCacheOptions{static_cast<std::size_t>(scfg_.diff_cache_mb) << 20, kDiffJobs},
+      DiffCacheOptions{static_cast<std::size_t>(std::min<uint64_t>(scfg_.diff_cache_mb, 1u << 20))
+                           << 20,
+                       kDiffJobs},
       [this](std::function<void()> job) { offload(std::move(job)); });
   root_mtime_ = now_seconds();
   HOODY_CHECK(open_source(why));

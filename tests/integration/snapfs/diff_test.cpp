@@ -330,3 +330,15 @@ TEST_CASE("diff: 40 concurrent readers of a large diff share one computation and
   // (~100 MiB at 100k files), not 40 of them.
   CHECK(rss_peak - rss_before < 200 * 1024);
 }
+
+TEST_CASE("diff: -o diff_cache_mb=0 keeps no diff") {
+  require_mount_capabilities();
+  Snapfs fs;
+  fs.start("allow_other,diff_cache_mb=0");
+  REQUIRE(::mkdir(fs.at("a").c_str(), 0755) == 0);
+  write_file(fs.storage + "/new", "x\n");
+  REQUIRE(::mkdir(fs.at("b").c_str(), 0755) == 0);
+  CHECK(slurp(fs.at(".hoody/diff/a..b")) == "+ storage/new\n");
+  CHECK(slurp(fs.at(".hoody/diff/a..b")) == "+ storage/new\n");
+  CHECK(fs.computations() == 2);
+}
