@@ -215,7 +215,8 @@ void DiffCache::run_one(const EntryPtr& e) {
   Result<std::shared_ptr<const DiffText>> r = e->compute();
   // The computation's own buffers (send stream, parsed commands) are gone.
   trim_heap(kTrimThreshold);
-  double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  auto took = std::chrono::steady_clock::now() - t0;
+  double ms = std::chrono::duration<double, std::milli>(took).count();
   if (r)
     log::get("snap")->debug("op=diff_compute key={} lines={} bytes={} ms={:.1f} -> ok", e->key,
                             (*r)->lines(), (*r)->bytes(), ms);

@@ -115,7 +115,8 @@ int print_digest(const std::string& path) {
     size += static_cast<uint64_t>(n);
   }
   ::close(fd);
-  std::printf("%llu %llx\n", static_cast<unsigned long long>(size), static_cast<unsigned long long>(h));
+  std::printf("%llu %llx\n", static_cast<unsigned long long>(size),
+              static_cast<unsigned long long>(h));
   return 0;
 }
 
@@ -329,6 +330,23 @@ TEST_CASE("diff: 40 concurrent readers of a large diff share one computation and
   // One computation at a time for one pair: the peak is one computation's
   // (~100 MiB at 100k files), not 40 of them.
   CHECK(rss_peak - rss_before < 200 * 1024);
+
+  // Concurrent readers of a..@live share one computation too (never cached).
+  std::vector<Child> live;
+  for (int i = 0; i < 8; ++i)
+    live.emplace_back([&] {
+      go.wait_signal(60s);
+      return print_digest(fs.at(".hoody/diff/a..@live"));
+    }, ChildOptions{.as_nobody = i % 2 == 1, .timeout = 180s});
+  for (int i = 0; i < 8; ++i) go.signal();
+  for (size_t i = 0; i < live.size(); ++i) {
+    auto r = live[i].wait();
+    CHECK_MESSAGE(r.ok(), r.describe());
+    CHECK(r.output == (i % 2 ? nobody_out[0] : root_out[0]));
+  }
+  CHECK(fs.computations() == 3);
+  auto left = run({"ls", "-A", fs.source + "/.snapshots"});
+  CHECK_MESSAGE(left.output.find(".diff-") == std::string::npos, left.output);
 }
 
 TEST_CASE("diff: -o diff_cache_mb=0 keeps no diff") {

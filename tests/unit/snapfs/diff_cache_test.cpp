@@ -172,7 +172,8 @@ TEST_CASE("DiffText: a line is shown iff every ancestor is searchable where the 
   Tree c;
   c.dirs["storage"] = dir(0755);
   c.dirs["storage/privdir"] = dir(0700, 1000, 1000);
-  auto owned = DiffText::build({{ChangeKind::added, "storage/privdir/inner", ""}}, c.stat(), c.stat());
+  auto owned =
+      DiffText::build({{ChangeKind::added, "storage/privdir/inner", ""}}, c.stat(), c.stat());
   CHECK(owned->text_for(Reader{1000, 1000, {}}) == owned->text());
   CHECK(*owned->text_for(Reader{1001, 1000, {}}) == "");         // group has no x
   CHECK(*owned->text_for(Reader{kNobody, kNobody, {}}) == "");
@@ -232,8 +233,9 @@ TEST_CASE("DiffCache: keep=false shares a computation in flight but never caches
     gate.wait();
     return text_of({{ChangeKind::added, "storage/x", ""}});
   };
-  auto a = std::async(std::launch::async, [&] { return cache.get("a..@live", false, cache.ticket(), compute); });
-  auto b = std::async(std::launch::async, [&] { return cache.get("a..@live", false, cache.ticket(), compute); });
+  auto live = [&] { return cache.get("a..@live", false, cache.ticket(), compute); };
+  auto a = std::async(std::launch::async, live);
+  auto b = std::async(std::launch::async, live);
   CHECK(eventually([&] { return cache.stats().joined == 1; }));
   gate.release();
   auto ra = a.get(), rb = b.get();
@@ -395,7 +397,8 @@ TEST_CASE("DiffCache: a queued computation nobody waits for any more is dropped"
     queued_ran = true;
     return text_of({});
   };
-  auto a = std::async(std::launch::async, [&] { return cache.get("busy", true, cache.ticket(), slow); });
+  auto a =
+      std::async(std::launch::async, [&] { return cache.get("busy", true, cache.ticket(), slow); });
   CHECK(eventually([&] { return cache.stats().running == 1; }));
   auto t = cache.ticket();
   auto b = std::async(std::launch::async, [&] { return cache.get("later", true, t, queued); });
