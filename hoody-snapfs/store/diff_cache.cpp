@@ -283,13 +283,14 @@ Result<std::shared_ptr<const DiffText>> DiffCache::get(const std::string& key, b
     queue_.push_back(e);
     stats_.queued = queue_.size();
   }
+  // Counted before m_ is let go below: a queued entry nobody waits for is dropped.
+  ++e->waiters;
   auto startable = take_startable();
   if (!startable.empty()) {
     g.unlock();
     start(std::move(startable));
     g.lock();
   }
-  ++e->waiters;
   cv_.wait(g, [&] { return e->state == Entry::State::done || interrupted_.count(t); });
   --e->waiters;
   if (e->state != Entry::State::done) {
