@@ -420,3 +420,73 @@ TEST_CASE("share_text frees and trims") {
   CHECK(trim_heap(kTrimThreshold));
   CHECK(!trim_heap(10));
 }
+
+TEST_CASE("DiffCache: many threads, random keys, interrupts and evictions stay consistent") {
+  auto text_for_key = [](const std::string& k) {
+    return text_of({{ChangeKind::added, k + std::string(1000, 'x'), ""}});
+  };
+  size_t one = text_for_key("k0")->bytes();
+  DiffCache cache({one * 3, 2}, threads());
+  std::atomic<int> computed{0}, ok{0}, eintr{0}, wrong{0};
+  std::mutex tm;
+  std::vector<DiffCache::Ticket> pending;
+  std::vector<std::thread> workers;
+  for (int w = 0; w < 8; ++w)
+    workers.emplace_back([&, w] {
+      unsigned seed = static_cast<unsigned>(w) * 7919u + 1;
+      for (int i = 0; i < 200; ++i) {
+        seed = seed * 1103515245u + 12345u;
+        std::string key = "k" + std::to_string((seed >> 16) % 6);
+        bool keep = (seed >> 8) % 4 != 0;
+        auto t = cache.ticket();
+        {
+          std::lock_guard g(tm);
+          pending.push_back(t);
+        }
+        auto r = cache.get(key, keep, t, [&, key]() -> Result<std::shared_ptr<const DiffText>> {
+          ++computed;
+          std::this_thread::sleep_for(std::chrono::microseconds(200));
+          return text_for_key(key);
+        });
+        if (r) {
+          ++ok;
+          if (*(*r)->text() != "+ " + key + std::string(1000, 'x') + "\n") ++wrong;
+        } else if (r.err() == EINTR) {
+          ++eintr;
+        } else {
+          ++wrong;
+        }
+      }
+    });
+  std::atomic<bool> stop{false};
+  std::thread interrupter([&] {
+    unsigned seed = 42;
+    while (!stop) {
+      DiffCache::Ticket t = 0;
+      {
+        std::lock_guard g(tm);
+        seed = seed * 1103515245u + 12345u;
+        // One of the newest tickets: likely still waiting.
+        size_t window = std::min<size_t>(pending.size(), 8);
+        if (window) t = pending[pending.size() - 1 - (seed >> 16) % window];
+      }
+      if (t) cache.interrupt(t);
+      std::this_thread::sleep_for(std::chrono::microseconds(300));
+    }
+  });
+  for (auto& w : workers) w.join();
+  stop = true;
+  interrupter.join();
+  CHECK(wrong == 0);
+  CHECK(ok + eintr == 8 * 200);
+  CHECK(eintr > 0);
+  CHECK(eventually([&] { return cache.stats().running == 0; }));
+  auto s = cache.stats();
+  CHECK(s.queued == 0);
+  CHECK(s.bytes <= one * 3);
+  CHECK(s.entries <= 3);
+  CHECK(s.bytes == s.entries * one);
+  MESSAGE("gets ", ok + eintr, ": ", ok.load(), " ok, ", eintr.load(), " EINTR; ",
+          computed.load(), " computed, ", s.hits, " hits, ", s.joined, " joined, ", s.evicted,
+          " evicted");
+}
