@@ -213,6 +213,7 @@ void Fs::prune_loop() {
     }
     if (std::chrono::steady_clock::now() >= next) {
       prune_once();
+      diff_cache_->drop_idle(std::chrono::steady_clock::now());
       next = std::chrono::steady_clock::now() + interval;
     }
     g.lock();

@@ -239,6 +239,7 @@ void DiffCache::run_one(const EntryPtr& e) {
       lru_.push_front(e->key);
       e->lru = lru_.begin();
       e->cached = true;
+      e->used = std::chrono::steady_clock::now();
       stats_.bytes += e->value->bytes();
       ++stats_.entries;
       dropped = evict_over_budget();
@@ -269,6 +270,7 @@ Result<std::shared_ptr<const DiffText>> DiffCache::get(const std::string& key, b
     e = it->second;
     if (e->cached) {
       ++stats_.hits;
+      e->used = std::chrono::steady_clock::now();
       lru_.splice(lru_.begin(), lru_, e->lru);
       finish();
       return e->value;
@@ -330,6 +332,28 @@ void DiffCache::clear() {
     lru_.clear();
     stats_.bytes = 0;
     stats_.entries = 0;
+  }
+}
+
+void DiffCache::drop_idle(std::chrono::steady_clock::time_point now) {
+  std::vector<std::shared_ptr<const DiffText>> dropped;
+  {
+    std::lock_guard g(m_);
+    // lru_ is in order of use: the idle ones are at its end.
+    while (!lru_.empty()) {
+      auto it = entries_.find(lru_.back());
+      if (it != entries_.end() && now - it->second->used < opts_.idle) break;
+      lru_.pop_back();
+      if (it == entries_.end()) continue;
+      EntryPtr e = it->second;
+      entries_.erase(it);
+      stats_.bytes -= e->value->bytes();
+      --stats_.entries;
+      ++stats_.expired;
+      e->cached = false;
+      dropped.push_back(e->value);
+      log::get("snap")->debug("op=diff_cache key={} -> dropped, unused", e->key);
+    }
   }
 }
 

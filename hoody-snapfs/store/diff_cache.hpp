@@ -17,6 +17,7 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -111,6 +112,7 @@ private:
 struct DiffCacheOptions {
   std::size_t budget = 64u << 20;  // bytes of finished diffs kept
   std::size_t max_running = 2;     // distinct computations at once; more queue
+  std::chrono::milliseconds idle{600000};  // drop_idle() drops diffs unused this long
 };
 
 class DiffCache {
@@ -147,6 +149,7 @@ public:
     uint64_t joined = 0;       // gets that waited for a computation in flight
     uint64_t interrupted = 0;  // gets answered EINTR
     uint64_t evicted = 0;      // cached diffs dropped for the budget
+    uint64_t expired = 0;      // cached diffs dropped by drop_idle()
     std::size_t bytes = 0;     // of the cached diffs
     std::size_t entries = 0;   // cached diffs
     std::size_t running = 0, queued = 0;
@@ -154,6 +157,9 @@ public:
   Stats stats() const;
   // Drops every cached diff (open files keep theirs).
   void clear();
+  // Drops the cached diffs not used for opts.idle before `now` (the daemon
+  // calls it from its background thread): memory goes back when nobody looks.
+  void drop_idle(std::chrono::steady_clock::time_point now);
 
 private:
   struct Entry {
@@ -166,6 +172,7 @@ private:
     std::size_t waiters = 0;
     bool cached = false;
     std::list<std::string>::iterator lru;
+    std::chrono::steady_clock::time_point used;  // last get() of a cached entry
   };
   using EntryPtr = std::shared_ptr<Entry>;
   // Entries to start: moved out of queue_ (under m_), started after unlocking.

@@ -490,3 +490,31 @@ TEST_CASE("DiffCache: many threads, random keys, interrupts and evictions stay c
           computed.load(), " computed, ", s.hits, " hits, ", s.joined, " joined, ", s.evicted,
           " evicted");
 }
+
+TEST_CASE("DiffCache: drop_idle drops the diffs unused for opts.idle") {
+  DiffCache cache({64 << 20, 2, std::chrono::milliseconds(300)}, threads());
+  auto make = [](const char* k) {
+    return [k]() -> Result<std::shared_ptr<const DiffText>> {
+      return text_of({{ChangeKind::added, k, ""}});
+    };
+  };
+  CHECK(cache.get("old", true, cache.ticket(), make("old")));
+  CHECK(cache.get("new", true, cache.ticket(), make("new")));
+  cache.drop_idle(std::chrono::steady_clock::now());
+  CHECK(cache.stats().entries == 2);
+  std::this_thread::sleep_for(400ms);
+  auto reused = std::chrono::steady_clock::now();
+  CHECK(cache.get("old", true, cache.ticket(), make("old")));  // used again: kept longer
+  // "new" was last used 400 ms or more before `reused`, "old" after it.
+  cache.drop_idle(reused + std::chrono::milliseconds(299));
+  CHECK(cache.stats().entries == 1);  // "new" went
+  CHECK(cache.get("old", true, cache.ticket(), make("old")));
+  CHECK(cache.stats().computed == 2);
+  cache.drop_idle(std::chrono::steady_clock::now() + std::chrono::seconds(1));
+  auto s = cache.stats();
+  CHECK(s.entries == 0);
+  CHECK(s.bytes == 0);
+  CHECK(s.expired == 2);
+  CHECK(cache.get("old", true, cache.ticket(), make("old")));
+  CHECK(cache.stats().computed == 3);
+}
