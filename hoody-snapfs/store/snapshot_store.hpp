@@ -206,7 +206,7 @@ private:
   Status purge(const char* dir_name, const char* op);
   Status purge_restored(const std::string& work);
   Status check_name(std::string_view action, std::string_view name, std::string_view what,
-                    const Caller& caller);
+                    const Caller& caller, bool is_new = true);
   // diff() of resolved sides; `with_trees` sees the two tree directories
   // (.snapshots/<uuid> or .diff-<uuid>) and the changes before they go.
   using WithTrees = std::function<void(int old_fd, int new_fd, std::vector<send::Change>&)>;
