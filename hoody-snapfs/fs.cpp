@@ -21,6 +21,7 @@ namespace hoody::snapfs {
 
 namespace {
 constexpr const char* kAuditFile = "audit.log";
+constexpr std::size_t kDiffJobs = 2;  // distinct diffs computed at once; more queue
 int64_t now_seconds() { return static_cast<int64_t>(::time(nullptr)); }
 int64_t secs(TimePoint t) {
   return std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count();
@@ -52,7 +53,9 @@ OptionTable options() {
       .add({"default_expiry", OptKind::string, "expiry of new snapshots: +N with m, h, d or w (+7d)"})
       .add({"prune_interval", OptKind::seconds, "seconds between sweeps for expired snapshots (60)"})
       .add({"quiesce_timeout", OptKind::seconds,
-            "seconds a snapshot or restore waits for database transactions in flight (2)"});
+            "seconds a snapshot or restore waits for database transactions in flight (2)"})
+      .add({"diff_cache_mb", OptKind::uint,
+            "MiB of computed .hoody/diff/ results kept for the next reader (64; 0: none)"});
   return t;
 }
 
@@ -68,6 +71,7 @@ Config config_from(const MountArgs& args) {
   c.quiesce_timeout = args.seconds("quiesce_timeout", c.quiesce_timeout);
   c.allow_users = args.str("allow_users");
   c.allow_groups = args.str("allow_groups");
+  c.diff_cache_mb = args.uint("diff_cache_mb", c.diff_cache_mb);
   if (!c.default_expiry.empty()) {
     std::string why;
     auto e = parse_expiry(c.default_expiry, TimePoint{}, &why);
@@ -150,6 +154,11 @@ Status Fs::start(std::string* why) {
   store_fd_ = std::move(sdir);
   audit_fd_ = std::move(*afd);
   store_ = std::move(*store);
+  diff_cache_ = std::make_unique<DiffCache>(
+      DiffCacheOptions{static_cast<std::size_t>(std::min<uint64_t>(scfg_.diff_cache_mb, 1u << 20))
+                           << 20,
+                       kDiffJobs},
+      [this](std::function<void()> job) { offload(std::move(job)); });
   root_mtime_ = now_seconds();
   // open() finished or undid a restore interrupted by a crash: the hoody-dbfs
   // of each scope subvolume is told, so that it serves what is there now
@@ -234,6 +243,7 @@ void Fs::prune_loop() {
     }
     if (std::chrono::steady_clock::now() >= next) {
       prune_once();
+      diff_cache_->drop_idle(std::chrono::steady_clock::now());
       next = std::chrono::steady_clock::now() + interval;
     }
     g.lock();
@@ -453,27 +463,29 @@ fuse_entry_param Fs::virtual_entry(uint64_t ino) {
   return e;
 }
 
-Result<std::string> Fs::compute_diff(const std::string& node_name) {
+Result<std::shared_ptr<const std::string>> Fs::open_diff(
+    const std::string& node_name, const Who& c,
+    const std::function<void(DiffCache::Ticket)>& on_wait) {
   auto spec = vdir::parse_diff_name(node_name);
   if (!spec) return fail(ENOENT);
-  // The store folds the send streams of each scope subvolume (and takes
-  // temporary read-only snapshots of the live state for @live).
-  HOODY_TRY(changes, store_->diff(spec->from, spec->to));
-  std::string out;
-  for (auto& c : changes) out += send::format(c) + "\n";
-  // A nested subvolume is an empty directory in a snapshot (BTRFS stops at
-  // subvolume boundaries): said as what it is, on either side.
-  std::vector<std::string> nested;
-  for (const auto& side : {spec->from, spec->to}) {
-    if (side == vdir::kLiveName) {
-      if (auto n = store_->live_nested(); n) nested.insert(nested.end(), n->begin(), n->end());
-    } else if (auto s = store_->get(side); s) {
-      nested.insert(nested.end(), s->nested.begin(), s->nested.end());
-    }
-  }
-  std::sort(nested.begin(), nested.end());
-  nested.erase(std::unique(nested.begin(), nested.end()), nested.end());
-  for (const auto& n : nested) out += "! " + n + ": nested subvolume, not captured\n";
+  // The key: both sides' uuids and generations, resolved now (a rename or a
+  // new snapshot of the same name afterwards is another key).
+  HOODY_TRY(from, store_->diff_side(spec->from));
+  HOODY_TRY(to, store_->diff_side(spec->to));
+  // "//" occurs in no identity (a subvolume name is never empty).
+  std::string key = from.identity + "//" + to.identity;
+  // The live state moves: shared while in flight, never kept.
+  bool keep = !from.live() && !to.live();
+  auto ticket = diff_cache_->ticket();
+  on_wait(ticket);
+  HOODY_TRY(text, diff_cache_->get(key, keep, ticket, [this, from, to] {
+    // The store folds the send streams of each scope subvolume (and takes
+    // temporary read-only snapshots of the live state for @live).
+    return store_->diff_text(from, to);
+  }));
+  auto out = text->text_for(Reader{c.uid, c.gid, c.groups});
+  log::get("snap")->debug("op=open_diff name={} uid={} lines={} bytes={} shown={}", node_name,
+                          c.uid, text->lines(), text->text()->size(), out->size());
   return out;
 }
 

@@ -10,6 +10,11 @@
 //   with open_by_handle_at on the next use.
 // - Creation runs with the caller's fsuid/fsgid, so new files belong to the
 //   caller and the backing filesystem applies setgid-directory rules.
+// - The source has an epoch: reroot() (a restore exchanged the subvolume at
+//   SOURCE) starts a new one.  Inodes and open files of an older epoch are
+//   stale: the daemon closes its fds into the old tree, requests relative to
+//   a stale inode give ESTALE, changes through a stale file give EIO (logged
+//   once per pid); unlock, flush, release and reads still work.
 //
 // Daemons build on it by subclassing PassthroughFs and overriding the hooks at
 // the bottom (lock handling for hoody-dbfs; access policy, read-only and
