@@ -128,7 +128,7 @@ Status check_name(const char* kind, const std::string& name, std::string* why) {
 
 Result<std::string> normalize_source(const std::string& path, const std::string& owner,
                                      std::string* why) {
-  std::string shown = "path " + escape(path);
+  std::string shown = "path " + path;
   if (path.find('\0') != std::string::npos)
     return fail(refuse(why, EINVAL, shown + " contains a NUL byte").error());
   if (!valid_utf8(path))
@@ -158,7 +158,7 @@ Result<UniqueFd> open_source(int storage_fd, const std::string& path, const std:
   auto fd = sys::open_beneath(storage_fd, path.c_str(), O_PATH | O_DIRECTORY);
   if (fd) return fd;
   int e = fd.error().value();
-  std::string shown = "path " + escape(path);
+  std::string shown = "path " + path;
   std::string store = owner + "'s storage";
   switch (e) {
     case EXDEV: (void)refuse(why, e, shown + " is outside " + store); break;
@@ -179,21 +179,21 @@ Result<Registry> Registry::open(const std::string& pool, std::string* why) {
   r.pool_ = pool;
   auto fd = sys::open(pool.c_str(), O_PATH | O_DIRECTORY);
   if (!fd) {
-    (void)refuse(why, fd.error().value(), "pool " + escape(pool) + ": " + fd.error().message());
+    (void)refuse(why, fd.error().value(), "pool " + pool + ": " + fd.error().message());
     return fail(fd.error());
   }
   r.pool_fd_ = std::move(*fd);
   auto sig = ChangeSignal::open_for_pool(r.pool_fd_.get());
   if (!sig) {
     (void)refuse(why, sig.error().value(),
-                 "change signal of pool " + escape(pool) + ": " + sig.error().message());
+                 "change signal of pool " + pool + ": " + sig.error().message());
     return fail(sig.error());
   }
   r.signal_.emplace(std::move(*sig));
   auto db = sql::Db::open(pool + "/" + kRegistryFile);
   if (!db) {
     (void)refuse(why, db.error().value(),
-                 escape(pool) + "/" + kRegistryFile + ": " + db.error().message());
+                 pool + "/" + kRegistryFile + ": " + db.error().message());
     return fail(db.error());
   }
   r.db_ = std::move(*db);
@@ -392,7 +392,7 @@ Result<UniqueFd> Registry::open_storage(const std::string& owner, std::string* w
   auto fd = sys::open_beneath(pool_fd_.get(), rel.c_str(), O_PATH | O_DIRECTORY, 0,
                               RESOLVE_NO_SYMLINKS);
   if (!fd)
-    (void)refuse(why, fd.error().value(), owner + " has no storage directory " + escape(pool_) +
+    (void)refuse(why, fd.error().value(), owner + " has no storage directory " + pool_ +
                                               "/" + rel + ": " + fd.error().message());
   return fd;
 }

@@ -16,7 +16,8 @@
 // owner: receipts are made for the members at offer time and for a container
 // when it joins.
 //
-// Every refusal is an errno plus a reason for a person in *why:
+// Every refusal is an errno plus a reason for a person in *why (raw text: a
+// path in it may hold control characters; whoever prints it escapes it):
 //   offer "x": path ../x is outside c1's storage
 #pragma once
 
