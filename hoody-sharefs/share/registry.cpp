@@ -255,22 +255,26 @@ Status Registry::log_event(const std::string& actor, const char* action, const s
   return q.run();
 }
 
-// body(std::string& detail, std::string* why) -> Status.  On success the event,
-// the generation bump and the change are one transaction, then the signal is
-// published; a refusal is logged as an event of its own.
+// body(std::string& detail, std::string* why, bool& unchanged) -> Status.  On
+// success the event, the generation bump and the change are one transaction,
+// then the signal is published; a body that found nothing to change sets
+// `unchanged` (no event, no new generation); a refusal is logged as an event
+// of its own.
 template <typename F>
 Status Registry::write(const char* action, const std::string& actor, const std::string& subject,
                        F&& body, std::string* why) {
   std::string detail, reason;
-  bool refused = false;
+  bool refused = false, unchanged = false;
   auto s = immediate(db_, [&]() -> Status {
     detail.clear();
     reason.clear();
-    auto b = body(detail, &reason);
+    unchanged = false;
+    auto b = body(detail, &reason, unchanged);
     if (!b) {
       refused = true;
       return b;
     }
+    if (unchanged) return {};
     HOODY_CHECK(log_event(actor, action, subject, detail, "ok"));
     return bump_generation();
   }, &reason);
@@ -286,6 +290,7 @@ Status Registry::write(const char* action, const std::string& actor, const std::
     if (why) *why = reason;
     return s;
   }
+  if (unchanged) return {};
   signal_->publish();
   log::get("share")->debug("op={} actor={} subject={} {} -> ok", action, actor, escape(subject),
                            escape(detail));
@@ -303,10 +308,14 @@ Result<std::optional<Container>> Registry::container(const std::string& id) {
 Status Registry::add_container(const std::string& id, const std::string& project, std::string* why) {
   HOODY_CHECK(check_name("container", id, why));
   if (!project.empty()) HOODY_CHECK(check_name("project", project, why));
-  return write("container-add", "", id, [&](std::string& detail, std::string* reason) -> Status {
+  return write("container-add", "", id, [&](std::string& detail, std::string* reason, bool& unchanged) -> Status {
     detail = project.empty() ? "no project" : "project " + project;
     HOODY_TRY(have, container(id));
-    if (have && have->project == project) return {};
+    // Again with the same project, or with none for a member: nothing to do.
+    if (have && (have->project == project || project.empty())) {
+      unchanged = true;
+      return {};
+    }
     if (have && !have->project.empty())
       return refuse(reason, EEXIST, "container " + id + " is in project " + have->project +
                                         " already; remove it first");
@@ -352,7 +361,7 @@ Status Registry::add_container(const std::string& id, const std::string& project
 
 Status Registry::remove_container(const std::string& id, std::string* why) {
   HOODY_CHECK(check_name("container", id, why));
-  return write("container-remove", "", id, [&](std::string& detail, std::string* reason) -> Status {
+  return write("container-remove", "", id, [&](std::string& detail, std::string* reason, bool&) -> Status {
     HOODY_TRY(have, container(id));
     if (!have) return refuse(reason, ENOENT, "no such container " + id);
     sql::Stmt n(db_, "SELECT count(*) FROM shares WHERE owner = ? AND state = 'offered'");
@@ -432,7 +441,7 @@ Result<Share> Registry::offer(const Offer& o, std::string* why) {
 
   Share sh;
   std::string subject = o.from + ":" + o.name;
-  auto s = write("offer", o.from, subject, [&](std::string& detail, std::string* r) -> Status {
+  auto s = write("offer", o.from, subject, [&](std::string& detail, std::string* r, bool&) -> Status {
     detail = "source=" + *src + " mode=" + std::string(to_string(o.mode)) + " to=" +
              (o.to_container.empty() ? "project:" + o.to_project : o.to_container);
     HOODY_TRY(owner, container(o.from));
@@ -511,7 +520,7 @@ Status Registry::revoke(const std::string& owner, const std::string& name, std::
   if (!owner.empty())
     if (auto s = check_name("container", owner, &reason); !s) return done(s);
   return done(write("revoke", owner, (owner.empty() ? "" : owner + ":") + name,
-                    [&](std::string& detail, std::string* r) -> Status {
+                    [&](std::string& detail, std::string* r, bool&) -> Status {
     sql::Stmt f(db_, "SELECT id, owner FROM shares WHERE name = ? AND state = 'offered' ORDER BY owner");
     f.bind(1, name);
     std::vector<std::pair<int64_t, std::string>> live;
@@ -571,7 +580,7 @@ Status Registry::apply(const std::string& container_id, const std::string& name,
   if (auto s = validate_share_name(name, &reason); !s) return done(s);
   if (auto s = check_name("container", container_id, &reason); !s) return done(s);
   const char* verb = action == Action::accept ? "accept" : action == Action::reject ? "reject" : "leave";
-  return done(write(verb, container_id, name, [&](std::string& detail, std::string* r) -> Status {
+  return done(write(verb, container_id, name, [&](std::string& detail, std::string* r, bool&) -> Status {
     HOODY_TRY(have, container(container_id));
     if (!have) return refuse(r, ENOENT, "no such container " + container_id);
     // The visible receipt if there is one (names are unique among those),

@@ -451,3 +451,21 @@ TEST_CASE("escape: control characters and backslash, UTF-8 kept; valid_utf8") {
   CHECK_FALSE(valid_utf8("\xed\xa0\x80"));  // surrogate
   CHECK(valid_utf8("\xf0\x9f\x98\x80"));
 }
+
+TEST_CASE("add_container again (hoody-up on every start) changes nothing: no event, no generation") {
+  Fixture f;
+  std::string why;
+  auto g = *f.reg.generation();
+  auto n = f.reg.events(1000)->size();
+  uint64_t sig = f.reg.signal().current();
+  REQUIRE(f.reg.add_container("c1", "p", &why));
+  REQUIRE(f.reg.add_container("c1", "", &why));  // a member stays in its project
+  REQUIRE(f.reg.add_container("c3", "", &why));
+  CHECK(*f.reg.generation() == g);
+  CHECK(f.reg.events(1000)->size() == n);
+  CHECK(f.reg.signal().current() == sig);
+  CHECK((*f.reg.container("c1"))->project == "p");
+  // Joining a project is a change.
+  REQUIRE(f.reg.add_container("c3", "p", &why));
+  CHECK(*f.reg.generation() == g + 1);
+}
