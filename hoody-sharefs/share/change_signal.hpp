@@ -22,6 +22,11 @@
 // and every wait is bounded by its timeout.  The object starts as zero pages,
 // which is a valid state, so creating it needs no constructor race either.
 //
+// The object is created 0600 (root's, like the pool).  Anyone who can write it
+// can only cause spurious wake-ups: a waiter rereads the registry, which is
+// the truth.  The name uses the pool's st_dev/st_ino rather than a hash of
+// its path, so no path spelling (symlinks, trailing slashes) splits a pool.
+//
 // The counter is a hint, not the truth: the registry's own generation (a row
 // in shares.db, bumped in the same transaction as the change) is.  A daemon
 // waits with a timeout of about a second and rereads the registry's

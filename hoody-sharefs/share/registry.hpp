@@ -16,6 +16,15 @@
 // owner: receipts are made for the members at offer time and for a container
 // when it joins.
 //
+// A source path is checked when it is offered (lexically, then opened with
+// openat2 RESOLVE_BENEATH from the owner's storage fd).  The tree can change
+// afterwards, so whoever serves a share resolves it again the same way
+// (open_storage + open_source) each time it opens its root; the string in
+// the registry is never used as a path on its own.
+//
+// A Registry is one SQLite connection without SQLite's mutex: use it from one
+// thread at a time (a daemon gives its watcher thread its own Registry).
+//
 // Every refusal is an errno plus a reason for a person in *why (raw text: a
 // path in it may hold control characters; whoever prints it escapes it):
 //   offer "x": path ../x is outside c1's storage

@@ -281,6 +281,7 @@ TEST_CASE("hoody-share: 8 processes offering and accepting at once, no 'database
   for (int i = 0; i < kProcs; ++i) p.mkdir("c" + std::to_string(i), "data");
   // Every process starts on a shares.db that does not exist yet: schema
   // creation races too.
+  auto t0 = std::chrono::steady_clock::now();
   std::vector<hoody::test::Child> kids;
   for (int i = 0; i < kProcs; ++i) {
     kids.emplace_back([&p, i]() -> int {
@@ -320,6 +321,10 @@ TEST_CASE("hoody-share: 8 processes offering and accepting at once, no 'database
     winners += r.exit_code == 10;
   }
   CHECK(winners == 1);
+  MESSAGE(kProcs, " processes x (add + ", kRounds, " x (offer, accept, list) + race) = ",
+          kProcs * (2 + 3 * kRounds), " hoody-share runs in ",
+          std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count(),
+          " ms");
   // The final state is consistent.
   auto all = nlohmann::json::parse(p({"list", "--json"}).out)["shares"];
   int accepted = 0, race = 0;
