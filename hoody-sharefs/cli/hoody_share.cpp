@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "hoody/log.hpp"
@@ -110,8 +111,12 @@ int main(int argc, char** argv) {
   list->add_flag("--json", json, "print JSON");
 
   std::map<std::string, CLI::App*> verbs;
-  for (const char* v : {"accept", "reject", "leave"}) {
-    auto* s = app.add_subcommand(v, std::string(v) + " a share offered to a container");
+  const std::pair<const char*, const char*> receiver_verbs[] = {
+      {"accept", "accept a share offered to a container"},
+      {"reject", "reject a share offered to a container"},
+      {"leave", "leave a share a container accepted"}};
+  for (auto [v, help] : receiver_verbs) {
+    auto* s = app.add_subcommand(v, help);
     s->add_option("--container", container, "the receiving container")->required();
     s->add_option("NAME", name, "share name")->required();
     verbs[v] = s;
