@@ -36,7 +36,7 @@ SnapshotInfo info_of(const Snapshot& s) {
 }
 }  // namespace
 
-TimePoint time_point(int64_t unix_seconds) { return TimePoint(std::chrono::seconds(unix_seconds)); }
+Result<TimePoint> time_point(int64_t unix_seconds) { return time_from_unix(unix_seconds); }
 
 OptionTable options() {
   auto t = OptionTable::generic();
@@ -148,6 +148,10 @@ Status Fs::start(std::string* why) {
 }
 
 fuse_lowlevel_ops Fs::ops() { return make_ops({}); }
+
+std::function<int(uint64_t)> Fs::tmpfile_errno() {
+  return [](uint64_t nodeid) { return nodeid == FUSE_ROOT_ID || vdir::is_virtual(nodeid) ? EPERM : EROFS; };
+}
 
 void Fs::init(fuse_conn_info* conn) {
   pt::PassthroughFs::init(conn);
@@ -264,6 +268,9 @@ void Fs::audit(const Who& c, const std::string& action, const std::string& name,
     if (!w) log::get("snap")->error("audit log: {}", w.error().message());
   }
   line.pop_back();
+  // JSON escapes C0 controls; a name or value may still carry DEL or C1
+  // controls (U+009B is CSI): escaped too, so a log line cannot drive a terminal.
+  line = escape_control(line, false);
   if (err)
     log::get("snap")->warn("audit {}", line);
   else

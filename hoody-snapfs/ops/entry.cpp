@@ -70,13 +70,21 @@ void Fs::mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode)
               "uid " + std::to_string(c.uid) + " is not root nor in allow_users/allow_groups");
         return fail(EPERM);
       }
-      std::optional<int64_t> expires;
-      if (default_expiry_offset_)
-        expires = static_cast<int64_t>(::time(nullptr)) + *default_expiry_offset_;
       // The store's btrfs calls may take a second (dirty data is flushed): no
       // daemon lock is held here, the other worker threads keep serving.
       CreateOptions opts;
-      if (expires) opts.expires = time_point(*expires);
+      if (default_expiry_offset_) {
+        // Both terms are bounded (the offset by 100 years), the sum is range-checked.
+        int64_t at = static_cast<int64_t>(::time(nullptr)) + *default_expiry_offset_;
+        auto t = time_point(at);
+        if (!t) {
+          audit(c, "create", name, EINVAL, "",
+                "default_expiry " + scfg_.default_expiry + " gives unix time " +
+                    std::to_string(at) + ", out of the store's range (1970..2262)");
+          return fail(EINVAL);
+        }
+        opts.expires = *t;
+      }
       auto s = store_->create(name, c.store(), opts);
       audit(c, "create", name, s.err(), "", s ? "" : s.error().message());
       if (!s) return fail(s.error());

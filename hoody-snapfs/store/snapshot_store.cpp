@@ -370,10 +370,12 @@ Result<std::vector<AuditEntry>> SnapshotStore::audit_log(std::size_t limit) cons
 // ---- names, rename, metadata ------------------------------------------------------
 
 // The name rules plus the reserved kLive; refusals are logged and audited.
+// A new name may not contain ".."; an existing one (made before that rule) may.
 Status SnapshotStore::check_name(std::string_view action, std::string_view name,
-                                 std::string_view what, const Caller& caller) {
+                                 std::string_view what, const Caller& caller, bool is_new) {
   std::string reason;
-  Status v = validate_snapshot_name(name, &reason);
+  Status v = is_new ? validate_snapshot_name(name, &reason)
+                    : validate_existing_snapshot_name(name, &reason);
   if (v && name == kLive) {
     v = fail(EINVAL);
     reason = "snapshot " + quote_name(name) + ": name is reserved for the live state";
@@ -385,7 +387,8 @@ Status SnapshotStore::check_name(std::string_view action, std::string_view name,
 }
 Status SnapshotStore::rename(std::string_view from, std::string_view to, const Caller& caller) {
   const std::string what = std::string(from) + " -> " + std::string(to);
-  for (auto n : {from, to}) HOODY_CHECK(check_name("rename", n, what, caller));
+  HOODY_CHECK(check_name("rename", from, what, caller, false));
+  HOODY_CHECK(check_name("rename", to, what, caller, true));
   std::lock_guard dl(db_mu_);
   Errno err;
   std::string why;

@@ -158,8 +158,14 @@ Result<std::string> parse_restore_request(std::string_view data, std::string* wh
   while (!data.empty() && (data.back() == '\n' || data.back() == '\r' || data.back() == ' '))
     data.remove_suffix(1);
   std::string reason;
-  if (!validate_snapshot_name(data, &reason)) {
+  // An existing name: one with ".." taken before that rule can still be restored.
+  if (!validate_existing_snapshot_name(data, &reason)) {
     if (why) *why = "restore: " + reason;
+    return fail(EINVAL);
+  }
+  // The live state is not a snapshot: EINVAL, as for mkdir @live.
+  if (data == kLiveName) {
+    if (why) *why = "restore: \"@live\" is the live state, not a snapshot; name a snapshot";
     return fail(EINVAL);
   }
   return std::string(data);
