@@ -2,25 +2,11 @@
 
 #include <ctime>
 
+#include "hoody/names.hpp"
+
 namespace hoody::sharefs {
 
-std::string escape(std::string_view s) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(s.size());
-  for (unsigned char c : s) {
-    if (c == '\\') {
-      out += "\\\\";
-    } else if (c < 0x20 || c == 0x7f) {
-      out += "\\x";
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  return out;
-}
+std::string escape(std::string_view s) { return escape_control(s); }
 
 bool valid_utf8(std::string_view s) {
   std::size_t i = 0;

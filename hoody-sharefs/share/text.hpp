@@ -9,8 +9,8 @@
 
 namespace hoody::sharefs {
 
-// Control characters (< 0x20, 0x7f) as \xNN, backslash as "\\"; the rest,
-// also UTF-8, as is.
+// hoody::escape_control (names.hpp): controls as \n, \t, \r, \xNN or \u0080..,
+// bytes that are not UTF-8 as \xNN, backslash as "\\"; the rest as is.
 std::string escape(std::string_view s);
 bool valid_utf8(std::string_view s);
 // Seconds since the epoch as RFC 3339 UTC ("2026-12-01T19:25:25Z").

@@ -439,8 +439,10 @@ TEST_CASE("json: shares.json of a container lists offers and receipts; control c
 }
 
 TEST_CASE("escape: control characters and backslash, UTF-8 kept; valid_utf8") {
-  CHECK(escape("a\nb") == "a\\x0ab");
-  CHECK(escape("tab\there") == "tab\\x09here");
+  CHECK(escape("a\nb") == "a\\nb");
+  CHECK(escape("tab\there") == "tab\\there");
+  CHECK(escape("esc\x1b[2J") == "esc\\x1b[2J");
+  CHECK(escape("bad\xff") == "bad\\xff");
   CHECK(escape("back\\slash") == "back\\\\slash");
   CHECK(escape("\x7f") == "\\x7f");
   CHECK(escape("caf\xc3\xa9") == "caf\xc3\xa9");
