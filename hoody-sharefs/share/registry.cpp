@@ -424,23 +424,32 @@ Result<Share> Registry::offer(const Offer& o, std::string* why) {
   }
   if (!o.to_project.empty())
     if (auto s = check_name("project", o.to_project, &reason); !s) return prefixed(s, reason);
+  // From here on the names are sound: a refused source path (an attempt to
+  // share outside one's storage) is logged as an event, like every refusal.
+  std::string subject = o.from + ":" + o.name;
+  std::string attempt = "source=" + o.source + " mode=" + std::string(to_string(o.mode)) + " to=" +
+                        (o.to_container.empty() ? "project:" + o.to_project : o.to_container);
+  auto logged = [&](Errno e, const std::string& r) -> Result<Share> {
+    std::string ignored;
+    (void)immediate(db_, [&] { return log_event(o.from, "offer", subject, attempt, r); }, &ignored);
+    return prefixed(fail(e), r);
+  };
   auto src = normalize_source(o.source, o.from, &reason);
-  if (!src) return prefixed(fail(src.error()), reason);
+  if (!src) return logged(src.error(), reason);
   // The owner must exist before its storage is looked at.
   {
     auto have = container(o.from);
     if (!have) return prefixed(fail(have.error()), have.error().message());
     if (!*have)
-      return prefixed(fail(ENOENT), "no such container " + o.from +
-                                        " (add it with `hoody-share container add " + o.from + "`)");
+      return logged(Errno(ENOENT), "no such container " + o.from +
+                                       " (add it with `hoody-share container add " + o.from + "`)");
   }
   auto storage = open_storage(o.from, &reason);
-  if (!storage) return prefixed(fail(storage.error()), reason);
+  if (!storage) return logged(storage.error(), reason);
   if (auto fd = open_source(storage->get(), *src, o.from, &reason); !fd)
-    return prefixed(fail(fd.error()), reason);
+    return logged(fd.error(), reason);
 
   Share sh;
-  std::string subject = o.from + ":" + o.name;
   auto s = write("offer", o.from, subject, [&](std::string& detail, std::string* r, bool&) -> Status {
     detail = "source=" + *src + " mode=" + std::string(to_string(o.mode)) + " to=" +
              (o.to_container.empty() ? "project:" + o.to_project : o.to_container);

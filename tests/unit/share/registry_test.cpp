@@ -407,6 +407,15 @@ TEST_CASE("events: who did what, when, with what result (refusals too)") {
   CHECK(has((*ev)[1].result, "not yours to revoke"));
   CHECK((*ev)[2].action == "accept");
   CHECK((*ev)[2].time > 0);
+  // An attempt to share outside one's storage is logged too.
+  REQUIRE_FALSE(f.offer("c1", "../c2/storage", "c2", "", "grab", &why).ok());
+  REQUIRE_FALSE(f.offer("c1", "nope", "c2", "", "grab", &why).ok());
+  ev = f.reg.events(2);
+  REQUIRE(ev->size() == 2);
+  CHECK((*ev)[0].subject == "c1:grab");
+  CHECK(has((*ev)[0].detail, "source=../c2/storage"));
+  CHECK(has((*ev)[0].result, "path ../c2/storage is outside c1's storage"));
+  CHECK(has((*ev)[1].result, "path nope does not exist"));
 }
 
 TEST_CASE("remove_container: its offers are revoked, its receipts dropped, it is forgotten") {
