@@ -35,6 +35,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -42,6 +43,7 @@
 #include <string_view>
 #include <vector>
 
+#include "diff_cache.hpp"
 #include "hoody/result.hpp"
 #include "hoody/send_stream.hpp"
 #include "hoody/unique_fd.hpp"
@@ -154,6 +156,20 @@ public:
   // deleted afterwards) so that it is a send-stream diff too, not a tree walk.
   Result<std::vector<send::Change>> diff(std::string_view from, std::string_view to);
 
+  // One side of a diff, resolved: a snapshot by its uuid, or the live state.
+  struct DiffSide {
+    std::string uuid;      // .snapshots/<uuid>; "" for the live state
+    std::string identity;  // the uuid and each subvolume's generation; "@live"
+    bool live() const { return uuid.empty(); }
+  };
+  // ENOENT if there is no such snapshot.  Two snapshots with equal
+  // identities hold the same trees: a cache key.
+  Result<DiffSide> diff_side(std::string_view name) const;
+  // diff() of resolved sides, as a DiffText: the lines, and the owner and
+  // mode of every ancestor directory of a changed path in each tree, read
+  // while the trees exist (the live state's temporary snapshots included).
+  Result<std::shared_ptr<const DiffText>> diff_text(const DiffSide& from, const DiffSide& to);
+
   // The newest `limit` audit entries, oldest first.
   Result<std::vector<AuditEntry>> audit_log(std::size_t limit = 1000) const;
   // Number of unfinished journal entries (0 after a clean recover()).
@@ -191,6 +207,11 @@ private:
   Status purge_restored(const std::string& work);
   Status check_name(std::string_view action, std::string_view name, std::string_view what,
                     const Caller& caller, bool is_new = true);
+  // diff() of resolved sides; `with_trees` sees the two tree directories
+  // (.snapshots/<uuid> or .diff-<uuid>) and the changes before they go.
+  using WithTrees = std::function<void(int old_fd, int new_fd, std::vector<send::Change>&)>;
+  Result<std::vector<send::Change>> diff_sides(const DiffSide& from, const DiffSide& to,
+                                               const WithTrees& with_trees);
 
   UniqueFd source_;  // SOURCE, O_RDONLY|O_DIRECTORY
   UniqueFd store_;   // SOURCE/.snapshots
