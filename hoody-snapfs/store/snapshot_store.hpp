@@ -47,7 +47,7 @@
 #include "hoody/result.hpp"
 #include "hoody/send_stream.hpp"
 #include "hoody/unique_fd.hpp"
-#include "sqlite.hpp"
+#include "hoody/sqlite.hpp"
 
 namespace hoody::snapfs {
 
