@@ -50,8 +50,8 @@
 #include "hoody/result.hpp"
 #include "hoody/send_stream.hpp"
 #include "hoody/unique_fd.hpp"
+#include "hoody/sqlite.hpp"
 #include "quiesce.hpp"
-#include "sqlite.hpp"
 
 namespace hoody::snapfs {
 
