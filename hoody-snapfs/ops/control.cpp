@@ -12,9 +12,9 @@
 
 #include <cmath>
 #include <cstring>
-#include <nlohmann/json.hpp>
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 
 #include "../fs.hpp"
 #include "hoody/names.hpp"

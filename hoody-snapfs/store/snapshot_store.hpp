@@ -231,7 +231,7 @@ public:
   Result<int64_t> pending_operations() const;
 
   // Every "<op>:<step>" accepted by HOODY_CRASH_AT, in execution order; the
-  // "recover:" ones are reached while recover() undoes a killed restore.
+  // "recover:" ones are reached while recover() finishes a killed restore.
   static const std::vector<std::string>& crash_points();
 
   ~SnapshotStore();
