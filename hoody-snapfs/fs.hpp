@@ -27,6 +27,7 @@
 #include "hoody/daemon.hpp"
 #include "hoody/passthrough.hpp"
 #include "hoody/unique_fd.hpp"
+#include "peers.hpp"
 #include "snapshot_info.hpp"
 #include "store/snapshot_store.hpp"
 #include "vdir/vdir.hpp"
@@ -39,6 +40,10 @@ struct Config {
   std::string default_expiry;         // "+7d", "" for none
   double prune_interval = 60;         // seconds between expiry sweeps
   std::string allow_users, allow_groups;  // ':'-separated
+  // How long a create or restore waits for the database transactions in
+  // flight to finish (hoody-dbfs quiesce); longer ones make a snapshot
+  // crash-consistent.
+  double quiesce_timeout = 2;
   uint64_t diff_cache_mb = 64;        // budget of the diff cache (MiB)
 };
 
@@ -143,6 +148,18 @@ public:
   void changed();
   // Wakes the background thread to finish a restore's deletions (recover()).
   void recover_soon();
+  // The hoody-dbfs daemons of the scope subvolumes, for one create or restore.
+  std::unique_ptr<DbfsPeers> peers();
+  // .hoody/restore: one restore at a time.  A restore fd remembers the
+  // generation it was opened (or last restored) at; a write on it after
+  // another restore ran, or any open while one runs, gives EBUSY.
+  struct RestoreGate {
+    std::mutex m;  // a leaf lock: guards the fields below
+    bool running = false;
+    uint64_t generation = 0;
+  };
+  RestoreGate restore_gate_;
+
   // The contents of .hoody/diff/A..B as `c` may see them (DiffText::text_for),
   // from the diff cache: a pair of snapshots is computed once and kept within
   // the budget; concurrent opens of one pair (@live too) share one
@@ -176,6 +193,7 @@ private:
   std::unique_ptr<DiffCache> diff_cache_;
   dev_t store_dev_ = 0;  // st_dev of SOURCE/.snapshots: the <uuid> dirs live on it
   UniqueFd source_fd_;   // SOURCE, O_RDONLY|O_DIRECTORY
+  std::string source_real_;  // realpath(SOURCE): the dbfs control sockets are named after it
   UniqueFd store_fd_;    // SOURCE/.snapshots, O_RDONLY|O_DIRECTORY
   UniqueFd audit_fd_;    // SOURCE/.snapshots/audit.log, O_APPEND
   std::atomic<int64_t> root_mtime_{0};  // last create/delete/rename/prune/restore
@@ -184,7 +202,6 @@ private:
   std::atomic<uint64_t> changes_{1};
   std::atomic<uint64_t> counted_at_{0};
   std::atomic<size_t> count_{0};
-  std::atomic<bool> restoring_{false};  // one restore at a time: EBUSY for a second
 
   // Guards tops_.  A leaf lock: nothing is called under it.
   std::mutex tops_m_;

@@ -85,7 +85,11 @@ void Fs::mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode)
         }
         opts.expires = *t;
       }
+      // The databases are held while the scope subvolumes are snapshotted.
+      auto dbfs = peers();
+      opts.quiescer = dbfs.get();
       auto s = store_->create(name, c.store(), opts);
+      dbfs.reset();
       audit(c, "create", name, s.err(), "", s ? "" : s.error().message());
       if (!s) return fail(s.error());
       changed();
