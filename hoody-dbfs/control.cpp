@@ -240,6 +240,10 @@ void ControlServer::drain_done() {
 void ControlServer::drop(int conn, const char* why) {
   auto lg = log::get("fuse");
   if (holder_ == conn) {
+    // The peer may have died between its exchange of SOURCE and its
+    // source-replaced call: follow SOURCE first, so that no writer released
+    // here can commit into the tree that recovery will delete.
+    if (target_.source_replaced) (void)target_.source_replaced();
     target_.locks->resume(holder_id_);
     lg->warn("op=quiesce pid={} -> resumed: its connection {} (the peer died or gave up)",
              conns_[conn].pid, why);

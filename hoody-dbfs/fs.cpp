@@ -80,6 +80,13 @@ void Fs::attached(fuse_session* se) {
   };
   t.database_name = [this](const std::string& key) { return database_name(key); };
   control_->run(std::move(t));
+  // HOODY_DBFS_NO_SOURCE_WATCH=1 is for tests only: SOURCE is then followed
+  // only on a source-replaced call (or a dropped quiesce), which makes the
+  // window between a restore's exchange and that call observable.
+  if (const char* off = std::getenv("HOODY_DBFS_NO_SOURCE_WATCH"); off && std::string(off) == "1") {
+    log::get("fuse")->warn("HOODY_DBFS_NO_SOURCE_WATCH=1: SOURCE is not watched (tests only)");
+    return;
+  }
   watch_ = std::make_unique<SourceWatch>(dcfg_.core.source, [this] { source_replaced(); });
 }
 

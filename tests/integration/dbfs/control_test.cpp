@@ -731,3 +731,60 @@ TEST_CASE("issue 11's loop at the dbfs level: 50 restores, a row written right a
   CHECK(rows(db) == kRounds);
   CHECK(rows(r.live + "/app.db") == kRounds);
 }
+
+TEST_CASE("kill -9 of a quiescer between its exchange and source-replaced: the writer it held never "
+          "commits into the replaced tree") {
+  // Without the inotify watch, the exchange below is seen by dbfs only when
+  // the dead peer's quiesce is dropped: that drop must follow SOURCE before it
+  // lets the writer go (a restore's snapfs killed right after its exchange).
+  ::setenv("HOODY_DBFS_NO_SOURCE_WATCH", "1", 1);
+  Rig r;
+  ::unsetenv("HOODY_DBFS_NO_SOURCE_WATCH");
+  std::string db = r.mnt + "/app.db";
+  create_db(db, "wal");
+  {
+    Db h = open_db(db, 2000);
+    exec(h.get(), insert_sql(0, 0, 1));
+  }
+  std::string snap = r.snapshot();  // holds the row k=1
+  Pipe held;
+  std::string live = r.live;
+  Child quiescer([&] {
+    auto c = ctl::Client::connect(live);
+    if (!c) return 10;
+    auto q = c->call({{"op", "quiesce"}, {"timeout_ms", 2000}, {"hold_ms", 60000}}, 10s);
+    if (!q || (*q)["ok"] != true) return 11;
+    held.signal();
+    ::pause();
+    return 0;
+  });
+  REQUIRE(held.wait_signal(20s));
+  r.exchange(snap);  // the restored tree is live now; the old one is at c1/<snap>
+  // A writer that opened the database before dbfs followed: its insert waits
+  // for the quiesce.  Exit 0: committed; 1: an error (it must reconnect).
+  Child writer([&] {
+    Db h = open_db(db, 0);
+    int rc = exec_rc(h.get(), insert_sql(0, 0, 2));
+    return rc == SQLITE_OK ? 0 : 1;
+  });
+  ::usleep(300 * 1000);
+  ::kill(quiescer.pid(), SIGKILL);
+  quiescer.wait();
+  int committed = writer.wait().exit_code;
+  // Whatever the writer was told, nothing may have gone into the old tree,
+  // and what it was told "committed" must be in the live database.
+  {
+    Db old = open_db(r.c1 + "/" + snap + "/app.db", 2000, SQLITE_OPEN_READONLY);
+    CHECK(query_int(old.get(), "SELECT count(*) FROM t WHERE k = 2") == 0);
+  }
+  long long in_live = 0;
+  {
+    Db h = open_db(db, 2000);
+    in_live = query_int(h.get(), "SELECT count(*) FROM t WHERE k = 2");
+  }
+  CHECK(in_live == (committed == 0 ? 1 : 0));
+  std::string told = committed == 0 ? "committed" : "an error";
+  MESSAGE("the held writer was told " << told << "; rows k=2 in the live database: " << in_live);
+  CHECK(status_of(r.mnt)["quiesced"] == false);
+  CHECK(status_of(r.mnt)["epoch"].get<long long>() >= 1);
+}
