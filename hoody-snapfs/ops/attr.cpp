@@ -59,7 +59,8 @@ void Fs::getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   }
   if (vdir::is_virtual(ino)) {
     if (!vdir::node_mode(ino)) return reply(req, fail(ENOENT));
-    auto st = virtual_attr(ino);
+    auto c = caller_of(req);
+    auto st = virtual_attr(ino, &c);
     fuse_reply_attr(req, &st, 0);
     return;
   }
@@ -78,7 +79,7 @@ void Fs::getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 void Fs::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int valid, fuse_file_info* fi) {
   if (!vdir::is_virtual(ino)) return pt::PassthroughFs::setattr(req, ino, attr, valid, fi);
   // `echo NAME > .hoody/restore` truncates first (O_TRUNC): nothing to truncate.
-  if (ino != vdir::kRestore || (valid & ~(FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_ATIME |
+  if ((ino != vdir::kRestore && ino != vdir::kSchedule) || (valid & ~(FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_ATIME |
                                           FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW |
                                           FUSE_SET_ATTR_MTIME_NOW | FUSE_SET_ATTR_CTIME)))
     return reply(req, fail(EPERM));
@@ -142,19 +143,20 @@ void Fs::setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* 
     if (is_expires) {
       std::string why;
       // The store's syntax: +N with s, m, h, d or w; an RFC 3339 time; never.
-      auto e = parse_expiry(text, Clock::now(), &why);
+      auto e = parse_expiry(text, now(), &why);
       if (!e) {
         audit(c, action, snap->name, EINVAL, text.substr(0, 64), why);
         return fail(EINVAL);
       }
       s = store_->set_expires(snap->name, *e, c.store());
-      audit(c, action, snap->name, s.err(), *e ? format_utc(**e) : "never");
+      done(c, action, snap->name, s.err(), *e ? format_utc(**e) : "never");
     } else {
       if (text.size() > 4096) return fail(E2BIG);
       while (!text.empty() && text.back() == '\0') text.pop_back();
       s = store_->set_description(snap->name, text, c.store());
-      audit(c, action, snap->name, s.err());
+      done(c, action, snap->name, s.err());
     }
+    if (s) changed();  // listings show metadata from memory: rebuild them
     return s;
   }());
 }
@@ -178,7 +180,8 @@ void Fs::removexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
     }
     Status s = is_expires ? store_->set_expires(snap->name, std::nullopt, c.store())
                           : store_->set_description(snap->name, "", c.store());
-    audit(c, action, snap->name, s.err(), is_expires ? "never" : "");
+    done(c, action, snap->name, s.err(), is_expires ? "never" : "");
+    if (s) changed();
     return s;
   }());
 }

@@ -4,7 +4,9 @@
 // A control file's contents are computed at open (snapshots.json, log, a
 // diff) and served with direct_io: its size shows as 0, reads go to EOF.
 // .hoody/restore takes one write: the snapshot name; the write returns when
-// the restore is done.
+// the restore is done.  .hoody/schedule reads as JSON and takes one write:
+// "off" or a JSON object (ops/schedule.cpp).  .hoody/log opens only for the
+// users allowed to act (EACCES for the others).
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -60,12 +62,26 @@ void Fs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
         }
         return f;
       }
+      if (ino == vdir::kSchedule && acc == O_WRONLY) {
+        auto c = caller_of(req);
+        if (!allowed(c)) {
+          audit(c, "schedule", "", EPERM, "", denied(c));
+          return fail(EPERM);
+        }
+        return f;
+      }
       if (acc != O_RDONLY) return fail(EACCES);  // read-only control files
       if (ino == vdir::kSnapshotsJson) {
         HOODY_TRY(all, list_info(true));
         f->content = vdir::snapshots_json(all);
       } else if (ino == vdir::kLog) {
-        f->content = audit_text();
+        // uids, pids, names and reasons: for the users allowed to act only.
+        if (!allowed(caller_of(req))) return fail(EACCES);
+        HOODY_TRY(text, audit_text());
+        f->content = std::move(text);
+      } else if (ino == vdir::kSchedule) {
+        HOODY_TRY(text, schedule_text());
+        f->content = std::move(text);
       } else {
         auto name = diffs_.name_of(ino);
         if (!name) return fail(ENOENT);
@@ -100,7 +116,7 @@ void Fs::write_buf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* in, off_t off, f
   if (!vdir::is_virtual(ino)) return pt::PassthroughFs::write_buf(req, ino, in, off, fi);
   // The data is copied here (in lives only during this call); the restore runs offloaded.
   auto data = [&]() -> Result<std::string> {
-    if (ino != vdir::kRestore) return fail(EBADF);
+    if (ino != vdir::kRestore && ino != vdir::kSchedule) return fail(EBADF);
     size_t size = fuse_buf_size(in);
     if (size > 4096) return fail(EINVAL);
     std::string d(size, '\0');
@@ -114,6 +130,13 @@ void Fs::write_buf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* in, off_t off, f
     return d;
   }();
   if (!data) return reply(req, fail(data.error()));
+  if (ino == vdir::kSchedule) {
+    // An index update, done here: the background thread takes the first snapshot.
+    auto s = set_schedule(caller_of(req), *data);
+    if (!s) return reply(req, s);
+    fuse_reply_write(req, data->size());
+    return;
+  }
   offload([this, req, data = std::move(*data)] {
     auto written = [&]() -> Result<size_t> {
       size_t n = data.size();
@@ -138,7 +161,7 @@ void Fs::write_buf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* in, off_t off, f
       auto r = store_->restore(*name, c.store(), false);
       restoring_ = false;
       if (r) recover_soon();
-      audit(c, "restore", *name, r.err(), r ? *r : "", r ? "" : r.error().message());
+      done(c, "restore", *name, r.err(), r ? *r : "", r ? "" : r.error().message());
       if (!r) return fail(r.error());
       changed();
       return n;
@@ -177,8 +200,8 @@ void Fs::opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
       d->entries.push_back({".", FUSE_ROOT_ID, S_IFDIR | 0777});
       d->entries.push_back({"..", FUSE_ROOT_ID, S_IFDIR | 0755});
       d->entries.push_back({std::string(vdir::kCtlName), vdir::kCtlDir, S_IFDIR | 0555});
-      HOODY_TRY(all, store_->list());
-      for (auto& s : all) {
+      HOODY_TRY(l, listing());
+      for (auto& s : l->all) {
         // A stable, distinct number for ls -i: from the uuid.
         d->entries.push_back(
             {s.name, std::hash<std::string>()(s.uuid) | (1ull << 61), S_IFDIR | 0777});
@@ -212,14 +235,27 @@ void Fs::readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_fi
     const auto& e = d->entries[i];
     size_t n;
     if (plus) {
-      // No node id: the kernel makes no dentry from it and counts no lookup;
-      // a later lookup gives the real entry.
       fuse_entry_param p{};
-      p.attr.st_ino =
-          vdir::is_virtual(e.ino) ? ((e.ino & ~vdir::kVirtualBit) | (1ull << 62)) : e.ino;
-      p.attr.st_mode = e.mode;
+      bool counted = false;
+      if (is_root(ino) && !vdir::is_virtual(e.ino) && e.ino != FUSE_ROOT_ID) {
+        // A snapshot: its full entry (lookup counted), so that `ls -l` finds
+        // name and attributes cached and asks nothing more per snapshot.
+        auto info = get_info(e.name);
+        auto ent = info ? snapshot_entry(*info) : Result<fuse_entry_param>(fail(ENOENT));
+        if (!ent) continue;  // deleted since opendir
+        p = *ent;
+        counted = true;
+      } else if (e.ino == vdir::kCtlDir) {
+        p = virtual_entry(vdir::kCtlDir);
+      } else {
+        // "." and "..": no node id, the kernel makes no dentry from them.
+        p.attr.st_ino =
+            vdir::is_virtual(e.ino) ? ((e.ino & ~vdir::kVirtualBit) | (1ull << 62)) : e.ino;
+        p.attr.st_mode = e.mode;
+      }
       n = fuse_add_direntry_plus(req, buf.data() + used, size - used, e.name.c_str(), &p,
                                  static_cast<off_t>(i + 1));
+      if (n > size - used && counted) forget_one(inode(p.ino), 1);  // not sent: not counted
     } else {
       struct stat st {};
       st.st_ino = vdir::is_virtual(e.ino) ? ((e.ino & ~vdir::kVirtualBit) | (1ull << 62)) : e.ino;

@@ -49,10 +49,11 @@ Result<Snapshot> SnapshotStore::create_locked(std::string_view name, const Calle
   Snapshot snap;
   snap.name = std::string(name);
   snap.uuid = random_uuid();
-  snap.created = Clock::now();
+  snap.created = now();
   snap.expires = opts.expires;
   snap.creator = caller.uid;
   snap.description = opts.description;
+  snap.type = opts.type;
   auto t0 = std::chrono::steady_clock::now();
 
   double window_ms = 0;  // from the first subvolume's snapshot to the last one's
@@ -99,7 +100,7 @@ Result<Snapshot> SnapshotStore::create_locked(std::string_view name, const Calle
     sql::Stmt del(db_, "DELETE FROM journal WHERE id = ?");
     del.bind(1, jid);
     HOODY_CHECK(del.run());
-    HOODY_CHECK(audit(caller, "create", name, "ok"));
+    HOODY_CHECK(audit(caller, "create", name, "ok", snap.type == "filesystem" ? "" : snap.type));
     return txn.commit();
   }();
   if (!st) {
