@@ -88,6 +88,9 @@ Status SnapshotStore::schedule_done(TimePoint slot, const std::map<std::string, 
 }
 
 Result<std::map<std::string, uint64_t>> SnapshotStore::generations() const {
+  // Commit first: data written since the last commit (up to 30 s of it) has
+  // not moved a generation yet, and must not read as "nothing changed".
+  HOODY_CHECK(btrfs::sync(source_.get()));
   HOODY_TRY(subvols, scope());
   std::map<std::string, uint64_t> out;
   for (const auto& sv : subvols) {
