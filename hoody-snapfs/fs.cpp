@@ -155,6 +155,12 @@ fuse_lowlevel_ops Fs::ops() { return make_ops({}); }
 
 void Fs::init(fuse_conn_info* conn) {
   pt::PassthroughFs::init(conn);
+  // POSIX ACLs handled by the kernel: it enforces the ACLs of snapshot files
+  // (read from the daemon as system.posix_acl_* xattrs) and caches them per
+  // inode.  Snapshots never change, so the cache is never stale, and `ls -l`
+  // (which asks for both ACLs of every entry) costs no round trips for them
+  // after the first listing.  It implies default_permissions.
+  if (conn->capable & FUSE_CAP_POSIX_ACL) conn->want |= FUSE_CAP_POSIX_ACL;
   // Started here, after fuse_daemonize(): a thread started before the fork
   // would not exist in the daemon.
   if (!prune_thread_.joinable()) prune_thread_ = std::thread([this] { prune_loop(); });
