@@ -407,3 +407,23 @@ TEST_CASE("listings are right at once after rename, rmdir, setfattr and an expir
   REQUIRE(::mkdir(m.at("two").c_str(), 0755) == 0);
   CHECK(getx(m.at("two"), "user.hoody.created") == "2026-11-01T01:10:00Z");
 }
+
+TEST_CASE("POSIX ACLs of snapshot files are honoured, as in the live tree") {
+  require_mount_capabilities();
+  Mount m("allow_other");
+  const std::string f = m.storage + "/acl-file";
+  write_file(f, "shared\n");
+  ::chmod(f.c_str(), 0600);  // root only by its mode; nobody may read it by its ACL
+  auto set = run({"setfacl", "-m", "u:nobody:r", f});
+  REQUIRE_MESSAGE(set.ok(), set.describe());
+  REQUIRE(::mkdir(m.at("s").c_str(), 0755) == 0);
+  std::string live = f, snap = m.at("s/storage/acl-file");
+  auto e = run_child([live, snap]() -> int {
+    if (slurp(live) != "shared\n") return 1;  // the ACL grants it in the live tree
+    if (slurp(snap) != "shared\n") return 2;  // and so in the snapshot
+    return 0;
+  }, {.as_nobody = true});
+  CHECK_MESSAGE(e.exit_code == 0, e.describe());
+  auto acl = run({"getfacl", "-p", "--omit-header", snap});
+  CHECK_MESSAGE(acl.output.find("user:nobody:r--") != std::string::npos, acl.output);
+}
