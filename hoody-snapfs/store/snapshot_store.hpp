@@ -96,7 +96,7 @@ struct AuditEntry {
   std::string action;  // create, remove, rename, restore, set_expires, set_description, prune, recover
   std::string name;
   std::string result;  // "ok" or "EEXIST: ..." with the reason
-  std::string target;  // the other name: a rename's new name, an expiry, a schedule
+  std::string target{};  // the other name: a rename's new name, an expiry, a schedule
 };
 
 class SnapshotStore {
