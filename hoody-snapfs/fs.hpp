@@ -8,7 +8,9 @@
 //    shown with the snapshot's metadata (mode 0555, times = creation);
 //  - mkdir/rmdir/rename at the root create, delete and rename snapshots;
 //    xattrs user.hoody.* of a snapshot are its metadata;
-//  - .hoody/ holds the control files (vdir/), whose node ids have bit 63 set.
+//  - .hoody/ holds the control files (vdir/), whose node ids have bit 63 set;
+//  - a background thread prunes expired snapshots and runs the schedule
+//    (schedule.cpp).
 // Every other mutating call gives EROFS (the core with read_only).
 #pragma once
 
@@ -155,7 +157,7 @@ public:
   void recover_soon();
   // Wakes the background thread to run the schedule now (it was just set).
   void schedule_soon();
-  // .hoody/schedule: read, and a write sets it (ops/schedule.cpp).
+  // .hoody/schedule: read, and a write sets it (schedule.cpp).
   Result<std::string> schedule_text();
   Status set_schedule(const Who& c, std::string_view request);
   // The contents of .hoody/diff/A..B, computed now.

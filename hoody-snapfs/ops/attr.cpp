@@ -79,9 +79,11 @@ void Fs::getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 void Fs::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int valid, fuse_file_info* fi) {
   if (!vdir::is_virtual(ino)) return pt::PassthroughFs::setattr(req, ino, attr, valid, fi);
   // `echo NAME > .hoody/restore` truncates first (O_TRUNC): nothing to truncate.
-  if ((ino != vdir::kRestore && ino != vdir::kSchedule) || (valid & ~(FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_ATIME |
-                                          FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW |
-                                          FUSE_SET_ATTR_MTIME_NOW | FUSE_SET_ATTR_CTIME)))
+  // The same for `echo off > .hoody/schedule`.
+  constexpr int kTimesAndSize = FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME |
+                                FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW |
+                                FUSE_SET_ATTR_CTIME;
+  if ((ino != vdir::kRestore && ino != vdir::kSchedule) || (valid & ~kTimesAndSize))
     return reply(req, fail(EPERM));
   auto st = virtual_attr(ino);
   fuse_reply_attr(req, &st, 0);
