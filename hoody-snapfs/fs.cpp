@@ -227,6 +227,10 @@ void Fs::prune_loop() {
   }
 }
 
+Result<Snapshot> Fs::take_snapshot(std::string_view name, const Who& c, const CreateOptions& opts) {
+  return store_->create(name, c.store(), opts);
+}
+
 void Fs::changed() {
   root_mtime_ = secs(now());
   ++changes_;

@@ -151,6 +151,9 @@ public:
   // a send stream) never pins a worker of the FUSE loop.  destroy() waits for
   // every such job.
   void offload(std::function<void()> fn);
+  // Every snapshot the daemon takes (mkdir and the schedule) is taken here:
+  // what must happen around a snapshot (quiescing databases) goes here once.
+  Result<Snapshot> take_snapshot(std::string_view name, const Who& c, const CreateOptions& opts);
   // The set of snapshots changed (times and counts of the root follow).
   void changed();
   // Wakes the background thread to finish a restore's deletions (recover()).

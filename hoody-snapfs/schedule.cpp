@@ -66,7 +66,7 @@ void Fs::schedule_once(TimePoint t) {
       CreateOptions opts;
       opts.type = kTypeScheduled;
       opts.description = "every " + format_duration(sc.every);
-      auto made = store_->create(name, daemon.store(), opts);
+      auto made = take_snapshot(name, daemon, opts);
       if (made) {
         changed();
         done(daemon, "create", name, 0, kTypeScheduled);

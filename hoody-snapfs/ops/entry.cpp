@@ -80,7 +80,7 @@ void Fs::mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode)
       // daemon lock is held here, the other worker threads keep serving.
       CreateOptions opts;
       if (expires) opts.expires = time_point(*expires);
-      auto s = store_->create(name, c.store(), opts);
+      auto s = take_snapshot(name, c, opts);
       done(c, "create", name, s.err(), "", s ? "" : s.error().message());
       if (!s) return fail(s.error());
       changed();

@@ -97,7 +97,8 @@ struct AuditEntry {
   int64_t time = 0;
   uint32_t uid = 0;
   int32_t pid = 0;
-  std::string action;  // create, delete, rename, restore, set_expires, set_description, prune
+  std::string action;  // create, delete, rename, restore, set_expires, set_description, prune,
+                       // schedule, recover
   std::string name;
   std::string result;  // "ok" or an errno name ("EPERM")
   std::string to;      // rename target, restore safety snapshot, expiry value
