@@ -57,12 +57,16 @@ void Fs::schedule_once(TimePoint t) {
   if (!st->last_slot || slot > *st->last_slot) {
     auto gens = store_->generations();
     if (!gens) lg->warn("op=schedule -> generations: {}", gens.error().message());
-    if (sc.onchange && gens && !st->generations.empty() && *gens == st->generations) {
+    const std::string name = scheduled_name(slot);
+    if (auto have = store_->get(name); have && have->type == kTypeScheduled) {
+      // Taken already (the schedule was set again within this slot); no
+      // generations kept: the next slot is taken whatever onchange says.
+      (void)store_->schedule_done(slot, {}, false);
+    } else if (sc.onchange && gens && !st->generations.empty() && *gens == st->generations) {
       lg->info("op=schedule slot={} -> skipped: no scope subvolume changed (onchange)",
                format_utc(slot));
       (void)store_->schedule_done(slot, *gens, false);
     } else {
-      const std::string name = scheduled_name(slot);
       CreateOptions opts;
       opts.type = kTypeScheduled;
       opts.description = "every " + format_duration(sc.every);

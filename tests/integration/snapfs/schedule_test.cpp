@@ -297,6 +297,13 @@ TEST_CASE("schedule: only allowed users set it (EPERM, audited), bad requests EI
   CHECK(j["preserve_min"] == "2d");
   m.wait_checked(t0);
   CHECK(m.names() == std::set<std::string>{"auto-20261101T0000Z"});
+  // Set again within the same slot: its snapshot is there, nothing is refused.
+  REQUIRE(run({snap_bin(), "--mount", m.mnt, "schedule", "--every", "daily"}).ok());
+  m.set_clock(t0 + 60);
+  m.wait_checked(t0 + 60);
+  CHECK(m.names() == std::set<std::string>{"auto-20261101T0000Z"});
+  CHECK(m.schedule()["last_slot"] == "2026-11-01T00:00:00Z");
+  for (auto& l : m.log()) CHECK(l["result"] != "EEXIST");
 }
 
 TEST_CASE(".hoody/log: one trail in index.db, refusals included, for the allowed users only") {
