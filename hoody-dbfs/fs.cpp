@@ -12,6 +12,7 @@
 
 #include "hoody/log.hpp"
 #include "hoody/mount_options.hpp"
+#include "hoody/names.hpp"
 #include "hoody/sys.hpp"
 #include "status.hpp"
 
@@ -127,59 +128,94 @@ std::string Fs::status_json() {
 void Fs::on_entry(pt::Inode& parent, pt::Inode& child, const char* name) {
   if (child.type != S_IFREG) return;
   fuse_ino_t ino = ino_of(&child);
-  auto kind = lock::classify(name);
+  auto named = lock::classify(name);
+  // The name escaped (an injective form): the domain appears in log lines.
   std::string domain = std::to_string(parent.src_dev) + ":" + std::to_string(parent.src_ino) +
-                       "/" + std::string(lock::database_name(name));
-  {
-    std::lock_guard g(meta_mu_);
-    auto& m = meta_[ino];
-    if (m.domain == domain && m.kind == kind) return;  // seen before under this name
-    if (m.checked && m.kind == lock::FileKind::sqlite_db && kind == lock::FileKind::plain &&
-        m.domain == domain)
-      return;
-    m.kind = kind;
-    m.domain = domain;
-    m.checked = kind != lock::FileKind::plain;
-  }
-  if (kind != lock::FileKind::plain) locks_->register_file(ino, kind, domain);
+                       "/" + escape_control(lock::database_name(name));
+  // Only the name is recorded here: what the file is is decided from its
+  // header (at open) and, for -journal/-wal/-shm, from the database beside it
+  // (at each lock request).
+  std::lock_guard g(meta_mu_);
+  auto& m = meta_[ino];
+  m.named = named;
+  m.domain = domain;
+  if (named == lock::FileKind::plain) db_of_domain_[domain] = ino;
 }
 
 void Fs::classify_on_open(fuse_ino_t ino, pt::File& file) {
-  std::string domain;
   {
     std::lock_guard g(meta_mu_);
     auto it = meta_.find(ino);
-    if (it == meta_.end() || it->second.checked) return;
-    domain = it->second.domain;
+    if (it == meta_.end() || it->second.named != lock::FileKind::plain) return;
+    if (it->second.header == Header::sqlite) return;  // writes to page 1 keep it current
   }
-  // Is this plain-named file an SQLite database?  The header says so; an empty
-  // file may become one (SQLite locks before it writes the first page) and is
-  // treated as one in rollback mode: its non-SQLite byte ranges keep exact
-  // POSIX semantics either way.
-  unsigned char h[100] = {};
-  int fd = file.fd.get();
+  read_header(ino, file, false);
+}
+
+void Fs::read_header(fuse_ino_t ino, pt::File& file, bool through_handle) {
+  unsigned char h[20] = {};
+  int fd = through_handle && (file.flags & O_ACCMODE) != O_WRONLY ? file.fd.get() : -1;
   UniqueFd rd;
-  if ((file.flags & O_ACCMODE) == O_WRONLY) {
-    auto pfd = pin(file.inode);
-    if (pfd) {
-      auto r = sys::reopen(pfd->get(), O_RDONLY);
+  if (fd < 0) {
+    // A descriptor of our own, with O_NOATIME: looking at a
+    // file must not change its atime (POSIX parity of open and write).
+    if (auto pfd = pin(file.inode)) {
+      auto r = sys::reopen(pfd->get(), O_RDONLY | O_NOATIME);
+      if (!r) r = sys::reopen(pfd->get(), O_RDONLY);
       if (r) rd = std::move(*r);
     }
     fd = rd.get();
   }
   ssize_t n = fd >= 0 ? ::pread(fd, h, sizeof h, 0) : -1;
-  bool sqlite = n == 0 || (n >= 20 && std::memcmp(h, kSqliteMagic, 16) == 0);
+  if (n < 0) return;  // unreadable now: keep what was known
+  Header header = n == 0                                                   ? Header::empty
+                  : n >= 16 && std::memcmp(h, kSqliteMagic, 16) == 0 ? Header::sqlite
+                                                                     : Header::other;
+  std::string domain;
+  Header before;
   {
     std::lock_guard g(meta_mu_);
     auto& m = meta_[ino];
-    m.checked = true;
-    m.kind = sqlite ? lock::FileKind::sqlite_db : lock::FileKind::plain;
+    before = m.header;
+    m.header = header;
+    domain = m.domain;
   }
-  if (!sqlite) return;
-  locks_->register_file(ino, lock::FileKind::sqlite_db, domain);
-  auto mode = n >= 20 ? lock::journal_mode_from_header(h[18], h[19]) : lock::JournalMode::rollback;
-  locks_->set_journal_mode(domain, mode);
-  log::get("lock")->debug("file={} domain={} sqlite_db mode={}", ino, domain, lock::to_string(mode));
+  // An empty file is one SQLite is creating: rollback mode until page 1 says otherwise.
+  if (header == Header::sqlite || header == Header::empty)
+    locks_->set_journal_mode(domain, n >= 20 ? lock::journal_mode_from_header(h[18], h[19])
+                                             : lock::JournalMode::rollback);
+  if (before != header)
+    log::get("lock")->debug("file={} domain={} header={}", ino, domain,
+                            header == Header::sqlite  ? "sqlite"
+                            : header == Header::empty ? "empty"
+                                                      : "other");
+  classify_for_lock(ino);
+}
+
+void Fs::classify_for_lock(fuse_ino_t ino) {
+  std::lock_guard c(classify_mu_);
+  lock::FileKind kind = lock::FileKind::plain;
+  std::string domain;
+  {
+    std::lock_guard g(meta_mu_);
+    auto it = meta_.find(ino);
+    if (it == meta_.end()) return;
+    auto& m = it->second;
+    auto is_sqlite = [](const FileMeta& f) {
+      return f.header == Header::sqlite || f.header == Header::empty;
+    };
+    if (m.named == lock::FileKind::plain) {
+      if (is_sqlite(m)) kind = lock::FileKind::sqlite_db;
+    } else if (auto d = db_of_domain_.find(m.domain); d != db_of_domain_.end()) {
+      auto db = meta_.find(d->second);
+      if (db != meta_.end() && is_sqlite(db->second)) kind = m.named;
+    }
+    if (kind == m.told && m.domain == m.told_domain) return;
+    m.told = kind;
+    m.told_domain = m.domain;
+    domain = m.domain;
+  }
+  locks_->register_file(ino, kind, kind == lock::FileKind::plain ? std::string() : domain);
 }
 
 void Fs::on_open(fuse_req_t, pt::File& file, fuse_file_info*) {
@@ -187,19 +223,22 @@ void Fs::on_open(fuse_req_t, pt::File& file, fuse_file_info*) {
 }
 
 void Fs::on_write(pt::File& file, off_t off, size_t len) {
-  // SQLite changes the journal mode by rewriting header bytes 18-19 (under
-  // EXCLUSIVE); the first page of a new database is written the same way.
-  if (off > 19 || len == 0) return;
+  // A write may change what the file is: SQLite writes page 1 of a new
+  // database (the file was empty), and changes the journal mode in header
+  // bytes 18-19 (under EXCLUSIVE).  A file that is something else stays so
+  // until its next open.
+  if (len == 0) return;
   fuse_ino_t ino = ino_of(file.inode);
-  std::string domain;
+  Header header;
   {
     std::lock_guard g(meta_mu_);
     auto it = meta_.find(ino);
-    if (it == meta_.end() || it->second.kind != lock::FileKind::sqlite_db) return;
-    domain = it->second.domain;
+    if (it == meta_.end() || it->second.named != lock::FileKind::plain) return;
+    header = it->second.header;
   }
-  unsigned char b[2];
-  if (::pread(file.fd.get(), b, 2, 18) == 2) locks_->set_journal_mode(domain, lock::journal_mode_from_header(b[0], b[1]));
+  if (header == Header::empty) return read_header(ino, file, false);
+  // The database's own handle, as SQLite's reads go (its atime moves anyway).
+  if (header == Header::sqlite && off <= 19) read_header(ino, file, true);
 }
 
 void Fs::on_flush(fuse_req_t, pt::File& file, fuse_file_info* fi) {
@@ -215,7 +254,12 @@ void Fs::on_forget(pt::Inode& inode) {
   fuse_ino_t ino = ino_of(&inode);
   locks_->forget_file(ino);
   std::lock_guard g(meta_mu_);
-  meta_.erase(ino);
+  if (auto it = meta_.find(ino); it != meta_.end()) {
+    if (auto d = db_of_domain_.find(it->second.domain);
+        d != db_of_domain_.end() && d->second == ino)
+      db_of_domain_.erase(d);
+    meta_.erase(it);
+  }
 }
 
 }  // namespace hoody::dbfs

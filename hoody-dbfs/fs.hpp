@@ -8,6 +8,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -65,23 +66,44 @@ protected:
   void on_forget(pt::Inode& inode) override;
 
 private:
-  // What a name says about a file: its SQLite role and database ("domain").
+  // What a file is, for the lock manager.  "SQLite" is decided from what the
+  // file is, never from its name or the offsets locked: a file named like a
+  // database is one when its header says "SQLite format 3\0" (or while it is
+  // empty: SQLite locks a new database before it writes page 1); a -journal,
+  // -wal or -shm only when the database beside it is one.  Everything else is
+  // plain: exact POSIX semantics, F_SETLK answers at once.
+  enum class Header : std::uint8_t { unread, empty, sqlite, other };
   struct FileMeta {
-    lock::FileKind kind = lock::FileKind::plain;
-    std::string domain;
-    bool checked = false;  // header read (plain-named files)
+    lock::FileKind named = lock::FileKind::plain;  // what the name's suffix suggests
+    std::string domain;                            // parent + database name
+    Header header = Header::unread;  // files named like a database: last read at open/write
+    lock::FileKind told = lock::FileKind::plain;   // what locks_ was last told
+    std::string told_domain;
   };
   void classify_on_open(fuse_ino_t ino, pt::File& file);
+  // Reads the header of `file` (after an open, or a write to it) and tells the
+  // lock manager what the file is now.  Through the handle's own descriptor
+  // when `through_handle` (and it is readable), else an O_NOATIME one.
+  void read_header(fuse_ino_t ino, pt::File& file, bool through_handle);
+  // Tells the lock manager what `ino` is now (before each lock request: the
+  // database beside a -shm may have become SQLite, or stopped being it).
+  void classify_for_lock(fuse_ino_t ino);
   Status lock_source(std::string* why);
   void source_replaced();
 
   Config dcfg_;
   UniqueFd exclusive_;  // flock(LOCK_EX) on the backing directory while we serve it
   std::optional<lock::LockManager> locks_;  // made in attached(): it has a thread
-  // Guards meta_.  Lock order: innermost; never held across a LockManager call
-  // whose completion could take it.
+  // Serialises classify_for_lock, so that what locks_ was told is the newest.
+  // Lock order: before meta_mu_ and the lock manager's mutex.  Held across
+  // LockManager::register_file (rarely: only when a file's kind changes),
+  // whose completions only reply and never take it.
+  std::mutex classify_mu_;
+  // Guards meta_ and db_of_domain_.  Lock order: innermost; never held across
+  // a LockManager call whose completion could take it.
   std::mutex meta_mu_;
   std::unordered_map<fuse_ino_t, FileMeta> meta_;
+  std::unordered_map<std::string, fuse_ino_t> db_of_domain_;  // domain -> its database file
   std::unique_ptr<StatusServer> status_;
   std::atomic<fuse_session*> se_{nullptr};
   std::unique_ptr<SourceWatch> watch_;  // last: its thread uses the members above

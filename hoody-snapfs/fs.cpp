@@ -38,7 +38,7 @@ SnapshotInfo info_of(const Snapshot& s) {
 }
 }  // namespace
 
-TimePoint time_point(int64_t unix_seconds) { return TimePoint(std::chrono::seconds(unix_seconds)); }
+Result<TimePoint> time_point(int64_t unix_seconds) { return time_from_unix(unix_seconds); }
 
 OptionTable options() {
   auto t = OptionTable::generic();
@@ -153,6 +153,10 @@ Status Fs::start(std::string* why) {
 
 fuse_lowlevel_ops Fs::ops() { return make_ops({}); }
 
+std::function<int(uint64_t)> Fs::tmpfile_errno() {
+  return [](uint64_t nodeid) { return nodeid == FUSE_ROOT_ID || vdir::is_virtual(nodeid) ? EPERM : EROFS; };
+}
+
 void Fs::init(fuse_conn_info* conn) {
   pt::PassthroughFs::init(conn);
   // POSIX ACLs handled by the kernel: it enforces the ACLs of snapshot files
@@ -255,7 +259,8 @@ TimePoint Fs::now() const {
   char* end = nullptr;
   long long v = n > 0 ? std::strtoll(buf, &end, 10) : 0;
   if (n <= 0 || end == buf) return Clock::now();
-  return time_point(static_cast<int64_t>(v));
+  auto t = time_point(static_cast<int64_t>(v));
+  return t ? *t : Clock::now();
 }
 
 Result<std::shared_ptr<const Fs::Listing>> Fs::listing() {
@@ -345,6 +350,9 @@ void Fs::done(const Who& c, const std::string& action, const std::string& name, 
   vdir::AuditEntry e{secs(now()), c.uid, c.pid, action, name, vdir::errno_name(err), to, reason};
   std::string line = vdir::audit_line(e);
   line.pop_back();
+  // JSON escapes C0 controls; a name or value may still carry DEL or C1
+  // controls (U+009B is CSI): escaped too, so a log line cannot drive a terminal.
+  line = escape_control(line, false);
   if (err)
     log::get("snap")->warn("audit {}", line);
   else

@@ -46,7 +46,8 @@ struct Config {
 };
 
 OptionTable options();
-TimePoint time_point(int64_t unix_seconds);
+// EINVAL outside the times the store can hold (store/format.hpp time_from_unix).
+Result<TimePoint> time_point(int64_t unix_seconds);
 Config config_from(const MountArgs& args);
 
 class Fs final : public pt::PassthroughFs, public DaemonFs {
@@ -59,6 +60,9 @@ public:
   fuse_lowlevel_ops ops() override;
   void attached(fuse_session* se) override { se_ = se; }
   void* userdata() override { return static_cast<pt::PassthroughFs*>(this); }
+  // open(O_TMPFILE): EROFS inside a snapshot, EPERM at the root and in .hoody/
+  // (as for every other file made there), not libfuse's EOPNOTSUPP.
+  std::function<int(uint64_t nodeid)> tmpfile_errno() override;
 
   // ---- ops (ops/*.cpp) --------------------------------------------------------
   void init(fuse_conn_info* conn) override;

@@ -21,7 +21,8 @@ namespace hoody::snapfs {
 Result<std::string> Fs::schedule_text() {
   HOODY_TRY(st, store_->schedule_state());
   std::optional<TimePoint> checked;
-  if (int64_t c = schedule_checked_.load(); c != INT64_MIN) checked = time_point(c);
+  if (int64_t c = schedule_checked_.load(); c != INT64_MIN)
+    if (auto t = time_point(c)) checked = *t;
   return schedule_json(st, checked);
 }
 

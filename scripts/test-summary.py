@@ -11,22 +11,36 @@ import sys
 path = sys.argv[1] if len(sys.argv) > 1 else "build/meson-logs/testlog.json"
 passed = failed = skipped = 0
 failures = []
-with open(path) as f:
-    for line in f:
-        line = line.strip()
-        if not line:
-            continue
+try:
+    with open(path) as f:
+        lines = f.readlines()
+except OSError as e:
+    lines = []
+    print(f"test-summary: no test log ({path}: {e.strerror}): no test ran", file=sys.stderr)
+if not any(line.strip() for line in lines):
+    # No test ran (none built, or meson test stopped first): that is a failure.
+    print("0 passed, 1 failed, 0 skipped (no test ran)")
+    sys.exit(1)
+for line in lines:
+    line = line.strip()
+    if not line:
+        continue
+    try:
         t = json.loads(line)
-        result = t.get("result")
-        if result in ("OK", "EXPECTEDFAIL"):
-            passed += 1
-        elif result == "SKIP":
-            skipped += 1
-            if os.environ.get("CI") == "true":
-                failures.append(t["name"] + " (skipped under CI)")
-        else:
-            failed += 1
-            failures.append(f'{t["name"]} ({result})')
+    except json.JSONDecodeError:
+        failed += 1
+        failures.append(f"unreadable line in {path}: {line[:80]}")
+        continue
+    result = t.get("result")
+    if result in ("OK", "EXPECTEDFAIL"):
+        passed += 1
+    elif result == "SKIP":
+        skipped += 1
+        if os.environ.get("CI") == "true":
+            failures.append(t["name"] + " (skipped under CI)")
+    else:
+        failed += 1
+        failures.append(f'{t["name"]} ({result})')
 if os.environ.get("CI") == "true":
     failed += skipped
     skipped = 0

@@ -76,6 +76,7 @@ int daemon_main(int argc, char** argv, const DaemonSpec& spec) {
   sc.max_threads = static_cast<unsigned>(args.uint("max_threads", 0));
   sc.clone_fd = !args.flag("noclone_fd");
   sc.on_mounted = [&fs](fuse_session* se) { fs->attached(se); };
+  sc.tmpfile_errno = fs->tmpfile_errno();
   auto ops = fs->ops();
   return run_session(ops, fs->userdata(), sc);
 }

@@ -1,14 +1,18 @@
 #include "hoody/session.hpp"
 
 #include <fcntl.h>
+#include <sys/uio.h>
 #include <limits.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <sstream>
 #include <thread>
@@ -19,6 +23,48 @@
 namespace hoody {
 
 namespace {
+
+// The FUSE_TMPFILE filter (SessionConfig::tmpfile_errno).  libfuse's custom-io
+// callbacks get only the filesystem's userdata, so the filter of the running
+// session is kept here: one session per process (daemon_main runs one), set
+// before the loop starts and cleared after it ends.
+std::function<int(uint64_t)> g_tmpfile_errno;
+
+constexpr uint32_t kFuseTmpfile = 51;  // FUSE_TMPFILE (kernel 6.1); libfuse 3.14 lacks it
+
+// The leading fields of the kernel's fuse_in_header and its fuse_out_header.
+struct InHeader {
+  uint32_t len;
+  uint32_t opcode;
+  uint64_t unique;
+  uint64_t nodeid;
+};
+struct OutHeader {
+  uint32_t len;
+  int32_t error;
+  uint64_t unique;
+};
+
+ssize_t filtered_read(int fd, void* buf, size_t len, void*) {
+  for (;;) {
+    ssize_t n = ::read(fd, buf, len);
+    if (n < static_cast<ssize_t>(sizeof(InHeader)) || !g_tmpfile_errno) return n;
+    InHeader in;
+    std::memcpy(&in, buf, sizeof in);
+    if (in.opcode != kFuseTmpfile) return n;
+    int err = g_tmpfile_errno(in.nodeid);
+    if (err == 0) return n;
+    OutHeader out{sizeof(OutHeader), -err, in.unique};
+    // ENOENT: the request was interrupted meanwhile; nothing to answer.
+    if (::write(fd, &out, sizeof out) < 0 && errno != ENOENT)
+      log::get("fuse")->warn("op=tmpfile -> reply failed: {}", std::strerror(errno));
+  }
+}
+ssize_t plain_writev(int fd, struct iovec* iov, int count, void*) { return ::writev(fd, iov, count); }
+ssize_t plain_splice_send(int fdin, off_t* offin, int fdout, off_t* offout, size_t len,
+                          unsigned int flags, void*) {
+  return ::splice(fdin, offin, fdout, offout, len, flags);
+}
 
 // /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo.
 std::string unescape_mountinfo(const std::string& s) {
@@ -136,6 +182,15 @@ int run_session(const fuse_lowlevel_ops& ops, void* userdata, const SessionConfi
     fuse_remove_signal_handlers(se);
     return 1;
   }
+  if (cfg.tmpfile_errno) {
+    fuse_custom_io io{};
+    io.read = filtered_read;
+    io.writev = plain_writev;
+    io.splice_send = plain_splice_send;  // replies keep splicing as without custom io
+    g_tmpfile_errno = cfg.tmpfile_errno;
+    if (fuse_session_custom_io(se, &io, fuse_session_fd(se)) != 0)
+      log->warn("op=tmpfile -> cannot filter requests: open(O_TMPFILE) gives EOPNOTSUPP");
+  }
   log->info("mounted on {} options={}", cfg.mountpoint, opts);
   if (fuse_daemonize(cfg.foreground ? 1 : 0) != 0) {
     fuse_session_unmount(se);
@@ -161,6 +216,7 @@ int run_session(const fuse_lowlevel_ops& ops, void* userdata, const SessionConfi
   }
   fuse_session_unmount(se);
   fuse_remove_signal_handlers(se);
+  g_tmpfile_errno = nullptr;
   log->info("unmounted {}", cfg.mountpoint);
   // libfuse 3.14 returns the signal number for a loop ended by SIGTERM,
   // SIGINT or SIGHUP (and resets the session's exited flag): a clean exit.

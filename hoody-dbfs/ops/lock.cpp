@@ -27,6 +27,7 @@ void Fs::getlk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock*
     fuse_reply_err(req, EINVAL);
     return;
   }
+  classify_for_lock(ino);
   auto conflict = locks_->getlk(ino, fi->lock_owner, *type, range->start, range->end);
   struct flock out = *lk;
   lock::to_flock(conflict, out);
@@ -40,6 +41,8 @@ void Fs::setlk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock*
     fuse_reply_err(req, EINVAL);
     return;
   }
+  // What the file is now decides the rules (SQLite's scheduling or exact POSIX).
+  classify_for_lock(ino);
   lock::LockRequest r;
   r.file = ino;
   r.owner = fi->lock_owner;

@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
+#include <optional>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -24,6 +26,7 @@
 #include "hoody/btrfs.hpp"
 #include "hoody/names.hpp"
 #include "hoody/sys.hpp"
+#include "store/format.hpp"
 
 namespace {
 
@@ -35,14 +38,23 @@ struct Failure {
   std::string hint;  // what to do
 };
 
+// Every byte a user chose (names, descriptions, paths) goes to the terminal
+// through this: control characters and escape sequences shown as \n, \x1b, ...
+std::string shown(std::string_view text) { return hoody::escape_control(text); }
+
+// The message may quote names already (quote_name escapes '\\'): only control
+// characters are escaped here, so nothing is escaped twice.
 [[noreturn]] void die(const Failure& f) {
-  std::fprintf(stderr, "hoody-snap: %s: %s%s%s\n", f.what.c_str(),
+  std::fprintf(stderr, "hoody-snap: %s: %s%s%s\n", hoody::escape_control(f.what, false).c_str(),
                f.err ? std::strerror(f.err) : "failed", f.hint.empty() ? "" : "; ",
-               f.hint.c_str());
+               hoody::escape_control(f.hint, false).c_str());
   std::exit(1);
 }
 
 std::string q(const std::string& name) { return hoody::quote_name(name); }
+
+// What hoody-snap(1) promises: 0 done, 1 the action failed, 2 a usage error.
+constexpr int kUsageExit = 2;
 
 // The usual reasons, said for a person.
 std::string hint_for(const std::string& verb, int err, const std::string& mount) {
@@ -53,7 +65,9 @@ std::string hint_for(const std::string& verb, int err, const std::string& mount)
     case EACCES: return "permission denied by the mount; run as root or ask an administrator";
     case EEXIST: return "that name is taken; pick another or delete the old one first";
     case ENOENT: return "no such snapshot; `hoody-snap list` shows the names";
-    case EINVAL: return "names are 1-255 bytes of A-Z a-z 0-9 . _ : @ + -, not starting with '.' or '-'";
+    case EINVAL:
+      return "names are 1-255 bytes of A-Z a-z 0-9 . _ : @ + -, not starting with '.' or '-', "
+             "without \"..\"";
     case EBUSY: return "another restore or change is running; try again when it is done";
     case ENOTCONN:
       return "the hoody-snapfs daemon behind " + mount + " is gone; remount it (umount -l " + mount +
@@ -64,10 +78,15 @@ std::string hint_for(const std::string& verb, int err, const std::string& mount)
   }
 }
 
-void check_name(const std::string& verb, const std::string& name) {
+// A new name (create, rename to) may not contain ".."; an existing one may (it
+// was taken before that rule), so delete, restore, diff and clone still reach it.
+enum class NameUse { new_name, existing };
+void check_name(const std::string& verb, const std::string& name, NameUse use) {
   std::string why;
-  if (!hoody::snapfs::check_snapshot_name(name, &why))
-    die({verb + " " + q(name), EINVAL, why});
+  auto v = hoody::snapfs::check_snapshot_name(
+      name, &why,
+      use == NameUse::new_name ? hoody::snapfs::NameUse::new_name : hoody::snapfs::NameUse::existing);
+  if (!v) die({verb + " " + q(name), v.err(), why});
 }
 
 std::string read_all(const std::string& path, const std::string& what, const std::string& mount) {
@@ -104,14 +123,16 @@ void check_mount(const std::string& mount) {
   }
 }
 
-void set_meta(const std::string& path, const std::string& name, const char* key,
-              const std::string& value, const std::string& mount) {
+// nullopt when set, else what failed.
+std::optional<Failure> set_meta(const std::string& path, const std::string& name, const char* key,
+                                const std::string& value, const std::string& mount) {
   if (::setxattr(path.c_str(), key, value.data(), value.size(), 0) < 0) {
     int e = errno;
-    std::string hint = e == EINVAL ? "an expiry is +N with m, h, d or w (+7d) or an RFC 3339 time"
+    std::string hint = e == EINVAL ? "an expiry is +N with s, m, h, d or w (+7d), an RFC 3339 time or never"
                                    : hint_for("change", e, mount);
-    die({std::string("set ") + key + " of " + q(name), e, hint});
+    return Failure{std::string("set ") + key + " of " + q(name), e, hint};
   }
+  return std::nullopt;
 }
 
 // The SOURCE of the mount (its fsname in /proc/self/mountinfo).
@@ -161,7 +182,8 @@ int main(int argc, char** argv) {
 
   auto* create = app.add_subcommand("create", "take a snapshot of every scope subvolume");
   create->add_option("NAME", name, "snapshot name")->required();
-  create->add_option("--expire", expire, "expiry: +N with m, h, d or w (+7d), or an RFC 3339 time");
+  auto* expire_opt = create->add_option(
+      "--expire", expire, "expiry: +N with s, m, h, d or w (+7d), an RFC 3339 time, or never");
   create->add_option("--description", description, "free text kept with the snapshot");
 
   auto* list = app.add_subcommand("list", "list the snapshots with their metadata");
@@ -199,20 +221,55 @@ int main(int argc, char** argv) {
   clone->add_option("NAME", name, "snapshot name")->required();
   clone->add_option("DEST", other, "directory on the same BTRFS filesystem (made if missing)")->required();
 
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help and --version exit 0; every other parse error is a usage error: 2,
+    // said with the arguments it echoes escaped.
+    if (e.get_exit_code() == 0) return app.exit(e);
+    std::fprintf(stderr, "hoody-snap: %s\nRun with --help for more information.\n",
+                 shown(e.what()).c_str());
+    return kUsageExit;
+  }
   while (mount.size() > 1 && mount.back() == '/') mount.pop_back();
 
   if (*create) {
-    check_name("create", name);
+    // Everything is checked before the snapshot is taken; a failure after it
+    // deletes the snapshot again, so a failed create leaves nothing behind.
+    check_name("create", name, NameUse::new_name);
+    bool with_expiry = expire_opt->count() > 0;
+    if (with_expiry) {
+      std::string why;
+      // The daemon's own parser: what it would refuse is refused here, before acting.
+      auto e = hoody::snapfs::parse_expiry(expire, hoody::snapfs::Clock::now(), &why);
+      if (!e) die({"create " + q(name), e.err(), why});
+    }
+    if (description.size() > hoody::snapfs::kMaxDescriptionBytes)
+      die({"create " + q(name), E2BIG,
+           "a description is at most " + std::to_string(hoody::snapfs::kMaxDescriptionBytes) +
+               " bytes"});
     check_mount(mount);
     std::string path = mount + "/" + name;
     if (::mkdir(path.c_str(), 0755) < 0) {
       int e = errno;
       die({"create " + q(name), e, hint_for("create", e, mount)});
     }
-    if (!expire.empty()) set_meta(path, name, "user.hoody.expires", expire, mount);
-    if (!description.empty()) set_meta(path, name, "user.hoody.description", description, mount);
-    std::printf("created %s\n", name.c_str());
+    auto undo = [&](Failure f) {
+      if (::rmdir(path.c_str()) == 0) {
+        f.hint += std::string(f.hint.empty() ? "" : "; ") + "the snapshot was deleted again";
+      } else {
+        int e = errno;
+        f.hint += std::string(f.hint.empty() ? "" : "; ") + "the snapshot " + q(name) +
+                  " was taken and could not be deleted (" + std::strerror(e) +
+                  "): delete it with `hoody-snap delete " + name + "`";
+      }
+      die(f);
+    };
+    if (with_expiry)
+      if (auto f = set_meta(path, name, "user.hoody.expires", expire, mount)) undo(*f);
+    if (!description.empty())
+      if (auto f = set_meta(path, name, "user.hoody.description", description, mount)) undo(*f);
+    std::printf("created %s\n", shown(name).c_str());
     return 0;
   }
   if (*list) {
@@ -229,38 +286,43 @@ int main(int argc, char** argv) {
       die({"list", EBADMSG, std::string("snapshots.json is not JSON: ") + ex.what()});
     }
     std::printf("%-32s %-20s %-20s %-7s %s\n", "NAME", "CREATED", "EXPIRES", "CREATOR", "DESCRIPTION");
+    // One row per snapshot, whatever the bytes of a name or description: each
+    // field is escaped (a newline or ESC in a description cannot forge a row or
+    // a colour).
     for (auto& s : all) {
       std::string exp = s["expires"].is_null() ? "-" : s["expires"].get<std::string>();
-      std::printf("%-32s %-20s %-20s %-7u %s\n", s["name"].get<std::string>().c_str(),
-                  s["created"].get<std::string>().c_str(), exp.c_str(), s["creator"].get<unsigned>(),
-                  s["description"].get<std::string>().c_str());
+      std::printf("%-32s %-20s %-20s %-7u %s\n", shown(s["name"].get<std::string>()).c_str(),
+                  shown(s["created"].get<std::string>()).c_str(), shown(exp).c_str(),
+                  s["creator"].get<unsigned>(), shown(s["description"].get<std::string>()).c_str());
     }
     return 0;
   }
   if (*del) {
-    check_name("delete", name);
+    check_name("delete", name, NameUse::existing);
     check_mount(mount);
     if (::rmdir((mount + "/" + name).c_str()) < 0) {
       int e = errno;
       die({"delete " + q(name), e, hint_for("delete", e, mount)});
     }
-    std::printf("deleted %s\n", name.c_str());
+    std::printf("deleted %s\n", shown(name).c_str());
     return 0;
   }
   if (*ren) {
-    check_name("rename", name);
-    check_name("rename to", other);
+    check_name("rename", name, NameUse::existing);
+    check_name("rename to", other, NameUse::new_name);
     check_mount(mount);
     std::string from = mount + "/" + name, to = mount + "/" + other;
     if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) < 0) {
       int e = errno;
       die({"rename " + q(name) + " to " + q(other), e, hint_for("rename", e, mount)});
     }
-    std::printf("renamed %s to %s\n", name.c_str(), other.c_str());
+    std::printf("renamed %s to %s\n", shown(name).c_str(), shown(other).c_str());
     return 0;
   }
   if (*restore) {
-    check_name("restore", name);
+    if (name == hoody::snapfs::kLive)
+      die({"restore " + q(name), EINVAL, "@live is the live state, not a snapshot; name a snapshot"});
+    check_name("restore", name, NameUse::existing);
     check_mount(mount);
     std::string path = mount + "/.hoody/restore";
     int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
@@ -273,7 +335,8 @@ int main(int argc, char** argv) {
     int e = errno;
     ::close(fd);
     if (n < 0) die({"restore " + q(name), e, hint_for("restore", e, mount)});
-    std::printf("restored %s (the state before it is kept as a pre-restore-* snapshot)\n", name.c_str());
+    std::printf("restored %s (the state before it is kept as a pre-restore-* snapshot)\n",
+                shown(name).c_str());
     return 0;
   }
   if (*sched) {
@@ -343,17 +406,30 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (*diff) {
-    check_name("diff", name);
+    check_name("diff", name, NameUse::existing);
     if (other.empty()) other = std::string(hoody::snapfs::kLive);
-    if (other != hoody::snapfs::kLive) check_name("diff", other);
+    if (other != hoody::snapfs::kLive) check_name("diff", other, NameUse::existing);
     check_mount(mount);
     std::string text = read_all(mount + "/.hoody/diff/" + name + ".." + other,
                                 "diff " + q(name) + " " + q(other), mount);
-    std::fputs(text.c_str(), stdout);
+    // The daemon escapes the paths already ("\\" for a backslash): only
+    // control bytes that got through are escaped here; the newlines end lines.
+    std::string out;
+    for (size_t start = 0; start < text.size();) {
+      size_t end = text.find('\n', start);
+      if (end == std::string::npos) end = text.size();
+      out += hoody::escape_control(std::string_view(text).substr(start, end - start), false);
+      if (end < text.size()) out += '\n';
+      start = end + 1;
+    }
+    std::fputs(out.c_str(), stdout);
     return 0;
   }
   if (*clone) {
-    check_name("clone", name);
+    // Everything that can be checked is checked before DEST is touched; a
+    // failure after that deletes what this clone made (the copies, and DEST
+    // when it was made here), so a failed clone leaves nothing behind.
+    check_name("clone", name, NameUse::existing);
     check_mount(mount);
     std::string snap = mount + "/" + name;
     char uuid[128] = {};
@@ -370,29 +446,61 @@ int main(int argc, char** argv) {
     if (!sdir)
       die({"clone " + q(name), sdir.error().value(),
            "the store " + store + " must be readable: run as root"});
-    if (::mkdir(other.c_str(), 0755) < 0 && errno != EEXIST) {
+    std::vector<std::string> subs;
+    {
+      auto d = hoody::sys::opendir_at(sdir->get(), ".");
+      if (!d) die({"clone " + q(name), d.error().value(), ""});
+      while (auto* ent = ::readdir(d->get())) {
+        std::string sub = ent->d_name;
+        if (sub != "." && sub != "..") subs.push_back(sub);
+      }
+    }
+    std::sort(subs.begin(), subs.end());
+    bool made_dest = false;
+    if (::mkdir(other.c_str(), 0755) == 0) {
+      made_dest = true;
+    } else if (errno != EEXIST) {
       int e = errno;
       die({"clone: make " + other, e, ""});
     }
     auto ddir = hoody::sys::open(other.c_str(), O_RDONLY | O_DIRECTORY);
-    if (!ddir) die({"clone: open " + other, ddir.error().value(), ""});
-    auto subs = hoody::sys::opendir_at(sdir->get(), ".");
-    if (!subs) die({"clone " + q(name), subs.error().value(), ""});
-    while (auto* ent = ::readdir(subs->get())) {
-      std::string sub = ent->d_name;
-      if (sub == "." || sub == "..") continue;
+    std::vector<std::string> made;
+    auto undo = [&](Failure f) {
+      bool clean = true;
+      for (auto it = made.rbegin(); it != made.rend(); ++it)
+        if (!hoody::btrfs::delete_subvolume(ddir->get(), it->c_str())) clean = false;
+      if (made_dest && ::rmdir(other.c_str()) < 0) clean = false;
+      if (!clean) f.hint += std::string(f.hint.empty() ? "" : "; ") + "some of " + other + " is left";
+      die(f);
+    };
+    if (!ddir) {
+      int e = ddir.error().value();
+      if (made_dest) ::rmdir(other.c_str());
+      die({"clone: open " + other, e, ""});
+    }
+    for (auto& sub : subs) {
+      struct stat st;
+      if (::fstatat(ddir->get(), sub.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0)
+        undo({"clone " + q(name) + ": " + sub + " into " + other, EEXIST,
+              other + "/" + sub + " exists already; pick an empty DEST"});
+    }
+    std::string report;
+    for (auto& sub : subs) {
       auto from = hoody::btrfs::open_dir(sdir->get(), sub.c_str());
-      if (!from) die({"clone " + q(name) + ": " + sub, from.error().value(), ""});
+      if (!from) undo({"clone " + q(name) + ": " + sub, from.error().value(), ""});
       auto s = hoody::btrfs::snapshot(from->get(), ddir->get(), sub.c_str(), false);
       if (!s) {
         int e = s.error().value();
-        die({"clone " + q(name) + ": " + sub + " into " + other, e,
-             e == EXDEV ? "DEST must be on the same BTRFS filesystem as " + source
-             : e == EEXIST ? other + "/" + sub + " exists already; pick an empty DEST"
-             : e == EPERM ? "btrfs snapshots need root (CAP_SYS_ADMIN)" : ""});
+        undo({"clone " + q(name) + ": " + sub + " into " + other, e,
+              e == EXDEV ? "DEST must be on the same BTRFS filesystem as " + source
+              : e == EEXIST ? other + "/" + sub + " exists already; pick an empty DEST"
+              : e == EPERM ? "btrfs snapshots need root (CAP_SYS_ADMIN)" : ""});
       }
-      std::printf("cloned %s/%s -> %s/%s (writable)\n", name.c_str(), sub.c_str(), other.c_str(), sub.c_str());
+      made.push_back(sub);
+      report += "cloned " + shown(name) + "/" + shown(sub) + " -> " + shown(other) + "/" +
+                shown(sub) + " (writable)\n";
     }
+    std::fputs(report.c_str(), stdout);
     return 0;
   }
   return 0;

@@ -28,7 +28,7 @@ void Fs::lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   reply(req, [&]() -> Result<fuse_entry_param> {
     if (is_root(parent)) {
       if (is_ctl_name(name)) return virtual_entry(vdir::kCtlDir);
-      if (!check_snapshot_name(name)) return fail(ENOENT);
+      if (!check_snapshot_name(name, nullptr, NameUse::existing)) return fail(ENOENT);
       HOODY_TRY(s, get_info(name));
       return snapshot_entry(s);
     }
@@ -71,15 +71,23 @@ void Fs::mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode)
               "uid " + std::to_string(c.uid) + " is not root nor in allow_users/allow_groups");
         return fail(EPERM);
       }
-      std::optional<int64_t> expires;
-      if (default_expiry_offset_)
-        expires = std::chrono::duration_cast<std::chrono::seconds>(now().time_since_epoch())
-                      .count() +
-                  *default_expiry_offset_;
       // The store's btrfs calls may take a second (dirty data is flushed): no
       // daemon lock is held here, the other worker threads keep serving.
       CreateOptions opts;
-      if (expires) opts.expires = time_point(*expires);
+      if (default_expiry_offset_) {
+        // Both terms are bounded (the offset by 100 years), the sum is range-checked.
+        int64_t at =
+            std::chrono::duration_cast<std::chrono::seconds>(now().time_since_epoch()).count() +
+            *default_expiry_offset_;
+        auto t = time_point(at);
+        if (!t) {
+          audit(c, "create", name, EINVAL, "",
+                "default_expiry " + scfg_.default_expiry + " gives unix time " +
+                    std::to_string(at) + ", out of the store's range (1970..2262)");
+          return fail(EINVAL);
+        }
+        opts.expires = *t;
+      }
       auto s = take_snapshot(name, c, opts);
       done(c, "create", name, s.err(), "", s ? "" : s.error().message());
       if (!s) return fail(s.error());

@@ -4,6 +4,8 @@
 #include <charconv>
 #include <ctime>
 
+#include "hoody/names.hpp"
+
 namespace hoody::snapfs {
 
 std::string format_utc(TimePoint t) {
@@ -16,16 +18,30 @@ std::string format_utc(TimePoint t) {
   return buf;
 }
 
+Result<TimePoint> time_from_unix(int64_t unix_seconds, int64_t nanos) {
+  if (unix_seconds < 0 || unix_seconds > kMaxUnixSeconds || nanos < 0 || nanos > 999999999)
+    return fail(EINVAL);
+  auto whole = std::chrono::duration_cast<Clock::duration>(std::chrono::seconds(unix_seconds));
+  auto frac = std::chrono::duration_cast<Clock::duration>(std::chrono::nanoseconds(nanos));
+  if (frac > Clock::duration::max() - whole) return fail(EINVAL);
+  return TimePoint(whole + frac);
+}
+
+Result<TimePoint> time_after(TimePoint from, std::chrono::seconds ahead) {
+  auto base = from.time_since_epoch();
+  if (base < Clock::duration::zero()) return fail(EINVAL);
+  // In seconds first: `ahead` as nanoseconds could overflow by itself.
+  auto room = std::chrono::duration_cast<std::chrono::seconds>(Clock::duration::max() - base);
+  if (ahead > room || ahead < -std::chrono::duration_cast<std::chrono::seconds>(base))
+    return fail(EINVAL);
+  return from + std::chrono::duration_cast<Clock::duration>(ahead);
+}
+
 namespace {
 
 Result<std::optional<TimePoint>> invalid(std::string_view text, std::string* reason,
                                          const std::string& why) {
-  if (reason) {
-    std::string shown(text.substr(0, 64));
-    for (char& c : shown)
-      if (!std::isprint(static_cast<unsigned char>(c))) c = '?';
-    *reason = "expiry \"" + shown + "\": " + why;
-  }
+  if (reason) *reason = "expiry " + quote_name(text) + ": " + why;
   return fail(EINVAL);
 }
 
@@ -39,17 +55,25 @@ bool digits(std::string_view s, std::size_t pos, std::size_t n, int& out) {
   return true;
 }
 
-constexpr auto kMaxAhead = std::chrono::hours(24 * 366 * 100);
+constexpr auto kMaxAhead = std::chrono::seconds(int64_t{24} * 3600 * 366 * 100);
 constexpr const char* kForms =
-    "use +<n>{s,m,h,d,w}, YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ (or +HH:MM offset), or never";
+    "use +<n>{s,m,h,d,w}, YYYY-MM-DD, an RFC 3339 time (YYYY-MM-DDTHH:MM:SS[.frac]Z or "
+    "+HH:MM offset), or never";
+constexpr const char* kRange =
+    "out of range: the store holds times from 1970-01-01T00:00:00Z to 2262-04-11T23:47:16Z";
 
 }  // namespace
 
 Result<std::optional<TimePoint>> parse_expiry(std::string_view text, TimePoint now,
                                               std::string* reason) {
   // Tolerate the newline `echo` adds.
-  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.remove_suffix(1);
-  if (text.empty() || text == "never") return std::optional<TimePoint>();
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ' || text.back() == '\r'))
+    text.remove_suffix(1);
+  if (text.empty())
+    return invalid(text, reason,
+                   "empty; to clear an expiry remove it (setfattr -x user.hoody.expires NAME) "
+                   "or write never");
+  if (text == "never") return std::optional<TimePoint>();
 
   TimePoint when;
   if (text[0] == '+') {
@@ -57,9 +81,9 @@ Result<std::optional<TimePoint>> parse_expiry(std::string_view text, TimePoint n
     uint64_t n = 0;
     auto num = text.substr(1, text.size() - 2);
     auto [p, ec] = std::from_chars(num.data(), num.data() + num.size(), n);
+    if (ec == std::errc::result_out_of_range) return invalid(text, reason, "more than 100 years ahead");
     if (ec != std::errc() || p != num.data() + num.size() || n == 0)
       return invalid(text, reason, kForms);
-    if (n > 100ULL * 366 * 24 * 3600) return invalid(text, reason, "more than 100 years ahead");
     std::chrono::seconds unit;
     switch (text.back()) {
       case 's': unit = std::chrono::seconds(1); break;
@@ -69,46 +93,56 @@ Result<std::optional<TimePoint>> parse_expiry(std::string_view text, TimePoint n
       case 'w': unit = std::chrono::hours(24 * 7); break;
       default: return invalid(text, reason, kForms);
     }
-    auto ahead = unit * static_cast<int64_t>(n);
-    if (ahead > kMaxAhead) return invalid(text, reason, "more than 100 years ahead");
-    when = now + std::chrono::duration_cast<Clock::duration>(ahead);
+    // Compare before multiplying: n * unit must not overflow.
+    if (n > static_cast<uint64_t>(kMaxAhead / unit))
+      return invalid(text, reason, "more than 100 years ahead");
+    auto w = time_after(now, unit * static_cast<int64_t>(n));
+    if (!w) return invalid(text, reason, kRange);
+    when = *w;
   } else {
-    std::tm tm{};
     int y, mo, d, h = 0, mi = 0, s = 0;
-    if (!digits(text, 0, 4, y) || text.size() < 10 || text[4] != '-' || !digits(text, 5, 2, mo) ||
+    if (text.size() < 10 || !digits(text, 0, 4, y) || text[4] != '-' || !digits(text, 5, 2, mo) ||
         text[7] != '-' || !digits(text, 8, 2, d))
       return invalid(text, reason, kForms);
-    long offset = 0;
+    int64_t offset = 0, nanos = 0;
     if (text.size() > 10) {
-      if (text.size() < 19 || (text[10] != 'T' && text[10] != ' ') || !digits(text, 11, 2, h) ||
+      char t = text[10];
+      if (text.size() < 19 || (t != 'T' && t != 't' && t != ' ') || !digits(text, 11, 2, h) ||
           text[13] != ':' || !digits(text, 14, 2, mi) || text[16] != ':' ||
           !digits(text, 17, 2, s))
         return invalid(text, reason, kForms);
       std::string_view zone = text.substr(19);
+      if (!zone.empty() && zone[0] == '.') {
+        // Fractional seconds: at least one digit; beyond nanoseconds they are dropped.
+        std::size_t i = 1;
+        int64_t scale = 100000000;
+        for (; i < zone.size() && std::isdigit(static_cast<unsigned char>(zone[i])); ++i) {
+          nanos += (zone[i] - '0') * scale;
+          scale /= 10;
+        }
+        if (i == 1) return invalid(text, reason, kForms);
+        zone.remove_prefix(i);
+      }
       int oh, om;
-      if (zone == "Z") {
+      if (zone == "Z" || zone == "z") {
         offset = 0;
       } else if (zone.size() == 6 && (zone[0] == '+' || zone[0] == '-') && digits(zone, 1, 2, oh) &&
                  zone[3] == ':' && digits(zone, 4, 2, om) && oh < 24 && om < 60) {
-        offset = (oh * 3600L + om * 60L) * (zone[0] == '+' ? 1 : -1);
+        offset = (oh * int64_t{3600} + om * int64_t{60}) * (zone[0] == '+' ? 1 : -1);
       } else {
         return invalid(text, reason, "a time needs a zone: Z or +HH:MM");
       }
     }
-    tm.tm_year = y - 1900;
-    tm.tm_mon = mo - 1;
-    tm.tm_mday = d;
-    tm.tm_hour = h;
-    tm.tm_min = mi;
-    tm.tm_sec = s;
-    std::tm check = tm;
-    std::time_t t = ::timegm(&tm);
-    if (t == static_cast<std::time_t>(-1) || tm.tm_mday != check.tm_mday ||
-        tm.tm_mon != check.tm_mon || tm.tm_hour != check.tm_hour || tm.tm_min != check.tm_min ||
-        tm.tm_sec != check.tm_sec)
-      return invalid(text, reason, "no such date or time");
-    when = Clock::from_time_t(t - offset);
-    if (when - now > kMaxAhead) return invalid(text, reason, "more than 100 years ahead");
+    using namespace std::chrono;
+    year_month_day ymd{year(y), month(static_cast<unsigned>(mo)), day(static_cast<unsigned>(d))};
+    if (!ymd.ok() || h > 23 || mi > 59 || s > 59) return invalid(text, reason, "no such date or time");
+    // Years are 4 digits: this sum stays far inside int64.
+    int64_t secs = sys_days(ymd).time_since_epoch().count() * int64_t{86400} + h * int64_t{3600} +
+                   mi * int64_t{60} + s - offset;
+    auto w = time_from_unix(secs, nanos);
+    if (!w) return invalid(text, reason, kRange);
+    when = *w;
+    if (when > now && when - now > kMaxAhead) return invalid(text, reason, "more than 100 years ahead");
   }
   return std::optional<TimePoint>(when);
 }

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <nlohmann/json.hpp>
+#include <chrono>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -15,11 +17,26 @@ namespace hoody::snapfs {
 // "2026-11-26T14:50:23Z" (UTC, whole seconds, rounded down).
 std::string format_utc(TimePoint t);
 
+// The times the store can hold: nanoseconds since 1970-01-01T00:00:00Z in an
+// int64 (TimePoint), so 1970-01-01T00:00:00Z to 2262-04-11T23:47:16Z.
+inline constexpr int64_t kMaxUnixSeconds =
+    std::chrono::duration_cast<std::chrono::seconds>(Clock::duration::max()).count();
+
+// `unix_seconds` (+ `nanos`, 0..999999999) as a TimePoint; EINVAL (never a
+// wrapped value) outside the range above.
+Result<TimePoint> time_from_unix(int64_t unix_seconds, int64_t nanos = 0);
+// `from` + `ahead`; EINVAL when the sum is outside the range above.
+Result<TimePoint> time_after(TimePoint from, std::chrono::seconds ahead);
+
 // An expiry as a user writes it (setfattr -n user.hoody.expires -v ...):
 //   "+<n><unit>"  relative to `now`; unit s, m (minutes), h, d, w; n >= 1
-//   "YYYY-MM-DDTHH:MM:SSZ", "YYYY-MM-DDTHH:MM:SS+HH:MM" (or -HH:MM), "YYYY-MM-DD" (00:00 UTC)
-//   "never" or ""  no expiry (nullopt)
-// EINVAL with *reason for anything else, or for more than 100 years ahead.
+//   an RFC 3339 time: "YYYY-MM-DDTHH:MM:SS[.fraction]Z" or with an offset
+//     "+HH:MM"/"-HH:MM"; 'T' and 'Z' in either case, or a space for 'T'
+//   "YYYY-MM-DD" (00:00 UTC)
+//   "never"  no expiry (nullopt)
+// EINVAL with *reason for anything else: an empty value (removexattr clears an
+// expiry), a time before 1970 or after 2262-04-11T23:47:16Z (the store keeps
+// nanoseconds in an int64), or more than 100 years ahead of `now`.
 Result<std::optional<TimePoint>> parse_expiry(std::string_view text, TimePoint now,
                                               std::string* reason = nullptr);
 

@@ -420,12 +420,13 @@ Result<std::vector<AuditEntry>> SnapshotStore::audit_log(std::size_t limit) cons
 
 // ---- names, rename, metadata ------------------------------------------------------
 
-// check_snapshot_name; refusals are logged and audited.
+// check_snapshot_name (a new name, or an existing one that may hold ".." from
+// before that rule); refusals are logged and audited.
 Status SnapshotStore::check_name(std::string_view action, std::string_view name,
-                                 std::string_view what, const Caller& caller,
+                                 std::string_view what, const Caller& caller, NameUse use,
                                  std::string_view target) {
   std::string reason;
-  Status v = check_snapshot_name(name, &reason);
+  Status v = check_snapshot_name(name, &reason, use);
   if (v) return {};
   log::get("snap")->info("op={} uid={} -> {}", action, caller.uid, reason);
   std::lock_guard lock(db_mu_);
@@ -434,7 +435,8 @@ Status SnapshotStore::check_name(std::string_view action, std::string_view name,
 }
 
 Status SnapshotStore::rename(std::string_view from, std::string_view to, const Caller& caller) {
-  for (auto n : {from, to}) HOODY_CHECK(check_name("rename", n, from, caller, to));
+  HOODY_CHECK(check_name("rename", from, from, caller, NameUse::existing, to));
+  HOODY_CHECK(check_name("rename", to, from, caller, NameUse::new_name, to));
   std::lock_guard dl(db_mu_);
   Errno err;
   std::string why;

@@ -225,7 +225,8 @@ private:
   Status purge(const char* dir_name, const char* op);
   Status purge_restored(const std::string& work);
   Status check_name(std::string_view action, std::string_view name, std::string_view what,
-                    const Caller& caller, std::string_view target = {});
+                    const Caller& caller, NameUse use = NameUse::new_name,
+                    std::string_view target = {});
 
   UniqueFd source_;  // SOURCE, O_RDONLY|O_DIRECTORY
   UniqueFd store_;   // SOURCE/.snapshots

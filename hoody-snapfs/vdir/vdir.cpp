@@ -54,8 +54,8 @@ std::optional<DiffSpec> parse_diff_name(std::string_view name) {
   for (size_t pos = name.find(".."); pos != std::string_view::npos; pos = name.find("..", pos + 1)) {
     auto a = name.substr(0, pos);
     auto b = name.substr(pos + 2);
-    if (!check_snapshot_name(a)) continue;
-    if (b != kLive && !check_snapshot_name(b)) continue;
+    if (!check_snapshot_name(a, nullptr, NameUse::existing)) continue;
+    if (b != kLive && !check_snapshot_name(b, nullptr, NameUse::existing)) continue;
     return DiffSpec{std::string(a), std::string(b)};
   }
   return std::nullopt;
@@ -163,7 +163,13 @@ Result<std::string> parse_restore_request(std::string_view data, std::string* wh
   while (!data.empty() && (data.back() == '\n' || data.back() == '\r' || data.back() == ' '))
     data.remove_suffix(1);
   std::string reason;
-  if (!check_snapshot_name(data, &reason)) {
+  // The live state is not a snapshot: EINVAL, as for mkdir @live.
+  if (data == kLive) {
+    if (why) *why = "restore: \"@live\" is the live state, not a snapshot; name a snapshot";
+    return fail(EINVAL);
+  }
+  // An existing name: one with ".." taken before that rule can still be restored.
+  if (!check_snapshot_name(data, &reason, NameUse::existing)) {
     if (why) *why = "restore: " + reason;
     return fail(EINVAL);
   }

@@ -29,6 +29,10 @@ public:
   // The session is mounted (for notifications such as notify_inval_inode);
   // called before the loop starts.
   virtual void attached(fuse_session* /*se*/) {}
+  // open(O_TMPFILE) in directory `nodeid`: the errno to answer, for a daemon
+  // that knows better than libfuse 3.14's ENOSYS (SessionConfig::tmpfile_errno).
+  // Empty (the default): libfuse answers.
+  virtual std::function<int(uint64_t nodeid)> tmpfile_errno() { return {}; }
 };
 
 struct DaemonSpec {

@@ -25,6 +25,13 @@ struct SessionConfig {
   bool clone_fd = true;
   // Called once the session is mounted, before the loop (optional).
   std::function<void(fuse_session*)> on_mounted;
+  // libfuse 3.14 has no tmpfile op: it answers the kernel's FUSE_TMPFILE
+  // (open(O_TMPFILE)) with ENOSYS, which the kernel turns into EOPNOTSUPP for
+  // the rest of the mount.  When set, FUSE_TMPFILE requests are answered with
+  // the errno this returns for the directory's node id instead (0: leave the
+  // request to libfuse).  Read through a custom-io filter on /dev/fuse; with
+  // splice_read the kernel's requests bypass it and libfuse answers as before.
+  std::function<int(uint64_t nodeid)> tmpfile_errno;
 };
 
 // The reason a mount cannot start, as one line for a person ("" if none

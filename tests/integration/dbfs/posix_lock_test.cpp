@@ -8,6 +8,9 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <fstream>
+#include <vector>
+
 #include "sqlite_harness.hpp"
 
 using namespace hoody::test;
@@ -105,6 +108,50 @@ TEST_CASE("a non-SQLite byte range of an SQLite database file keeps POSIX try se
       release.signal();
       CHECK(h.wait().ok());
     }
+  }
+}
+
+// Issue 7 item 5: what is SQLite is decided from what a file is (its header,
+// the database beside a -shm), not from its name or the offsets locked.  Each
+// file here is made through the mount the way a program makes it (created
+// empty, then written), and SQLite's lock bytes of it must keep exact POSIX
+// try semantics: EAGAIN at once, not a 30 s SQLite-style wait.
+TEST_CASE("SQLite's lock bytes of files that are not SQLite databases: F_SETLK answers at once") {
+  Mounted m;
+  struct Case {
+    std::string name, content;
+    off_t start, len;
+    std::vector<short> tries;
+  };
+  const off_t pending = 0x40000000;
+  std::vector<Case> cases = {
+      {"plain.txt", "just text\n", pending, 1, {F_RDLCK, F_WRLCK}},
+      {"x.db", "not a database, only named like one\n", pending + 2, 510, {F_RDLCK, F_WRLCK}},
+      {"y.db-shm", std::string(32768, '\0'), 120, 1, {F_WRLCK, F_RDLCK}},
+      {"y.db-shm", std::string(32768, '\0'), 123, 1, {F_RDLCK, F_WRLCK}},
+  };
+  for (auto& c : cases) {
+    CAPTURE(c.name);
+    CAPTURE(c.start);
+    std::string path = m.mnt + "/" + c.name;
+    std::ofstream(path) << c.content;  // created empty, then written
+    Pipe held, release;
+    Child h = holder(path, range(F_WRLCK, c.start, c.len), held, release);
+    REQUIRE(held.wait_signal());
+    for (short t : c.tries) {
+      CAPTURE(t);
+      expect_try_conflict(path, range(t, c.start, c.len), h.pid());
+    }
+    release.signal();
+    CHECK(h.wait().ok());
+  }
+  // An SQLite database beside a -shm makes it one: the same name, but now
+  // SQLite's (its own zero-BUSY tests cover the scheduling; here: still works).
+  std::string db = m.mnt + "/z.db";
+  create_db(db, "wal");
+  {
+    Db d = open_db(db, 0);
+    CHECK(exec_rc(d.get(), insert_sql(1, 1, 0)) == SQLITE_OK);
   }
 }
 
