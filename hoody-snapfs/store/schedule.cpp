@@ -108,13 +108,16 @@ Result<std::vector<std::string>> SnapshotStore::prune_scheduled(TimePoint when, 
   {
     std::lock_guard dl(db_mu_);
     // Only the schedule's own snapshots: manual ones and restore's safety
-    // snapshots are never touched by it.
+    // snapshots are never touched by it, nor a scheduled one renamed out of
+    // auto-* (the way to keep one).
     sql::Stmt q(db_, "SELECT name, created FROM snapshots WHERE type = ? ORDER BY created, name");
     q.bind(1, std::string_view(kTypeScheduled));
     for (;;) {
       HOODY_TRY(row, q.step());
       if (!row) break;
-      scheduled.push_back({q.text(0), from_ns(q.int64(1))});
+      std::string name = q.text(0);
+      if (name.rfind(kScheduledPrefix, 0) != 0) continue;
+      scheduled.push_back({std::move(name), from_ns(q.int64(1))});
     }
   }
   std::vector<std::string> pruned;

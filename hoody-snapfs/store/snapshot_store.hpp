@@ -179,8 +179,9 @@ public:
                        bool taken);
   // The generation of every scope subvolume (what onchange compares).
   Result<std::map<std::string, uint64_t>> generations() const;
-  // Deletes the scheduled snapshots (type "scheduled", never others) that
-  // `p` does not keep at `now`; audited as "prune".  Their names.
+  // Deletes the scheduled snapshots (type "scheduled" and still named
+  // auto-*, never others) that `p` does not keep at `now`; audited as
+  // "prune".  Their names.
   Result<std::vector<std::string>> prune_scheduled(TimePoint now, const Preserve& p,
                                                    const Caller& caller);
 

@@ -770,13 +770,16 @@ TEST_CASE("prune_scheduled deletes only scheduled snapshots, by the policy, at t
   CHECK(st->get("manual")->type == "filesystem");
   // A pre-restore safety snapshot is no scheduled one either.
   REQUIRE(st->restore("manual", kRoot).ok());
+  // Renamed out of auto-*, a scheduled snapshot is kept.
+  REQUIRE(st->rename("auto-20261101T0100Z", "keep-0100", kRoot).ok());
   t += std::chrono::minutes(30);
   auto pruned = st->prune_scheduled(t, *parse_preserve("2h"), kRoot);
   REQUIRE(pruned.ok());
-  CHECK(*pruned == std::vector<std::string>{"auto-20261101T0000Z", "auto-20261101T0100Z",
-                                            "auto-20261101T0200Z", "auto-20261101T0300Z"});
+  CHECK(*pruned == std::vector<std::string>{"auto-20261101T0000Z", "auto-20261101T0200Z",
+                                            "auto-20261101T0300Z"});
   auto left = names(*st->list());
-  CHECK(left.size() == 4);  // manual, the safety snapshot, 04:00, 05:00
+  CHECK(left.size() == 5);  // manual, keep-0100, the safety snapshot, 04:00, 05:00
+  CHECK(std::count(left.begin(), left.end(), "keep-0100") == 1);
   CHECK(std::count(left.begin(), left.end(), "manual") == 1);
   CHECK(std::count_if(left.begin(), left.end(),
                       [](auto& n) { return n.rfind("pre-restore-", 0) == 0; }) == 1);
