@@ -271,6 +271,13 @@ Result<std::shared_ptr<const Fs::Listing>> Fs::listing() {
     std::lock_guard g(listing_m_);
     if (listing_ && listing_->gen == gen) return listing_;
   }
+  // One rebuild at a time: the requests that arrive meanwhile take its result.
+  std::lock_guard rb(rebuild_m_);
+  gen = changes_.load();
+  {
+    std::lock_guard g(listing_m_);
+    if (listing_ && listing_->gen == gen) return listing_;
+  }
   HOODY_TRY(all, store_->list());
   auto l = std::make_shared<Listing>();
   l->gen = gen;

@@ -219,6 +219,8 @@ private:
   std::atomic<size_t> count_{0};
   std::atomic<bool> restoring_{false};  // one restore at a time: EBUSY for a second
 
+  // Held while listing_ is rebuilt (before listing_m_; the store's locks inside).
+  std::mutex rebuild_m_;
   // Guards listing_ and subvols_.  A leaf lock.
   std::mutex listing_m_;
   std::shared_ptr<const Listing> listing_;
