@@ -496,11 +496,13 @@ Result<fuse_entry_param> Fs::snapshot_entry(const SnapshotInfo& s) {
     tops_[inode(e.ino)->src_ino] = Top{s.uuid, s.name};
   }
   e.attr = snapshot_attr(s, e.attr, subvolume_count(s.uuid));
-  // Names the daemon removes by itself (expiry, the schedule) are
-  // invalidated in the kernel when they go (forget_names); the others go
-  // through the kernel (rmdir, rename), which updates its cache.
-  e.entry_timeout = cfg_.entry_timeout;
-  e.attr_timeout = cfg_.attr_timeout;
+  // Cached long: every change reaches the kernel.  Names go through it
+  // (rmdir, rename) or, when the daemon removes them by itself (expiry, the
+  // schedule), are invalidated as they go (forget_names); a new name is never
+  // cached as missing (lookups answer ENOENT, no negative entry).  The
+  // attributes of a snapshot's directory never change.
+  e.entry_timeout = kTopTimeout;
+  e.attr_timeout = kTopTimeout;
   return e;
 }
 

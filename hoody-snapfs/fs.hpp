@@ -139,6 +139,8 @@ public:
   Result<std::vector<SnapshotInfo>> list_info(bool with_subvolumes);
   // The snapshot shown by a top-level directory Inode (nullopt for any other inode).
   std::optional<SnapshotInfo> snapshot_of(fuse_ino_t ino);
+  // Seconds the kernel keeps the name and attributes of a snapshot's directory.
+  static constexpr double kTopTimeout = 3600;
   // Entry for snapshot `s` (lookup counted on the core's Inode of its directory).
   Result<fuse_entry_param> snapshot_entry(const SnapshotInfo& s);
   struct stat snapshot_attr(const SnapshotInfo& s, const struct stat& dir, size_t subvolumes);

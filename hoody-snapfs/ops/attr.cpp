@@ -73,7 +73,8 @@ void Fs::getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if (!st) return reply(req, fail(st.error()));
   show(*st);
   auto shown = snapshot_attr(*snap, *st, subvolume_count(snap->uuid));
-  fuse_reply_attr(req, &shown, cfg_.attr_timeout);
+  // A snapshot's directory never changes (snapshot_entry's timeout).
+  fuse_reply_attr(req, &shown, kTopTimeout);
 }
 
 void Fs::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int valid, fuse_file_info* fi) {
