@@ -79,10 +79,11 @@ void Fs::schedule_once(TimePoint t) {
         auto after = store_->generations();
         (void)store_->schedule_done(slot, after ? *after : std::map<std::string, uint64_t>{}, true);
       } else {
-        // Not retried every tick: the slot is done, the store audited why.
+        // Not retried every tick: the slot is done, the store audited why.  No
+        // generations kept: the next slot is taken whatever onchange says.
         lg->warn("op=schedule slot={} name={} -> {}", format_utc(slot), quote_name(name),
                  made.error().message());
-        (void)store_->schedule_done(slot, gens ? *gens : std::map<std::string, uint64_t>{}, false);
+        (void)store_->schedule_done(slot, {}, false);
       }
     }
   }
