@@ -121,8 +121,9 @@ Result<std::vector<std::string>> SnapshotStore::prune_scheduled(TimePoint when, 
     }
   }
   std::vector<std::string> pruned;
+  const std::string why = "schedule " + format_preserve(p);
   for (const auto& n : to_prune(std::move(scheduled), when, p)) {
-    auto s = remove_locked(n, caller, "prune");
+    auto s = remove_locked(n, caller, "prune", why);
     if (s) {
       pruned.push_back(n);
     } else if (s.err() != ENOENT) {

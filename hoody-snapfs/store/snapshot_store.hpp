@@ -209,7 +209,7 @@ private:
   Result<Snapshot> create_locked(std::string_view name, const Caller& caller,
                                  const CreateOptions& opts);
   Status remove_locked(std::string_view name, const Caller& caller,
-                       std::string_view action = "delete");
+                       std::string_view action = "delete", std::string_view why = {});
   Result<std::optional<Snapshot>> find(std::string_view name) const;
   Status audit(const Caller& caller, std::string_view action, std::string_view name,
                std::string_view result, std::string_view target = {});

@@ -231,7 +231,7 @@ TEST_CASE("scheduled snapshots: hourly across simulated days, retention, onchang
   // The log says what the schedule did: creates and prunes by the daemon (uid 0).
   int prunes = 0, creates = 0;
   for (auto& l : m.log()) {
-    if (l["action"] == "prune" && l["result"] == "ok") ++prunes;
+    if (l["action"] == "prune" && l["result"] == "ok" && l["to"] == "schedule 3h 2d 2w") ++prunes;
     if (l["action"] == "create" && l["name"].get<std::string>().rfind("auto-", 0) == 0) ++creates;
   }
   CHECK(creates == 48);  // 51 slots, 3 skipped
