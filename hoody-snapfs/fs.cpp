@@ -410,6 +410,17 @@ std::optional<SnapshotInfo> Fs::snapshot_of(fuse_ino_t ino) {
   return x;
 }
 
+void Fs::on_forget(pt::Inode& in) {
+  if (in.src_dev != store_dev_) return;
+  std::lock_guard g(tops_m_);
+  if (auto it = tops_.find(in.src_ino); it != tops_.end()) in_kernel_.erase(it->second.uuid);
+}
+
+bool Fs::in_kernel(const std::string& uuid) {
+  std::lock_guard g(tops_m_);
+  return in_kernel_.count(uuid) != 0;
+}
+
 void Fs::renamed(const std::string& from, const std::string& to) {
   std::lock_guard g(tops_m_);
   for (auto& [ino, top] : tops_)
@@ -471,6 +482,7 @@ void Fs::removed(const std::string& name) {
       uuid = kv.second.uuid;
       return true;
     });
+    if (!uuid.empty()) in_kernel_.erase(uuid);
   }
   if (uuid.empty()) return;
   std::lock_guard g(listing_m_);
@@ -494,6 +506,7 @@ Result<fuse_entry_param> Fs::snapshot_entry(const SnapshotInfo& s) {
   {
     std::lock_guard g(tops_m_);
     tops_[inode(e.ino)->src_ino] = Top{s.uuid, s.name};
+    in_kernel_.insert(s.uuid);
   }
   e.attr = snapshot_attr(s, e.attr, subvolume_count(s.uuid));
   // Cached long: every change reaches the kernel.  Names go through it

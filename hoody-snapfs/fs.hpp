@@ -26,6 +26,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "hoody/daemon.hpp"
@@ -180,6 +181,7 @@ public:
 
 protected:
   Status may_mutate(fuse_req_t req, const char* what) override;
+  void on_forget(pt::Inode& inode) override;
 
 private:
   void prune_loop();
@@ -228,12 +230,17 @@ private:
   std::shared_ptr<const Listing> listing_;
   std::unordered_map<std::string, size_t> subvols_;  // uuid -> scope subvolumes in it (fixed)
 
-  // Guards tops_.  A leaf lock: nothing is called under it.
+  // Guards tops_ and in_kernel_.  A leaf lock: nothing is called under it
+  // (on_forget takes it under the core's mutex_).
   std::mutex tops_m_;
   struct Top {
     std::string uuid, name;
   };
   std::unordered_map<ino_t, Top> tops_;  // backing ino of a <uuid> dir -> its snapshot
+  // The uuids of the snapshot directories the kernel holds (looked up, not
+  // yet forgotten): readdirplus leaves their cached entries alone.
+  std::unordered_set<std::string> in_kernel_;
+  bool in_kernel(const std::string& uuid);
 
   // Guards jobs_ (offloaded requests in flight).  A leaf lock.
   std::mutex jobs_m_;

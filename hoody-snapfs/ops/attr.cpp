@@ -100,9 +100,20 @@ void Fs::statfs(fuse_req_t req, fuse_ino_t ino) {
 }
 
 void Fs::getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
-  if (is_root(ino) || vdir::is_virtual(ino)) return reply(req, fail(ENODATA));
-  auto snap = snapshot_of(ino);
-  if (!snap) return pt::PassthroughFs::getxattr(req, ino, name, size);
+  // The daemon's own nodes (the root, .hoody/, the snapshots' directories)
+  // have no security labels: "not supported" rather than "not set", so that
+  // `ls -l`, which asks each entry for security.selinux, stops asking for the
+  // rest of the mount (coreutils remembers the device that does not support
+  // it): one round trip per listing instead of one per snapshot.  The ACL
+  // names stay ENODATA ("no ACL"): the kernel reads them for permission checks.
+  bool ours = is_root(ino) || vdir::is_virtual(ino);
+  std::optional<SnapshotInfo> snap;
+  if (!ours) {
+    snap = snapshot_of(ino);
+    if (!snap) return pt::PassthroughFs::getxattr(req, ino, name, size);
+  }
+  if (std::string_view(name).starts_with("security.")) return reply(req, fail(EOPNOTSUPP));
+  if (ours) return reply(req, fail(ENODATA));
   reply_xattr(req, meta_value(*snap, name), size);
 }
 

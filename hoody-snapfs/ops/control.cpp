@@ -237,18 +237,26 @@ void Fs::readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_fi
     if (plus) {
       fuse_entry_param p{};
       bool counted = false;
+      std::optional<SnapshotInfo> info;
       if (is_root(ino) && !vdir::is_virtual(e.ino) && e.ino != FUSE_ROOT_ID) {
-        // A snapshot: its full entry (lookup counted), so that `ls -l` finds
-        // name and attributes cached and asks nothing more per snapshot.
-        auto info = get_info(e.name);
-        auto ent = info ? snapshot_entry(*info) : Result<fuse_entry_param>(fail(ENOENT));
+        auto got = get_info(e.name);
+        if (!got) continue;  // deleted since opendir
+        info = std::move(*got);
+      }
+      if (info && !in_kernel(info->uuid)) {
+        // A snapshot the kernel does not hold: its full entry (lookup
+        // counted), so that `ls -l` finds name and attributes cached and asks
+        // nothing more for it.  One the kernel holds gets no node id: the
+        // kernel then leaves its cached entry alone (a full one would make
+        // it drop the inode's cached ACLs).
+        auto ent = snapshot_entry(*info);
         if (!ent) continue;  // deleted since opendir
         p = *ent;
         counted = true;
       } else if (e.ino == vdir::kCtlDir) {
         p = virtual_entry(vdir::kCtlDir);
       } else {
-        // "." and "..": no node id, the kernel makes no dentry from them.
+        // "." and "..", and snapshots the kernel holds: no node id.
         p.attr.st_ino =
             vdir::is_virtual(e.ino) ? ((e.ino & ~vdir::kVirtualBit) | (1ull << 62)) : e.ino;
         p.attr.st_mode = e.mode;

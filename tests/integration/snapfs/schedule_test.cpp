@@ -70,7 +70,11 @@ struct Mount {
   std::string source, storage, databases, mnt, clock_file;
   std::unique_ptr<Daemon> daemon;
 
-  explicit Mount(const std::string& opts = "allow_other,prune_interval=0.05", int64_t now = 0) {
+  std::vector<std::string> extra_args;  // before SOURCE, e.g. {"-d"}
+
+  explicit Mount(const std::string& opts = "allow_other,prune_interval=0.05", int64_t now = 0,
+                 std::vector<std::string> extra = {})
+      : extra_args(std::move(extra)) {
     pool.make_dir("containers");
     source = pool.make_dir("containers/c1");
     storage = pool.make_subvolume("containers/c1/storage");
@@ -83,7 +87,9 @@ struct Mount {
     start(opts);
   }
   void start(const std::string& opts) {
-    std::vector<std::string> argv = {snapfs_bin(), "-f", "-o", opts, source, mnt};
+    std::vector<std::string> argv = {snapfs_bin(), "-f", "-o", opts};
+    argv.insert(argv.end(), extra_args.begin(), extra_args.end());
+    argv.insert(argv.end(), {source, mnt});
     if (!slurp(clock_file).empty())
       argv.insert(argv.begin(), {"env", "HOODY_TEST_CLOCK_FILE=" + clock_file});
     daemon = std::make_unique<Daemon>(argv, mnt, pool.dir() + "/daemon.log");
@@ -433,4 +439,38 @@ TEST_CASE("POSIX ACLs of snapshot files are honoured, as in the live tree") {
   CHECK_MESSAGE(e.exit_code == 0, e.describe());
   auto acl = run({"getfacl", "-p", "--omit-header", snap});
   CHECK_MESSAGE(acl.output.find("user:nobody:r--") != std::string::npos, acl.output);
+}
+
+TEST_CASE("ls -l of 200 snapshots: once cached, nothing is asked of the daemon per snapshot") {
+  require_mount_capabilities();
+  // -d: libfuse traces every request in the daemon's log.
+  Mount m("allow_other", 0, {"-d"});
+  for (int i = 0; i < 200; ++i)
+    REQUIRE(::mkdir(m.at("s" + std::to_string(i)).c_str(), 0755) == 0);
+  auto count = [](const std::string& log, const char* op) {
+    size_t n = 0;
+    for (size_t p = log.find(op); p != std::string::npos; p = log.find(op, p + 1)) ++n;
+    return n;
+  };
+  REQUIRE(run({"ls", "-l", m.mnt}).ok());  // the first: the kernel learns every entry
+  std::this_thread::sleep_for(200ms);
+  auto before = m.daemon->log().size();
+  auto r = run({"ls", "-l", m.mnt});
+  REQUIRE(r.ok());
+  CHECK(std::count(r.output.begin(), r.output.end(), '\n') == 201);  // "total" and 200
+  std::this_thread::sleep_for(200ms);
+  auto log = m.daemon->log().substr(before);
+  // Names and attributes are cached (an hour; every change reaches the
+  // kernel), ACLs are cached by the kernel, and security.selinux is "not
+  // supported" on the daemon's nodes, which ls remembers for the device.
+  CHECK_MESSAGE(count(log, "opcode: LOOKUP") == 0, log.substr(0, 2000));
+  CHECK_MESSAGE(count(log, "opcode: GETATTR") <= 2, log.substr(0, 2000));
+  CHECK_MESSAGE(count(log, "opcode: GETXATTR") <= 3, log.substr(0, 2000));
+  // Metadata is still there for whoever asks for it.
+  CHECK(getx(m.at("s7"), "user.hoody.type") == "filesystem");
+  char buf[64];
+  CHECK(::lgetxattr(m.at("s7").c_str(), "security.selinux", buf, sizeof buf) < 0);
+  CHECK(errno == EOPNOTSUPP);
+  CHECK(::lgetxattr(m.at("s7").c_str(), "user.other", buf, sizeof buf) < 0);
+  CHECK(errno == ENODATA);
 }
