@@ -10,6 +10,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "control.hpp"
+#include "hoody/dbfs_control.hpp"
 #include "hoody/log.hpp"
 #include "hoody/mount_options.hpp"
 #include "hoody/names.hpp"
@@ -57,14 +59,33 @@ Fs::~Fs() = default;
 Status Fs::start(std::string* why) {
   HOODY_CHECK(open_source(why));
   HOODY_CHECK(lock_source(why));
+  // Both sockets listen before the mount appears (their threads start in attached()).
+  status_ = std::make_unique<StatusServer>(dcfg_.mountpoint);
+  control_ = std::make_unique<ControlServer>(dcfg_.core.source);
   return {};
 }
 
 void Fs::attached(fuse_session* se) {
   se_ = se;
   locks_.emplace(dcfg_.locks);
-  status_ = std::make_unique<StatusServer>(dcfg_.mountpoint, [this] { return status_json(); });
+  status_->run([this] { return status_json(); });
+  ControlServer::Target t;
+  t.locks = &*locks_;
+  t.source_replaced = [this] { return source_replaced(); };
+  t.holders = [this] {
+    nlohmann::json rows = nlohmann::json::array();
+    for (const auto& h : holders(false))
+      rows.push_back({{"pid", h.pid}, {"comm", h.comm}, {"path", h.path}});
+    return nlohmann::json{{"holders", rows}};
+  };
+  t.database_name = [this](const std::string& key) { return database_name(key); };
+  control_->run(std::move(t));
   watch_ = std::make_unique<SourceWatch>(dcfg_.core.source, [this] { source_replaced(); });
+}
+
+void Fs::destroy() {
+  std::lock_guard g(change_mu_);  // a source change in progress finishes first
+  se_ = nullptr;
 }
 
 Status Fs::lock_source(std::string* why) {
@@ -94,19 +115,65 @@ Status Fs::lock_source(std::string* why) {
   return {};
 }
 
-void Fs::source_replaced() {
-  // A restore swapped the subvolume at SOURCE: serve the new one, hold its
-  // exclusivity lock, and drop the kernel's cached root attributes and listing.
+nlohmann::json Fs::source_replaced() {
+  // A restore swapped the subvolume at SOURCE.  One change at a time; a call
+  // that finds nothing new still returns only after the last one completed.
+  std::lock_guard g(change_mu_);
+  auto lg = log::get("fuse");
+  auto t0 = std::chrono::steady_clock::now();
   auto r = reroot();
   if (!r) {
-    log::get("fuse")->error("source {} changed but cannot be reopened: {}", dcfg_.core.source,
-                            r.error().message());
-    return;
+    lg->error("source {} changed but cannot be reopened: {}", dcfg_.core.source,
+              r.error().message());
+    return {{"ok", false},
+            {"errno", ctl::errno_name(r.err())},
+            {"error", "source " + dcfg_.core.source + ": " + r.error().message()}};
   }
-  if (!*r) return;
-  std::string why;
-  if (!lock_source(&why)) log::get("fuse")->error("{}", why);
-  if (fuse_session* se = se_.load()) fuse_lowlevel_notify_inval_inode(se, FUSE_ROOT_ID, 0, 0);
+  if (r->changed) {
+    // Hold the exclusivity lock on the new directory (the old one's fd goes).
+    std::string why;
+    if (!lock_source(&why)) {
+      lg->error("{}", why);
+      exclusive_.reset();
+    }
+    // Lock requests waiting on files of the old tree fail (EIO); its
+    // databases leave the lock manager's table.
+    std::vector<lock::FileId> files(r->stale.begin(), r->stale.end());
+    locks_->retire_files(files);
+    invalidate_kernel(se_.load(), *r);
+  }
+  nlohmann::json stale = nlohmann::json::array();
+  for (const auto& h : holders(true))
+    stale.push_back({{"pid", h.pid}, {"comm", h.comm}, {"path", h.path}});
+  double ms = std::chrono::duration_cast<std::chrono::microseconds>(
+                  std::chrono::steady_clock::now() - t0).count() / 1000.0;
+  if (r->changed)
+    lg->info("op=source-replaced epoch={} stale_inodes={} names={} stale_holders={} ms={:.1f} "
+             "-> serving the new tree",
+             r->epoch, r->stale.size(), r->old_names.size() + r->new_names.size(), stale.size(),
+             ms);
+  return {{"changed", r->changed}, {"epoch", r->epoch}, {"stale_holders", stale}, {"ms", ms}};
+}
+
+bool Fs::is_shm(fuse_ino_t ino) {
+  std::lock_guard g(meta_mu_);
+  auto it = meta_.find(ino);
+  return it != meta_.end() && it->second.named == lock::FileKind::shm;
+}
+
+std::string Fs::database_name(const std::string& domain) {
+  // "<dev>:<ino>/<name>" (on_entry): the parent's path + the name.
+  auto colon = domain.find(':');
+  auto slash = domain.find('/');
+  if (colon == std::string::npos || slash == std::string::npos || colon > slash) return domain;
+  char* end = nullptr;
+  unsigned long long dev = std::strtoull(domain.c_str(), &end, 10);
+  if (end != domain.c_str() + colon) return domain;
+  unsigned long long ino = std::strtoull(domain.c_str() + colon + 1, &end, 10);
+  if (end != domain.c_str() + slash) return domain;
+  std::string dir = dir_path(static_cast<dev_t>(dev), static_cast<ino_t>(ino));
+  std::string name = domain.substr(slash + 1);
+  return dir.empty() ? name : dir + "/" + name;
 }
 
 fuse_lowlevel_ops Fs::ops() { return make_ops({.posix_locks = true, .flock = true}); }
@@ -117,6 +184,9 @@ std::string Fs::status_json() {
   j["source"] = dcfg_.core.source;
   j["pid"] = ::getpid();
   j["io"] = config().io;
+  j["epoch"] = epoch();
+  j["quiesced"] = locks_->quiesced();
+  j["control_socket"] = "@hoody-dbfs-ctl:" + dcfg_.core.source;
   j["inodes"] = inode_count();
   j["open_path_fds"] = open_path_fds();
   j["locks"] = nlohmann::json::parse(locks_->stats_json());

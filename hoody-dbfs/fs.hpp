@@ -15,6 +15,8 @@
 #include <string>
 #include <unordered_map>
 
+#include <nlohmann/json.hpp>
+
 #include "hoody/daemon.hpp"
 #include "hoody/passthrough.hpp"
 #include "hoody/source_watch.hpp"
@@ -24,6 +26,7 @@
 namespace hoody::dbfs {
 
 class StatusServer;
+class ControlServer;
 
 struct Config {
   pt::Config core;
@@ -46,6 +49,8 @@ public:
   // After fuse_daemonize: starts the threads (lock manager timer, status
   // socket, source watch); threads made before the fork would be lost.
   void attached(fuse_session* se) override;
+  // The session ends: no kernel notification may use it any more.
+  void destroy() override;
 
   // The lock ops (ops/lock.cpp).
   void getlk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock) override;
@@ -56,6 +61,16 @@ public:
   lock::LockManager& locks() { return *locks_; }
   // Everything --status prints, as JSON text.
   std::string status_json();
+
+  // The subvolume at SOURCE was replaced (a restore): serve the new one, make
+  // every inode and file of the old tree stale, retire their locks, drop the
+  // kernel's caches of the old tree.  Called by the control socket
+  // ("source-replaced") and by the inotify watch; serialized and idempotent:
+  // it returns when the last change's invalidation is complete.  The reply
+  // body of "source-replaced": changed, epoch, stale_holders (or ok:false).
+  // Never call it from a request of this mount (the kernel notifications
+  // would wait for it).
+  nlohmann::json source_replaced();
 
 protected:
   void on_entry(pt::Inode& parent, pt::Inode& child, const char* name) override;
@@ -89,7 +104,8 @@ private:
   // database beside a -shm may have become SQLite, or stopped being it).
   void classify_for_lock(fuse_ino_t ino);
   Status lock_source(std::string* why);
-  void source_replaced();
+  std::string database_name(const std::string& domain);
+  bool is_shm(fuse_ino_t ino);
 
   Config dcfg_;
   UniqueFd exclusive_;  // flock(LOCK_EX) on the backing directory while we serve it
@@ -106,6 +122,10 @@ private:
   std::unordered_map<std::string, fuse_ino_t> db_of_domain_;  // domain -> its database file
   std::unique_ptr<StatusServer> status_;
   std::atomic<fuse_session*> se_{nullptr};
+  // Serializes source_replaced() (control thread, watch thread).  Taken by no
+  // request handler: the kernel notifications it makes may wait for requests.
+  std::mutex change_mu_;
+  std::unique_ptr<ControlServer> control_;  // its thread uses the members above
   std::unique_ptr<SourceWatch> watch_;  // last: its thread uses the members above
 };
 

@@ -35,8 +35,7 @@ std::string absolute(const std::string& p) {
 
 }  // namespace
 
-StatusServer::StatusServer(std::string mountpoint, std::function<std::string()> render)
-    : render_(std::move(render)) {
+StatusServer::StatusServer(std::string mountpoint) {
   auto log = log::get("fuse");
   int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_un addr;
@@ -48,6 +47,11 @@ StatusServer::StatusServer(std::string mountpoint, std::function<std::string()> 
   }
   listen_.reset(fd);
   stop_.reset(::eventfd(0, EFD_CLOEXEC));
+}
+
+void StatusServer::run(std::function<std::string()> render) {
+  if (!listen_ || thread_.joinable()) return;
+  render_ = std::move(render);
   thread_ = std::thread([this] { serve(); });
 }
 

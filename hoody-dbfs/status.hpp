@@ -19,8 +19,12 @@ namespace hoody::dbfs {
 
 class StatusServer {
 public:
-  StatusServer(std::string mountpoint, std::function<std::string()> render);
+  // Binds and listens at once (before the mount appears: a client that sees
+  // the mount can connect; it waits in the backlog until run()).
+  explicit StatusServer(std::string mountpoint);
   ~StatusServer();
+  // Starts answering (after fuse_daemonize: threads do not survive the fork).
+  void run(std::function<std::string()> render);
   StatusServer(const StatusServer&) = delete;
   StatusServer& operator=(const StatusServer&) = delete;
 

@@ -22,6 +22,7 @@ namespace hoody::snapfs {
 namespace {
 // How many of the newest audit rows .hoody/log shows.
 constexpr std::size_t kLogRows = 100000;
+constexpr std::size_t kDiffJobs = 2;  // distinct diffs computed at once; more queue
 int64_t secs(TimePoint t) {
   return std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count();
 }
@@ -48,7 +49,9 @@ OptionTable options() {
       .add({"allow_groups", OptKind::string, "groups who may do the same, ':'-separated"})
       .add({"default_expiry", OptKind::string, "expiry of new snapshots: +N with m, h, d or w (+7d)"})
       .add({"prune_interval", OptKind::seconds,
-            "seconds between sweeps for expired snapshots and runs of the schedule (60)"});
+            "seconds between sweeps for expired snapshots and runs of the schedule (60)"})
+      .add({"diff_cache_mb", OptKind::uint,
+            "MiB of computed .hoody/diff/ results kept for the next reader (64; 0: none)"});
   return t;
 }
 
@@ -63,6 +66,7 @@ Config config_from(const MountArgs& args) {
   if (c.prune_interval <= 0) throw UsageError("option 'prune_interval' must be above 0");
   c.allow_users = args.str("allow_users");
   c.allow_groups = args.str("allow_groups");
+  c.diff_cache_mb = args.uint("diff_cache_mb", c.diff_cache_mb);
   if (!c.default_expiry.empty()) {
     std::string why;
     auto e = parse_expiry(c.default_expiry, TimePoint{}, &why);
@@ -140,6 +144,11 @@ Status Fs::start(std::string* why) {
   store_fd_ = std::move(sdir);
   store_ = std::move(*store);
   store_->set_clock([this] { return now(); });
+  diff_cache_ = std::make_unique<DiffCache>(
+      DiffCacheOptions{static_cast<std::size_t>(std::min<uint64_t>(scfg_.diff_cache_mb, 1u << 20))
+                           << 20,
+                       kDiffJobs},
+      [this](std::function<void()> job) { offload(std::move(job)); });
   root_mtime_ = secs(now());
   HOODY_CHECK(open_source(why));
   auto n = store_->list();
@@ -224,6 +233,7 @@ void Fs::prune_loop() {
       schedule_once(t);
       prune_once();
       schedule_checked_ = secs(t);
+      diff_cache_->drop_idle(std::chrono::steady_clock::now());
       next = std::chrono::steady_clock::now() + std::chrono::duration_cast<
                                                     std::chrono::steady_clock::duration>(interval);
     }
@@ -563,14 +573,29 @@ fuse_entry_param Fs::virtual_entry(uint64_t ino, const Who* caller) {
   return e;
 }
 
-Result<std::string> Fs::compute_diff(const std::string& node_name) {
+Result<std::shared_ptr<const std::string>> Fs::open_diff(
+    const std::string& node_name, const Who& c,
+    const std::function<void(DiffCache::Ticket)>& on_wait) {
   auto spec = vdir::parse_diff_name(node_name);
   if (!spec) return fail(ENOENT);
-  // The store folds the send streams of each scope subvolume (and takes
-  // temporary read-only snapshots of the live state for @live).
-  HOODY_TRY(changes, store_->diff(spec->from, spec->to));
-  std::string out;
-  for (auto& c : changes) out += send::format(c) + "\n";
+  // The key: both sides' uuids and generations, resolved now (a rename or a
+  // new snapshot of the same name afterwards is another key).
+  HOODY_TRY(from, store_->diff_side(spec->from));
+  HOODY_TRY(to, store_->diff_side(spec->to));
+  // "//" occurs in no identity (a subvolume name is never empty).
+  std::string key = from.identity + "//" + to.identity;
+  // The live state moves: shared while in flight, never kept.
+  bool keep = !from.live() && !to.live();
+  auto ticket = diff_cache_->ticket();
+  on_wait(ticket);
+  HOODY_TRY(text, diff_cache_->get(key, keep, ticket, [this, from, to] {
+    // The store folds the send streams of each scope subvolume (and takes
+    // temporary read-only snapshots of the live state for @live).
+    return store_->diff_text(from, to);
+  }));
+  auto out = text->text_for(Reader{c.uid, c.gid, c.groups});
+  log::get("snap")->debug("op=open_diff name={} uid={} lines={} bytes={} shown={}", node_name,
+                          c.uid, text->lines(), text->text()->size(), out->size());
   return out;
 }
 

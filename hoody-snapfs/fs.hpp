@@ -44,6 +44,7 @@ struct Config {
   std::string default_expiry;         // "+7d", "" for none
   double prune_interval = 60;         // seconds between expiry sweeps
   std::string allow_users, allow_groups;  // ':'-separated
+  uint64_t diff_cache_mb = 64;        // budget of the diff cache (MiB)
 };
 
 OptionTable options();
@@ -170,8 +171,15 @@ public:
   // .hoody/schedule: read, and a write sets it (schedule.cpp).
   Result<std::string> schedule_text();
   Status set_schedule(const Who& c, std::string_view request);
-  // The contents of .hoody/diff/A..B, computed now.
-  Result<std::string> compute_diff(const std::string& node_name);
+  // The contents of .hoody/diff/A..B as `c` may see them (DiffText::text_for),
+  // from the diff cache: a pair of snapshots is computed once and kept within
+  // the budget; concurrent opens of one pair (@live too) share one
+  // computation.  on_wait(ticket) runs before the open may wait: it arranges
+  // for diff_cache().interrupt(ticket) on a FUSE interrupt (then EINTR).
+  Result<std::shared_ptr<const std::string>> open_diff(
+      const std::string& node_name, const Who& c,
+      const std::function<void(DiffCache::Ticket)>& on_wait);
+  DiffCache& diff_cache() { return *diff_cache_; }
 
   vdir::DiffTable diffs_;
   // A rename at the root: the top-level directories follow it.
@@ -209,6 +217,9 @@ private:
   vdir::AccessPolicy access_;
   std::optional<int64_t> default_expiry_offset_;  // seconds from creation
   std::unique_ptr<SnapshotStore> store_;
+  // Computations run on offload() threads: made in start(), destroyed after
+  // wait_jobs() (its destructor waits for its computations too).
+  std::unique_ptr<DiffCache> diff_cache_;
   dev_t store_dev_ = 0;  // st_dev of SOURCE/.snapshots: the <uuid> dirs live on it
   UniqueFd source_fd_;   // SOURCE, O_RDONLY|O_DIRECTORY
   UniqueFd store_fd_;    // SOURCE/.snapshots, O_RDONLY|O_DIRECTORY

@@ -9,6 +9,7 @@
 #include <array>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -155,11 +156,18 @@ Status bad(std::size_t offset, const char* what) {
 
 Result<Stream> parse(std::string_view bytes) {
   Stream out;
+  HOODY_TRY(version,
+            parse_each(bytes, [&](Command&& c) { out.commands.push_back(std::move(c)); }));
+  out.version = version;
+  return out;
+}
+
+Result<uint32_t> parse_each(std::string_view bytes, const std::function<void(Command&&)>& fn) {
   if (bytes.size() < kStreamHeaderSize || bytes.substr(0, kStreamMagic.size()) != kStreamMagic)
     return fail(bad(0, "no btrfs-stream header").error());
-  out.version = le32(bytes.data() + kStreamMagic.size());
-  if (out.version == 0 || out.version > kMaxStreamVersion) {
-    log::get("btrfs")->debug("op=parse_send_stream version={} -> unsupported", out.version);
+  uint32_t version = le32(bytes.data() + kStreamMagic.size());
+  if (version == 0 || version > kMaxStreamVersion) {
+    log::get("btrfs")->debug("op=parse_send_stream version={} -> unsupported", version);
     return fail(EPROTONOSUPPORT);
   }
   std::size_t pos = kStreamHeaderSize;
@@ -188,7 +196,7 @@ Result<Stream> parse(std::string_view bytes) {
       if (payload.size() - p < 2) return fail(bad(pos + kCmdHeaderSize + p, "truncated TLV").error());
       uint16_t type = le16(payload.data() + p);
       std::string_view value;
-      if (out.version >= 2 && type == static_cast<uint16_t>(Attr::data)) {
+      if (version >= 2 && type == static_cast<uint16_t>(Attr::data)) {
         // v2+: A_DATA has only a type and runs to the end of the command.
         value = payload.substr(p + 2);
         p = payload.size();
@@ -204,10 +212,10 @@ Result<Stream> parse(std::string_view bytes) {
       if (!set_attr(c, type, value))
         return fail(bad(pos + kCmdHeaderSize + p, "bad attribute size").error());
     }
-    out.commands.push_back(std::move(c));
+    fn(std::move(c));
     pos += kCmdHeaderSize + len;
   }
-  return out;
+  return version;
 }
 
 // ---- running send -------------------------------------------------------------
@@ -527,8 +535,13 @@ Result<std::vector<Change>> diff_subvolumes(int old_fd, int new_fd) {
   SendOptions opts;
   opts.parent_fd = old_fd;
   HOODY_TRY(bytes, run_send(new_fd, opts));
-  HOODY_TRY(stream, parse(bytes));
-  return diff(stream.commands);
+  // Folded as it is parsed: the commands of a large stream (hundreds of bytes
+  // each, five or so per new file) are never all held at once.
+  Namespace ns;
+  HOODY_TRY(version, parse_each(bytes, [&](Command&& c) { ns.apply(c); }));
+  (void)version;
+  bytes = {};
+  return ns.changes();
 }
 
 }  // namespace hoody::send

@@ -18,6 +18,7 @@ const char* err_name(int err) {
     case EAGAIN: return "EAGAIN";
     case EDEADLK: return "EDEADLK";
     case EINTR: return "EINTR";
+    case EIO: return "EIO";
     default: return "error";
   }
 }
@@ -68,6 +69,8 @@ struct LockManager::Domain {
   std::uint64_t commit_epoch = 0;
   std::unordered_map<OwnerId, OwnerFacts> owners;
   std::unordered_map<OwnerId, Clock::time_point> passes;  // re-queue at the FIFO head until
+  // A quiesce wants the token next (ahead of the FIFO); it takes it in pump_locked().
+  bool q_pending = false;
 };
 
 struct LockManager::FileState {
@@ -129,6 +132,7 @@ LockManager::~LockManager() {
   Batch batch;
   {
     std::lock_guard lk(mu_);
+    if (quiesce_ && !quiesce_->reported) quiesce_report_locked(batch);
     for (auto& [id, w] : waiting_) {
       ++stats_.shutdown_cancels;
       complete_locked(*w, EINTR, batch);
@@ -155,6 +159,11 @@ LockManager::Domain* LockManager::domain_locked(const std::string& key) {
   if (it == domains_.end()) {
     auto d = std::make_unique<Domain>();
     d->key = key;
+    if (quiesce_) {  // a database that appears while quiesced is held from the start
+      d->holder = kQuiesceOwner;
+      d->since = Clock::now();
+      log_->debug("op=quiesce domain={} -> held at creation", key);
+    }
     it = domains_.emplace(key, std::move(d)).first;
   }
   return it->second.get();
@@ -631,7 +640,7 @@ LockManager::Step LockManager::advance_locked(Waiter& w, bool first, Batch& batc
       if (f.table.holds_in(r.owner, kSharedFirst, kSharedLast)) {
         // Waiting here can only deadlock with the committing holder (§2.1).
         // Only a free token with nobody queued lets it through.
-        if (!d->holder && d->fifo.empty() &&
+        if (!d->holder && !d->q_pending && d->fifo.empty() &&
             !f.table.first_conflict(r.owner, r.type, r.start, r.end)) {
           token_grant_locked(*d, r.owner, r.pid, false);
           return posix(false, EagainCause::deadlock_avoid);
@@ -699,6 +708,7 @@ void LockManager::pump_locked(Batch& batch) {
   bool progress = true;
   while (progress) {
     progress = false;
+    if (quiesce_) quiesce_take_locked(batch);
     for (auto it = waiting_.begin(); it != waiting_.end();) {
       Waiter& w = *it->second;
       const Step s = w.is_flock ? advance_flock_locked(w, batch) : advance_locked(w, false, batch);
@@ -737,7 +747,7 @@ bool LockManager::token_try_take_locked(Domain& d, Waiter& w) {
     leave_fifo();
     return true;
   }
-  if (!d.holder && (d.fifo.empty() || d.fifo.front() == w.id)) {
+  if (!d.holder && !d.q_pending && (d.fifo.empty() || d.fifo.front() == w.id)) {
     const bool handoff = w.in_fifo && w.waiting;
     leave_fifo();
     token_grant_locked(d, owner, w.req.pid, handoff);
@@ -802,6 +812,7 @@ bool LockManager::owner_in_txn_locked(const Domain& d, OwnerId owner) const {
 }
 
 void LockManager::token_check_end_locked(Domain& d, OwnerId owner, const char* why) {
+  if (owner == kQuiesceOwner) return;  // held until resume()
   if (d.holder == owner && !d.soft && !owner_in_txn_locked(d, owner))
     token_release_locked(d, why, true);
 }
@@ -913,7 +924,7 @@ void LockManager::timer_main() {
     bool changed = false;
     for (auto it = waiting_.begin(); it != waiting_.end();) {
       Waiter& w = *it->second;
-      if (w.deadline > now) {
+      if (w.deadline > now || quiesce_blocks_locked(w)) {
         ++it;
         continue;
       }
@@ -942,14 +953,26 @@ void LockManager::timer_main() {
       if (d->holder && d->soft && d->grace_until <= now) {
         token_release_locked(*d, "grace_expired", false);
         changed = true;
-      } else if (d->holder && !d->soft && !d->wrote && !d->fifo.empty() &&
-                 cfg_.lease.count() > 0 && now - d->since >= lease_for_locked(*d, *d->holder)) {
+      } else if (d->holder && *d->holder != kQuiesceOwner && !d->soft && !d->wrote &&
+                 !d->fifo.empty() && cfg_.lease.count() > 0 &&
+                 now - d->since >= lease_for_locked(*d, *d->holder)) {
         ++stats_.token_demotions;
         log_->debug("op=token domain={} owner={:#x} pid={} held={}ms -> demoted (lease) queue={}",
                     d->key, *d->holder, d->holder_pid, ms_since(d->since, now), d->fifo.size());
         d->holder.reset();
         changed = true;
       }
+    }
+    if (quiesce_ && !quiesce_->reported && quiesce_->report_at <= now) {
+      quiesce_report_locked(batch);
+      changed = true;
+    }
+    if (quiesce_ && quiesce_->hold_until <= now) {
+      log_->warn("op=quiesce id={} held={}ms -> resumed on its own: hold time over (the peer "
+                 "that quiesced did not resume)",
+                 quiesce_->id, ms_since(quiesce_->start, now));
+      resume_locked(batch, "hold expired");
+      changed = true;
     }
     if (changed) pump_locked(batch);
     if (!batch.items.empty()) {
@@ -959,11 +982,17 @@ void LockManager::timer_main() {
       continue;
     }
     auto next = Clock::time_point::max();
-    for (const auto& [id, w] : waiting_) next = std::min(next, w->deadline);
+    for (const auto& [id, w] : waiting_)
+      if (!quiesce_blocks_locked(*w)) next = std::min(next, w->deadline);
     for (const auto& [key, d] : domains_) {
       if (d->holder && d->soft) next = std::min(next, d->grace_until);
-      if (d->holder && !d->soft && !d->wrote && !d->fifo.empty() && cfg_.lease.count() > 0)
+      if (d->holder && *d->holder != kQuiesceOwner && !d->soft && !d->wrote &&
+          !d->fifo.empty() && cfg_.lease.count() > 0)
         next = std::min(next, d->since + lease_for_locked(*d, *d->holder));
+    }
+    if (quiesce_) {
+      if (!quiesce_->reported) next = std::min(next, quiesce_->report_at);
+      next = std::min(next, quiesce_->hold_until);
     }
     if (next == Clock::time_point::max())
       timer_cv_.wait(lk);
@@ -1023,7 +1052,10 @@ std::string LockManager::state_json() const {
                         {"mode", to_string(d->mode)},
                         {"commit_epoch", d->commit_epoch},
                         {"fifo", fifo}};
-    if (d->holder)
+    if (d->q_pending) j["quiesce_pending"] = true;
+    if (d->holder == kQuiesceOwner)
+      j["token"] = {{"quiesce", true}, {"held_ms", ms_since(d->since, now)}};
+    else if (d->holder)
       j["token"] = {{"owner", *d->holder},
                     {"pid", d->holder_pid},
                     {"held_ms", ms_since(d->since, now)},
@@ -1042,7 +1074,174 @@ std::string LockManager::state_json() const {
                      {"type", w->is_flock ? "flock" : to_string(w->req.type)},
                      {"action", to_string(w->action)},
                      {"age_ms", ms_since(w->submitted, now)}});
-  return nlohmann::json{{"domains", domains}, {"waits", waits}}.dump();
+  nlohmann::json j{{"domains", domains}, {"waits", waits}};
+  if (quiesce_)
+    j["quiesce"] = {{"id", quiesce_->id},
+                    {"held_ms", ms_since(quiesce_->start, now)},
+                    {"reported", quiesce_->reported}};
+  return j.dump();
+}
+
+}  // namespace hoody::dbfs::lock
+
+namespace hoody::dbfs::lock {
+
+// ---- quiesce ------------------------------------------------------------------------------
+
+std::uint64_t LockManager::quiesce(Clock::duration timeout, Clock::duration hold,
+                                   std::function<void(QuiesceResult)> done) {
+  Batch batch;
+  std::uint64_t id = 0;
+  {
+    std::lock_guard lk(mu_);
+    if (quiesce_) return 0;
+    const auto now = Clock::now();
+    id = next_quiesce_++;
+    quiesce_.emplace();
+    quiesce_->id = id;
+    quiesce_->start = now;
+    quiesce_->report_at = now + timeout;
+    quiesce_->hold_until = now + std::max(hold, timeout);
+    quiesce_->done = std::move(done);
+    for (auto& [key, d] : domains_) d->q_pending = true;  // behind the holder, ahead of the FIFO
+    log_->debug("op=quiesce id={} domains={} timeout={}ms hold={}ms -> started", id,
+                domains_.size(), std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count(),
+                std::chrono::duration_cast<std::chrono::milliseconds>(hold).count());
+    pump_locked(batch);
+    timer_cv_.notify_one();
+  }
+  run(batch);
+  return id;
+}
+
+void LockManager::quiesce_take_locked(Batch& batch) {
+  bool all = true;
+  for (auto& [key, d] : domains_) {
+    if (!d->q_pending) continue;
+    if (d->holder && d->soft) token_release_locked(*d, "quiesce", false);  // grace yields
+    if (d->holder) {
+      all = false;
+      continue;
+    }
+    d->q_pending = false;
+    d->holder = kQuiesceOwner;
+    d->holder_pid = 0;
+    d->wrote = false;
+    d->soft = false;
+    d->handed_off = false;
+    d->since = Clock::now();
+    log_->debug("op=quiesce domain={} -> token held queue={}", key, d->fifo.size());
+  }
+  if (all && !quiesce_->reported) quiesce_report_locked(batch);
+}
+
+void LockManager::quiesce_report_locked(Batch& batch) {
+  QuiesceResult r;
+  r.databases = domains_.size();
+  for (auto& [key, d] : domains_) {
+    if (!d->q_pending) continue;
+    // Still in a transaction at the timeout: not taken (crash-consistent for it).
+    d->q_pending = false;
+    restart_bounds_locked(*d, Clock::now());
+    r.busy.push_back(key);
+  }
+  std::sort(r.busy.begin(), r.busy.end());
+  r.took = Clock::now() - quiesce_->start;
+  quiesce_->reported = true;
+  log_->debug("op=quiesce id={} databases={} busy={} took={}us -> reported", quiesce_->id,
+              r.databases, r.busy.size(),
+              std::chrono::duration_cast<std::chrono::microseconds>(r.took).count());
+  if (quiesce_->done)
+    batch.items.emplace_back([done = std::move(quiesce_->done), r](int) { done(r); }, 0);
+  quiesce_->done = nullptr;
+}
+
+std::optional<Clock::duration> LockManager::resume(std::uint64_t id) {
+  Batch batch;
+  std::optional<Clock::duration> held;
+  {
+    std::lock_guard lk(mu_);
+    if (!quiesce_ || (id != 0 && quiesce_->id != id)) return std::nullopt;
+    held = Clock::now() - quiesce_->start;
+    resume_locked(batch, "resume");
+    pump_locked(batch);
+  }
+  run(batch);
+  return held;
+}
+
+void LockManager::resume_locked(Batch& batch, const char* why) {
+  if (!quiesce_->reported) quiesce_report_locked(batch);
+  const auto now = Clock::now();
+  std::size_t released = 0;
+  for (auto& [key, d] : domains_) {
+    const bool blocked = d->q_pending || d->holder == kQuiesceOwner;
+    d->q_pending = false;
+    if (blocked) restart_bounds_locked(*d, now);
+    if (d->holder != kQuiesceOwner) continue;
+    d->holder.reset();
+    ++released;
+  }
+  for (auto& d : retired_)
+    if (d->holder == kQuiesceOwner) d->holder.reset();
+  log_->debug("op=quiesce id={} held={}ms released={} -> {}", quiesce_->id,
+              ms_since(quiesce_->start, now), released, why);
+  quiesce_.reset();
+  timer_cv_.notify_one();
+  // The FIFO heads take the tokens in pump_locked().
+}
+
+void LockManager::restart_bounds_locked(Domain& d, Clock::time_point now) {
+  // The wait behind the quiesce did not count: a fresh bound from now on.
+  for (TicketId t : d.fifo)
+    if (auto it = waiting_.find(t); it != waiting_.end())
+      it->second->deadline = std::max(it->second->deadline, deadline_for(*it->second, now));
+}
+
+bool LockManager::quiesce_blocks_locked(const Waiter& w) const {
+  if (!quiesce_ || !w.in_fifo) return false;
+  auto f = files_.find(w.req.file);
+  if (f == files_.end() || !f->second->domain) return false;
+  const Domain& d = *f->second->domain;
+  return d.holder == kQuiesceOwner || d.q_pending;
+}
+
+bool LockManager::quiesced() const {
+  std::lock_guard lk(mu_);
+  return quiesce_.has_value();
+}
+
+// ---- retirement ---------------------------------------------------------------------------
+
+void LockManager::retire_files(const std::vector<FileId>& files) {
+  Batch batch;
+  {
+    std::lock_guard lk(mu_);
+    std::unordered_set<FileId> set(files.begin(), files.end());
+    for (auto it = waiting_.begin(); it != waiting_.end();) {
+      if (set.count(it->second->req.file)) {
+        log_->debug("op=retire file={} owner={:#x} -> EIO (its tree was replaced)",
+                    it->second->req.file, it->second->req.owner);
+        complete_locked(*it->second, EIO, batch);
+        it = waiting_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    for (FileId id : files) {
+      auto f = files_.find(id);
+      if (f == files_.end() || !f->second->domain) continue;
+      Domain* d = f->second->domain;
+      auto it = domains_.find(d->key);
+      if (it == domains_.end() || it->second.get() != d) continue;  // retired already
+      d->q_pending = false;
+      log_->debug("op=retire domain={} -> retired", d->key);
+      retired_.push_back(std::move(it->second));
+      domains_.erase(it);
+    }
+    pump_locked(batch);
+  }
+  run(batch);
 }
 
 }  // namespace hoody::dbfs::lock

@@ -8,7 +8,8 @@
 //  - `done(err)` is called EXACTLY ONCE: 0 granted; EAGAIN conflict / SQLite
 //    scheduling refusal / wait bound expired / cancelled by release_owner;
 //    EDEADLK a plain F_SETLKW (non-SQLite bytes) would deadlock; EINTR
-//    interrupted or manager destroyed.
+//    interrupted or manager destroyed; EIO its file was retired (a restore
+//    replaced the tree it was in) while it waited.
 //  - It may run inline, before setlk() returns (immediate answer), or later on
 //    another thread: the thread that calls release_owner()/setlk(F_UNLCK)/
 //    interrupt()/set_journal_mode() which lets the request proceed, or the
@@ -110,6 +111,16 @@ struct LockRequest {
 
 enum class FlockOp : std::uint8_t { shared, exclusive, unlock };
 
+// The pseudo-owner that holds every writer token during a quiesce.
+inline constexpr OwnerId kQuiesceOwner = ~OwnerId{0};
+
+// What a quiesce achieved when it was reported (all tokens held, or its timeout).
+struct QuiesceResult {
+  std::size_t databases = 0;      // domains the quiesce covers
+  std::vector<std::string> busy;  // domain keys still in a transaction at the timeout
+  Clock::duration took{};
+};
+
 class LockManager {
 public:
   explicit LockManager(Config cfg = {});
@@ -151,6 +162,33 @@ public:
   // FUSE RELEASE with FUSE_RELEASE_FLOCK_UNLOCK.
   void release_flock(FileId file, OwnerId owner);
 
+  // --- quiesce (snapshots and restores, issue 11) -----------------------------
+  // The pseudo-owner kQuiesceOwner takes the writer token of every domain, at
+  // the FIFO head: the current holder's transaction finishes, requests already
+  // queued and new ones wait (SQLite's transaction start waits for the token
+  // even for a try-lock, so they never fail).  A domain created while quiesced
+  // is held from its creation.  `done` runs once (never under the mutex):
+  // when every token is held, or after `timeout` with the domains still in a
+  // transaction listed as busy; those are then not taken at all.  After `hold`
+  // the manager resumes on its own (warn line).  Time a request spends waiting
+  // for a quiesce does not count toward its wait bound (sqlite_wait).
+  // Returns the quiesce's id, or 0 (and `done` is not called) when one is
+  // already active.
+  std::uint64_t quiesce(Clock::duration timeout, Clock::duration hold,
+                        std::function<void(QuiesceResult)> done);
+  // Ends quiesce `id` (0: whichever is active): every token it holds goes to
+  // its FIFO head; a quiesce not yet reported reports now (what it did not
+  // hold is busy).  Returns how long it was active, or nullopt when no such
+  // quiesce is active (a no-op).
+  std::optional<Clock::duration> resume(std::uint64_t id = 0);
+  bool quiesced() const;
+
+  // --- retirement (a restore replaced the tree these files were in) -------------
+  // Waiting requests on these files complete with EIO; their domains leave
+  // the table (a quiesce no longer covers them; a new domain under the same
+  // key starts fresh).  Their granted locks stay until released as usual.
+  void retire_files(const std::vector<FileId>& files);
+
   // --- observation ---------------------------------------------------------------
   Stats stats() const;
   std::string stats_json() const;
@@ -190,6 +228,11 @@ private:
   Clock::time_point deadline_for(const Waiter& w, Clock::time_point now) const;
   void timer_main();
   static void run(Batch& batch);
+  void quiesce_take_locked(Batch& batch);
+  void quiesce_report_locked(Batch& batch);
+  void resume_locked(Batch& batch, const char* why);
+  bool quiesce_blocks_locked(const Waiter& w) const;
+  void restart_bounds_locked(Domain& d, Clock::time_point now);
 
   const Config cfg_;
   std::shared_ptr<spdlog::logger> log_;
@@ -210,6 +253,17 @@ private:
   std::unordered_map<std::string, std::unique_ptr<Domain>> domains_;
   Stats stats_;
   WaitHistogram hist_;
+  struct Quiesce {
+    std::uint64_t id = 0;
+    Clock::time_point start{};
+    Clock::time_point report_at{};  // the timeout
+    Clock::time_point hold_until{};
+    bool reported = false;
+    std::function<void(QuiesceResult)> done;
+  };
+  std::optional<Quiesce> quiesce_;
+  std::uint64_t next_quiesce_ = 1;
+  std::vector<std::unique_ptr<Domain>> retired_;  // still referenced by stale files
 
   std::thread timer_;  // last member: started after everything else exists
 };

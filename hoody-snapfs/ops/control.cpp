@@ -1,8 +1,9 @@
 // Open files and directories: the control files of .hoody/ and the listing of
 // the root and .hoody/ are the daemon's; everything else is the core's.
 //
-// A control file's contents are computed at open (snapshots.json, log, a
-// diff) and served with direct_io: its size shows as 0, reads go to EOF.
+// A control file's contents are computed at open (snapshots.json, log) or
+// taken from the diff cache (a diff, shared by its readers), and served with
+// direct_io: its size shows as 0, reads go to EOF.
 // .hoody/restore takes one write: the snapshot name; the write returns when
 // the restore is done.  .hoody/schedule reads as JSON and takes one write:
 // "off" or a JSON object (ops/schedule.cpp).  .hoody/log opens only for the
@@ -26,8 +27,17 @@ void reply(fuse_req_t req, Status s) { fuse_reply_err(req, s.err()); }
 struct VFile {
   uint64_t ino = 0;
   std::string content;
+  // A diff: the cache's buffer, shared by its readers (content stays empty).
+  std::shared_ptr<const std::string> shared;
+  const std::string& data() const { return shared ? *shared : content; }
 };
 VFile* vfile_of(fuse_file_info* fi) { return reinterpret_cast<VFile*>(fi->fh); }
+
+// A FUSE interrupt of an open of .hoody/diff/A..B that waits for the diff.
+void on_diff_interrupt(fuse_req_t req, void* ticket) {
+  snapfs_of(req).diff_cache().interrupt(
+      static_cast<DiffCache::Ticket>(reinterpret_cast<uintptr_t>(ticket)));
+}
 
 // fuse_file_info::fh of an open root or .hoody/ directory: its entries, taken
 // at opendir (and again on a rewind).
@@ -85,8 +95,13 @@ void Fs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
       } else {
         auto name = diffs_.name_of(ino);
         if (!name) return fail(ENOENT);
-        HOODY_TRY(text, compute_diff(*name));
-        f->content = std::move(text);
+        // Waits for the one computation of this pair; a FUSE interrupt
+        // answers EINTR (the computation goes on for the other readers).
+        HOODY_TRY(text, open_diff(*name, caller_of(req), [req](DiffCache::Ticket t) {
+                    fuse_req_interrupt_func(req, on_diff_interrupt,
+                                            reinterpret_cast<void*>(static_cast<uintptr_t>(t)));
+                  }));
+        f->shared = std::move(text);
       }
       return f;
     }();
@@ -106,7 +121,7 @@ void Fs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 
 void Fs::read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
   if (!vdir::is_virtual(ino)) return pt::PassthroughFs::read(req, ino, size, off, fi);
-  const std::string& c = vfile_of(fi)->content;
+  const std::string& c = vfile_of(fi)->data();
   size_t start = std::min(static_cast<size_t>(off < 0 ? 0 : off), c.size());
   size_t n = std::min(size, c.size() - start);
   fuse_reply_buf(req, c.data() + start, n);

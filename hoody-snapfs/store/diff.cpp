@@ -3,6 +3,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -24,10 +25,62 @@ using namespace detail;
 
 Result<std::vector<send::Change>> SnapshotStore::diff(std::string_view from,
                                                       std::string_view to) {
+  HOODY_TRY(a, diff_side(from));
+  HOODY_TRY(b, diff_side(to));
+  return diff_sides(a, b, {});
+}
+
+Result<SnapshotStore::DiffSide> SnapshotStore::diff_side(std::string_view name) const {
+  if (name == kLive) return DiffSide{"", std::string(kLive)};
+  HOODY_TRY(s, get(name));
+  HOODY_TRY(dir, sys::openat(store_.get(), s.uuid.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW));
+  HOODY_TRY(subs, subvolumes_in(dir.get()));
+  // A read-only snapshot never changes; its generation moves if someone
+  // made it writable and wrote to it.
+  DiffSide side{s.uuid, s.uuid};
+  for (const auto& sv : subs) {
+    HOODY_TRY(fd, btrfs::open_dir(dir.get(), sv.c_str()));
+    HOODY_TRY(i, btrfs::info(fd.get()));
+    side.identity += "/" + sv + ":" + std::to_string(i.generation) + "." +
+                     std::to_string(i.ctransid);
+  }
+  return side;
+}
+
+namespace {
+// Owner and mode of directory `path` beneath the tree `tree_fd`, resolved one
+// component at a time without following a symlink (the tree is user data).
+DirMode stat_dir(int tree_fd, const std::string& path) {
+  auto fd = sys::open_beneath(tree_fd, path.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW, 0,
+                              RESOLVE_NO_SYMLINKS);
+  if (!fd) return {};
+  auto st = sys::fstat(fd->get());
+  if (!st || !S_ISDIR(st->st_mode)) return {};
+  return DirMode{true, st->st_mode & 07777, st->st_uid, st->st_gid};
+}
+}  // namespace
+
+Result<std::shared_ptr<const DiffText>> SnapshotStore::diff_text(const DiffSide& from,
+                                                                 const DiffSide& to) {
+  std::shared_ptr<const DiffText> text;
+  HOODY_TRY(changes,
+            diff_sides(from, to, [&](int old_fd, int new_fd, std::vector<send::Change>& c) {
+              text = DiffText::build(
+                  c, [&](const std::string& p) { return stat_dir(old_fd, p); },
+                  [&](const std::string& p) { return stat_dir(new_fd, p); });
+              c = {};  // the text holds it all now
+            }));
+  (void)changes;
+  return text;
+}
+
+Result<std::vector<send::Change>> SnapshotStore::diff_sides(const DiffSide& from,
+                                                            const DiffSide& to,
+                                                            const WithTrees& with_trees) {
   // Held while temporary snapshots of the live state exist: recover() must
   // not sweep them, restore() must not swap the live state under them.
   std::unique_lock lock(op_mu_, std::defer_lock);
-  if (from == kLive || to == kLive) lock.lock();
+  if (from.live() || to.live()) lock.lock();
   std::string live_dir;  // .diff-<uuid>, deleted on every return
   struct Cleanup {
     SnapshotStore* st;
@@ -37,8 +90,9 @@ Result<std::vector<send::Change>> SnapshotStore::diff(std::string_view from,
         log::get("snap")->warn("op=diff dir={} -> not deleted; recover() will", *dir);
     }
   } cleanup{this, &live_dir};
-  auto side = [&](std::string_view name) -> Result<UniqueFd> {
-    if (name != kLive) return open_snapshot(name);
+  auto side = [&](const DiffSide& s) -> Result<UniqueFd> {
+    if (!s.live())
+      return sys::openat(store_.get(), s.uuid.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
     if (live_dir.empty()) {
       HOODY_TRY(subvols, scope());
       std::string dir = kDiffPrefix + random_uuid();
@@ -79,6 +133,7 @@ Result<std::vector<send::Change>> SnapshotStore::diff(std::string_view from,
       out.push_back(std::move(c));
     }
   }
+  if (with_trees) with_trees(a.get(), b.get(), out);
   return out;
 }
 

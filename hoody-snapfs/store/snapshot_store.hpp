@@ -45,11 +45,12 @@
 #include <string_view>
 #include <vector>
 
+#include "diff_cache.hpp"
 #include "hoody/result.hpp"
 #include "hoody/send_stream.hpp"
 #include "hoody/unique_fd.hpp"
 #include "../snapshot_name.hpp"  // kLive, check_snapshot_name
-#include "sqlite.hpp"
+#include "hoody/sqlite.hpp"
 
 namespace hoody::snapfs {
 
@@ -189,6 +190,20 @@ public:
   void set_clock(std::function<TimePoint()> clock) { clock_ = std::move(clock); }
   TimePoint now() const { return clock_ ? clock_() : Clock::now(); }
 
+  // One side of a diff, resolved: a snapshot by its uuid, or the live state.
+  struct DiffSide {
+    std::string uuid;      // .snapshots/<uuid>; "" for the live state
+    std::string identity;  // the uuid and each subvolume's generation; "@live"
+    bool live() const { return uuid.empty(); }
+  };
+  // ENOENT if there is no such snapshot.  Two snapshots with equal
+  // identities hold the same trees: a cache key.
+  Result<DiffSide> diff_side(std::string_view name) const;
+  // diff() of resolved sides, as a DiffText: the lines, and the owner and
+  // mode of every ancestor directory of a changed path in each tree, read
+  // while the trees exist (the live state's temporary snapshots included).
+  Result<std::shared_ptr<const DiffText>> diff_text(const DiffSide& from, const DiffSide& to);
+
   // The newest `limit` audit entries, oldest first.
   Result<std::vector<AuditEntry>> audit_log(std::size_t limit = 1000) const;
   // Number of unfinished journal entries (0 after a clean recover()).
@@ -228,6 +243,11 @@ private:
   Status check_name(std::string_view action, std::string_view name, std::string_view what,
                     const Caller& caller, NameUse use = NameUse::new_name,
                     std::string_view target = {});
+  // diff() of resolved sides; `with_trees` sees the two tree directories
+  // (.snapshots/<uuid> or .diff-<uuid>) and the changes before they go.
+  using WithTrees = std::function<void(int old_fd, int new_fd, std::vector<send::Change>&)>;
+  Result<std::vector<send::Change>> diff_sides(const DiffSide& from, const DiffSide& to,
+                                               const WithTrees& with_trees);
 
   UniqueFd source_;  // SOURCE, O_RDONLY|O_DIRECTORY
   UniqueFd store_;   // SOURCE/.snapshots

@@ -2,7 +2,9 @@
 //  - mkdir-to-visible of a snapshot vs libbtrfsutil snapshots of the same subvolumes;
 //  - restore of 1 000 / 10 000 / 100 000-file trees (flat in the size; target < 200 ms at 10k);
 //  - ls and ls -l of 1 000 snapshots (ls -l target < 50 ms) vs the same on the store directory;
-//  - diff of 100 changes among 100 000 files (target < 100 ms) vs the send diff alone.
+//  - diff of 100 changes among 100 000 files (target < 100 ms) vs the send diff alone;
+//  - 40 concurrent readers of one diff of 100 000 changes: cold (one computation
+//    shared) vs cached, and vs one cold reader.
 // Medians; ratios are mount / raw.
 #include <doctest/doctest.h>
 #include <dirent.h>
@@ -18,6 +20,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "hoody/btrfs.hpp"
@@ -235,4 +238,31 @@ TEST_CASE("ls of 1000 snapshots") {
               "%.2f), `ls -l` %.2f ms (ratio %.2f); 1000 mkdirs took %.0f ms\n",
               median(mount), median(mount_l), first_l[0], first_l[1], median(raw), median(mount) / median(raw),
               median(raw_l), median(mount_l) / median(raw_l), make);
+}
+
+TEST_CASE("40 concurrent readers of one diff of 100k changes: cold vs cached") {
+  require_mount_capabilities();
+  Mount m({"storage"});
+  m.start();
+  REQUIRE(::mkdir((m.mnt + "/a").c_str(), 0755) == 0);
+  make_files(m.storage, 100000);
+  for (const char* n : {"b", "c"}) REQUIRE(::mkdir((m.mnt + "/" + n).c_str(), 0755) == 0);
+  auto readers40 = [&](const std::string& node) {
+    return time_ms([&] {
+      std::vector<std::thread> t;
+      std::vector<size_t> sizes(40);
+      for (size_t i = 0; i < 40; ++i)
+        t.emplace_back([&, i] { sizes[i] = slurp(m.mnt + "/.hoody/diff/" + node).size(); });
+      for (auto& x : t) x.join();
+      for (auto s : sizes) CHECK(s == sizes[0]);
+    });
+  };
+  double one = time_ms([&] { CHECK(!slurp(m.mnt + "/.hoody/diff/a..c").empty()); });
+  double cold = readers40("a..b");
+  std::vector<double> cached;
+  for (int i = 0; i < 5; ++i) cached.push_back(readers40("a..b"));
+  std::printf("40 concurrent readers of a diff of 100000 changes: cold %.0f ms (one computation "
+              "shared; one cold reader alone %.0f ms, ratio %.2f), cached %.1f ms (median of 5); "
+              "cold/cached ratio %.1f\n",
+              cold, one, cold / one, median(cached), cold / median(cached));
 }

@@ -10,6 +10,11 @@
 //   with open_by_handle_at on the next use.
 // - Creation runs with the caller's fsuid/fsgid, so new files belong to the
 //   caller and the backing filesystem applies setgid-directory rules.
+// - The source has an epoch: reroot() (a restore exchanged the subvolume at
+//   SOURCE) starts a new one.  Inodes and open files of an older epoch are
+//   stale: the daemon closes its fds into the old tree, requests relative to
+//   a stale inode give ESTALE, changes through a stale file give EIO (logged
+//   once per pid); unlock, flush, release and reads still work.
 //
 // Daemons build on it by subclassing PassthroughFs and overriding the hooks at
 // the bottom (lock handling for hoody-dbfs; access policy, read-only and
@@ -25,6 +30,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -68,15 +74,23 @@ Config config_from(const MountArgs& args);
 
 // One backing inode.
 struct Inode {
-  Inode(UniqueFd fd, dev_t dev, ino_t ino, mode_t mode)
-      : src_dev(dev), src_ino(ino), type(mode & S_IFMT), fd_(std::move(fd)) {}
+  Inode(UniqueFd fd, dev_t dev, ino_t ino, mode_t mode, uint64_t epoch_of_source = 0)
+      : src_dev(dev), src_ino(ino), type(mode & S_IFMT), epoch(epoch_of_source),
+        fd_(std::move(fd)) {}
 
   const dev_t src_dev;
   const ino_t src_ino;
   const mode_t type;  // S_IFMT bits; an inode never changes type
+  // The epoch of the source it was found in (PassthroughFs::epoch()).  An
+  // inode of an older epoch is stale: its fd is closed, requests on it give ESTALE.
+  const uint64_t epoch;
 
   // Guarded by PassthroughFs::mutex_.
   uint64_t nlookup = 0;
+  // Where it was last looked up (parent's backing key and the name): for the
+  // paths of holders() and messages only, best effort.
+  std::pair<dev_t, ino_t> parent_key{0, 0};
+  std::string name;
 
   // Guards fd_, handle_, pins_, mount_id_.  Lock order: PassthroughFs::mutex_
   // before Inode::m; never take PassthroughFs::mutex_ while holding it.
@@ -86,6 +100,7 @@ struct Inode {
   int mount_id_ = -1;
   unsigned pins_ = 0;
   uint64_t last_use_ = 0;          // budget clock
+  bool retired_ = false;           // stale: fd_ closes when the last pin goes
 };
 
 // A pinned O_PATH fd of an inode: the fd stays open while the FdRef lives.
@@ -108,6 +123,25 @@ struct File {
   UniqueFd fd;
   int flags = 0;  // the open(2) flags the kernel passed
   Inode* inode = nullptr;
+  uint64_t epoch = 0;  // the source epoch it was opened in (stale when older)
+  pid_t pid = 0;       // the opener (fuse_req_ctx), for holders()
+  std::string path;    // the name it was opened under, relative to the mount
+};
+
+// A process with a file open through the mount (holders()).
+struct Holder {
+  pid_t pid = 0;
+  std::string comm;  // from /proc/PID/comm; "" when the process is gone
+  std::string path;  // relative to the mount
+};
+
+// What reroot() did.
+struct Reroot {
+  bool changed = false;
+  uint64_t epoch = 0;                  // the epoch now served
+  std::vector<fuse_ino_t> stale;       // node ids of the old tree still known to the kernel
+  std::vector<std::string> old_names;  // the old root's listing
+  std::vector<std::string> new_names;  // the new root's listing
 };
 
 class PassthroughFs {
@@ -120,11 +154,27 @@ public:
   // Opens the backing directory; a one-line reason on failure.
   virtual Status open_source(std::string* why);
   // Serves SOURCE anew after the directory at that path was replaced (a
-  // snapshot restore swaps subvolumes with RENAME_EXCHANGE): new lookups
-  // resolve in the new directory once the kernel's entries expire
-  // (entry_timeout); descriptors already open keep the old files.
-  // Returns false (no change) when SOURCE is still the same directory.
-  Result<bool> reroot();
+  // snapshot restore swaps subvolumes with RENAME_EXCHANGE), and starts a new
+  // epoch: every inode of the old tree becomes stale (its O_PATH fd is closed
+  // and its file handle dropped, so the daemon keeps nothing open in the old
+  // tree; requests on it give ESTALE), and files opened before refuse every
+  // change (stale_refusal()).  `changed` is false when SOURCE is still the
+  // same directory.  Not thread-safe with itself: the caller serializes.
+  Result<Reroot> reroot();
+  // Drops what the kernel cached of the old tree after a reroot: the root's
+  // attributes and listing, and every name of the old and the new root (a
+  // dentry invalidated drops its subtree), so the next lookup, open and
+  // readdir reach the new tree.  Never call it from a request of this mount.
+  void invalidate_kernel(fuse_session* se, const Reroot& r);
+  uint64_t epoch() const { return epoch_.load(); }
+  bool stale(const File& f) const { return f.epoch != epoch_.load(); }
+  bool stale(const Inode& in) const { return in.epoch != epoch_.load(); }
+  // Processes with files open through the mount (only those opened in an
+  // older epoch when stale_only), one row per (pid, path).
+  std::vector<Holder> holders(bool stale_only);
+  // The path of the directory with backing key (dev, ino) relative to the
+  // mount ("" for the root), as far as the inode table knows it.
+  std::string dir_path(dev_t dev, ino_t ino);
 
   // The operations table of this filesystem (lock ops only when wanted).
   struct OpsFeatures {
@@ -208,6 +258,10 @@ protected:
   // Called with mutex_ held: do not call back into the table.
   virtual void on_forget(Inode& /*inode*/) {}
 
+  // The answer to a change through a File of an older epoch: EIO, logged at
+  // warn once per process ("file opened before a restore of the source").
+  Status stale_refusal(fuse_req_t req, const char* op, const File& f);
+
   // The st_ino shown for a backing (st_dev, st_ino).  Every file of one
   // mount shares one st_dev, so inodes of other subvolumes (snapshots, nested
   // subvolumes) get a per-device prefix in the top 16 bits; the source's own
@@ -232,6 +286,9 @@ protected:
 
 private:
   void evict_over_budget();
+  std::string path_locked(const Inode* in);
+  void track(File* f, fuse_req_t req);
+  void untrack(File* f);
 
   // Guards inodes_ and every Inode::nlookup.  Lock order: before any Inode::m.
   std::mutex mutex_;
@@ -242,15 +299,24 @@ private:
   };
   std::unordered_map<std::pair<dev_t, ino_t>, std::unique_ptr<Inode>, KeyHash> inodes_;
   // The root inode.  Atomic because reroot() replaces it while requests run;
-  // replaced roots stay alive in old_roots_ (guarded by mutex_) for requests
-  // that still hold them.
+  // replaced roots stay alive (without their fd) in old_roots_ (guarded by
+  // mutex_) for requests that still hold them.
   std::atomic<Inode*> root_{nullptr};
   std::vector<std::unique_ptr<Inode>> old_roots_;
+  // Inodes of older epochs the kernel still knows (until their forget); never
+  // found by a lookup.  Guarded by mutex_.
+  std::unordered_map<Inode*, std::unique_ptr<Inode>> stale_;
+  std::atomic<uint64_t> epoch_{0};  // changed under mutex_
+  // Guards open_files_ and stale_logged_.  Innermost.
+  std::mutex files_mu_;
+  std::unordered_set<File*> open_files_;
+  std::unordered_set<pid_t> stale_logged_;
   std::unordered_map<int, UniqueFd> mount_fds_;  // mount id -> an fd on it; under mutex_
   std::atomic<size_t> path_fds_{0};
   // Guards dev_index_.  Innermost.
   std::mutex dev_mu_;
   std::unordered_map<dev_t, ino_t> dev_index_;  // st_dev -> prefix (the source's: 0)
+  ino_t next_prefix_ = 1;
   std::atomic<uint64_t> clock_{0};
   size_t budget_ = 0;
 };

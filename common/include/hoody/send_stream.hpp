@@ -15,6 +15,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -122,6 +123,9 @@ uint32_t crc32c(uint32_t seed, const void* data, std::size_t n);
 // or a crc mismatch (logged at debug with the offset); EPROTONOSUPPORT for a
 // version above kMaxStreamVersion.
 Result<Stream> parse(std::string_view bytes);
+// The same, one command at a time (none kept); returns the stream's version.
+// fn may have seen the commands before an error.
+Result<uint32_t> parse_each(std::string_view bytes, const std::function<void(Command&&)>& fn);
 
 struct SendOptions {
   int parent_fd = -1;             // older read-only snapshot: incremental stream

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
+#include <set>
 #include <vector>
 
 #include "hoody/log.hpp"
@@ -52,7 +54,8 @@ Config config_from(const MountArgs& a) {
 FdRef::~FdRef() {
   if (inode_) {
     std::lock_guard g(inode_->m);
-    --inode_->pins_;
+    // A stale inode's fd closes with its last pin (never under a request using it).
+    if (--inode_->pins_ == 0 && inode_->retired_) inode_->fd_.reset();
   }
 }
 
@@ -87,11 +90,15 @@ Status PassthroughFs::open_source(std::string* why) {
     *why = "source " + cfg_.source + ": " + st.error().message();
     return fail(st.error());
   }
-  auto* root = new Inode(std::move(*fd), st->st_dev, st->st_ino, st->st_mode);
+  auto* root = new Inode(std::move(*fd), st->st_dev, st->st_ino, st->st_mode, epoch_.load());
   root->nlookup = 2;  // the kernel never forgets the root
   old_roots_.emplace_back(root);  // owns every root, current and replaced
   root_ = root;
   path_fds_ = 1;
+  {
+    std::lock_guard g(dev_mu_);
+    dev_index_.emplace(st->st_dev, 0);
+  }
   // The mount fd that reopens evicted inodes (open_by_handle_at refuses O_PATH fds).
   {
     auto buf = std::make_unique<char[]>(sizeof(file_handle) + MAX_HANDLE_SZ);
@@ -120,29 +127,218 @@ Status PassthroughFs::open_source(std::string* why) {
   return {};
 }
 
-Result<bool> PassthroughFs::reroot() {
+namespace {
+// The names in a directory (no "." and ".."), from an O_PATH fd.
+std::vector<std::string> list_names(int dirfd) {
+  std::vector<std::string> out;
+  auto d = sys::opendir_at(dirfd, ".");
+  if (!d) return out;
+  while (struct dirent* e = ::readdir(d->get())) {
+    const char* n = e->d_name;
+    if (n[0] == '.' && (n[1] == '\0' || (n[1] == '.' && n[2] == '\0'))) continue;
+    out.emplace_back(n);
+  }
+  return out;
+}
+}  // namespace
+
+Result<Reroot> PassthroughFs::reroot() {
   HOODY_TRY(fd, sys::open(cfg_.source.c_str(), O_PATH | O_DIRECTORY));
   HOODY_TRY(st, sys::fstat(fd.get()));
   Inode* cur = root_.load();
-  if (st.st_dev == cur->src_dev && st.st_ino == cur->src_ino) return false;
-  auto* root = new Inode(std::move(fd), st.st_dev, st.st_ino, st.st_mode);
-  root->nlookup = 2;
+  Reroot r;
+  r.epoch = epoch_.load();
+  if (st.st_dev == cur->src_dev && st.st_ino == cur->src_ino) return r;
+  // Blocking work first, without mutex_: both listings and the new mount fd.
+  {
+    auto pinned = pin(cur);
+    if (pinned) r.old_names = list_names(pinned->get());
+  }
+  r.new_names = list_names(fd.get());
+  UniqueFd mount_dir;
+  int mount_id = -1;
+  {
+    auto buf = std::make_unique<char[]>(sizeof(file_handle) + MAX_HANDLE_SZ);
+    auto* fh = reinterpret_cast<file_handle*>(buf.get());
+    fh->handle_bytes = MAX_HANDLE_SZ;
+    auto dir = sys::reopen(fd.get(), O_RDONLY | O_DIRECTORY);
+    if (dir && ::name_to_handle_at(fd.get(), "", fh, &mount_id, AT_EMPTY_PATH) == 0)
+      mount_dir = std::move(*dir);
+  }
+
+  std::vector<Inode*> retired;
+  size_t closed = 0;
   {
     std::lock_guard g(mutex_);
+    const uint64_t epoch = epoch_.load() + 1;
+    auto* root = new Inode(std::move(fd), st.st_dev, st.st_ino, st.st_mode, epoch);
+    root->nlookup = 2;
     old_roots_.emplace_back(root);
-    ++path_fds_;
+    // Every inode known so far belongs to the old tree: out of the table, so
+    // no lookup finds one again (a later subvolume may even reuse its st_dev).
+    for (auto& [key, in] : inodes_) {
+      retired.push_back(in.get());
+      r.stale.push_back(reinterpret_cast<fuse_ino_t>(in.get()));
+      stale_.emplace(in.get(), std::move(in));
+    }
+    inodes_.clear();
+    retired.push_back(cur);
+    // The mount fds of the old tree keep it alive: one on the new root instead.
+    mount_fds_.clear();
+    if (mount_dir) mount_fds_.emplace(mount_id, std::move(mount_dir));
+    {
+      // A fresh st_ino prefix for the new tree, even if its st_dev was seen
+      // before: SQLite tells files apart by (st_dev, st_ino), and a process
+      // may hold the old app.db and open the new one.
+      std::lock_guard dg(dev_mu_);
+      dev_index_[st.st_dev] = next_prefix_++;
+    }
+    epoch_ = epoch;
     root_ = root;
+    ++path_fds_;
+    r.epoch = epoch;
   }
+  // Close what we hold in the old tree (a pinned fd closes with its last pin).
+  for (Inode* in : retired) {
+    std::lock_guard ig(in->m);
+    in->retired_ = true;
+    in->handle_.reset();
+    if (in->fd_.valid()) {
+      --path_fds_;
+      ++closed;
+      if (in->pins_ == 0) in->fd_.reset();
+    }
+  }
+  r.changed = true;
   log::get("fuse")->warn("source {} was replaced (a restore?): serving the new directory "
-                         "(dev={} ino={}); files open before keep the old one",
-                         cfg_.source, st.st_dev, st.st_ino);
-  return true;
+                         "(dev={} ino={}) as epoch {}; {} inodes of the old tree are stale "
+                         "({} fds closed); files opened before refuse changes (EIO)",
+                         cfg_.source, st.st_dev, st.st_ino, r.epoch, retired.size(), closed);
+  return r;
+}
+
+void PassthroughFs::invalidate_kernel(fuse_session* se, const Reroot& r) {
+  if (!se || !r.changed) return;
+  auto lg = log::get("fuse");
+  // The root's attributes and its cached listing (pages of the directory).
+  int rc = fuse_lowlevel_notify_inval_inode(se, FUSE_ROOT_ID, 0, 0);
+  if (rc < 0 && rc != -ENOENT) lg->warn("op=inval_inode ino=1 -> {}", std::strerror(-rc));
+  // Every name of both roots: positive entries of the old tree (d_invalidate
+  // drops their subtrees) and negative entries of names the new tree has.
+  std::set<std::string> names(r.old_names.begin(), r.old_names.end());
+  names.insert(r.new_names.begin(), r.new_names.end());
+  size_t failed = 0;
+  for (const auto& n : names) {
+    rc = fuse_lowlevel_notify_inval_entry(se, FUSE_ROOT_ID, n.c_str(), n.size());
+    if (rc < 0 && rc != -ENOENT) ++failed;  // ENOENT: the kernel had not cached it
+  }
+  if (failed) lg->warn("op=inval_entry names={} failed={} -> some names may show the old tree "
+                       "for up to entry_timeout", names.size(), failed);
+  lg->debug("op=inval_entry names={} -> done", names.size());
+}
+
+std::string PassthroughFs::path_locked(const Inode* in) {
+  // Called with mutex_ held.  Walks the names up to the root (bounded).
+  std::string path = in->name;
+  Inode* root = root_.load();
+  auto key = in->parent_key;
+  for (int depth = 0; depth < 64; ++depth) {
+    if ((key.first == root->src_dev && key.second == root->src_ino) || key.first == 0) break;
+    auto it = inodes_.find(key);
+    const Inode* p = nullptr;
+    if (it != inodes_.end()) {
+      p = it->second.get();
+    } else {
+      for (auto& [ptr, st] : stale_)
+        if (st->src_dev == key.first && st->src_ino == key.second) {
+          p = st.get();
+          break;
+        }
+    }
+    if (!p) {
+      path = "?/" + path;
+      break;
+    }
+    path = p->name + "/" + path;
+    key = p->parent_key;
+  }
+  return path;
+}
+
+std::string PassthroughFs::dir_path(dev_t dev, ino_t ino) {
+  std::lock_guard g(mutex_);
+  Inode* root = root_.load();
+  if (dev == root->src_dev && ino == root->src_ino) return "";
+  auto it = inodes_.find({dev, ino});
+  if (it != inodes_.end()) return path_locked(it->second.get());
+  for (auto& [ptr, st] : stale_)
+    if (st->src_dev == dev && st->src_ino == ino) return path_locked(st.get());
+  for (auto& r : old_roots_)
+    if (r->src_dev == dev && r->src_ino == ino) return "";
+  return "?";
+}
+
+void PassthroughFs::track(File* f, fuse_req_t req) {
+  f->pid = fuse_req_ctx(req)->pid;
+  {
+    std::lock_guard g(mutex_);
+    if (f->inode) f->path = f->inode == root_.load() ? "." : path_locked(f->inode);
+  }
+  std::lock_guard g(files_mu_);
+  open_files_.insert(f);
+}
+
+void PassthroughFs::untrack(File* f) {
+  std::lock_guard g(files_mu_);
+  open_files_.erase(f);
+}
+
+std::vector<Holder> PassthroughFs::holders(bool stale_only) {
+  std::set<std::pair<pid_t, std::string>> rows;
+  {
+    std::lock_guard g(files_mu_);
+    const uint64_t now = epoch_.load();
+    for (File* f : open_files_)
+      if (!stale_only || f->epoch != now) rows.emplace(f->pid, f->path);
+  }
+  std::vector<Holder> out;
+  std::map<pid_t, std::string> comms;
+  for (auto& [pid, path] : rows) {
+    auto it = comms.find(pid);
+    if (it == comms.end()) {
+      auto c = sys::read_file(AT_FDCWD, ("/proc/" + std::to_string(pid) + "/comm").c_str());
+      std::string comm = c ? *c : "";
+      while (!comm.empty() && comm.back() == '\n') comm.pop_back();
+      it = comms.emplace(pid, comm).first;
+    }
+    out.push_back({pid, it->second, path});
+  }
+  return out;
+}
+
+Status PassthroughFs::stale_refusal(fuse_req_t req, const char* op, const File& f) {
+  const pid_t pid = fuse_req_ctx(req)->pid;
+  bool first;
+  {
+    std::lock_guard g(files_mu_);
+    if (stale_logged_.size() > 4096) stale_logged_.clear();
+    first = stale_logged_.insert(pid).second;
+  }
+  if (first) {
+    auto c = sys::read_file(AT_FDCWD, ("/proc/" + std::to_string(pid) + "/comm").c_str());
+    std::string comm = c ? *c : "?";
+    while (!comm.empty() && comm.back() == '\n') comm.pop_back();
+    log::get("fuse")->warn("op={} ino={} path={} pid={} comm={} -> EIO: file opened before a "
+                           "restore of the source; reopen it",
+                           op, reinterpret_cast<uintptr_t>(f.inode), f.path, pid, comm);
+  }
+  return fail(EIO);
 }
 
 ino_t PassthroughFs::shown_ino(dev_t dev, ino_t ino) {
   std::lock_guard g(dev_mu_);
-  if (dev_index_.empty()) dev_index_.emplace(old_roots_.front()->src_dev, 0);
-  auto [it, added] = dev_index_.emplace(dev, static_cast<ino_t>(dev_index_.size()));
+  auto it = dev_index_.find(dev);
+  if (it == dev_index_.end()) it = dev_index_.emplace(dev, next_prefix_++).first;
   return it->second == 0 ? ino : ino ^ (static_cast<ino_t>(it->second) << 48);
 }
 
@@ -158,6 +354,7 @@ size_t PassthroughFs::inode_count() {
 
 Result<FdRef> PassthroughFs::pin(Inode* in) {
   std::unique_lock g(in->m);
+  if (in->retired_) return fail(ESTALE);  // of a replaced tree
   in->last_use_ = clock_.fetch_add(1, std::memory_order_relaxed);
   if (in->fd_.valid()) {
     ++in->pins_;
@@ -173,6 +370,7 @@ Result<FdRef> PassthroughFs::pin(Inode* in) {
     if (it != mount_fds_.end()) mount_fd = it->second.get();
     g.lock();
   }
+  if (in->retired_) return fail(ESTALE);
   if (in->fd_.valid()) {  // reopened by another thread meanwhile
     ++in->pins_;
     return FdRef(in, in->fd_.get());
@@ -248,6 +446,9 @@ Result<fuse_entry_param> PassthroughFs::do_lookup(fuse_ino_t parent, const char*
   Inode* child;
   {
     std::lock_guard g(mutex_);
+    // A lookup in a directory of a replaced tree that raced with reroot():
+    // nothing of the old tree may enter the new table.
+    if (dir->epoch != epoch_.load()) return fail(ESTALE);
     auto key = std::make_pair(st.st_dev, st.st_ino);
     auto it = inodes_.find(key);
     if (it != inodes_.end()) {
@@ -261,7 +462,7 @@ Result<fuse_entry_param> PassthroughFs::do_lookup(fuse_ino_t parent, const char*
     } else if (Inode* root = root_.load(); root->src_dev == st.st_dev && root->src_ino == st.st_ino) {
       child = root;  // a bind mount or a ".." back to the root
     } else {
-      auto in = std::make_unique<Inode>(std::move(fd), st.st_dev, st.st_ino, st.st_mode);
+      auto in = std::make_unique<Inode>(std::move(fd), st.st_dev, st.st_ino, st.st_mode, dir->epoch);
       child = in.get();
       in->last_use_ = clock_.fetch_add(1, std::memory_order_relaxed);
       inodes_.emplace(key, std::move(in));
@@ -269,6 +470,10 @@ Result<fuse_entry_param> PassthroughFs::do_lookup(fuse_ino_t parent, const char*
       evict_over_budget();
     }
     ++child->nlookup;
+    if (child != root_.load()) {
+      child->parent_key = {dir->src_dev, dir->src_ino};
+      if (child->name != name) child->name = name;
+    }
   }
   e.ino = ino_of(child);
   on_entry(*dir, *child, name);
@@ -291,6 +496,9 @@ void PassthroughFs::forget_one(Inode* in, uint64_t n) {
       on_forget(*in);
       if (in->fd_.valid()) --path_fds_;
       inodes_.erase(it);
+    } else if (auto st = stale_.find(in); st != stale_.end()) {
+      on_forget(*in);  // its fd was closed (and counted) by reroot()
+      stale_.erase(st);
     }
   }
 }

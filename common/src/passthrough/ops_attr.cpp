@@ -33,6 +33,7 @@ void PassthroughFs::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, i
                             fuse_file_info* fi) {
   Status s = [&]() -> Status {
     HOODY_CHECK(may_mutate(req, "setattr"));
+    if (fi && stale(*file_of(fi))) return stale_refusal(req, "setattr", *file_of(fi));
     Inode* in = inode(ino);
     HOODY_TRY(ifd, pin(in));
     int fh = fi ? file_of(fi)->fd.get() : -1;

@@ -18,6 +18,7 @@ void reply(fuse_req_t req, Status s) { fuse_reply_err(req, s.err()); }
 // readdir on one open directory, so it needs no lock of its own.
 struct Dir {
   sys::UniqueDir dp;
+  uint64_t epoch = 0;  // of the tree it was opened in
   off_t offset = 0;
   struct dirent* entry = nullptr;
 };
@@ -30,12 +31,13 @@ bool is_dot_or_dotdot(const char* name) {
 }  // namespace
 
 void PassthroughFs::opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Inode* in = inode(ino);
   auto dp = [&]() -> Result<sys::UniqueDir> {
-    HOODY_TRY(fd, pin(inode(ino)));
+    HOODY_TRY(fd, pin(in));
     return sys::opendir_at(fd.get(), ".");
   }();
   if (!dp) return reply(req, fail(dp.error()));
-  auto* d = new Dir{std::move(*dp)};
+  auto* d = new Dir{std::move(*dp), in->epoch};
   fi->fh = reinterpret_cast<uint64_t>(d);
   fi->keep_cache = cfg_.cache_readdir;
   fi->cache_readdir = cfg_.cache_readdir;
@@ -45,6 +47,9 @@ void PassthroughFs::opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) 
 void PassthroughFs::readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                             fuse_file_info* fi, bool plus) {
   Dir* d = dir_of(fi);
+  // A directory of a replaced tree lists nothing more (its handle may still
+  // be open in a process whose cwd it was).
+  if (d->epoch != epoch()) return reply(req, fail(ESTALE));
   std::unique_ptr<char[]> buf(new char[size]);
   char* p = buf.get();
   size_t rem = size;

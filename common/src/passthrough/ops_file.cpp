@@ -40,7 +40,15 @@ void PassthroughFs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     return sys::reopen(pfd.get(), backing_flags(fi->flags));
   }();
   if (!fd) return reply(req, fail(fd.error()));
-  auto* f = new File{std::move(*fd), fi->flags, in};
+  // Opened from a tree a restore replaced meanwhile: the kernel retries the
+  // open with a fresh lookup on ESTALE.
+  if (stale(*in)) return reply(req, fail(ESTALE));
+  auto* f = new File;
+  f->fd = std::move(*fd);
+  f->flags = fi->flags;
+  f->inode = in;
+  f->epoch = in->epoch;
+  track(f, req);
   fi->fh = reinterpret_cast<uint64_t>(f);
   fi->keep_cache = cfg_.keep_cache;
   // A read-only open needs no FLUSH unless a daemon answers locks (POSIX locks
@@ -50,6 +58,7 @@ void PassthroughFs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if (fuse_reply_open(req, fi) == -ENOENT) {
     // The opener was interrupted and is gone: nobody will release this.
     on_release(*f, fi);
+    untrack(f);
     delete f;
   }
 }
@@ -66,12 +75,19 @@ void PassthroughFs::create(fuse_req_t req, fuse_ino_t parent, const char* name, 
   if (!fd) return reply(req, fail(fd.error()));
   auto e = do_lookup(parent, name);
   if (!e) return reply(req, fail(e.error()));
-  auto* f = new File{std::move(*fd), fi->flags, inode(e->ino)};
+  Inode* in = inode(e->ino);
+  auto* f = new File;
+  f->fd = std::move(*fd);
+  f->flags = fi->flags;
+  f->inode = in;
+  f->epoch = in->epoch;
+  track(f, req);
   fi->fh = reinterpret_cast<uint64_t>(f);
   fi->keep_cache = cfg_.keep_cache;
   on_open(req, *f, fi);
   if (fuse_reply_create(req, &*e, fi) == -ENOENT) {
     on_release(*f, fi);
+    untrack(f);
     delete f;
     forget_one(inode(e->ino), 1);
   }
@@ -113,6 +129,7 @@ void PassthroughFs::read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fus
 void PassthroughFs::write_buf(fuse_req_t req, fuse_ino_t, fuse_bufvec* in, off_t off,
                               fuse_file_info* fi) {
   File* f = file_of(fi);
+  if (stale(*f)) return reply(req, stale_refusal(req, "write", *f));
   size_t size = fuse_buf_size(in);
   if (io_) {
     // libfuse's buffer lives only until we return: the engine gets a copy.
@@ -152,11 +169,14 @@ void PassthroughFs::flush(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
 void PassthroughFs::release(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
   File* f = file_of(fi);
   on_release(*f, fi);
+  untrack(f);
   delete f;
   reply(req, {});
 }
 
 void PassthroughFs::fsync(fuse_req_t req, fuse_ino_t, int datasync, fuse_file_info* fi) {
+  if (stale(*file_of(fi)))
+    return reply(req, stale_refusal(req, datasync ? "fdatasync" : "fsync", *file_of(fi)));
   int fd = file_of(fi)->fd.get();
   if (io_) {
     io_->fsync(fd, datasync != 0, [req](ssize_t res) {
@@ -171,6 +191,7 @@ void PassthroughFs::fallocate(fuse_req_t req, fuse_ino_t, int mode, off_t off, o
                               fuse_file_info* fi) {
   reply(req, [&]() -> Status {
     HOODY_CHECK(may_mutate(req, "fallocate"));
+    if (stale(*file_of(fi))) return stale_refusal(req, "fallocate", *file_of(fi));
     if (::fallocate(file_of(fi)->fd.get(), mode, off, len) < 0) return fail(Errno::last());
     return {};
   }());
@@ -181,6 +202,8 @@ void PassthroughFs::copy_file_range(fuse_req_t req, fuse_ino_t, off_t off_in,
                                     fuse_file_info* fi_out, size_t len, int flags) {
   auto s = may_mutate(req, "copy_file_range");
   if (!s) return reply(req, s);
+  if (stale(*file_of(fi_out)))
+    return reply(req, stale_refusal(req, "copy_file_range", *file_of(fi_out)));
   loff_t in_off = off_in, out_off = off_out;
   ssize_t n = ::copy_file_range(file_of(fi_in)->fd.get(), &in_off, file_of(fi_out)->fd.get(),
                                 &out_off, len, static_cast<unsigned>(flags));

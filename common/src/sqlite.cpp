@@ -1,8 +1,8 @@
-#include "sqlite.hpp"
+#include "hoody/sqlite.hpp"
 
 #include "hoody/log.hpp"
 
-namespace hoody::snapfs::sql {
+namespace hoody::sql {
 
 Errno to_errno(int rc) {
   switch (rc & 0xff) {
@@ -38,7 +38,7 @@ Result<Db> Db::open(const std::string& path) {
 }
 
 Errno Db::fail_with(int rc, std::string_view what) const {
-  log::get("snap")->warn("op=sqlite what=\"{}\" rc={} -> {}", what, rc,
+  log::get("sql")->warn("op=sqlite what=\"{}\" rc={} -> {}", what, rc,
                          db_ ? sqlite3_errmsg(db_.get()) : sqlite3_errstr(rc));
   return to_errno(rc);
 }
@@ -99,4 +99,4 @@ std::string Stmt::text(int col) const {
   return std::string(p, static_cast<size_t>(sqlite3_column_bytes(s_.get(), col)));
 }
 
-}  // namespace hoody::snapfs::sql
+}  // namespace hoody::sql

@@ -1,6 +1,8 @@
-// A small RAII layer over sqlite3 for the snapshot index: errors become
-// Errno (SQLITE_CONSTRAINT -> EEXIST, BUSY -> EBUSY, FULL -> ENOSPC, ...) and
-// the SQLite message goes to the "snap" logger.
+// A small RAII layer over sqlite3, shared by the snapshot index of hoody-snapfs
+// (containers/C/.snapshots/index.db) and the share registry of hoody-sharefs
+// (POOL/shares.db): errors become Errno (SQLITE_CONSTRAINT -> EEXIST,
+// BUSY -> EBUSY, FULL -> ENOSPC, ...) and the SQLite message goes to the
+// "sql" logger.
 #pragma once
 
 #include <sqlite3.h>
@@ -13,7 +15,7 @@
 
 #include "hoody/result.hpp"
 
-namespace hoody::snapfs::sql {
+namespace hoody::sql {
 
 Errno to_errno(int sqlite_rc);
 
@@ -96,4 +98,4 @@ private:
   bool active_ = false;
 };
 
-}  // namespace hoody::snapfs::sql
+}  // namespace hoody::sql

@@ -1,0 +1,268 @@
+// hoody-share: the share registry POOL/shares.db from the command line.
+// Containers offer directories of their storage to another container or to
+// a whole project, receivers accept, reject or leave, owners revoke.  It works
+// on the registry directly (no mount needed); running hoody-sharefs daemons
+// see each change through the pool's change signal.
+//
+// Exit status: 0 done, 1 refused or failed (the message says why), 2 usage.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "hoody/log.hpp"
+#include "share/json.hpp"
+#include "share/registry.hpp"
+#include "share/text.hpp"
+
+namespace {
+
+using namespace hoody::sharefs;
+
+constexpr const char* kDefaultPool = "/var/lib/hoody";
+constexpr int kRefused = 1;
+constexpr int kUsage = 2;
+
+int refused(const std::string& why) {
+  std::fprintf(stderr, "hoody-share: %s\n", escape(why).c_str());
+  return kRefused;
+}
+
+int usage(const std::string& why) {
+  std::fprintf(stderr, "hoody-share: %s\nRun with --help for more information.\n", why.c_str());
+  return kUsage;
+}
+
+void print_json(const nlohmann::json& j) {
+  std::fputs(j.dump(2).c_str(), stdout);
+  std::fputc('\n', stdout);
+}
+
+std::string audience(const Share& s) {
+  return s.to_container.empty() ? "project:" + s.to_project : s.to_container;
+}
+
+std::string receivers(const Share& s) {
+  std::string out;
+  for (auto& r : s.receipts)
+    out += (out.empty() ? "" : ",") + r.container + ":" + std::string(to_string(r.state));
+  return out.empty() ? "-" : out;
+}
+
+// Every field printed in a listing goes through escape(): a newline in a
+// path becomes \x0a and cannot make a row of its own.
+void row(const std::vector<std::string>& cols, const std::vector<int>& widths) {
+  std::string line;
+  for (std::size_t i = 0; i < cols.size(); ++i) {
+    std::string f = escape(cols[i]);
+    if (i + 1 < cols.size() && static_cast<int>(f.size()) < widths[i]) f.resize(static_cast<std::size_t>(widths[i]), ' ');
+    line += f;
+    if (i + 1 < cols.size()) line += ' ';
+  }
+  std::puts(line.c_str());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"hoody-share: offer, accept, reject, leave, revoke and list the shares between "
+               "containers of a hoody pool. See hoody-share(1)."};
+  app.require_subcommand(1);
+  const char* env = std::getenv("HOODY_POOL");
+  std::string pool = env && *env ? env : kDefaultPool;
+  std::string level = "warn";
+  app.add_option("--pool", pool, "the pool directory holding shares.db (default $HOODY_POOL or /var/lib/hoody)");
+  app.add_option("--log-level", level, "trace, debug, info, warn (default), error");
+
+  std::string name, container, project, from, to;
+  bool json = false, all = false, ro = false, rw = false;
+  int limit = 50;
+
+  auto* cont = app.add_subcommand("container", "register containers and their project");
+  cont->require_subcommand(1);
+  auto* cadd = cont->add_subcommand("add", "add container C (to project P); idempotent");
+  cadd->add_option("C", container, "container id")->required();
+  cadd->add_option("--project", project, "the project C belongs to");
+  auto* crm = cont->add_subcommand("remove", "revoke what C offers, drop what it receives, forget C");
+  crm->add_option("C", container, "container id")->required();
+  auto* cls = cont->add_subcommand("list", "list the containers and their projects");
+  cls->add_flag("--json", json, "print JSON");
+
+  auto* offer = app.add_subcommand("offer", "offer a directory of a container's storage");
+  offer->add_option("--from", from, "C:PATH, PATH relative to POOL/containers/C/storage")->required();
+  auto* oto = offer->add_option("--to", to, "the receiving container");
+  auto* oproj = offer->add_option("--project", project, "every container of this project");
+  oto->excludes(oproj);
+  auto* oro = offer->add_flag("--ro", ro, "read-only");
+  auto* orw = offer->add_flag("--rw", rw, "read-write");
+  oro->excludes(orw);
+  offer->add_option("NAME", name, "share name, as the receiver will see it")->required();
+
+  auto* revoke = app.add_subcommand("revoke", "withdraw a share from every receiver at once");
+  revoke->add_option("--from", from, "the owner (needed when several containers offer NAME)");
+  revoke->add_option("NAME", name, "share name")->required();
+
+  auto* list = app.add_subcommand("list", "list shares (all, or what one container offers and receives)");
+  list->add_option("--container", container, "only what this container offers and receives");
+  list->add_flag("--all", all, "also revoked, rejected and left shares");
+  list->add_flag("--json", json, "print JSON");
+
+  std::map<std::string, CLI::App*> verbs;
+  const std::pair<const char*, const char*> receiver_verbs[] = {
+      {"accept", "accept a share offered to a container"},
+      {"reject", "reject a share offered to a container"},
+      {"leave", "leave a share a container accepted"}};
+  for (auto [v, help] : receiver_verbs) {
+    auto* s = app.add_subcommand(v, help);
+    s->add_option("--container", container, "the receiving container")->required();
+    s->add_option("NAME", name, "share name")->required();
+    verbs[v] = s;
+  }
+
+  auto* log = app.add_subcommand("log", "the registry's event log: who did what, when, result");
+  log->add_option("--limit", limit, "the last N events (default 50)")->check(CLI::PositiveNumber);
+  log->add_flag("--json", json, "print JSON");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    (void)app.exit(e);
+    return kUsage;
+  }
+
+  auto lvl = hoody::log::parse_level(level);
+  if (!lvl) return usage("--log-level " + level + ": not one of trace, debug, info, warn, error");
+  hoody::log::init({level, hoody::log::Sink::stderr_, "hoody-share"});
+
+  std::string why;
+  auto reg = Registry::open(pool, &why);
+  if (!reg) return refused(why);
+
+  if (*cont) {
+    if (*cadd) {
+      if (!reg->add_container(container, project, &why)) return refused(why);
+      std::printf("container %s%s\n", container.c_str(),
+                  project.empty() ? "" : (" in project " + project).c_str());
+      return 0;
+    }
+    if (*crm) {
+      if (!reg->remove_container(container, &why)) return refused(why);
+      std::printf("removed container %s\n", container.c_str());
+      return 0;
+    }
+    auto cs = reg->containers();
+    if (!cs) return refused("list containers: " + cs.error().message());
+    if (json) {
+      nlohmann::json arr = nlohmann::json::array();
+      for (auto& c : *cs) arr.push_back(to_json(c));
+      print_json({{"containers", arr}});
+      return 0;
+    }
+    std::vector<int> w{24, 24};
+    row({"CONTAINER", "PROJECT", "ADDED"}, w);
+    for (auto& c : *cs) row({c.id, c.project.empty() ? "-" : c.project, rfc3339(c.added)}, w);
+    return 0;
+  }
+
+  if (*offer) {
+    auto colon = from.find(':');
+    if (colon == std::string::npos || colon == 0)
+      return usage("--from " + escape(from) + ": give it as CONTAINER:PATH (PATH may be .)");
+    if (to.empty() && project.empty()) return usage("offer: give --to CONTAINER or --project PROJECT");
+    if (!ro && !rw) return usage("offer: give --ro or --rw");
+    Offer o;
+    o.from = from.substr(0, colon);
+    o.source = from.substr(colon + 1);
+    o.to_container = to;
+    o.to_project = project;
+    o.mode = rw ? Mode::rw : Mode::ro;
+    o.name = name;
+    auto s = reg->offer(o, &why);
+    if (!s) return refused(why);
+    std::printf("offered %s from %s:%s to %s (%s)\n", s->name.c_str(), s->owner.c_str(),
+                escape(s->source).c_str(), audience(*s).c_str(), std::string(to_string(s->mode)).c_str());
+    return 0;
+  }
+
+  if (*revoke) {
+    if (!reg->revoke(from, name, &why)) return refused(why);
+    std::printf("revoked %s\n", name.c_str());
+    return 0;
+  }
+
+  for (auto& [verb, sub] : verbs) {
+    if (!*sub) continue;
+    hoody::Status s = verb == "accept"   ? reg->accept(container, name, &why)
+                      : verb == "reject" ? reg->reject(container, name, &why)
+                                         : reg->leave(container, name, &why);
+    if (!s) return refused(why);
+    std::printf("%s %s for %s\n", verb == "accept" ? "accepted" : verb == "reject" ? "rejected" : "left",
+                name.c_str(), container.c_str());
+    return 0;
+  }
+
+  if (*list) {
+    if (!container.empty()) {
+      auto c = reg->container(container);
+      if (!c) return refused("list: " + c.error().message());
+      if (!*c) return refused("list: no such container " + container);
+      if (json) {
+        auto j = container_json(*reg, container, all);
+        if (!j) return refused("list: " + j.error().message());
+        print_json(*j);
+        return 0;
+      }
+      auto offers = reg->offered_by(container, all);
+      auto receives = reg->shares_for(container, all);
+      if (!offers || !receives) return refused("list: cannot read shares.db");
+      std::vector<int> w{8, 24, 24, 4, 8};
+      row({"ROLE", "NAME", "PEER", "MODE", "STATE", "SOURCE"}, w);
+      for (auto& s : *offers)
+        row({"offers", s.name, audience(s), std::string(to_string(s.mode)), std::string(to_string(s.state)),
+             s.source}, w);
+      for (auto& r : *receives)
+        row({"receives", r.name, r.owner, std::string(to_string(r.mode)), std::string(to_string(r.state)),
+             r.source}, w);
+      return 0;
+    }
+    auto shares = reg->list(all);
+    if (!shares) return refused("list: " + shares.error().message());
+    if (json) {
+      nlohmann::json arr = nlohmann::json::array();
+      for (auto& s : *shares) arr.push_back(to_json(s));
+      print_json({{"shares", arr}});
+      return 0;
+    }
+    std::vector<int> w{16, 24, 4, 24, 8, 32};
+    row({"OWNER", "NAME", "MODE", "TO", "STATE", "RECEIVERS", "SOURCE"}, w);
+    for (auto& s : *shares)
+      row({s.owner, s.name, std::string(to_string(s.mode)), audience(s), std::string(to_string(s.state)),
+           receivers(s), s.source}, w);
+    return 0;
+  }
+
+  if (*log) {
+    auto evs = reg->events(limit);
+    if (!evs) return refused("log: " + evs.error().message());
+    if (json) {
+      nlohmann::json arr = nlohmann::json::array();
+      for (auto& e : *evs) arr.push_back(to_json(e));
+      print_json({{"events", arr}});
+      return 0;
+    }
+    for (auto& e : *evs)
+      row({rfc3339(e.time), e.actor.empty() ? "-" : e.actor, e.action, e.subject, e.result, e.detail},
+          {20, 16, 16, 32, 0});
+    return 0;
+  }
+  return 0;
+}

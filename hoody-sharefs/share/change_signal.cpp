@@ -1,0 +1,120 @@
+#include "share/change_signal.hpp"
+
+#include <linux/futex.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <boost/interprocess/mapped_region.hpp>
+#include <boost/interprocess/shared_memory_object.hpp>
+#include <cerrno>
+#include <climits>
+#include <ctime>
+
+#include "hoody/log.hpp"
+
+namespace hoody::sharefs {
+
+namespace bip = boost::interprocess;
+
+namespace {
+
+// The layout of the shared object; all-zero bytes are its initial state.
+struct Shared {
+  std::atomic<uint64_t> counter;
+  std::atomic<uint32_t> seq;
+};
+static_assert(std::atomic<uint64_t>::is_always_lock_free);
+static_assert(std::atomic<uint32_t>::is_always_lock_free);
+static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t), "futex word must be 32 bits");
+constexpr std::size_t kSize = 64;
+
+long futex(std::atomic<uint32_t>* word, int op, uint32_t val, const struct timespec* ts) {
+  return ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), op, val, ts, nullptr, 0);
+}
+
+}  // namespace
+
+struct ChangeSignal::Impl {
+  bip::mapped_region region;
+  Shared* shared() const { return static_cast<Shared*>(region.get_address()); }
+};
+
+ChangeSignal::ChangeSignal(std::unique_ptr<Impl> impl, std::string name)
+    : impl_(std::move(impl)), name_(std::move(name)) {}
+ChangeSignal::ChangeSignal(ChangeSignal&&) noexcept = default;
+ChangeSignal& ChangeSignal::operator=(ChangeSignal&&) noexcept = default;
+ChangeSignal::~ChangeSignal() = default;
+
+std::string ChangeSignal::name_for_pool(int pool_fd, Errno* err) {
+  struct stat st;
+  if (::fstat(pool_fd, &st) < 0) {
+    if (err) *err = Errno::last();
+    return {};
+  }
+  return "hoody-shares-" + std::to_string(static_cast<unsigned long long>(st.st_dev)) + "-" +
+         std::to_string(static_cast<unsigned long long>(st.st_ino));
+}
+
+Result<ChangeSignal> ChangeSignal::open_for_pool(int pool_fd) {
+  Errno e;
+  std::string name = name_for_pool(pool_fd, &e);
+  if (name.empty()) return fail(e);
+  return open(name);
+}
+
+Result<ChangeSignal> ChangeSignal::open(const std::string& shm_name) {
+  try {
+    bip::permissions perm(0600);
+    bip::shared_memory_object shm(bip::open_or_create, shm_name.c_str(), bip::read_write, perm);
+    bip::offset_t size = 0;
+    // Two creators may race: both truncate to the same size, and the pages a
+    // truncate adds are zero, the initial state.  Never shrink.
+    if (!shm.get_size(size) || size < static_cast<bip::offset_t>(kSize)) shm.truncate(kSize);
+    auto impl = std::make_unique<Impl>();
+    impl->region = bip::mapped_region(shm, bip::read_write, 0, kSize);
+    return ChangeSignal(std::move(impl), shm_name);
+  } catch (const bip::interprocess_exception& ex) {
+    int err = ex.get_native_error();
+    log::get("share")->warn("op=change_signal shm={} -> {}", shm_name, ex.what());
+    return fail(err > 0 ? err : EIO);
+  }
+}
+
+void ChangeSignal::remove(const std::string& shm_name) {
+  bip::shared_memory_object::remove(shm_name.c_str());
+}
+
+uint64_t ChangeSignal::current() const {
+  return impl_->shared()->counter.load(std::memory_order_acquire);
+}
+
+uint64_t ChangeSignal::publish() {
+  Shared* s = impl_->shared();
+  uint64_t now = s->counter.fetch_add(1, std::memory_order_acq_rel) + 1;
+  s->seq.fetch_add(1, std::memory_order_acq_rel);
+  futex(&s->seq, FUTEX_WAKE, INT_MAX, nullptr);
+  return now;
+}
+
+uint64_t ChangeSignal::wait_for_change(uint64_t last_seen, std::chrono::milliseconds timeout) const {
+  using clock = std::chrono::steady_clock;
+  Shared* s = impl_->shared();
+  auto deadline = clock::now() + timeout;
+  for (;;) {
+    uint32_t seq = s->seq.load(std::memory_order_acquire);
+    uint64_t now = s->counter.load(std::memory_order_acquire);
+    if (now != last_seen) return now;
+    auto left = deadline - clock::now();
+    if (left <= clock::duration::zero()) return now;
+    auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
+    struct timespec ts {};
+    ts.tv_sec = static_cast<time_t>(ns / 1000000000);
+    ts.tv_nsec = static_cast<long>(ns % 1000000000);
+    // EAGAIN (seq moved), EINTR, ETIMEDOUT and a wake all mean: look again.
+    futex(&s->seq, FUTEX_WAIT, seq, &ts);
+  }
+}
+
+}  // namespace hoody::sharefs

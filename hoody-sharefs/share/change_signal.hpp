@@ -1,0 +1,76 @@
+// The change signal of a share registry: every writer of POOL/shares.db bumps
+// it after a committed change, and every running hoody-sharefs waits on it, so
+// a change reaches each daemon at once without polling the database on every
+// request.
+//
+// It is a small POSIX shared-memory object (Boost.Interprocess
+// shared_memory_object + mapped_region, i.e. /dev/shm/hoody-shares-DEV-INO, one
+// per pool, named after the pool directory's st_dev/st_ino so that two
+// spellings of one pool meet) holding two lock-free atomics:
+//   counter  64-bit, +1 per published change;
+//   seq      32-bit futex word, +1 per published change after `counter`.
+// A waiter reads seq, then counter; if counter moved it returns, else it sleeps
+// in FUTEX_WAIT on seq (without FUTEX_PRIVATE_FLAG, so it works across
+// processes on a shared mapping) with the remaining timeout.  A publish that
+// lands between the two reads changed seq, so FUTEX_WAIT returns at once.
+//
+// Why no mutex and no interprocess condition: a process killed while holding
+// an interprocess mutex leaves it locked for ever (Boost's interprocess_mutex
+// is not robust), and robust pthread mutexes still need every waiter to handle
+// EOWNERDEAD.  Here there is nothing to hold: a writer killed at any point
+// leaves the counters either bumped (waiters wake) or not (waiters time out),
+// and every wait is bounded by its timeout.  The object starts as zero pages,
+// which is a valid state, so creating it needs no constructor race either.
+//
+// The object is created 0600 (root's, like the pool).  Anyone who can write it
+// can only cause spurious wake-ups: a waiter rereads the registry, which is
+// the truth.  The name uses the pool's st_dev/st_ino rather than a hash of
+// its path, so no path spelling (symlinks, trailing slashes) splits a pool.
+//
+// The counter is a hint, not the truth: the registry's own generation (a row
+// in shares.db, bumped in the same transaction as the change) is.  A daemon
+// waits with a timeout of about a second and rereads the registry's
+// generation on every wake-up, so a lost or recreated /dev/shm object (a
+// reboot, someone deleting it) costs at most that timeout, never a change.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "hoody/result.hpp"
+
+namespace hoody::sharefs {
+
+class ChangeSignal {
+public:
+  // The signal of the pool whose directory is `pool_fd`; creates it if missing.
+  static Result<ChangeSignal> open_for_pool(int pool_fd);
+  // The signal with this shm name (for tests).
+  static Result<ChangeSignal> open(const std::string& shm_name);
+  // Deletes the shm object (tests; running waiters keep their mapping).
+  static void remove(const std::string& shm_name);
+  static std::string name_for_pool(int pool_fd, Errno* err = nullptr);
+
+  ChangeSignal(ChangeSignal&&) noexcept;
+  ChangeSignal& operator=(ChangeSignal&&) noexcept;
+  ~ChangeSignal();
+
+  const std::string& name() const { return name_; }
+  // The current counter.
+  uint64_t current() const;
+  // Bump the counter and wake every waiter; returns the new counter.
+  uint64_t publish();
+  // Returns the counter once it differs from `last_seen`, or when `timeout`
+  // has passed (then the counter may still equal last_seen).
+  uint64_t wait_for_change(uint64_t last_seen, std::chrono::milliseconds timeout) const;
+
+private:
+  struct Impl;
+  explicit ChangeSignal(std::unique_ptr<Impl> impl, std::string name);
+  std::unique_ptr<Impl> impl_;
+  std::string name_;
+};
+
+}  // namespace hoody::sharefs
