@@ -513,9 +513,10 @@ struct stat Fs::snapshot_attr(const SnapshotInfo& s, const struct stat& dir, siz
 
 Result<fuse_entry_param> Fs::snapshot_entry(const SnapshotInfo& s) {
   HOODY_TRY(e, do_lookup(FUSE_ROOT_ID, s.uuid.c_str()));
+  const ino_t backing = inode(e.ino)->src_ino;
   {
     std::lock_guard g(tops_m_);
-    tops_[inode(e.ino)->src_ino] = Top{s.uuid, s.name};
+    tops_[backing] = Top{s.uuid, s.name};
     in_kernel_.insert(s.uuid);
   }
   e.attr = snapshot_attr(s, e.attr, subvolume_count(s.uuid));
