@@ -1,6 +1,8 @@
 #include "fs.hpp"
 
 #include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -35,6 +37,9 @@ SnapshotInfo info_of(const Snapshot& s) {
   if (s.expires) i.expires = secs(*s.expires);
   i.description = s.description;
   i.type = s.type;
+  i.consistency = s.consistency;
+  i.busy = s.busy;
+  i.nested = s.nested;
   return i;
 }
 }  // namespace
@@ -50,6 +55,8 @@ OptionTable options() {
       .add({"default_expiry", OptKind::string, "expiry of new snapshots: +N with m, h, d or w (+7d)"})
       .add({"prune_interval", OptKind::seconds,
             "seconds between sweeps for expired snapshots and runs of the schedule (60)"})
+      .add({"quiesce_timeout", OptKind::seconds,
+            "seconds a snapshot or restore waits for database transactions in flight (2)"})
       .add({"diff_cache_mb", OptKind::uint,
             "MiB of computed .hoody/diff/ results kept for the next reader (64; 0: none)"});
   return t;
@@ -64,6 +71,7 @@ Config config_from(const MountArgs& args) {
   c.default_expiry = args.str("default_expiry");
   c.prune_interval = args.seconds("prune_interval", c.prune_interval);
   if (c.prune_interval <= 0) throw UsageError("option 'prune_interval' must be above 0");
+  c.quiesce_timeout = args.seconds("quiesce_timeout", c.quiesce_timeout);
   c.allow_users = args.str("allow_users");
   c.allow_groups = args.str("allow_groups");
   c.diff_cache_mb = args.uint("diff_cache_mb", c.diff_cache_mb);
@@ -140,6 +148,12 @@ Status Fs::start(std::string* why) {
                            "(for tests only)",
                            clock_file_);
   }
+  {
+    // The contract of the dbfs control channel names its sockets after the
+    // realpath of the dbfs SOURCE, SOURCE/<subvolume> here (an admin's path).
+    char real[PATH_MAX];
+    source_real_ = ::realpath(scfg_.source.c_str(), real) ? real : scfg_.source;
+  }
   source_fd_ = std::move(*src);
   store_fd_ = std::move(sdir);
   store_ = std::move(*store);
@@ -150,11 +164,23 @@ Status Fs::start(std::string* why) {
                        kDiffJobs},
       [this](std::function<void()> job) { offload(std::move(job)); });
   root_mtime_ = secs(now());
+  // open() finished or undid a restore interrupted by a crash: the hoody-dbfs
+  // of each scope subvolume is told, so that it serves what is there now
+  // (source-replaced is a no-op for one that serves it already).
+  if (auto scope = store_->scope(); scope) {
+    auto dbfs = peers();
+    for (const auto& sv : *scope) {
+      std::string w;
+      if (auto r = dbfs->replaced(sv, &w); !r)
+        log::get("snap")->warn("source={}/{} -> {}", source_real_, sv, w);
+    }
+  }
   HOODY_CHECK(open_source(why));
   auto n = store_->list();
-  log::get("snap")->info("source={} snapshots={} prune_interval={}s default_expiry={} "
-                         "allow_users={} allow_groups={}",
+  log::get("snap")->info("source={} snapshots={} prune_interval={}s quiesce_timeout={}s "
+                         "default_expiry={} allow_users={} allow_groups={}",
                          scfg_.source, n ? n->size() : 0, scfg_.prune_interval,
+                         scfg_.quiesce_timeout,
                          scfg_.default_expiry.empty() ? "none" : scfg_.default_expiry,
                          scfg_.allow_users, scfg_.allow_groups);
   return {};
@@ -241,8 +267,16 @@ void Fs::prune_loop() {
   }
 }
 
-Result<Snapshot> Fs::take_snapshot(std::string_view name, const Who& c, const CreateOptions& opts) {
+Result<Snapshot> Fs::take_snapshot(std::string_view name, const Who& c, CreateOptions opts) {
+  // The databases are held while the scope subvolumes are snapshotted.
+  auto dbfs = peers();
+  opts.quiescer = dbfs.get();
   return store_->create(name, c.store(), opts);
+}
+
+std::unique_ptr<DbfsPeers> Fs::peers() {
+  auto t = std::chrono::milliseconds(static_cast<int64_t>(scfg_.quiesce_timeout * 1000));
+  return std::make_unique<DbfsPeers>(source_real_, t);
 }
 
 void Fs::changed() {

@@ -32,6 +32,7 @@
 #include "hoody/daemon.hpp"
 #include "hoody/passthrough.hpp"
 #include "hoody/unique_fd.hpp"
+#include "peers.hpp"
 #include "snapshot_info.hpp"
 #include "store/snapshot_store.hpp"
 #include "vdir/vdir.hpp"
@@ -44,6 +45,10 @@ struct Config {
   std::string default_expiry;         // "+7d", "" for none
   double prune_interval = 60;         // seconds between expiry sweeps
   std::string allow_users, allow_groups;  // ':'-separated
+  // How long a create or restore waits for the database transactions in
+  // flight to finish (hoody-dbfs quiesce); longer ones make a snapshot
+  // crash-consistent.
+  double quiesce_timeout = 2;
   uint64_t diff_cache_mb = 64;        // budget of the diff cache (MiB)
 };
 
@@ -161,7 +166,7 @@ public:
   void offload(std::function<void()> fn);
   // Every snapshot the daemon takes (mkdir and the schedule) is taken here:
   // what must happen around a snapshot (quiescing databases) goes here once.
-  Result<Snapshot> take_snapshot(std::string_view name, const Who& c, const CreateOptions& opts);
+  Result<Snapshot> take_snapshot(std::string_view name, const Who& c, CreateOptions opts);
   // The set of snapshots changed (times and counts of the root follow).
   void changed();
   // Wakes the background thread to finish a restore's deletions (recover()).
@@ -171,6 +176,18 @@ public:
   // .hoody/schedule: read, and a write sets it (schedule.cpp).
   Result<std::string> schedule_text();
   Status set_schedule(const Who& c, std::string_view request);
+  // The hoody-dbfs daemons of the scope subvolumes, for one create or restore.
+  std::unique_ptr<DbfsPeers> peers();
+  // .hoody/restore: one restore at a time.  A restore fd remembers the
+  // generation it was opened (or last restored) at; a write on it after
+  // another restore ran, or any open while one runs, gives EBUSY.
+  struct RestoreGate {
+    std::mutex m;  // a leaf lock: guards the fields below
+    bool running = false;
+    uint64_t generation = 0;
+  };
+  RestoreGate restore_gate_;
+
   // The contents of .hoody/diff/A..B as `c` may see them (DiffText::text_for),
   // from the diff cache: a pair of snapshots is computed once and kept within
   // the budget; concurrent opens of one pair (@live too) share one
@@ -222,6 +239,7 @@ private:
   std::unique_ptr<DiffCache> diff_cache_;
   dev_t store_dev_ = 0;  // st_dev of SOURCE/.snapshots: the <uuid> dirs live on it
   UniqueFd source_fd_;   // SOURCE, O_RDONLY|O_DIRECTORY
+  std::string source_real_;  // realpath(SOURCE): the dbfs control sockets are named after it
   UniqueFd store_fd_;    // SOURCE/.snapshots, O_RDONLY|O_DIRECTORY
   std::string clock_file_;  // $HOODY_TEST_CLOCK_FILE (tests only), "" for the system clock
   fuse_session* se_ = nullptr;            // for notifications; set once mounted
@@ -232,7 +250,6 @@ private:
   std::atomic<uint64_t> changes_{1};
   std::atomic<uint64_t> counted_at_{0};
   std::atomic<size_t> count_{0};
-  std::atomic<bool> restoring_{false};  // one restore at a time: EBUSY for a second
 
   // Held while listing_ is rebuilt (before listing_m_; the store's locks inside).
   std::mutex rebuild_m_;

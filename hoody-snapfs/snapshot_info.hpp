@@ -19,6 +19,9 @@ struct SnapshotInfo {
   std::string description;
   std::string type;                 // as the store names it
   std::vector<std::string> subvolumes;  // filled where shown (snapshots.json)
+  std::string consistency;          // "transaction" or "crash"
+  std::vector<std::string> busy;    // databases not quiesced ("databases/app.db")
+  std::vector<std::string> nested;  // nested subvolumes, not captured ("storage/docker")
 };
 
 }  // namespace hoody::snapfs

@@ -527,6 +527,7 @@ std::string format(const Change& c) {
     case ChangeKind::removed: return "- " + escape_path(c.path);
     case ChangeKind::modified: return "M " + escape_path(c.path);
     case ChangeKind::renamed: return "R " + escape_path(c.path) + " -> " + escape_path(c.to);
+    case ChangeKind::not_captured: return "! " + escape_path(c.path) + ": nested subvolume, not captured";
   }
   return {};
 }

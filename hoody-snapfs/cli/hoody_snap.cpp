@@ -199,6 +199,9 @@ int main(int argc, char** argv) {
   auto* restore = app.add_subcommand("restore", "replace the live state by a snapshot "
                                                 "(a safety snapshot is taken first)");
   restore->add_option("NAME", name, "snapshot name")->required();
+  bool if_idle = false;
+  restore->add_flag("--if-idle", if_idle,
+                    "refuse (EBUSY) while a process uses the live state, and name them");
 
   auto* diff = app.add_subcommand("diff", "what changed from A to B (default: the live state)");
   diff->add_option("A", name, "older snapshot")->required();
@@ -325,18 +328,61 @@ int main(int argc, char** argv) {
     check_name("restore", name, NameUse::existing);
     check_mount(mount);
     std::string path = mount + "/.hoody/restore";
-    int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    // O_RDWR: the result is read back (safety snapshot, processes to
+    // restart, why it failed).  A daemon older than that refuses O_RDWR.
+    bool readback = true;
+    int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+    if (fd < 0 && errno == EACCES) {
+      readback = false;
+      fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    }
     if (fd < 0) {
       int e = errno;
       die({"restore " + q(name), e, hint_for("restore", e, mount)});
     }
-    std::string line = name + "\n";
+    std::string line = name + (if_idle ? " if-idle" : "") + "\n";
     ssize_t n = ::write(fd, line.data(), line.size());
-    int e = errno;
+    int e = n < 0 ? errno : 0;
+    nlohmann::json result;
+    if (readback) {
+      std::string text(65536, '\0');
+      ssize_t r = ::pread(fd, text.data(), text.size(), 0);
+      if (r > 0) {
+        text.resize(static_cast<size_t>(r));
+        result = nlohmann::json::parse(text, nullptr, false);
+      }
+    }
     ::close(fd);
-    if (n < 0) die({"restore " + q(name), e, hint_for("restore", e, mount)});
-    std::printf("restored %s (the state before it is kept as a pre-restore-* snapshot)\n",
-                shown(name).c_str());
+    auto holders = [&](const char* key) {
+      std::string out;
+      if (result.is_object() && result.contains(key) && result[key].is_array())
+        for (auto& h : result[key]) {
+          out += "  " + std::to_string(h.value("pid", 0)) + " " + shown(h.value("comm", "?"));
+          std::string p = h.value("path", "");
+          if (!p.empty()) out += " (" + shown(p) + ")";
+          out += "\n";
+        }
+      return out;
+    };
+    if (n < 0) {
+      std::string why = result.is_object() ? result.value("error", "") : "";
+      std::string busy = holders("holders");
+      if (!busy.empty()) {
+        std::fprintf(stderr, "hoody-snap: restore %s: %s; these processes use the live state:\n%s",
+                     q(name).c_str(), std::strerror(e), busy.c_str());
+        std::exit(1);
+      }
+      die({"restore " + q(name), e, why.empty() ? hint_for("restore", e, mount) : why});
+    }
+    std::string safety = result.is_object() ? result.value("safety", "") : "";
+    std::printf("restored %s (the state before it is kept as %s)\n", shown(name).c_str(),
+                safety.empty() ? "a pre-restore-* snapshot" : shown(safety).c_str());
+    std::string stale = holders("stale_holders");
+    if (!stale.empty())
+      std::fprintf(stderr,
+                   "hoody-snap: these processes still use the state before the restore; "
+                   "restart them:\n%s",
+                   stale.c_str());
     return 0;
   }
   if (*sched) {

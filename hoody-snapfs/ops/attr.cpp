@@ -27,7 +27,8 @@ void reply_xattr(fuse_req_t req, const Result<std::string>& v, size_t size) {
 }
 
 constexpr std::string_view kPrefix = "user.hoody.";
-const char* const kKeys[] = {"uuid", "created", "creator", "type", "expires", "description"};
+const char* const kKeys[] = {"uuid",    "created",     "creator",    "type",
+                             "expires", "description", "consistency"};
 
 // The value of user.hoody.<key> (ENODATA when unset or unknown).
 Result<std::string> meta_value(const SnapshotInfo& s, std::string_view name) {
@@ -37,6 +38,12 @@ Result<std::string> meta_value(const SnapshotInfo& s, std::string_view name) {
   if (key == "created") return vdir::format_rfc3339(s.created);
   if (key == "creator") return std::to_string(s.creator);
   if (key == "type") return s.type;
+  // "transaction", or "crash" with what was not quiesced: "crash databases/app.db"
+  if (key == "consistency") {
+    std::string v = s.consistency;
+    for (size_t i = 0; i < s.busy.size(); ++i) v += (i ? ", " : " ") + s.busy[i];
+    return v;
+  }
   if (key == "expires") {
     if (!s.expires) return fail(ENODATA);
     return vdir::format_rfc3339(*s.expires);

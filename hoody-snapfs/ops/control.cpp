@@ -4,16 +4,20 @@
 // A control file's contents are computed at open (snapshots.json, log) or
 // taken from the diff cache (a diff, shared by its readers), and served with
 // direct_io: its size shows as 0, reads go to EOF.
-// .hoody/restore takes one write: the snapshot name; the write returns when
-// the restore is done.  .hoody/schedule reads as JSON and takes one write:
-// "off" or a JSON object (ops/schedule.cpp).  .hoody/log opens only for the
-// users allowed to act (EACCES for the others).
+// .hoody/restore takes a write: "NAME" or "NAME if-idle"; the write returns
+// when the restore is done (or refused).  Opened O_RDWR, a read afterwards
+// gives its result as one JSON line (what hoody-snap prints).
+// .hoody/schedule reads as JSON and takes one write: "off" or a JSON object
+// (schedule.cpp).  .hoody/log opens only for the users allowed to act
+// (EACCES for the others).
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 
 #include "../fs.hpp"
 #include "hoody/names.hpp"
@@ -26,11 +30,18 @@ void reply(fuse_req_t req, Status s) { fuse_reply_err(req, s.err()); }
 // fuse_file_info::fh of an open control file.
 struct VFile {
   uint64_t ino = 0;
-  std::string content;
+  std::string content;  // .hoody/restore: the last result (under restore_gate_.m)
+  uint64_t generation = 0;  // .hoody/restore: of the restore gate, at open or its last restore
   // A diff: the cache's buffer, shared by its readers (content stays empty).
   std::shared_ptr<const std::string> shared;
   const std::string& data() const { return shared ? *shared : content; }
 };
+
+nlohmann::ordered_json holders_json(const std::vector<Holder>& hs) {
+  auto a = nlohmann::ordered_json::array();
+  for (const auto& h : hs) a.push_back({{"pid", h.pid}, {"comm", h.comm}, {"path", h.path}});
+  return a;
+}
 VFile* vfile_of(fuse_file_info* fi) { return reinterpret_cast<VFile*>(fi->fh); }
 
 // A FUSE interrupt of an open of .hoody/diff/A..B that waits for the diff.
@@ -64,12 +75,18 @@ void Fs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
       auto f = std::make_unique<VFile>();
       f->ino = ino;
       if (ino == vdir::kRestore) {
-        if (acc != O_WRONLY) return fail(EACCES);  // write-only
+        if (acc == O_RDONLY) return fail(EACCES);  // a write starts a restore
         auto c = caller_of(req);
         if (!allowed(c)) {
           audit(c, "restore", "", EPERM, "", denied(c));
           return fail(EPERM);
         }
+        std::lock_guard g(restore_gate_.m);
+        if (restore_gate_.running) {
+          audit(c, "restore", "", EBUSY, "", "another restore is running");
+          return fail(EBUSY);
+        }
+        f->generation = restore_gate_.generation;
         return f;
       }
       if (ino == vdir::kSchedule && acc == O_WRONLY) {
@@ -121,6 +138,17 @@ void Fs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 
 void Fs::read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
   if (!vdir::is_virtual(ino)) return pt::PassthroughFs::read(req, ino, size, off, fi);
+  if (ino == vdir::kRestore) {
+    // The result of the last restore written through this fd ("" before).
+    std::string c;
+    {
+      std::lock_guard g(restore_gate_.m);
+      c = vfile_of(fi)->content;
+    }
+    size_t start = std::min(static_cast<size_t>(off < 0 ? 0 : off), c.size());
+    fuse_reply_buf(req, c.data() + start, std::min(size, c.size() - start));
+    return;
+  }
   const std::string& c = vfile_of(fi)->data();
   size_t start = std::min(static_cast<size_t>(off < 0 ? 0 : off), c.size());
   size_t n = std::min(size, c.size() - start);
@@ -152,35 +180,94 @@ void Fs::write_buf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* in, off_t off, f
     fuse_reply_write(req, data->size());
     return;
   }
-  offload([this, req, data = std::move(*data)] {
+  // The kernel releases the file only after this write is answered: f stays valid.
+  VFile* f = vfile_of(fi);
+  offload([this, req, f, data = std::move(*data)] {
+    nlohmann::ordered_json result;
     auto written = [&]() -> Result<size_t> {
       size_t n = data.size();
       auto c = caller_of(req);
+      auto refused = [&](int err, const std::string& name, const std::string& why) {
+        audit(c, "restore", name, err, "", why);
+        result = {{"ok", false}, {"name", name}, {"errno", vdir::errno_name(err)}, {"error", why}};
+        return fail(err);
+      };
       // Allowed at open; checked again: the fd may have been passed on.
-      if (!allowed(c)) {
-        audit(c, "restore", "", EPERM, "", denied(c));
-        return fail(EPERM);
-      }
+      if (!allowed(c)) return refused(EPERM, "", denied(c));
       std::string why;
-      auto name = vdir::parse_restore_request(data, &why);
-      if (!name) {
-        audit(c, "restore", data.substr(0, 64), EINVAL, "", why);
-        return fail(EINVAL);
+      auto rq = vdir::parse_restore_line(data, &why);
+      if (!rq) return refused(EINVAL, data.substr(0, 64), why);
+      // One restore at a time.  The kernel serialises writes to this file, so
+      // a second writer would only run after the first: it is told EBUSY
+      // instead of restoring again, as is every open meanwhile.
+      {
+        std::lock_guard g(restore_gate_.m);
+        if (restore_gate_.running || f->generation != restore_gate_.generation) {
+          return refused(EBUSY, rq->name,
+                         restore_gate_.running
+                             ? "another restore is running"
+                             : "another restore ran since this file was opened; open it again "
+                               "to restore once more");
+        }
+        restore_gate_.running = true;
+        f->generation = ++restore_gate_.generation;
       }
-      // Returns once every subvolume is swapped; the old live subvolumes are
-      // deleted by the background thread (recover()).
-      if (restoring_.exchange(true)) {
-        audit(c, "restore", *name, EBUSY, "", "another restore is running");
-        return fail(EBUSY);
+      // A restore that did nothing (refused, or failed before its safety
+      // snapshot) leaves the generation as it was: the writers queued behind
+      // it may still go.
+      struct Done {
+        RestoreGate& gate;
+        VFile* f;
+        uint64_t before;
+        bool did = true;
+        ~Done() {
+          std::lock_guard g(gate.m);
+          gate.running = false;
+          if (!did) gate.generation = f->generation = before;
+        }
+      } done{restore_gate_, f, f->generation - 1};
+      // Returns once every subvolume is swapped and every hoody-dbfs serves
+      // the restored one; the old live subvolumes are deleted by the
+      // background thread (recover()).
+      auto dbfs = peers();
+      RestoreOptions opts;
+      opts.delete_old_now = false;
+      opts.if_idle = rq->if_idle;
+      opts.quiescer = dbfs.get();
+      RestoreReport rep;
+      auto st = store_->restore(rq->name, c.store(), opts, rep);
+      dbfs.reset();
+      done.did = st || !rep.safety.empty();
+      if (!rep.safety.empty()) changed();  // a safety snapshot was taken
+      if (st) recover_soon();
+      std::string stale = rep.holders.empty() || !st
+                              ? std::string()
+                              : "still using the state before the restore (restart them): " +
+                                    describe(rep.holders);
+      // The store audited it (holders included): a log line only.
+      this->done(c, "restore", rq->name, st.err(), rep.safety, st ? stale : rep.error);
+      result = {{"ok", st.ok()}, {"name", rq->name}};
+      if (!st) {
+        result["errno"] = vdir::errno_name(st.err());
+        result["error"] = rep.error.empty() ? st.error().message() : rep.error;
       }
-      auto r = store_->restore(*name, c.store(), false);
-      restoring_ = false;
-      if (r) recover_soon();
-      done(c, "restore", *name, r.err(), r ? *r : "", r ? "" : r.error().message());
-      if (!r) return fail(r.error());
-      changed();
+      if (!rep.safety.empty()) {
+        result["safety"] = rep.safety;
+        result["consistency"] = rep.consistency;
+        if (!rep.busy.empty()) result["busy"] = rep.busy;
+      }
+      // After a restore: the processes to restart; for an if-idle refusal:
+      // the processes using the live state.
+      result[st || st.err() == EIO ? "stale_holders" : "holders"] = holders_json(rep.holders);
+      result["ms"] = std::round(rep.ms * 10) / 10;
+      if (!st) return fail(st.error());
       return n;
     }();
+    {
+      std::lock_guard g(restore_gate_.m);
+      f->content = result.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) +
+                   "\n";
+    }
     if (!written) return reply(req, fail(written.error()));
     fuse_reply_write(req, *written);
   });

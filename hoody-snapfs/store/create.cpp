@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <nlohmann/json.hpp>
+#include <spdlog/fmt/fmt.h>
 
 #include "crash.hpp"
 #include "hoody/btrfs.hpp"
@@ -28,7 +29,8 @@ Result<Snapshot> SnapshotStore::create(std::string_view name, const Caller& call
 }
 
 Result<Snapshot> SnapshotStore::create_locked(std::string_view name, const Caller& caller,
-                                              const CreateOptions& opts) {
+                                              const CreateOptions& opts,
+                                              const QuiesceResult* held) {
   auto lg = log::get("snap");
   HOODY_CHECK(check_name("create", name, name, caller));
   if (opts.description.size() > kMaxDescriptionBytes) {
@@ -41,10 +43,6 @@ Result<Snapshot> SnapshotStore::create_locked(std::string_view name, const Calle
     return fail(EEXIST);
   }
   HOODY_TRY(subvols, scope());
-  if (auto nested = nested_subvolumes(source_.get(), subvols); nested && !nested->empty())
-    lg->warn("op=create name={} -> nested subvolume {} (and {} more) is not captured: snapshots "
-             "hold an empty directory in its place",
-             quote_name(name), nested->front(), nested->size() - 1);
 
   Snapshot snap;
   snap.name = std::string(name);
@@ -54,9 +52,18 @@ Result<Snapshot> SnapshotStore::create_locked(std::string_view name, const Calle
   snap.creator = caller.uid;
   snap.description = opts.description;
   snap.type = opts.type;
+  if (auto nested = nested_subvolumes(source_.get(), subvols); nested && !nested->empty()) {
+    lg->warn("op=create name={} -> nested subvolume {} (and {} more) is not captured: snapshots "
+             "hold an empty directory in its place",
+             quote_name(name), nested->front(), nested->size() - 1);
+    snap.nested = *nested;
+  }
   auto t0 = std::chrono::steady_clock::now();
 
   double window_ms = 0;  // from the first subvolume's snapshot to the last one's
+  double held_ms = 0;    // how long the databases were held (by this create)
+  QuiesceResult quiesce;
+  bool quiesced = false;
   HOODY_TRY(jid, journal_begin("create", name, snap.uuid, json::object().dump()));
   crash_point("create", "journaled");
   const std::string staging = kStagingPrefix + snap.uuid;
@@ -66,9 +73,32 @@ Result<Snapshot> SnapshotStore::create_locked(std::string_view name, const Calle
     crash_point("create", "staged");
     HOODY_TRY(sfd, btrfs::open_dir(store_.get(), staging.c_str()));
     // BTRFS snapshots one subvolume at a time, each after flushing its dirty
-    // data.  Flush all of it first, so that the snapshots follow each other
-    // within milliseconds instead of one flush apart ("taken together").
-    if (subvols.size() > 1) HOODY_CHECK(btrfs::sync(source_.get()));
+    // data.  Flush all of it first, before the databases are held, so that
+    // the snapshots follow each other within milliseconds ("taken together")
+    // and the writers wait only for those.  (Under a restore's quiesce the
+    // restore flushed before quiescing.)
+    if (!held && (subvols.size() > 1 || opts.quiescer)) HOODY_CHECK(btrfs::sync(source_.get()));
+    QuiesceHold hold;
+    auto tq = std::chrono::steady_clock::now();
+    if (held) {
+      quiesce = *held;
+      quiesced = true;
+    } else if (opts.quiescer) {
+      // A transaction that outlasts the quiesce, or a server that does not
+      // answer: the snapshot goes on, crash-consistent, and says so.
+      std::string why;
+      hold.arm(opts.quiescer);
+      auto q = opts.quiescer->quiesce(subvols, &why);
+      if (q) {
+        quiesce = *q;
+        quiesced = true;
+      } else {
+        quiesce.busy.push_back(why.empty() ? q.error().message() : why);
+        lg->warn("op=create name={} -> not quiesced ({}): the snapshot is crash-consistent",
+                 quote_name(name), quiesce.busy.back());
+      }
+    }
+    crash_point("create", "quiesced");
     auto first = std::chrono::steady_clock::now();
     int n = 0;
     for (const auto& sv : subvols) {
@@ -76,9 +106,16 @@ Result<Snapshot> SnapshotStore::create_locked(std::string_view name, const Calle
       HOODY_CHECK(btrfs::snapshot(src.get(), sfd.get(), sv.c_str(), /*readonly=*/true));
       if (++n == 1) crash_point("create", "subvol-1");
     }
-    window_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - first)
+    auto last = std::chrono::steady_clock::now();
+    hold.release();
+    window_ms = std::chrono::duration<double, std::milli>(last - first).count();
+    if (!held && opts.quiescer)
+      held_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - tq)
                     .count();
     crash_point("create", "snapshotted");
+    snap.consistency =
+        quiesced && !quiesce.served.empty() && quiesce.busy.empty() ? kTransaction : kCrash;
+    snap.busy = quiesce.busy;
     HOODY_CHECK(sys::renameat2(store_.get(), staging.c_str(), store_.get(), snap.uuid.c_str(),
                                RENAME_NOREPLACE));
     crash_point("create", "renamed");
@@ -87,20 +124,27 @@ Result<Snapshot> SnapshotStore::create_locked(std::string_view name, const Calle
     sql::Txn txn(db_);
     HOODY_CHECK(txn.begin());
     sql::Stmt ins(db_,
-                  "INSERT INTO snapshots(name, uuid, created, expires, creator, type, description) "
-                  "VALUES(?, ?, ?, ?, ?, ?, ?)");
+                  "INSERT INTO snapshots(name, uuid, created, expires, creator, type, description, "
+                  "consistency, busy, nested) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
     ins.bind(1, snap.name)
         .bind(2, snap.uuid)
         .bind(3, to_ns(snap.created))
         .bind(4, to_ns(snap.expires))
         .bind(5, static_cast<int64_t>(snap.creator))
         .bind(6, snap.type)
-        .bind(7, snap.description);
+        .bind(7, snap.description)
+        .bind(8, snap.consistency)
+        .bind(9, to_json_text(snap.busy))
+        .bind(10, to_json_text(snap.nested));
     HOODY_CHECK(ins.run());
     sql::Stmt del(db_, "DELETE FROM journal WHERE id = ?");
     del.bind(1, jid);
     HOODY_CHECK(del.run());
-    HOODY_CHECK(audit(caller, "create", name, "ok", snap.type == "filesystem" ? "" : snap.type));
+    HOODY_CHECK(audit(caller, "create", name,
+                      snap.consistency == kCrash && !snap.busy.empty()
+                          ? "ok; crash-consistent: not quiesced: " + describe_busy(snap.busy)
+                          : std::string("ok"),
+                      snap.type == "filesystem" ? "" : snap.type));
     return txn.commit();
   }();
   if (!st) {
@@ -111,11 +155,18 @@ Result<Snapshot> SnapshotStore::create_locked(std::string_view name, const Calle
     return fail(st.error());
   }
   crash_point("create", "committed");
-  lg->info("op=create name={} uuid={} subvolumes={} uid={} -> ok in {:.1f} ms (snapshots within "
-           "{:.1f} ms)",
-           quote_name(name), snap.uuid, subvols.size(), caller.uid,
-           std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(),
-           window_ms);
+  auto line = fmt::format(
+      "op=create name={} uuid={} subvolumes={} uid={} consistency={} -> ok in {:.1f} ms "
+      "(snapshots within {:.1f} ms; databases={} held {:.1f} ms{}{})",
+      quote_name(name), snap.uuid, subvols.size(), caller.uid, snap.consistency,
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(),
+      window_ms, quiesce.databases, held_ms,
+      snap.busy.empty() ? "" : "; crash-consistent, not quiesced: ",
+      describe_busy(snap.busy));
+  if (snap.consistency == kCrash && !snap.busy.empty())
+    lg->warn("{}", line);
+  else
+    lg->info("{}", line);
   return snap;
 }
 

@@ -133,6 +133,24 @@ Result<std::vector<send::Change>> SnapshotStore::diff_sides(const DiffSide& from
       out.push_back(std::move(c));
     }
   }
+  // A nested subvolume is an empty directory in a snapshot (BTRFS stops at
+  // subvolume boundaries): said as what it is, for either side.
+  std::set<std::string> nested;
+  for (const DiffSide* s : {&from, &to}) {
+    if (s->live()) {
+      HOODY_TRY(subvols, scope());
+      HOODY_TRY(n, nested_subvolumes(source_.get(), subvols));
+      nested.insert(n.begin(), n.end());
+      continue;
+    }
+    std::lock_guard dl(db_mu_);
+    sql::Stmt q(db_, "SELECT nested FROM snapshots WHERE uuid = ?");
+    q.bind(1, s->uuid);
+    HOODY_TRY(row, q.step());
+    if (row)
+      for (auto& n : from_json_text(q.text(0))) nested.insert(n);
+  }
+  for (const auto& n : nested) out.push_back({send::ChangeKind::not_captured, n, {}});
   if (with_trees) with_trees(a.get(), b.get(), out);
   return out;
 }

@@ -76,6 +76,7 @@ std::shared_ptr<const DiffText> DiffText::build(const std::vector<send::Change>&
       case send::ChangeKind::added: l.new_dir = new_side.intern(parent_of(c.path)); break;
       case send::ChangeKind::removed: l.old_dir = old_side.intern(parent_of(c.path)); break;
       case send::ChangeKind::modified:
+      case send::ChangeKind::not_captured:  // shown as an M line is
         l.old_dir = old_side.intern(parent_of(c.path));
         l.new_dir = new_side.intern(parent_of(c.path));
         break;

@@ -57,7 +57,7 @@ Status SnapshotStore::recover() {
       (void)journal_end(j.id);
       lg->warn("op=recover journal={} kind={} name={} step={} -> {}", j.id, j.op,
                quote_name(j.name), j.step,
-               j.op == "create" ? "undone" : (j.op == "restore" && j.step == 0 ? "undone" : "finished"));
+               j.op == "create" ? "undone" : (j.op == "restore" && j.step == 0 ? "recovered" : "finished"));
       audit_result(self, "recover", j.name, Errno(), {});
     } else {
       lg->error("op=recover journal={} kind={} name={} -> {}; left for the next start", j.id, j.op,

@@ -87,7 +87,8 @@ Result<int64_t> user_version(sql::Db& db) {
 }
 
 // Brings an index of any earlier version to kSchemaVersion, in one transaction.
-Status migrate(sql::Db& db) {
+// (The snapshots table's later columns are added by presence: detail::migrate.)
+Status upgrade_index(sql::Db& db) {
   HOODY_TRY(ver, user_version(db));
   if (ver > kSchemaVersion) {
     log::get("snap")->error("op=open index.db user_version={} -> written by a newer hoody-snapfs "
@@ -206,7 +207,48 @@ Snapshot row_to_snapshot(const sql::Stmt& s) {
   out.creator = static_cast<uid_t>(s.int64(4));
   out.type = s.text(5);
   out.description = s.text(6);
+  out.consistency = s.text(7);
+  out.busy = from_json_text(s.text(8));
+  out.nested = from_json_text(s.text(9));
   return out;
+}
+
+std::string describe_busy(const std::vector<std::string>& busy) {
+  std::string s;
+  for (const auto& b : busy) s += (s.empty() ? "" : ", ") + b;
+  return s;
+}
+
+std::string to_json_text(const std::vector<std::string>& v) { return json(v).dump(); }
+
+std::vector<std::string> from_json_text(const std::string& t) {
+  auto j = json::parse(t, nullptr, /*allow_exceptions=*/false);
+  std::vector<std::string> out;
+  if (j.is_array())
+    for (auto& x : j)
+      if (x.is_string()) out.push_back(x.get<std::string>());
+  return out;
+}
+
+Status migrate(sql::Db& db) {
+  struct Column {
+    const char *name, *decl;
+  };
+  // A snapshot taken before these columns existed was not quiesced: crash.
+  static const Column kAdded[] = {
+      {"consistency", "TEXT NOT NULL DEFAULT 'crash'"},
+      {"busy", "TEXT NOT NULL DEFAULT '[]'"},
+      {"nested", "TEXT NOT NULL DEFAULT '[]'"},
+  };
+  for (const auto& c : kAdded) {
+    sql::Stmt q(db, "SELECT 1 FROM pragma_table_info('snapshots') WHERE name = ?");
+    q.bind(1, std::string_view(c.name));
+    HOODY_TRY(present, q.step());
+    if (present) continue;
+    std::string alter = std::string("ALTER TABLE snapshots ADD COLUMN ") + c.name + " " + c.decl;
+    HOODY_CHECK(db.exec(alter.c_str()));
+  }
+  return {};
 }
 
 }  // namespace detail
@@ -215,13 +257,14 @@ using namespace detail;
 
 const std::vector<std::string>& SnapshotStore::crash_points() {
   static const std::vector<std::string> kPoints = {
-      "create:journaled", "create:staged",    "create:subvol-1",   "create:snapshotted",
-      "create:renamed",   "create:committed", "remove:journaled",  "remove:renamed",
-      "remove:delete-1",  "remove:deleted",   "restore:safety",    "restore:journaled",
-      "restore:copy-1",   "restore:prepared", "restore:exchange-1", "restore:exchanged",
-      "restore:committed", "restore:delete-1", "restore:deleted",
-      // In recover() undoing a restore killed at restore:exchanged.
-      "recover:swapback-1",
+      "create:journaled",  "create:staged",      "create:quiesced",   "create:subvol-1",
+      "create:snapshotted", "create:renamed",    "create:committed",  "remove:journaled",
+      "remove:renamed",    "remove:delete-1",    "remove:deleted",    "restore:journaled",
+      "restore:copy-1",    "restore:prepared",   "restore:quiesced",  "restore:safety",
+      "restore:exchange-1", "restore:exchanged", "restore:committed", "restore:replaced",
+      "restore:resumed",   "restore:delete-1",   "restore:deleted",
+      // In recover() finishing a restore killed at restore:exchange-1.
+      "recover:forward-1",
   };
   return kPoints;
 }
@@ -258,6 +301,7 @@ Result<std::unique_ptr<SnapshotStore>> SnapshotStore::open(int source_fd) {
   HOODY_TRY(db, sql::Db::open(sys::proc_fd(store.get()) + "/" + kIndexDb));
   HOODY_CHECK(db.exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;"));
   HOODY_CHECK(db.exec(kSchema));
+  HOODY_CHECK(upgrade_index(db));
   HOODY_CHECK(migrate(db));
   s->source_ = std::move(src);
   s->store_ = std::move(store);
@@ -395,6 +439,11 @@ Result<Snapshot> SnapshotStore::get(std::string_view name) const {
 }
 
 Result<std::vector<std::string>> SnapshotStore::scope() const { return subvolumes_in(source_.get()); }
+
+Result<std::vector<std::string>> SnapshotStore::live_nested() const {
+  HOODY_TRY(subvols, scope());
+  return nested_subvolumes(source_.get(), subvols);
+}
 
 Result<UniqueFd> SnapshotStore::open_snapshot(std::string_view name) const {
   HOODY_TRY(s, get(name));

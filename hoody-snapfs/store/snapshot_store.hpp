@@ -21,8 +21,11 @@
 //   create   undone (staging dir or <uuid> deleted): its row and the end of its
 //            journal entry are one transaction, so a pending create never committed
 //   remove   the row goes first, with the journal entry: always finished
-//   restore  before the commit step: every exchange is undone (a swapped-in copy
-//            is told by its uuid, journaled before the first exchange); after:
+//   restore  before its first exchange: undone (a swapped-in copy is told by
+//            its uuid, journaled before the first exchange); from its first
+//            exchange on (the safety snapshot is taken by then): finished, as
+//            hoody-dbfs follows an exchange by itself and what its writers
+//            wrote since is in the restored subvolumes; after the commit step:
 //            the old live subvolumes are deleted.  The safety snapshot stays.
 // recover() is idempotent, so a crash during recovery is recovered next time.
 // HOODY_CRASH_AT=<op>:<step> (crash_points()) kills the process at a step.
@@ -51,6 +54,7 @@
 #include "hoody/unique_fd.hpp"
 #include "../snapshot_name.hpp"  // kLive, check_snapshot_name
 #include "hoody/sqlite.hpp"
+#include "quiesce.hpp"
 
 namespace hoody::snapfs {
 
@@ -76,13 +80,52 @@ struct Snapshot {
   uid_t creator = 0;
   std::string type = "filesystem";
   std::string description;
+  // "transaction": every database server of the scope was quiesced, no
+  // snapshot holds half a transaction; "crash": not (no server, a transaction
+  // outlasted the quiesce timeout, a server did not answer), as after a power
+  // cut.  `busy` names what was not quiesced ("databases/app.db").
+  std::string consistency = "crash";
+  std::vector<std::string> busy;
+  // Subvolumes nested in the scope when it was taken ("storage/docker"):
+  // BTRFS holds an empty directory in their place.
+  std::vector<std::string> nested;
   friend bool operator==(const Snapshot&, const Snapshot&) = default;
 };
+
+inline constexpr const char* kTransaction = "transaction";
+inline constexpr const char* kCrash = "crash";
 
 struct CreateOptions {
   std::optional<TimePoint> expires;
   std::string description;
   std::string type = "filesystem";  // "scheduled" for the schedule's (retention.hpp)
+  // Quiesced while the scope subvolumes are snapshotted (nullptr: nobody to ask).
+  Quiescer* quiescer = nullptr;
+};
+
+struct RestoreOptions {
+  // false: return right after the swap is committed and leave the deletion
+  // of the old live subvolumes to the next recover() (see restore()).
+  bool delete_old_now = true;
+  // Refuse (EBUSY, nothing done) while a process uses the live state.
+  bool if_idle = false;
+  // Quiesced from before the safety snapshot until the servers serve the
+  // restored subvolumes (nullptr: nobody to ask).
+  Quiescer* quiescer = nullptr;
+};
+
+// What a restore did, or why it did not (filled on success and on failure).
+struct RestoreReport {
+  std::string safety;            // the safety snapshot ("" when none was taken)
+  std::string consistency;       // of the safety snapshot
+  std::vector<std::string> busy;
+  // After a restore: the processes that still hold files, a cwd or a root in
+  // the state before it (restart them).  For an if_idle refusal: those using
+  // the live state now.
+  std::vector<Holder> holders;
+  std::string error;             // why it failed, for a person
+  double ms = 0;                 // the whole restore
+  double quiesced_ms = 0;        // how long the databases were held
 };
 
 // The schedule (store/retention.hpp).
@@ -147,6 +190,15 @@ public:
   // daemon runs from a worker thread.
   Result<std::string> restore(std::string_view name, const Caller& caller,
                               bool delete_old_now = true);
+  // The same with the servers of the scope subvolumes (issue 11), in this
+  // order: quiesce -> safety snapshot -> exchange -> commit -> each server
+  // told (replaced(), it serves the restored subvolume when it returns) ->
+  // resume.  Any failure after the quiesce resumes before returning.  A
+  // server that does not answer the quiesce in time: ETIMEDOUT, nothing done.
+  // `report` says what was done, or why not (the nested subvolume's name, the
+  // server that did not answer, the processes for an if_idle refusal).
+  Status restore(std::string_view name, const Caller& caller, const RestoreOptions& opts,
+                 RestoreReport& report);
 
   // Finish or undo every journaled operation (see the top of this file), and
   // finish the deletions a restore(..., delete_old_now=false) left.  Run by
@@ -155,6 +207,9 @@ public:
 
   // The scope: names of the subvolumes directly inside SOURCE (no '.' names).
   Result<std::vector<std::string>> scope() const;
+  // Subvolumes nested in the live scope subvolumes ("storage/docker"): no
+  // snapshot captures them.
+  Result<std::vector<std::string>> live_nested() const;
   // O_RDONLY|O_DIRECTORY fd of .snapshots/<uuid> for browsing `name`.
   Result<UniqueFd> open_snapshot(std::string_view name) const;
   // What changed from snapshot `from` to snapshot `to`, per scope subvolume,
@@ -210,7 +265,7 @@ public:
   Result<int64_t> pending_operations() const;
 
   // Every "<op>:<step>" accepted by HOODY_CRASH_AT, in execution order; the
-  // "recover:" ones are reached while recover() undoes a killed restore.
+  // "recover:" ones are reached while recover() finishes a killed restore.
   static const std::vector<std::string>& crash_points();
 
   ~SnapshotStore();
@@ -221,8 +276,9 @@ private:
   SnapshotStore() = default;
 
   struct Journal;
+  // `held`: a quiesce the caller (restore) already holds, else opts.quiescer is asked.
   Result<Snapshot> create_locked(std::string_view name, const Caller& caller,
-                                 const CreateOptions& opts);
+                                 const CreateOptions& opts, const QuiesceResult* held = nullptr);
   Status remove_locked(std::string_view name, const Caller& caller,
                        std::string_view action = "delete", std::string_view why = {});
   Result<std::optional<Snapshot>> find(std::string_view name) const;
@@ -237,7 +293,11 @@ private:
   Status recover_one(const Journal& j);
   Status undo_create(const Journal& j);
   Status finish_remove(std::string_view uuid);
-  Status recover_restore(const Journal& j);
+  // roll_back: undo even a restore that began its exchanges (a failure in
+  // restore() itself, with the databases still held); else such a restore is
+  // finished (recover() after a crash: hoody-dbfs follows an exchange by
+  // itself, so what was written since is in the restored subvolume).
+  Status recover_restore(const Journal& j, bool roll_back = false);
   Status purge(const char* dir_name, const char* op);
   Status purge_restored(const std::string& work);
   Status check_name(std::string_view action, std::string_view name, std::string_view what,

@@ -26,7 +26,8 @@ inline constexpr const char* kRestorePrefix = ".restore-";
 inline constexpr const char* kDiffPrefix = ".diff-";
 inline constexpr const char* kLockFile = "lock";
 inline constexpr const char* kSelect =
-    "SELECT name, uuid, created, expires, creator, type, description FROM snapshots";
+    "SELECT name, uuid, created, expires, creator, type, description, consistency, busy, nested "
+    "FROM snapshots";
 
 int64_t to_ns(TimePoint t);
 TimePoint from_ns(int64_t ns);
@@ -43,6 +44,14 @@ Result<std::vector<std::string>> subvolumes_in(int dirfd);
 Result<std::vector<std::string>> nested_subvolumes(int source_fd,
                                                    const std::vector<std::string>& scope);
 Snapshot row_to_snapshot(const sql::Stmt& s);
+// Columns added after the first schema (consistency, busy, nested), for an
+// index.db made before them.
+Status migrate(sql::Db& db);
+// JSON array text <-> names.
+std::string to_json_text(const std::vector<std::string>& v);
+std::vector<std::string> from_json_text(const std::string& t);
+// "databases/app.db, databases/b.db"
+std::string describe_busy(const std::vector<std::string>& busy);
 
 }  // namespace detail
 }  // namespace hoody::snapfs

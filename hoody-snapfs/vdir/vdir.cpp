@@ -124,6 +124,9 @@ nlohmann::ordered_json to_json(const SnapshotInfo& s) {
   j["expires"] = s.expires ? nlohmann::ordered_json(format_rfc3339(*s.expires)) : nlohmann::ordered_json(nullptr);
   j["description"] = s.description;
   j["subvolumes"] = s.subvolumes;
+  j["consistency"] = s.consistency;
+  if (!s.busy.empty()) j["busy"] = s.busy;
+  if (!s.nested.empty()) j["nested_subvolumes"] = s.nested;
   return j;
 }
 // Invalid UTF-8 (a description is bytes) is replaced, never thrown.
@@ -174,6 +177,20 @@ Result<std::string> parse_restore_request(std::string_view data, std::string* wh
     return fail(EINVAL);
   }
   return std::string(data);
+}
+
+Result<RestoreRequest> parse_restore_line(std::string_view data, std::string* why) {
+  while (!data.empty() && (data.back() == '\n' || data.back() == '\r' || data.back() == ' '))
+    data.remove_suffix(1);
+  RestoreRequest r;
+  constexpr std::string_view kIfIdle = " if-idle";
+  if (data.size() > kIfIdle.size() && data.substr(data.size() - kIfIdle.size()) == kIfIdle) {
+    r.if_idle = true;
+    data.remove_suffix(kIfIdle.size());
+  }
+  HOODY_TRY(name, parse_restore_request(data, why));
+  r.name = std::move(name);
+  return r;
 }
 
 // ---- access --------------------------------------------------------------------

@@ -110,6 +110,14 @@ std::string errno_name(int err);              // "EPERM"; "E123" if unknown
 // The snapshot name written to .hoody/restore ("NAME\n" from echo).
 Result<std::string> parse_restore_request(std::string_view data, std::string* why);
 
+// A line written to .hoody/restore: "NAME" or "NAME if-idle" (refuse, EBUSY,
+// while a process uses the live state).
+struct RestoreRequest {
+  std::string name;
+  bool if_idle = false;
+};
+Result<RestoreRequest> parse_restore_line(std::string_view data, std::string* why);
+
 // ---- access -----------------------------------------------------------------
 // Who may create, delete, rename, restore and set expiry: root, and the users
 // and groups named in -o allow_users=alice:bob and allow_groups=ops:admin

@@ -140,7 +140,9 @@ Result<std::string> run_send(int subvol_fd, const SendOptions& opts = {});
 
 // ---- diff ----------------------------------------------------------------
 
-enum class ChangeKind { added, removed, modified, renamed };
+// not_captured: a subvolume nested in a snapshotted one, which BTRFS holds as
+// an empty directory (never from a send stream; added by the snapshot store).
+enum class ChangeKind { added, removed, modified, renamed, not_captured };
 
 struct Change {
   ChangeKind kind = ChangeKind::modified;

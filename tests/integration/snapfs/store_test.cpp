@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <functional>
 #include <atomic>
 #include <chrono>
 #include <thread>
@@ -26,6 +27,7 @@ using namespace hoody;
 using namespace hoody::snapfs;
 using hoody::test::Pool;
 using hoody::test::sh;
+using namespace std::chrono_literals;
 
 namespace doctest {
 template <> struct StringMaker<std::vector<std::string>> {
@@ -159,6 +161,63 @@ std::vector<std::string> names(const std::vector<Snapshot>& v) {
   for (auto& s : v) out.push_back(s.name);
   return out;
 }
+
+
+// A server of the scope subvolumes that records what the store asks of it
+// and what the store looked like at each call.
+struct FakeQuiescer : Quiescer {
+  const Container& c;
+  SnapshotStore* st;  // for list() during the calls (nullptr: not looked at)
+  bool serves;
+  std::vector<std::string> calls;  // "quiesce B 0" = call, live state, snapshot count
+  bool held = false;
+  int quiesce_err = 0;             // fail the quiesce with this
+  int replaced_err = 0;            // fail replaced() with this
+  std::vector<std::string> busy;   // reported busy by the quiesce
+  std::function<void()> on_quiesce;
+  std::vector<Holder> stale, users;
+
+  FakeQuiescer(const Container& c, SnapshotStore* st, bool served) : c(c), st(st), serves(served) {}
+  std::string snap(const char* what) {
+    std::string s = std::string(what) + " " + c.state();
+    if (st) s += " " + std::to_string(st->list()->size());
+    return s;
+  }
+  Result<QuiesceResult> quiesce(const std::vector<std::string>& subvols, std::string* why) override {
+    calls.push_back(snap("quiesce"));
+    if (on_quiesce) on_quiesce();
+    if (quiesce_err) {
+      *why = "hoody-dbfs serving /x/databases did not answer quiesce within 2000 ms";
+      return fail(quiesce_err);
+    }
+    held = true;
+    QuiesceResult r;
+    if (serves) {
+      r.served = {"databases"};
+      r.databases = 3;
+    }
+    r.busy = busy;
+    (void)subvols;
+    return r;
+  }
+  void resume() override {
+    calls.push_back(snap("resume"));
+    held = false;
+  }
+  Result<std::vector<Holder>> replaced(const std::string& sv, std::string* why) override {
+    calls.push_back(snap(("replaced " + sv).c_str()));
+    if (replaced_err) {
+      *why = "hoody-dbfs serving /x/" + sv + " did not answer source-replaced within 10000 ms";
+      return fail(replaced_err);
+    }
+    return stale;
+  }
+  Result<std::vector<Holder>> holders(const std::vector<std::string>&, std::string*) override {
+    calls.push_back("holders");
+    return users;
+  }
+  std::vector<pid_t> server_pids() const override { return {}; }
+};
 
 }  // namespace
 
@@ -410,6 +469,14 @@ TEST_CASE("nested subvolumes: not captured, and a restore that would lose them i
     CHECK(sys::read_file(fd->get(), "storage/inner/data").err() == ENOENT);
   }
   CHECK(st->restore("s1", kRoot).err() == ENOTSUP);
+  {
+    RestoreReport rep;
+    CHECK(st->restore("s1", kRoot, RestoreOptions{}, rep).err() == ENOTSUP);
+    CHECK_MESSAGE(rep.error.find("nested subvolume storage/inner") != std::string::npos, rep.error);
+    CHECK(rep.safety.empty());
+  }
+  // The snapshot says what it lacks.
+  CHECK(st->get("s1")->nested == std::vector<std::string>{"storage/inner"});
   CHECK(c.read("storage/inner/data") == "precious\n");
   CHECK(names(*st->list()) == std::vector<std::string>{"s1"});  // no safety snapshot either
   auto log = st->audit_log(1);
@@ -607,6 +674,225 @@ TEST_CASE("restore time does not grow with the data size") {
   CHECK(large.swap < std::max(4 * small.swap, small.swap + 250.0));
 }
 
+TEST_CASE("restore quiesces, takes the safety snapshot, exchanges, has the servers follow, resumes") {
+  Pool pool;
+  Container c(pool, "c1");
+  auto st = c.open();
+  REQUIRE(st->create("s1", kRoot).ok());
+  c.set_state("B");
+  FakeQuiescer q(c, st.get(), true);
+  q.stale = {{4242, "python3", "databases/app.db"}};
+  RestoreOptions o;
+  o.quiescer = &q;
+  RestoreReport rep;
+  REQUIRE(st->restore("s1", kRoot, o, rep).ok());
+  // quiesce with the live state B and only s1; the safety snapshot (2nd) is
+  // there before any server is told; resume after the servers followed.
+  CHECK(q.calls == std::vector<std::string>{"quiesce B 1", "replaced databases A 2",
+                                            "replaced storage A 2", "resume A 2"});
+  CHECK_FALSE(q.held);
+  CHECK(rep.safety.rfind("pre-restore-", 0) == 0);
+  CHECK(rep.consistency == "transaction");
+  CHECK(st->get(rep.safety)->consistency == "transaction");
+  CHECK(snapshot_state(*st, rep.safety) == "B");
+  CHECK(rep.holders == std::vector<Holder>{{4242, "python3", "databases/app.db"}});
+  auto log = st->audit_log(1);
+  CHECK_MESSAGE(log->back().result.find("4242 python3 (databases/app.db)") != std::string::npos,
+                log->back().result);
+  check_store_consistent(c, *st);
+}
+
+TEST_CASE("restore: a server that does not answer the quiesce -> nothing swapped, ETIMEDOUT") {
+  Pool pool;
+  Container c(pool, "c1");
+  auto st = c.open();
+  REQUIRE(st->create("s1", kRoot).ok());
+  c.set_state("B");
+  FakeQuiescer q(c, st.get(), true);
+  q.quiesce_err = ETIMEDOUT;
+  RestoreOptions o;
+  o.quiescer = &q;
+  RestoreReport rep;
+  CHECK(st->restore("s1", kRoot, o, rep).err() == ETIMEDOUT);
+  CHECK(c.state() == "B");
+  CHECK(rep.safety.empty());
+  CHECK_MESSAGE(rep.error.find("/x/databases did not answer") != std::string::npos, rep.error);
+  CHECK(q.calls == std::vector<std::string>{"quiesce B 1", "resume B 1"});
+  CHECK(names(*st->list()) == std::vector<std::string>{"s1"});
+  auto log = st->audit_log(1);
+  CHECK(log->back().result.rfind("ETIMEDOUT: hoody-dbfs serving /x/databases", 0) == 0);
+  check_store_consistent(c, *st);
+}
+
+TEST_CASE("restore: a failure after the quiesce undoes the swap and resumes") {
+  Pool pool;
+  Container c(pool, "c1");
+  auto st = c.open();
+  REQUIRE(st->create("s1", kRoot).ok());
+  c.set_state("B");
+  FakeQuiescer q(c, st.get(), true);
+  // The exchange fails: SOURCE is made immutable while the databases are held.
+  q.on_quiesce = [&] { sh("chattr +i '" + c.path + "'"); };
+  struct Mutable {
+    std::string p;
+    ~Mutable() { hoody::test::run({"chattr", "-i", p}); }
+  } unlock{c.path};
+  RestoreOptions o;
+  o.quiescer = &q;
+  RestoreReport rep;
+  CHECK(st->restore("s1", kRoot, o, rep).err() == EPERM);
+  CHECK_FALSE(q.held);
+  CHECK(q.calls.back() == "resume B 2");  // the safety snapshot stays
+  CHECK(c.state() == "B");
+  CHECK_MESSAGE(rep.error.find("exchange") != std::string::npos, rep.error);
+  sh("chattr -i '" + c.path + "'");
+  check_store_consistent(c, *st);
+  REQUIRE(st->restore("s1", kRoot).ok());
+  CHECK(c.state() == "A");
+}
+
+TEST_CASE("restore: a server that cannot follow -> EIO, the old subvolumes are kept") {
+  Pool pool;
+  Container c(pool, "c1");
+  auto st = c.open();
+  REQUIRE(st->create("s1", kRoot).ok());
+  c.set_state("B");
+  FakeQuiescer q(c, st.get(), true);
+  q.replaced_err = ETIMEDOUT;
+  RestoreOptions o;
+  o.quiescer = &q;
+  RestoreReport rep;
+  CHECK(st->restore("s1", kRoot, o, rep).err() == EIO);
+  CHECK_FALSE(q.held);
+  CHECK(c.state() == "A");  // committed
+  CHECK_MESSAGE(rep.error.find("did not answer source-replaced") != std::string::npos, rep.error);
+  CHECK(*st->pending_operations() == 1);  // the old live subvolumes wait for recover()
+  REQUIRE(st->recover().ok());
+  check_store_consistent(c, *st);
+}
+
+TEST_CASE("restore lists the processes still in the old state; if_idle refuses while in use") {
+  Pool pool;
+  Container c(pool, "c1");
+  auto st = c.open();
+  REQUIRE(st->create("s1", kRoot).ok());
+  c.set_state("B");
+  hoody::test::Pipe ready, done;
+  // One process with a file open in storage, one with its cwd in databases.
+  std::string file = c.path + "/storage/file", dir = c.path + "/databases";
+  hoody::test::Child reader([&] {
+    int fd = ::open(file.c_str(), O_RDONLY);
+    if (fd < 0) return 1;
+    ready.signal();
+    done.wait_signal(30s);
+    return 0;
+  });
+  hoody::test::Child sitter([&] {
+    if (::chdir(dir.c_str()) < 0) return 1;
+    ready.signal();
+    done.wait_signal(30s);
+    return 0;
+  });
+  REQUIRE(ready.wait_signal());
+  REQUIRE(ready.wait_signal());
+
+  FakeQuiescer q(c, st.get(), true);
+  q.users = {{777, "sqlite3", "databases/app.db"}};
+  RestoreOptions o;
+  o.quiescer = &q;
+  o.if_idle = true;
+  RestoreReport rep;
+  CHECK(st->restore("s1", kRoot, o, rep).err() == EBUSY);
+  CHECK(c.state() == "B");
+  CHECK(rep.safety.empty());
+  auto pids = [](const std::vector<Holder>& v) {
+    std::vector<pid_t> out;
+    for (auto& h : v) out.push_back(h.pid);
+    return out;
+  };
+  auto has = [&](const std::vector<Holder>& v, pid_t p) {
+    auto x = pids(v);
+    return std::find(x.begin(), x.end(), p) != x.end();
+  };
+  CHECK(has(rep.holders, reader.pid()));
+  CHECK(has(rep.holders, sitter.pid()));
+  CHECK(has(rep.holders, 777));  // from the server
+  CHECK(q.calls == std::vector<std::string>{"holders"});  // nothing quiesced
+  CHECK_MESSAGE(rep.error.find("in use by") != std::string::npos, rep.error);
+
+  // Without if_idle: restored, and they are named as the ones to restart.
+  o.if_idle = false;
+  q.users.clear();
+  RestoreReport rep2;
+  REQUIRE(st->restore("s1", kRoot, o, rep2).ok());
+  CHECK(c.state() == "A");
+  CHECK(has(rep2.holders, reader.pid()));
+  CHECK(has(rep2.holders, sitter.pid()));
+  for (auto& h : rep2.holders)
+    if (h.pid == sitter.pid()) CHECK_MESSAGE(h.path.rfind("cwd ", 0) == 0, h.path);
+  done.signal();
+  done.signal();
+  reader.wait();
+  sitter.wait();
+  // Nobody left: an if_idle restore goes ahead.
+  o.if_idle = true;
+  RestoreReport rep3;
+  CHECK(st->restore("s1", kRoot, o, rep3).ok());
+  CHECK(rep3.holders.empty());
+  REQUIRE(st->recover().ok());
+}
+
+TEST_CASE("create quiesces while the subvolumes are snapshotted; consistency in the metadata") {
+  Pool pool;
+  Container c(pool, "c1");
+  auto st = c.open();
+  // No server: nothing was quiesced.
+  REQUIRE(st->create("plain", kRoot).ok());
+  CHECK(st->get("plain")->consistency == "crash");
+
+  FakeQuiescer q(c, st.get(), true);
+  CreateOptions o;
+  o.quiescer = &q;
+  REQUIRE(st->create("held", kRoot, o).ok());
+  CHECK(q.calls == std::vector<std::string>{"quiesce A 1", "resume A 1"});  // before the row
+  CHECK(st->get("held")->consistency == "transaction");
+  CHECK(st->get("held")->busy.empty());
+
+  q.calls.clear();
+  q.busy = {"databases/app.db"};
+  REQUIRE(st->create("busy", kRoot, o).ok());
+  CHECK(st->get("busy")->consistency == "crash");
+  CHECK(st->get("busy")->busy == std::vector<std::string>{"databases/app.db"});
+  auto log = st->audit_log(1);
+  CHECK_MESSAGE(log->back().result.find("crash-consistent") != std::string::npos, log->back().result);
+
+  // A server that does not answer: the snapshot is taken all the same, crash-consistent.
+  q.busy.clear();
+  q.quiesce_err = ETIMEDOUT;
+  REQUIRE(st->create("timeout", kRoot, o).ok());
+  CHECK_FALSE(q.held);
+  auto t = st->get("timeout");
+  CHECK(t->consistency == "crash");
+  REQUIRE(t->busy.size() == 1);
+  CHECK(t->busy[0].find("did not answer") != std::string::npos);
+  // Reopened, the metadata are still there.
+  st.reset();
+  st = c.open();
+  CHECK(st->get("held")->consistency == "transaction");
+  CHECK(st->get("busy")->busy == std::vector<std::string>{"databases/app.db"});
+}
+
+TEST_CASE("an index.db from before the consistency columns is migrated") {
+  Pool pool;
+  Container c(pool, "c1");
+  { auto st = c.open(); REQUIRE(st->create("old", kRoot).ok()); }
+  sh("cd '" + c.path + "/.snapshots' && sqlite3 index.db 'ALTER TABLE snapshots DROP COLUMN consistency; "
+     "ALTER TABLE snapshots DROP COLUMN busy; ALTER TABLE snapshots DROP COLUMN nested;'");
+  auto st = c.open();
+  CHECK(st->get("old")->consistency == "crash");
+  CHECK(st->create("new", kRoot).ok());
+}
+
 TEST_CASE("a crash at every step leaves the old or the new state") {
   Pool pool;
   int n = 0;
@@ -622,14 +908,15 @@ TEST_CASE("a crash at every step leaves the old or the new state") {
     c.set_state("B");
 
     if (op == "recover") {
-      // First a restore killed after its exchanges, then recover() killed.
+      // First a restore killed after its first exchange, then recover() killed
+      // while it finishes that restore.
       auto first = hoody::test::run_child([&] {
-        ::setenv(kCrashEnv, "restore:exchanged", 1);
+        ::setenv(kCrashEnv, "restore:exchange-1", 1);
         auto st = SnapshotStore::open(c.fd.get());
         return st && (*st)->restore("base", kRoot) ? 0 : 11;
       });
       REQUIRE_MESSAGE(first.signal == SIGKILL, "first child: ", first.describe());
-      CHECK(c.state() == "A");  // swapped, not committed
+      CHECK(c.state().rfind("mixed", 0) == 0);  // one subvolume swapped
     }
     auto child = hoody::test::run_child([&] {
       ::setenv(kCrashEnv, point.c_str(), 1);
@@ -638,7 +925,14 @@ TEST_CASE("a crash at every step leaves the old or the new state") {
       bool ok = true;
       if (op == "create") ok = (*st)->create("new", kRoot).ok();
       if (op == "remove") ok = (*st)->remove("victim", kRoot).ok();
-      if (op == "restore") ok = (*st)->restore("base", kRoot).ok();
+      if (op == "restore") {
+        // With a server to quiesce, so that the quiesce steps are the real ones.
+        FakeQuiescer q(c, nullptr, /*served=*/true);
+        RestoreOptions o;
+        o.quiescer = &q;
+        RestoreReport rep;
+        ok = (*st)->restore("base", kRoot, o, rep).ok();
+      }
       return ok ? 0 : 11;  // the crash point was not reached
     });
     REQUIRE_MESSAGE(child.signal == SIGKILL, "child: ", child.describe());
@@ -660,14 +954,23 @@ TEST_CASE("a crash at every step leaves the old or the new state") {
       CHECK(snapshot_state(*st, "base") == "A");
       CHECK(c.state() == "B");
     } else {  // restore, recover
-      bool committed = step == "committed" || step == "delete-1" || step == "deleted";
+      // From its first exchange on, a restore is finished by recover():
+      // hoody-dbfs follows an exchange by itself, so that is what its writers
+      // used since.
+      bool committed = op == "recover" || step == "exchange-1" || step == "exchanged" ||
+                       step == "committed" || step == "replaced" || step == "resumed" ||
+                       step == "delete-1" || step == "deleted";
       CHECK(c.state() == (committed ? "A" : "B"));
       CHECK(snapshot_state(*st, "base") == "A");
       auto all = st->list();
       bool has_safety = std::any_of(all->begin(), all->end(), [](const Snapshot& s) {
         return s.name.rfind("pre-restore-", 0) == 0;
       });
-      CHECK(has_safety);  // taken before the crash at every restore step
+      // Taken under the quiesce, after the copies are prepared; always before
+      // the first exchange.
+      bool before_safety = step == "journaled" || step == "copy-1" || step == "prepared" ||
+                           step == "quiesced";
+      CHECK(has_safety == (op == "recover" || !before_safety));
       // The store works after recovery.
       REQUIRE(st->restore("base", kRoot).ok());
       CHECK(c.state() == "A");
@@ -675,7 +978,7 @@ TEST_CASE("a crash at every step leaves the old or the new state") {
     CHECK(st->create("after", kRoot).ok());
     check_store_consistent(c, *st);
   }
-  CHECK(n == 20);
+  CHECK(n == 24);
 }
 
 // The index of a store written by the version before the schedule (user_version 1).

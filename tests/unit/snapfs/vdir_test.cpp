@@ -132,6 +132,40 @@ TEST_CASE("restore requests") {
   CHECK(*parse_restore_request("a..b\n", &why) == "a..b");
 }
 
+TEST_CASE("restore lines: NAME, or NAME if-idle") {
+  std::string why;
+  auto r = parse_restore_line("snap1\n", &why);
+  REQUIRE(r);
+  CHECK(r->name == "snap1");
+  CHECK_FALSE(r->if_idle);
+  r = parse_restore_line("snap1 if-idle\n", &why);
+  REQUIRE(r);
+  CHECK(r->name == "snap1");
+  CHECK(r->if_idle);
+  CHECK(parse_restore_line(" if-idle", &why).err() == EINVAL);
+  CHECK(parse_restore_line("snap1 if-busy", &why).err() == EINVAL);
+  CHECK(parse_restore_line("a/b if-idle", &why).err() == EINVAL);
+}
+
+TEST_CASE("snapshots.json: consistency, busy databases, nested subvolumes") {
+  SnapshotInfo s;
+  s.name = "x";
+  s.consistency = "crash";
+  s.busy = {"databases/app.db"};
+  s.nested = {"storage/docker"};
+  auto j = nlohmann::json::parse(snapshots_json({s}));
+  CHECK(j[0]["consistency"] == "crash");
+  CHECK(j[0]["busy"] == nlohmann::json::array({"databases/app.db"}));
+  CHECK(j[0]["nested_subvolumes"] == nlohmann::json::array({"storage/docker"}));
+  s.consistency = "transaction";
+  s.busy.clear();
+  s.nested.clear();
+  j = nlohmann::json::parse(snapshot_json_object(s));
+  CHECK(j["consistency"] == "transaction");
+  CHECK_FALSE(j.contains("busy"));
+  CHECK_FALSE(j.contains("nested_subvolumes"));
+}
+
 TEST_CASE("access policy") {
   std::string why;
   auto p = parse_access("root:1000:1001", "0:2000", &why);
