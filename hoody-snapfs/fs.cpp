@@ -8,6 +8,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
+#include <cstring>
 #include <ctime>
 
 #include "hoody/btrfs.hpp"
@@ -20,9 +22,9 @@
 namespace hoody::snapfs {
 
 namespace {
-constexpr const char* kAuditFile = "audit.log";
+// How many of the newest audit rows .hoody/log shows.
+constexpr std::size_t kLogRows = 100000;
 constexpr std::size_t kDiffJobs = 2;  // distinct diffs computed at once; more queue
-int64_t now_seconds() { return static_cast<int64_t>(::time(nullptr)); }
 int64_t secs(TimePoint t) {
   return std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count();
 }
@@ -51,7 +53,8 @@ OptionTable options() {
          "users who may create, delete, rename, restore and set expiry, ':'-separated (alice:bob)"})
       .add({"allow_groups", OptKind::string, "groups who may do the same, ':'-separated"})
       .add({"default_expiry", OptKind::string, "expiry of new snapshots: +N with m, h, d or w (+7d)"})
-      .add({"prune_interval", OptKind::seconds, "seconds between sweeps for expired snapshots (60)"})
+      .add({"prune_interval", OptKind::seconds,
+            "seconds between sweeps for expired snapshots and runs of the schedule (60)"})
       .add({"quiesce_timeout", OptKind::seconds,
             "seconds a snapshot or restore waits for database transactions in flight (2)"})
       .add({"diff_cache_mb", OptKind::uint,
@@ -139,10 +142,11 @@ Status Fs::start(std::string* why) {
   HOODY_TRY(sdir, sys::openat(src->get(), kStoreDir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW));
   HOODY_TRY(sst, sys::fstat(sdir.get()));
   store_dev_ = sst.st_dev;
-  auto afd = sys::openat(sdir.get(), kAuditFile, O_WRONLY | O_APPEND | O_CREAT, 0600);
-  if (!afd) {
-    *why = "source " + scfg_.source + "/.snapshots/" + kAuditFile + ": " + afd.error().message();
-    return fail(afd.error());
+  if (const char* f = std::getenv("HOODY_TEST_CLOCK_FILE"); f && *f) {
+    clock_file_ = f;
+    log::get("snap")->warn("clock={} -> HOODY_TEST_CLOCK_FILE is set: \"now\" is read from it "
+                           "(for tests only)",
+                           clock_file_);
   }
   {
     // The contract of the dbfs control channel names its sockets after the
@@ -152,14 +156,14 @@ Status Fs::start(std::string* why) {
   }
   source_fd_ = std::move(*src);
   store_fd_ = std::move(sdir);
-  audit_fd_ = std::move(*afd);
   store_ = std::move(*store);
+  store_->set_clock([this] { return now(); });
   diff_cache_ = std::make_unique<DiffCache>(
       DiffCacheOptions{static_cast<std::size_t>(std::min<uint64_t>(scfg_.diff_cache_mb, 1u << 20))
                            << 20,
                        kDiffJobs},
       [this](std::function<void()> job) { offload(std::move(job)); });
-  root_mtime_ = now_seconds();
+  root_mtime_ = secs(now());
   // open() finished or undid a restore interrupted by a crash: the hoody-dbfs
   // of each scope subvolume is told, so that it serves what is there now
   // (source-replaced is a no-op for one that serves it already).
@@ -190,6 +194,12 @@ std::function<int(uint64_t)> Fs::tmpfile_errno() {
 
 void Fs::init(fuse_conn_info* conn) {
   pt::PassthroughFs::init(conn);
+  // POSIX ACLs handled by the kernel: it enforces the ACLs of snapshot files
+  // (read from the daemon as system.posix_acl_* xattrs) and caches them per
+  // inode.  Snapshots never change, so the cache is never stale, and `ls -l`
+  // (which asks for both ACLs of every entry) costs no round trips for them
+  // after the first listing.  It implies default_permissions.
+  if (conn->capable & FUSE_CAP_POSIX_ACL) conn->want |= FUSE_CAP_POSIX_ACL;
   // Started here, after fuse_daemonize(): a thread started before the fork
   // would not exist in the daemon.
   if (!prune_thread_.joinable()) prune_thread_ = std::thread([this] { prune_loop(); });
@@ -230,24 +240,38 @@ void Fs::destroy() {
 
 void Fs::prune_loop() {
   auto interval = std::chrono::duration<double>(scfg_.prune_interval);
-  auto next = std::chrono::steady_clock::now() + interval;
+  // The schedule runs at once after a start (a slot due while the daemon was
+  // down is taken now), then with the expiry sweep.
+  auto next = std::chrono::steady_clock::now();
   std::unique_lock g(prune_m_);
   while (!stop_) {
-    prune_cv_.wait_until(g, next, [this] { return stop_ || recover_due_; });
+    prune_cv_.wait_until(g, next, [this] { return stop_ || recover_due_ || schedule_due_; });
     if (stop_) break;
     bool recover = std::exchange(recover_due_, false);
+    bool schedule = std::exchange(schedule_due_, false);
     g.unlock();
     if (recover) {
       // A restore returned right after its swap; its old live subvolumes are deleted here.
       if (auto r = store_->recover(); !r) log::get("snap")->warn("recover: {}", r.error().message());
     }
-    if (std::chrono::steady_clock::now() >= next) {
+    if (schedule || std::chrono::steady_clock::now() >= next) {
+      auto t = now();
+      schedule_once(t);
       prune_once();
+      schedule_checked_ = secs(t);
       diff_cache_->drop_idle(std::chrono::steady_clock::now());
-      next = std::chrono::steady_clock::now() + interval;
+      next = std::chrono::steady_clock::now() + std::chrono::duration_cast<
+                                                    std::chrono::steady_clock::duration>(interval);
     }
     g.lock();
   }
+}
+
+Result<Snapshot> Fs::take_snapshot(std::string_view name, const Who& c, CreateOptions opts) {
+  // The databases are held while the scope subvolumes are snapshotted.
+  auto dbfs = peers();
+  opts.quiescer = dbfs.get();
+  return store_->create(name, c.store(), opts);
 }
 
 std::unique_ptr<DbfsPeers> Fs::peers() {
@@ -256,8 +280,70 @@ std::unique_ptr<DbfsPeers> Fs::peers() {
 }
 
 void Fs::changed() {
-  root_mtime_ = now_seconds();
+  root_mtime_ = secs(now());
   ++changes_;
+}
+
+void Fs::schedule_soon() {
+  {
+    std::lock_guard g(prune_m_);
+    schedule_due_ = true;
+  }
+  prune_cv_.notify_all();
+}
+
+TimePoint Fs::now() const {
+  if (clock_file_.empty()) return Clock::now();
+  // One integer, unix seconds; unreadable or empty: the system clock.
+  int fd = ::open(clock_file_.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Clock::now();
+  char buf[32] = {};
+  ssize_t n = ::read(fd, buf, sizeof buf - 1);
+  ::close(fd);
+  char* end = nullptr;
+  long long v = n > 0 ? std::strtoll(buf, &end, 10) : 0;
+  if (n <= 0 || end == buf) return Clock::now();
+  auto t = time_point(static_cast<int64_t>(v));
+  return t ? *t : Clock::now();
+}
+
+Result<std::shared_ptr<const Fs::Listing>> Fs::listing() {
+  // The generation is read before the store: a change committed meanwhile
+  // bumps changes_ after its commit, so this listing is rebuilt next time.
+  uint64_t gen = changes_.load();
+  {
+    std::lock_guard g(listing_m_);
+    if (listing_ && listing_->gen == gen) return listing_;
+  }
+  // One rebuild at a time: the requests that arrive meanwhile take its result.
+  std::lock_guard rb(rebuild_m_);
+  gen = changes_.load();
+  {
+    std::lock_guard g(listing_m_);
+    if (listing_ && listing_->gen == gen) return listing_;
+  }
+  HOODY_TRY(all, store_->list());
+  auto l = std::make_shared<Listing>();
+  l->gen = gen;
+  l->all.reserve(all.size());
+  for (auto& s : all) {
+    l->by_name[s.name] = l->all.size();
+    l->by_uuid[s.uuid] = l->all.size();
+    l->all.push_back(info_of(s));
+  }
+  std::lock_guard g(listing_m_);
+  if (!listing_ || listing_->gen <= gen) listing_ = l;
+  return std::shared_ptr<const Listing>(std::move(l));
+}
+
+void Fs::forget_names(const std::vector<std::string>& names) {
+  if (!se_ || names.empty()) return;
+  for (auto& n : names) {
+    int r = fuse_lowlevel_notify_inval_entry(se_, FUSE_ROOT_ID, n.c_str(), n.size());
+    if (r < 0 && r != -ENOENT)
+      log::get("snap")->debug("op=inval_entry name={} -> {}", quote_name(n), std::strerror(-r));
+  }
+  (void)fuse_lowlevel_notify_inval_inode(se_, FUSE_ROOT_ID, 0, 0);
 }
 
 void Fs::recover_soon() {
@@ -270,16 +356,19 @@ void Fs::recover_soon() {
 
 void Fs::prune_once() {
   Who daemon{0, 0, static_cast<int32_t>(::getpid()), {}};
-  auto removed = store_->prune_expired(Clock::now(), daemon.store());
+  auto removed = store_->prune_expired(now(), daemon.store());
   if (!removed) {
     log::get("snap")->warn("prune: {}", removed.error().message());
     return;
   }
   for (auto& name : *removed) {
-    audit(daemon, "prune", name, 0, "", "expired");
+    done(daemon, "prune", name, 0, "", "expired");
     this->removed(name);
   }
-  if (!removed->empty()) changed();
+  if (!removed->empty()) {
+    changed();
+    forget_names(*removed);
+  }
 }
 
 Fs::Who Fs::caller_of(fuse_req_t req) {
@@ -301,13 +390,16 @@ Fs::Who Fs::caller_of(fuse_req_t req) {
 
 void Fs::audit(const Who& c, const std::string& action, const std::string& name, int err,
                const std::string& to, const std::string& reason) {
-  vdir::AuditEntry e{now_seconds(), c.uid, c.pid, action, name, vdir::errno_name(err), to, reason};
+  if (auto r = store_->record(c.store(), action, name, Errno(err), to, reason); !r)
+    log::get("snap")->error("op=audit action={} name={} -> not recorded: {}", action,
+                            quote_name(name), r.error().message());
+  done(c, action, name, err, to, reason);
+}
+
+void Fs::done(const Who& c, const std::string& action, const std::string& name, int err,
+              const std::string& to, const std::string& reason) {
+  vdir::AuditEntry e{secs(now()), c.uid, c.pid, action, name, vdir::errno_name(err), to, reason};
   std::string line = vdir::audit_line(e);
-  // One write(2) with O_APPEND: lines from several threads never interleave.
-  if (audit_fd_.valid()) {
-    auto w = sys::write_all(audit_fd_.get(), line);
-    if (!w) log::get("snap")->error("audit log: {}", w.error().message());
-  }
   line.pop_back();
   // JSON escapes C0 controls; a name or value may still carry DEL or C1
   // controls (U+009B is CSI): escaped too, so a log line cannot drive a terminal.
@@ -318,9 +410,23 @@ void Fs::audit(const Who& c, const std::string& action, const std::string& name,
     log::get("snap")->info("audit {}", line);
 }
 
-std::string Fs::audit_text() {
-  auto t = sys::read_file(store_fd_.get(), kAuditFile);
-  return t ? *t : std::string();
+Result<std::string> Fs::audit_text() {
+  HOODY_TRY(rows, store_->audit_log(kLogRows));
+  std::string out;
+  for (auto& r : rows) {
+    // The store's result is "ok", "ok; detail" or "EPERM: why".
+    vdir::AuditEntry e{secs(r.time), static_cast<uint32_t>(r.uid), static_cast<int32_t>(r.pid),
+                       r.action, r.name, r.result, r.target, ""};
+    if (auto p = r.result.find(": "); r.result.rfind("ok", 0) != 0 && p != std::string::npos) {
+      e.result = r.result.substr(0, p);
+      e.reason = r.result.substr(p + 2);
+    } else if (auto q = r.result.find("; "); q != std::string::npos) {
+      e.result = r.result.substr(0, q);
+      e.reason = r.result.substr(q + 2);
+    }
+    out += vdir::audit_line(e);
+  }
+  return out;
 }
 
 Status Fs::may_mutate(fuse_req_t, const char*) { return fail(EROFS); }
@@ -336,18 +442,27 @@ std::optional<SnapshotInfo> Fs::snapshot_of(fuse_ino_t ino) {
     if (it == tops_.end()) return std::nullopt;
     top = it->second;
   }
-  auto s = get_info(top.name);
-  if (s && s->uuid == top.uuid) return *s;
-  // Renamed behind our back (or deleted): find it by uuid.
-  auto all = list_info(false);
-  if (!all) return std::nullopt;
-  for (auto& x : *all)
-    if (x.uuid == top.uuid) {
-      std::lock_guard g(tops_m_);
-      tops_[in->src_ino].name = x.name;
-      return x;
-    }
-  return std::nullopt;
+  auto l = listing();
+  if (!l) return std::nullopt;
+  auto it = (*l)->by_uuid.find(top.uuid);
+  if (it == (*l)->by_uuid.end()) return std::nullopt;  // deleted
+  const auto& x = (*l)->all[it->second];
+  if (x.name != top.name) {  // renamed by other means
+    std::lock_guard g(tops_m_);
+    tops_[in->src_ino].name = x.name;
+  }
+  return x;
+}
+
+void Fs::on_forget(pt::Inode& in) {
+  if (in.src_dev != store_dev_) return;
+  std::lock_guard g(tops_m_);
+  if (auto it = tops_.find(in.src_ino); it != tops_.end()) in_kernel_.erase(it->second.uuid);
+}
+
+bool Fs::in_kernel(const std::string& uuid) {
+  std::lock_guard g(tops_m_);
+  return in_kernel_.count(uuid) != 0;
 }
 
 void Fs::renamed(const std::string& from, const std::string& to) {
@@ -357,8 +472,10 @@ void Fs::renamed(const std::string& from, const std::string& to) {
 }
 
 Result<SnapshotInfo> Fs::get_info(const std::string& name, bool with_subvolumes) {
-  HOODY_TRY(s, store_->get(name));
-  auto i = info_of(s);
+  HOODY_TRY(l, listing());
+  auto it = l->by_name.find(name);
+  if (it == l->by_name.end()) return fail(ENOENT);
+  auto i = l->all[it->second];
   if (with_subvolumes) {
     if (auto d = sys::opendir_at(store_fd_.get(), i.uuid.c_str()); d)
       while (auto* e = ::readdir(d->get()))
@@ -369,11 +486,11 @@ Result<SnapshotInfo> Fs::get_info(const std::string& name, bool with_subvolumes)
 }
 
 Result<std::vector<SnapshotInfo>> Fs::list_info(bool with_subvolumes) {
-  HOODY_TRY(all, store_->list());
+  HOODY_TRY(l, listing());
   std::vector<SnapshotInfo> out;
-  out.reserve(all.size());
-  for (auto& s : all) {
-    out.push_back(info_of(s));
+  out.reserve(l->all.size());
+  for (auto& s : l->all) {
+    out.push_back(s);
     if (!with_subvolumes) continue;
     auto& i = out.back();
     if (auto d = sys::opendir_at(store_fd_.get(), i.uuid.c_str()); d)
@@ -385,16 +502,35 @@ Result<std::vector<SnapshotInfo>> Fs::list_info(bool with_subvolumes) {
 }
 
 size_t Fs::subvolume_count(const std::string& uuid) {
+  {
+    std::lock_guard g(listing_m_);
+    if (auto it = subvols_.find(uuid); it != subvols_.end()) return it->second;
+  }
   size_t n = 0;
-  if (auto d = sys::opendir_at(store_fd_.get(), uuid.c_str()); d)
-    while (auto* e = ::readdir(d->get()))
-      if (e->d_name[0] != '.') ++n;
+  auto d = sys::opendir_at(store_fd_.get(), uuid.c_str());
+  if (!d) return 0;
+  while (auto* e = ::readdir(d->get()))
+    if (e->d_name[0] != '.') ++n;
+  // A snapshot's directory is read-only: its count never changes.
+  std::lock_guard g(listing_m_);
+  subvols_[uuid] = n;
   return n;
 }
 
 void Fs::removed(const std::string& name) {
-  std::lock_guard g(tops_m_);
-  std::erase_if(tops_, [&](const auto& kv) { return kv.second.name == name; });
+  std::string uuid;
+  {
+    std::lock_guard g(tops_m_);
+    std::erase_if(tops_, [&](const auto& kv) {
+      if (kv.second.name != name) return false;
+      uuid = kv.second.uuid;
+      return true;
+    });
+    if (!uuid.empty()) in_kernel_.erase(uuid);
+  }
+  if (uuid.empty()) return;
+  std::lock_guard g(listing_m_);
+  subvols_.erase(uuid);
 }
 
 struct stat Fs::snapshot_attr(const SnapshotInfo& s, const struct stat& dir, size_t subvolumes) {
@@ -411,15 +547,20 @@ struct stat Fs::snapshot_attr(const SnapshotInfo& s, const struct stat& dir, siz
 
 Result<fuse_entry_param> Fs::snapshot_entry(const SnapshotInfo& s) {
   HOODY_TRY(e, do_lookup(FUSE_ROOT_ID, s.uuid.c_str()));
+  const ino_t backing = inode(e.ino)->src_ino;
   {
     std::lock_guard g(tops_m_);
-    tops_[inode(e.ino)->src_ino] = Top{s.uuid, s.name};
+    tops_[backing] = Top{s.uuid, s.name};
+    in_kernel_.insert(s.uuid);
   }
   e.attr = snapshot_attr(s, e.attr, subvolume_count(s.uuid));
-  // Names at the root change by other means too (expiry, restore's safety
-  // snapshot): the kernel asks again on every use, the contents stay cached.
-  e.entry_timeout = 0;
-  e.attr_timeout = cfg_.attr_timeout;
+  // Cached long: every change reaches the kernel.  Names go through it
+  // (rmdir, rename) or, when the daemon removes them by itself (expiry, the
+  // schedule), are invalidated as they go (forget_names); a new name is never
+  // cached as missing (lookups answer ENOENT, no negative entry).  The
+  // attributes of a snapshot's directory never change.
+  e.entry_timeout = kTopTimeout;
+  e.attr_timeout = kTopTimeout;
   return e;
 }
 
@@ -429,9 +570,9 @@ struct stat Fs::root_attr() {
   if (r) st = *r;
   uint64_t gen = changes_.load();
   if (counted_at_.load() != gen) {
-    if (auto n = store_->list(); n) {
-      count_ = n->size();
-      counted_at_ = gen;
+    if (auto l = listing(); l) {
+      count_ = (*l)->all.size();
+      counted_at_ = (*l)->gen;
     }
   }
   st.st_mode = S_IFDIR | 0777;  // anyone may try mkdir; the daemon decides (EPERM)
@@ -443,10 +584,14 @@ struct stat Fs::root_attr() {
   return st;
 }
 
-struct stat Fs::virtual_attr(uint64_t ino) {
+struct stat Fs::virtual_attr(uint64_t ino, const Who* caller) {
   struct stat st {};
   st.st_ino = (ino & ~vdir::kVirtualBit) | (1ull << 62);
   st.st_mode = vdir::node_mode(ino);
+  // The log is for the users allowed to act (open() checks it): each of
+  // them sees it as their own, so that the kernel's permission check, which
+  // reads these bits, lets them open it.  Shown with attr_timeout 0.
+  if (ino == vdir::kLog && caller && allowed(*caller)) st.st_uid = caller->uid;
   st.st_nlink = S_ISDIR(st.st_mode) ? 2 : 1;
   if (ino == vdir::kCtlDir) st.st_nlink = 3;
   st.st_blksize = 4096;
@@ -454,10 +599,10 @@ struct stat Fs::virtual_attr(uint64_t ino) {
   return st;
 }
 
-fuse_entry_param Fs::virtual_entry(uint64_t ino) {
+fuse_entry_param Fs::virtual_entry(uint64_t ino, const Who* caller) {
   fuse_entry_param e{};
   e.ino = ino;
-  e.attr = virtual_attr(ino);
+  e.attr = virtual_attr(ino, caller);
   e.attr_timeout = 0;
   e.entry_timeout = vdir::is_diff_node(ino) ? 0 : 3600;
   return e;

@@ -8,7 +8,9 @@
 //    shown with the snapshot's metadata (mode 0555, times = creation);
 //  - mkdir/rmdir/rename at the root create, delete and rename snapshots;
 //    xattrs user.hoody.* of a snapshot are its metadata;
-//  - .hoody/ holds the control files (vdir/), whose node ids have bit 63 set.
+//  - .hoody/ holds the control files (vdir/), whose node ids have bit 63 set;
+//  - a background thread prunes expired snapshots and runs the schedule
+//    (schedule.cpp).
 // Every other mutating call gives EROFS (the core with read_only).
 #pragma once
 
@@ -16,6 +18,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -23,6 +26,8 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
+#include <vector>
 
 #include "hoody/daemon.hpp"
 #include "hoody/passthrough.hpp"
@@ -60,6 +65,7 @@ public:
   // DaemonFs
   Status start(std::string* why) override;
   fuse_lowlevel_ops ops() override;
+  void attached(fuse_session* se) override { se_ = se; }
   void* userdata() override { return static_cast<pt::PassthroughFs*>(this); }
   // open(O_TMPFILE): EROFS inside a snapshot, EPERM at the root and in .hoody/
   // (as for every other file made there), not libfuse's EOPNOTSUPP.
@@ -120,23 +126,37 @@ public:
   };
   static Who caller_of(fuse_req_t req);
   bool allowed(const Who& c) const { return access_.allows(c.uid, c.gid, c.groups); }
-  // Appends one line to the audit log and logs it (info, or warn on failure).
+  // A decision the store never saw (a refusal by the access policy, a bad
+  // argument): one row in the store's audit table, and a log line.
   void audit(const Who& c, const std::string& action, const std::string& name, int err,
              const std::string& to = "", const std::string& reason = "");
-  std::string audit_text();
+  // The outcome of a store call, which the store audited itself: a log line only.
+  void done(const Who& c, const std::string& action, const std::string& name, int err,
+            const std::string& to = "", const std::string& reason = "");
+  // .hoody/log: the store's audit table, one JSON object a line.
+  Result<std::string> audit_text();
+
+  // "Now" for the schedule, expiry and creation times: the system clock, or
+  // the unix seconds in $HOODY_TEST_CLOCK_FILE (for tests only: it lets a
+  // test drive weeks of hourly snapshots in seconds).
+  TimePoint now() const;
 
   // The store's snapshot `name` in the daemon's terms (subvolumes filled if asked).
   Result<SnapshotInfo> get_info(const std::string& name, bool with_subvolumes = false);
   Result<std::vector<SnapshotInfo>> list_info(bool with_subvolumes);
   // The snapshot shown by a top-level directory Inode (nullopt for any other inode).
   std::optional<SnapshotInfo> snapshot_of(fuse_ino_t ino);
+  // Seconds the kernel keeps the name and attributes of a snapshot's directory.
+  static constexpr double kTopTimeout = 3600;
   // Entry for snapshot `s` (lookup counted on the core's Inode of its directory).
   Result<fuse_entry_param> snapshot_entry(const SnapshotInfo& s);
   struct stat snapshot_attr(const SnapshotInfo& s, const struct stat& dir, size_t subvolumes);
   size_t subvolume_count(const std::string& uuid);
   struct stat root_attr();
-  struct stat virtual_attr(uint64_t ino);
-  fuse_entry_param virtual_entry(uint64_t ino);
+  // A control file as `caller` sees it (.hoody/log shows the caller as its
+  // owner when the caller may read it: the kernel checks the mode bits).
+  struct stat virtual_attr(uint64_t ino, const Who* caller = nullptr);
+  fuse_entry_param virtual_entry(uint64_t ino, const Who* caller = nullptr);
   bool is_root(fuse_ino_t ino) const { return ino == FUSE_ROOT_ID; }
 
   // Runs fn (which replies to its request) on a thread of its own: a request
@@ -144,10 +164,18 @@ public:
   // a send stream) never pins a worker of the FUSE loop.  destroy() waits for
   // every such job.
   void offload(std::function<void()> fn);
+  // Every snapshot the daemon takes (mkdir and the schedule) is taken here:
+  // what must happen around a snapshot (quiescing databases) goes here once.
+  Result<Snapshot> take_snapshot(std::string_view name, const Who& c, CreateOptions opts);
   // The set of snapshots changed (times and counts of the root follow).
   void changed();
   // Wakes the background thread to finish a restore's deletions (recover()).
   void recover_soon();
+  // Wakes the background thread to run the schedule now (it was just set).
+  void schedule_soon();
+  // .hoody/schedule: read, and a write sets it (schedule.cpp).
+  Result<std::string> schedule_text();
+  Status set_schedule(const Who& c, std::string_view request);
   // The hoody-dbfs daemons of the scope subvolumes, for one create or restore.
   std::unique_ptr<DbfsPeers> peers();
   // .hoody/restore: one restore at a time.  A restore fd remembers the
@@ -178,10 +206,28 @@ public:
 
 protected:
   Status may_mutate(fuse_req_t req, const char* what) override;
+  void on_forget(pt::Inode& inode) override;
 
 private:
   void prune_loop();
   void prune_once();
+  // One step of the schedule at `now` (schedule.cpp): take the due slot's
+  // snapshot (unless onchange finds nothing changed), then prune by the policy.
+  void schedule_once(TimePoint now);
+  // Tells the kernel that names it may have cached are gone (from the
+  // background thread only, never inside a request on the root).
+  void forget_names(const std::vector<std::string>& names);
+
+  // The snapshots as the daemon shows them, rebuilt from the store only when
+  // changes_ moved: lookup, getattr, getxattr and readdir of 1000 snapshots
+  // cost no index query each.
+  struct Listing {
+    uint64_t gen = 0;
+    std::vector<SnapshotInfo> all;                   // oldest first
+    std::unordered_map<std::string, size_t> by_name;
+    std::unordered_map<std::string, size_t> by_uuid;
+  };
+  Result<std::shared_ptr<const Listing>> listing();
 
 
   Config scfg_;
@@ -195,7 +241,9 @@ private:
   UniqueFd source_fd_;   // SOURCE, O_RDONLY|O_DIRECTORY
   std::string source_real_;  // realpath(SOURCE): the dbfs control sockets are named after it
   UniqueFd store_fd_;    // SOURCE/.snapshots, O_RDONLY|O_DIRECTORY
-  UniqueFd audit_fd_;    // SOURCE/.snapshots/audit.log, O_APPEND
+  std::string clock_file_;  // $HOODY_TEST_CLOCK_FILE (tests only), "" for the system clock
+  fuse_session* se_ = nullptr;            // for notifications; set once mounted
+  std::atomic<int64_t> schedule_checked_{INT64_MIN};  // "now" of the last schedule step
   std::atomic<int64_t> root_mtime_{0};  // last create/delete/rename/prune/restore
   // The root's snapshot count, recounted only after a change: a getattr of
   // the root (every path walk checks its permission) must not list the store.
@@ -203,12 +251,24 @@ private:
   std::atomic<uint64_t> counted_at_{0};
   std::atomic<size_t> count_{0};
 
-  // Guards tops_.  A leaf lock: nothing is called under it.
+  // Held while listing_ is rebuilt (before listing_m_; the store's locks inside).
+  std::mutex rebuild_m_;
+  // Guards listing_ and subvols_.  A leaf lock.
+  std::mutex listing_m_;
+  std::shared_ptr<const Listing> listing_;
+  std::unordered_map<std::string, size_t> subvols_;  // uuid -> scope subvolumes in it (fixed)
+
+  // Guards tops_ and in_kernel_.  A leaf lock: nothing is called under it
+  // (on_forget takes it under the core's mutex_).
   std::mutex tops_m_;
   struct Top {
     std::string uuid, name;
   };
   std::unordered_map<ino_t, Top> tops_;  // backing ino of a <uuid> dir -> its snapshot
+  // The uuids of the snapshot directories the kernel holds (looked up, not
+  // yet forgotten): readdirplus leaves their cached entries alone.
+  std::unordered_set<std::string> in_kernel_;
+  bool in_kernel(const std::string& uuid);
 
   // Guards jobs_ (offloaded requests in flight).  A leaf lock.
   std::mutex jobs_m_;
@@ -221,6 +281,7 @@ private:
   std::condition_variable prune_cv_;
   bool stop_ = false;
   bool recover_due_ = false;  // a restore left old live subvolumes to delete
+  bool schedule_due_ = false;  // the schedule was set: run it now
   std::thread prune_thread_;
 };
 

@@ -61,7 +61,11 @@ Stmt& Stmt::bind(int i, int64_t v) {
   return *this;
 }
 Stmt& Stmt::bind(int i, std::string_view v) {
-  if (ok()) sqlite3_bind_text(s_.get(), i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+  // A string_view is text, never NULL: an empty one may have no data pointer,
+  // which sqlite3_bind_text would bind as NULL.
+  if (ok())
+    sqlite3_bind_text(s_.get(), i, v.data() ? v.data() : "", static_cast<int>(v.size()),
+                      SQLITE_TRANSIENT);
   return *this;
 }
 Stmt& Stmt::bind(int i, std::optional<int64_t> v) {

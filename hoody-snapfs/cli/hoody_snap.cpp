@@ -22,6 +22,7 @@
 #include <sstream>
 #include <string>
 
+#include "../snapshot_name.hpp"
 #include "hoody/btrfs.hpp"
 #include "hoody/names.hpp"
 #include "hoody/sys.hpp"
@@ -60,7 +61,7 @@ std::string hint_for(const std::string& verb, int err, const std::string& mount)
   switch (err) {
     case EPERM:
       return "only root and the users and groups named in the mount's allow_users=/allow_groups= "
-             "may " + verb + " snapshots";
+             "may " + verb + (verb == "schedule" ? "" : " snapshots");
     case EACCES: return "permission denied by the mount; run as root or ask an administrator";
     case EEXIST: return "that name is taken; pick another or delete the old one first";
     case ENOENT: return "no such snapshot; `hoody-snap list` shows the names";
@@ -82,8 +83,9 @@ std::string hint_for(const std::string& verb, int err, const std::string& mount)
 enum class NameUse { new_name, existing };
 void check_name(const std::string& verb, const std::string& name, NameUse use) {
   std::string why;
-  auto v = use == NameUse::new_name ? hoody::validate_snapshot_name(name, &why)
-                                    : hoody::validate_existing_snapshot_name(name, &why);
+  auto v = hoody::snapfs::check_snapshot_name(
+      name, &why,
+      use == NameUse::new_name ? hoody::snapfs::NameUse::new_name : hoody::snapfs::NameUse::existing);
   if (!v) die({verb + " " + q(name), v.err(), why});
 }
 
@@ -205,6 +207,19 @@ int main(int argc, char** argv) {
   diff->add_option("A", name, "older snapshot")->required();
   diff->add_option("B", other, "newer snapshot, or @live (default)");
 
+  auto* sched = app.add_subcommand(
+      "schedule", "show the schedule of snapshots, or set it (--every, --preserve) or --off");
+  std::string every, preserve, preserve_min;
+  bool onchange = false, off = false;
+  sched->add_option("--every", every, "how often: 30m, 1h, 2d, hourly, daily, weekly (at least 1m)");
+  sched->add_option("--preserve", preserve,
+                    "which scheduled snapshots to keep, btrbk-style (default \"24h 7d 4w 12m\")");
+  sched->add_option("--preserve-min", preserve_min,
+                    "keep every scheduled snapshot younger than this (6h, 2d)");
+  sched->add_flag("--onchange", onchange, "skip a snapshot when nothing changed since the last one");
+  sched->add_flag("--off", off, "no more scheduled snapshots (the ones taken stay)");
+  sched->add_flag("--json", json, "print .hoody/schedule as it is");
+
   auto* clone = app.add_subcommand("clone", "a writable copy of each subvolume of a snapshot in DEST");
   clone->add_option("NAME", name, "snapshot name")->required();
   clone->add_option("DEST", other, "directory on the same BTRFS filesystem (made if missing)")->required();
@@ -308,9 +323,9 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (*restore) {
-    check_name("restore", name, NameUse::existing);
-    if (name == "@live")
+    if (name == hoody::snapfs::kLive)
       die({"restore " + q(name), EINVAL, "@live is the live state, not a snapshot; name a snapshot"});
+    check_name("restore", name, NameUse::existing);
     check_mount(mount);
     std::string path = mount + "/.hoody/restore";
     // O_RDWR: the result is read back (safety snapshot, processes to
@@ -370,10 +385,76 @@ int main(int argc, char** argv) {
                    stale.c_str());
     return 0;
   }
+  if (*sched) {
+    check_mount(mount);
+    std::string path = mount + "/.hoody/schedule";
+    bool setting = off || !every.empty() || !preserve.empty() || !preserve_min.empty() || onchange;
+    if (!setting) {
+      std::string text = read_all(path, "schedule", mount);
+      if (json) {
+        std::fputs(text.c_str(), stdout);
+        return 0;
+      }
+      nlohmann::json j;
+      try {
+        j = nlohmann::json::parse(text);
+      } catch (const std::exception& ex) {
+        die({"schedule", EBADMSG, std::string(".hoody/schedule is not JSON: ") + ex.what()});
+      }
+      auto str = [&](const char* k) {
+        return j.contains(k) && j[k].is_string() ? j[k].get<std::string>() : std::string("-");
+      };
+      if (!j.value("enabled", false)) {
+        std::printf("schedule: off\n");
+        return 0;
+      }
+      std::printf("schedule: every %s, preserve %s%s%s%s\n", str("every").c_str(),
+                  str("preserve").c_str(), j["preserve_min"].is_string() ? ", preserve_min " : "",
+                  j["preserve_min"].is_string() ? str("preserve_min").c_str() : "",
+                  j.value("onchange", false) ? ", onchange" : "");
+      std::printf("last scheduled snapshot: %s\n", str("last_taken").c_str());
+      return 0;
+    }
+    std::string request;
+    if (off) {
+      if (!every.empty() || !preserve.empty() || !preserve_min.empty() || onchange) {
+        std::fprintf(stderr, "hoody-snap: schedule: --off takes no other option\n");
+        return 2;
+      }
+      request = "off\n";
+    } else {
+      if (every.empty()) {
+        std::fprintf(stderr, "hoody-snap: schedule: --every is required to set a schedule\n");
+        return 2;
+      }
+      nlohmann::json r{{"every", every}, {"onchange", onchange}};
+      if (!preserve.empty()) r["preserve"] = preserve;
+      if (!preserve_min.empty()) r["preserve_min"] = preserve_min;
+      request = r.dump() + "\n";
+    }
+    int fd = ::open(path.c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC);
+    if (fd < 0) {
+      int e = errno;
+      die({"schedule", e, hint_for("schedule", e, mount)});
+    }
+    ssize_t n = ::write(fd, request.data(), request.size());
+    int e = errno;
+    ::close(fd);
+    if (n < 0)
+      die({"schedule", e,
+           e == EINVAL ? "--every is N with m, h, d or w (at least 1m) or hourly/daily/weekly; "
+                         "--preserve is like \"24h 7d 4w 12m\" (h d w m y, * for all) or all"
+                       : hint_for("schedule", e, mount)});
+    if (off)
+      std::printf("schedule off\n");
+    else
+      std::printf("schedule set: every %s\n", every.c_str());
+    return 0;
+  }
   if (*diff) {
     check_name("diff", name, NameUse::existing);
-    if (other.empty()) other = "@live";
-    if (other != "@live") check_name("diff", other, NameUse::existing);
+    if (other.empty()) other = std::string(hoody::snapfs::kLive);
+    if (other != hoody::snapfs::kLive) check_name("diff", other, NameUse::existing);
     check_mount(mount);
     std::string text = read_all(mount + "/.hoody/diff/" + name + ".." + other,
                                 "diff " + q(name) + " " + q(other), mount);

@@ -66,7 +66,8 @@ void Fs::getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   }
   if (vdir::is_virtual(ino)) {
     if (!vdir::node_mode(ino)) return reply(req, fail(ENOENT));
-    auto st = virtual_attr(ino);
+    auto c = caller_of(req);
+    auto st = virtual_attr(ino, &c);
     fuse_reply_attr(req, &st, 0);
     return;
   }
@@ -79,15 +80,18 @@ void Fs::getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if (!st) return reply(req, fail(st.error()));
   show(*st);
   auto shown = snapshot_attr(*snap, *st, subvolume_count(snap->uuid));
-  fuse_reply_attr(req, &shown, cfg_.attr_timeout);
+  // A snapshot's directory never changes (snapshot_entry's timeout).
+  fuse_reply_attr(req, &shown, kTopTimeout);
 }
 
 void Fs::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int valid, fuse_file_info* fi) {
   if (!vdir::is_virtual(ino)) return pt::PassthroughFs::setattr(req, ino, attr, valid, fi);
   // `echo NAME > .hoody/restore` truncates first (O_TRUNC): nothing to truncate.
-  if (ino != vdir::kRestore || (valid & ~(FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_ATIME |
-                                          FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW |
-                                          FUSE_SET_ATTR_MTIME_NOW | FUSE_SET_ATTR_CTIME)))
+  // The same for `echo off > .hoody/schedule`.
+  constexpr int kTimesAndSize = FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME |
+                                FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW |
+                                FUSE_SET_ATTR_CTIME;
+  if ((ino != vdir::kRestore && ino != vdir::kSchedule) || (valid & ~kTimesAndSize))
     return reply(req, fail(EPERM));
   auto st = virtual_attr(ino);
   fuse_reply_attr(req, &st, 0);
@@ -103,9 +107,20 @@ void Fs::statfs(fuse_req_t req, fuse_ino_t ino) {
 }
 
 void Fs::getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
-  if (is_root(ino) || vdir::is_virtual(ino)) return reply(req, fail(ENODATA));
-  auto snap = snapshot_of(ino);
-  if (!snap) return pt::PassthroughFs::getxattr(req, ino, name, size);
+  // The daemon's own nodes (the root, .hoody/, the snapshots' directories)
+  // have no security labels: "not supported" rather than "not set", so that
+  // `ls -l`, which asks each entry for security.selinux, stops asking for the
+  // rest of the mount (coreutils remembers the device that does not support
+  // it): one round trip per listing instead of one per snapshot.  The ACL
+  // names stay ENODATA ("no ACL"): the kernel reads them for permission checks.
+  bool ours = is_root(ino) || vdir::is_virtual(ino);
+  std::optional<SnapshotInfo> snap;
+  if (!ours) {
+    snap = snapshot_of(ino);
+    if (!snap) return pt::PassthroughFs::getxattr(req, ino, name, size);
+  }
+  if (std::string_view(name).starts_with("security.")) return reply(req, fail(EOPNOTSUPP));
+  if (ours) return reply(req, fail(ENODATA));
   reply_xattr(req, meta_value(*snap, name), size);
 }
 
@@ -149,19 +164,20 @@ void Fs::setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* 
     if (is_expires) {
       std::string why;
       // The store's syntax: +N with s, m, h, d or w; an RFC 3339 time; never.
-      auto e = parse_expiry(text, Clock::now(), &why);
+      auto e = parse_expiry(text, now(), &why);
       if (!e) {
         audit(c, action, snap->name, EINVAL, text.substr(0, 64), why);
         return fail(EINVAL);
       }
       s = store_->set_expires(snap->name, *e, c.store());
-      audit(c, action, snap->name, s.err(), *e ? format_utc(**e) : "never");
+      done(c, action, snap->name, s.err(), *e ? format_utc(**e) : "never");
     } else {
       if (text.size() > 4096) return fail(E2BIG);
       while (!text.empty() && text.back() == '\0') text.pop_back();
       s = store_->set_description(snap->name, text, c.store());
-      audit(c, action, snap->name, s.err());
+      done(c, action, snap->name, s.err());
     }
+    if (s) changed();  // listings show metadata from memory: rebuild them
     return s;
   }());
 }
@@ -185,7 +201,8 @@ void Fs::removexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
     }
     Status s = is_expires ? store_->set_expires(snap->name, std::nullopt, c.store())
                           : store_->set_description(snap->name, "", c.store());
-    audit(c, action, snap->name, s.err(), is_expires ? "never" : "");
+    done(c, action, snap->name, s.err(), is_expires ? "never" : "");
+    if (s) changed();
     return s;
   }());
 }

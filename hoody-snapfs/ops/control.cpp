@@ -7,6 +7,9 @@
 // .hoody/restore takes a write: "NAME" or "NAME if-idle"; the write returns
 // when the restore is done (or refused).  Opened O_RDWR, a read afterwards
 // gives its result as one JSON line (what hoody-snap prints).
+// .hoody/schedule reads as JSON and takes one write: "off" or a JSON object
+// (schedule.cpp).  .hoody/log opens only for the users allowed to act
+// (EACCES for the others).
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -86,12 +89,26 @@ void Fs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
         f->generation = restore_gate_.generation;
         return f;
       }
+      if (ino == vdir::kSchedule && acc == O_WRONLY) {
+        auto c = caller_of(req);
+        if (!allowed(c)) {
+          audit(c, "schedule", "", EPERM, "", denied(c));
+          return fail(EPERM);
+        }
+        return f;
+      }
       if (acc != O_RDONLY) return fail(EACCES);  // read-only control files
       if (ino == vdir::kSnapshotsJson) {
         HOODY_TRY(all, list_info(true));
         f->content = vdir::snapshots_json(all);
       } else if (ino == vdir::kLog) {
-        f->content = audit_text();
+        // uids, pids, names and reasons: for the users allowed to act only.
+        if (!allowed(caller_of(req))) return fail(EACCES);
+        HOODY_TRY(text, audit_text());
+        f->content = std::move(text);
+      } else if (ino == vdir::kSchedule) {
+        HOODY_TRY(text, schedule_text());
+        f->content = std::move(text);
       } else {
         auto name = diffs_.name_of(ino);
         if (!name) return fail(ENOENT);
@@ -142,7 +159,7 @@ void Fs::write_buf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* in, off_t off, f
   if (!vdir::is_virtual(ino)) return pt::PassthroughFs::write_buf(req, ino, in, off, fi);
   // The data is copied here (in lives only during this call); the restore runs offloaded.
   auto data = [&]() -> Result<std::string> {
-    if (ino != vdir::kRestore) return fail(EBADF);
+    if (ino != vdir::kRestore && ino != vdir::kSchedule) return fail(EBADF);
     size_t size = fuse_buf_size(in);
     if (size > 4096) return fail(EINVAL);
     std::string d(size, '\0');
@@ -156,6 +173,13 @@ void Fs::write_buf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* in, off_t off, f
     return d;
   }();
   if (!data) return reply(req, fail(data.error()));
+  if (ino == vdir::kSchedule) {
+    // An index update, done here: the background thread takes the first snapshot.
+    auto s = set_schedule(caller_of(req), *data);
+    if (!s) return reply(req, s);
+    fuse_reply_write(req, data->size());
+    return;
+  }
   // The kernel releases the file only after this write is answered: f stays valid.
   VFile* f = vfile_of(fi);
   offload([this, req, f, data = std::move(*data)] {
@@ -220,7 +244,8 @@ void Fs::write_buf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* in, off_t off, f
                               ? std::string()
                               : "still using the state before the restore (restart them): " +
                                     describe(rep.holders);
-      audit(c, "restore", rq->name, st.err(), rep.safety, st ? stale : rep.error);
+      // The store audited it (holders included): a log line only.
+      this->done(c, "restore", rq->name, st.err(), rep.safety, st ? stale : rep.error);
       result = {{"ok", st.ok()}, {"name", rq->name}};
       if (!st) {
         result["errno"] = vdir::errno_name(st.err());
@@ -277,8 +302,8 @@ void Fs::opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
       d->entries.push_back({".", FUSE_ROOT_ID, S_IFDIR | 0777});
       d->entries.push_back({"..", FUSE_ROOT_ID, S_IFDIR | 0755});
       d->entries.push_back({std::string(vdir::kCtlName), vdir::kCtlDir, S_IFDIR | 0555});
-      HOODY_TRY(all, store_->list());
-      for (auto& s : all) {
+      HOODY_TRY(l, listing());
+      for (auto& s : l->all) {
         // A stable, distinct number for ls -i: from the uuid.
         d->entries.push_back(
             {s.name, std::hash<std::string>()(s.uuid) | (1ull << 61), S_IFDIR | 0777});
@@ -312,14 +337,35 @@ void Fs::readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_fi
     const auto& e = d->entries[i];
     size_t n;
     if (plus) {
-      // No node id: the kernel makes no dentry from it and counts no lookup;
-      // a later lookup gives the real entry.
       fuse_entry_param p{};
-      p.attr.st_ino =
-          vdir::is_virtual(e.ino) ? ((e.ino & ~vdir::kVirtualBit) | (1ull << 62)) : e.ino;
-      p.attr.st_mode = e.mode;
+      bool counted = false;
+      std::optional<SnapshotInfo> info;
+      if (is_root(ino) && !vdir::is_virtual(e.ino) && e.ino != FUSE_ROOT_ID) {
+        auto got = get_info(e.name);
+        if (!got) continue;  // deleted since opendir
+        info = std::move(*got);
+      }
+      if (info && !in_kernel(info->uuid)) {
+        // A snapshot the kernel does not hold: its full entry (lookup
+        // counted), so that `ls -l` finds name and attributes cached and asks
+        // nothing more for it.  One the kernel holds gets no node id: the
+        // kernel then leaves its cached entry alone (a full one would make
+        // it drop the inode's cached ACLs).
+        auto ent = snapshot_entry(*info);
+        if (!ent) continue;  // deleted since opendir
+        p = *ent;
+        counted = true;
+      } else if (e.ino == vdir::kCtlDir) {
+        p = virtual_entry(vdir::kCtlDir);
+      } else {
+        // "." and "..", and snapshots the kernel holds: no node id.
+        p.attr.st_ino =
+            vdir::is_virtual(e.ino) ? ((e.ino & ~vdir::kVirtualBit) | (1ull << 62)) : e.ino;
+        p.attr.st_mode = e.mode;
+      }
       n = fuse_add_direntry_plus(req, buf.data() + used, size - used, e.name.c_str(), &p,
                                  static_cast<off_t>(i + 1));
+      if (n > size - used && counted) forget_one(inode(p.ino), 1);  // not sent: not counted
     } else {
       struct stat st {};
       st.st_ino = vdir::is_virtual(e.ino) ? ((e.ino & ~vdir::kVirtualBit) | (1ull << 62)) : e.ino;

@@ -28,7 +28,7 @@ void Fs::lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   reply(req, [&]() -> Result<fuse_entry_param> {
     if (is_root(parent)) {
       if (is_ctl_name(name)) return virtual_entry(vdir::kCtlDir);
-      if (name_problem(name)) return fail(ENOENT);
+      if (!check_snapshot_name(name, nullptr, NameUse::existing)) return fail(ENOENT);
       HOODY_TRY(s, get_info(name));
       return snapshot_entry(s);
     }
@@ -37,13 +37,14 @@ void Fs::lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
       if (!spec) return fail(ENOENT);
       // Both sides must exist now; the contents are computed at open.
       HOODY_CHECK(store_->get(spec->from));
-      if (spec->to != vdir::kLiveName) HOODY_CHECK(store_->get(spec->to));
+      if (spec->to != kLive) HOODY_CHECK(store_->get(spec->to));
       return virtual_entry(diffs_.lookup(name));
     }
     if (!S_ISDIR(vdir::node_mode(parent))) return fail(ENOTDIR);
     uint64_t child = vdir::fixed_child(parent, name);
     if (!child) return fail(ENOENT);
-    return virtual_entry(child);
+    auto c = caller_of(req);
+    return virtual_entry(child, &c);
   }());
 }
 
@@ -61,7 +62,7 @@ void Fs::mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode)
       if (!is_root(parent)) return fail(EPERM);
       auto c = caller_of(req);
       std::string why;
-      if (auto v = validate_snapshot_name(name, &why); !v) {
+      if (auto v = check_snapshot_name(name, &why); !v) {
         audit(c, "create", name, v.err(), "", why);
         return fail(v.error());
       }
@@ -75,7 +76,9 @@ void Fs::mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode)
       CreateOptions opts;
       if (default_expiry_offset_) {
         // Both terms are bounded (the offset by 100 years), the sum is range-checked.
-        int64_t at = static_cast<int64_t>(::time(nullptr)) + *default_expiry_offset_;
+        int64_t at =
+            std::chrono::duration_cast<std::chrono::seconds>(now().time_since_epoch()).count() +
+            *default_expiry_offset_;
         auto t = time_point(at);
         if (!t) {
           audit(c, "create", name, EINVAL, "",
@@ -85,12 +88,8 @@ void Fs::mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode)
         }
         opts.expires = *t;
       }
-      // The databases are held while the scope subvolumes are snapshotted.
-      auto dbfs = peers();
-      opts.quiescer = dbfs.get();
-      auto s = store_->create(name, c.store(), opts);
-      dbfs.reset();
-      audit(c, "create", name, s.err(), "", s ? "" : s.error().message());
+      auto s = take_snapshot(name, c, opts);
+      done(c, "create", name, s.err(), "", s ? "" : s.error().message());
       if (!s) return fail(s.error());
       changed();
       HOODY_TRY(info, get_info(name));
@@ -112,7 +111,7 @@ void Fs::rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
         return fail(EPERM);
       }
       auto s = store_->remove(name, c.store());
-      audit(c, "delete", name, s.err());
+      done(c, "delete", name, s.err());
       if (s) {
         removed(name);
         changed();
@@ -139,7 +138,7 @@ void Fs::rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t 
       if (is_ctl_name(name) || is_ctl_name(newname)) return fail(EPERM);
       auto c = caller_of(req);
       std::string why;
-      if (auto v = validate_snapshot_name(newname, &why); !v) {
+      if (auto v = check_snapshot_name(newname, &why); !v) {
         audit(c, "rename", name, v.err(), newname, why);
         return fail(v.error());
       }
@@ -151,7 +150,7 @@ void Fs::rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t 
       // rename(2) would replace an existing target; a snapshot is never
       // replaced by a rename: EEXIST (RENAME_NOREPLACE semantics always).
       auto s = store_->rename(name, newname, c.store());
-      audit(c, "rename", name, s.err(), newname);
+      done(c, "rename", name, s.err(), newname);
       if (s) {
         renamed(name, newname);
         changed();

@@ -47,10 +47,11 @@ Result<Snapshot> SnapshotStore::create_locked(std::string_view name, const Calle
   Snapshot snap;
   snap.name = std::string(name);
   snap.uuid = random_uuid();
-  snap.created = Clock::now();
+  snap.created = now();
   snap.expires = opts.expires;
   snap.creator = caller.uid;
   snap.description = opts.description;
+  snap.type = opts.type;
   if (auto nested = nested_subvolumes(source_.get(), subvols); nested && !nested->empty()) {
     lg->warn("op=create name={} -> nested subvolume {} (and {} more) is not captured: snapshots "
              "hold an empty directory in its place",
@@ -142,7 +143,8 @@ Result<Snapshot> SnapshotStore::create_locked(std::string_view name, const Calle
     HOODY_CHECK(audit(caller, "create", name,
                       snap.consistency == kCrash && !snap.busy.empty()
                           ? "ok; crash-consistent: not quiesced: " + describe_busy(snap.busy)
-                          : std::string("ok")));
+                          : std::string("ok"),
+                      snap.type == "filesystem" ? "" : snap.type));
     return txn.commit();
   }();
   if (!st) {

@@ -26,7 +26,10 @@ Status SnapshotStore::remove(std::string_view name, const Caller& caller) {
   return remove_locked(name, caller);
 }
 
-Status SnapshotStore::remove_locked(std::string_view name, const Caller& caller) {
+// `action` is what the audit row says: "delete" (rmdir), or "prune" (expiry,
+// schedule) with `why` as its target ("expired", "schedule 24h 7d").
+Status SnapshotStore::remove_locked(std::string_view name, const Caller& caller,
+                                    std::string_view action, std::string_view why) {
   auto lg = log::get("snap");
   int64_t jid = 0;
   std::string uuid;
@@ -39,7 +42,7 @@ Status SnapshotStore::remove_locked(std::string_view name, const Caller& caller)
     q.bind(1, name);
     HOODY_TRY(row, q.step());
     if (!row) {
-      (void)audit(caller, "remove", name, result_text(Errno(ENOENT), "no such snapshot"));
+      (void)audit(caller, action, name, result_text(Errno(ENOENT), "no such snapshot"));
       (void)txn.commit();
       return fail(ENOENT);
     }
@@ -51,7 +54,7 @@ Status SnapshotStore::remove_locked(std::string_view name, const Caller& caller)
     j.bind(1, name).bind(2, uuid).bind(3, to_ns(Clock::now()));
     HOODY_CHECK(j.run());
     jid = sqlite3_last_insert_rowid(db_.get());
-    HOODY_CHECK(audit(caller, "remove", name, "ok"));
+    HOODY_CHECK(audit(caller, action, name, "ok", why));
     HOODY_CHECK(txn.commit());
   }
   crash_point("remove", "journaled");
@@ -93,7 +96,7 @@ Result<std::vector<std::string>> SnapshotStore::prune_expired(TimePoint now, con
   }
   std::vector<std::string> pruned;
   for (const auto& n : due) {
-    auto s = remove_locked(n, caller);
+    auto s = remove_locked(n, caller, "prune", "expired");
     if (s) {
       pruned.push_back(n);
     } else if (s.err() != ENOENT) {

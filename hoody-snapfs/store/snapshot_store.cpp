@@ -60,8 +60,50 @@ CREATE TABLE IF NOT EXISTS journal(
   data    TEXT    NOT NULL DEFAULT '{}',
   started INTEGER NOT NULL
 );
-PRAGMA user_version = 1;
 )";
+
+// Version 2: the schedule, and the audit rows' second name (target).
+constexpr int kSchemaVersion = 2;
+constexpr const char* kMigrate2 = R"(
+ALTER TABLE audit ADD COLUMN target TEXT NOT NULL DEFAULT '';
+CREATE TABLE IF NOT EXISTS schedule(
+  id           INTEGER PRIMARY KEY CHECK (id = 1),
+  every        INTEGER NOT NULL DEFAULT 0,  -- seconds between snapshots; 0: no schedule
+  preserve     TEXT    NOT NULL DEFAULT '', -- "24h 7d 4w 12m"
+  preserve_min INTEGER NOT NULL DEFAULT 0,  -- seconds
+  onchange     INTEGER NOT NULL DEFAULT 0,
+  last_slot    INTEGER,                     -- ns; the last slot handled
+  last_taken   INTEGER,                     -- ns; the last scheduled snapshot
+  generations  TEXT    NOT NULL DEFAULT '{}' -- scope subvolume -> generation after it
+);
+INSERT OR IGNORE INTO schedule(id) VALUES(1);
+PRAGMA user_version = 2;
+)";
+
+Result<int64_t> user_version(sql::Db& db) {
+  sql::Stmt q(db, "PRAGMA user_version");
+  HOODY_TRY(row, q.step());
+  return row ? q.int64(0) : 0;
+}
+
+// Brings an index of any earlier version to kSchemaVersion, in one transaction.
+// (The snapshots table's later columns are added by presence: detail::migrate.)
+Status upgrade_index(sql::Db& db) {
+  HOODY_TRY(ver, user_version(db));
+  if (ver > kSchemaVersion) {
+    log::get("snap")->error("op=open index.db user_version={} -> written by a newer hoody-snapfs "
+                            "(this one knows {}); upgrade hoody-snapfs",
+                            ver, kSchemaVersion);
+    return fail(EPROTO);
+  }
+  if (ver == kSchemaVersion) return {};
+  sql::Txn txn(db);
+  HOODY_CHECK(txn.begin());
+  if (ver < 2) HOODY_CHECK(db.exec(kMigrate2));
+  HOODY_CHECK(txn.commit());
+  log::get("snap")->info("op=open index.db user_version={} -> upgraded to {}", ver, kSchemaVersion);
+  return {};
+}
 
 }  // namespace
 
@@ -259,6 +301,7 @@ Result<std::unique_ptr<SnapshotStore>> SnapshotStore::open(int source_fd) {
   HOODY_TRY(db, sql::Db::open(sys::proc_fd(store.get()) + "/" + kIndexDb));
   HOODY_CHECK(db.exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;"));
   HOODY_CHECK(db.exec(kSchema));
+  HOODY_CHECK(upgrade_index(db));
   HOODY_CHECK(migrate(db));
   s->source_ = std::move(src);
   s->store_ = std::move(store);
@@ -281,17 +324,25 @@ Result<std::optional<Snapshot>> SnapshotStore::find(std::string_view name) const
 }
 
 Status SnapshotStore::audit(const Caller& caller, std::string_view action, std::string_view name,
-                            std::string_view result) {
+                            std::string_view result, std::string_view target) {
   // Called with db_mu_ held.
   sql::Stmt q(db_,
-              "INSERT INTO audit(time, uid, pid, action, name, result) VALUES(?, ?, ?, ?, ?, ?)");
-  q.bind(1, to_ns(Clock::now()))
+              "INSERT INTO audit(time, uid, pid, action, name, result, target) "
+              "VALUES(?, ?, ?, ?, ?, ?, ?)");
+  q.bind(1, to_ns(now()))
       .bind(2, static_cast<int64_t>(caller.uid))
       .bind(3, static_cast<int64_t>(caller.pid))
       .bind(4, action)
       .bind(5, name)
-      .bind(6, result);
+      .bind(6, result)
+      .bind(7, target);
   return q.run();
+}
+
+Status SnapshotStore::record(const Caller& caller, std::string_view action, std::string_view name,
+                             Errno err, std::string_view target, std::string_view reason) {
+  std::lock_guard lock(db_mu_);
+  return audit(caller, action, name, result_text(err, reason), target);
 }
 
 void SnapshotStore::audit_result(const Caller& caller, std::string_view action,
@@ -402,7 +453,7 @@ Result<UniqueFd> SnapshotStore::open_snapshot(std::string_view name) const {
 Result<std::vector<AuditEntry>> SnapshotStore::audit_log(std::size_t limit) const {
   std::lock_guard lock(db_mu_);
   sql::Stmt q(db_,
-              "SELECT time, uid, pid, action, name, result FROM "
+              "SELECT time, uid, pid, action, name, result, target FROM "
               "(SELECT * FROM audit ORDER BY id DESC LIMIT ?) ORDER BY id");
   q.bind(1, static_cast<int64_t>(limit));
   std::vector<AuditEntry> out;
@@ -410,33 +461,31 @@ Result<std::vector<AuditEntry>> SnapshotStore::audit_log(std::size_t limit) cons
     HOODY_TRY(row, q.step());
     if (!row) break;
     out.push_back(AuditEntry{from_ns(q.int64(0)), static_cast<uid_t>(q.int64(1)),
-                             static_cast<pid_t>(q.int64(2)), q.text(3), q.text(4), q.text(5)});
+                             static_cast<pid_t>(q.int64(2)), q.text(3), q.text(4), q.text(5),
+                             q.text(6)});
   }
   return out;
 }
 
 // ---- names, rename, metadata ------------------------------------------------------
 
-// The name rules plus the reserved kLive; refusals are logged and audited.
-// A new name may not contain ".."; an existing one (made before that rule) may.
+// check_snapshot_name (a new name, or an existing one that may hold ".." from
+// before that rule); refusals are logged and audited.
 Status SnapshotStore::check_name(std::string_view action, std::string_view name,
-                                 std::string_view what, const Caller& caller, bool is_new) {
+                                 std::string_view what, const Caller& caller, NameUse use,
+                                 std::string_view target) {
   std::string reason;
-  Status v = is_new ? validate_snapshot_name(name, &reason)
-                    : validate_existing_snapshot_name(name, &reason);
-  if (v && name == kLive) {
-    v = fail(EINVAL);
-    reason = "snapshot " + quote_name(name) + ": name is reserved for the live state";
-  }
+  Status v = check_snapshot_name(name, &reason, use);
   if (v) return {};
   log::get("snap")->info("op={} uid={} -> {}", action, caller.uid, reason);
-  audit_result(caller, action, what, v.error(), reason);
+  std::lock_guard lock(db_mu_);
+  (void)audit(caller, action, what, result_text(v.error(), reason), target);
   return v;
 }
+
 Status SnapshotStore::rename(std::string_view from, std::string_view to, const Caller& caller) {
-  const std::string what = std::string(from) + " -> " + std::string(to);
-  HOODY_CHECK(check_name("rename", from, what, caller, false));
-  HOODY_CHECK(check_name("rename", to, what, caller, true));
+  HOODY_CHECK(check_name("rename", from, from, caller, NameUse::existing, to));
+  HOODY_CHECK(check_name("rename", to, from, caller, NameUse::new_name, to));
   std::lock_guard dl(db_mu_);
   Errno err;
   std::string why;
@@ -452,7 +501,7 @@ Status SnapshotStore::rename(std::string_view from, std::string_view to, const C
       why = "no snapshot " + quote_name(from);
     }
   }
-  (void)audit(caller, "rename", what, result_text(err, why));
+  (void)audit(caller, "rename", from, result_text(err, why), to);
   if (err.value()) return fail(err);
   log::get("snap")->info("op=rename from={} to={} uid={} -> ok", quote_name(from), quote_name(to),
                          caller.uid);
@@ -466,9 +515,8 @@ Status SnapshotStore::set_expires(std::string_view name, std::optional<TimePoint
   q.bind(1, to_ns(expires)).bind(2, name);
   HOODY_CHECK(q.run());
   Errno err(db_.changes() == 0 ? ENOENT : 0);
-  (void)audit(caller, "set_expires", name,
-              err.value() ? result_text(err, "no such snapshot")
-                          : "ok; expires " + (expires ? utc_stamp(*expires) : std::string("never")));
+  (void)audit(caller, "set_expires", name, result_text(err, "no such snapshot"),
+              expires ? utc_stamp(*expires) : std::string("never"));
   if (err.value()) return fail(err);
   return {};
 }

@@ -3,7 +3,8 @@
 //   SOURCE/                      a container directory (POOL/containers/<id>)
 //   ├── storage/, databases/     subvolumes directly inside SOURCE: the scope
 //   └── .snapshots/              0700, the store
-//       ├── index.db             SQLite (WAL): snapshots, audit, journal
+//       ├── index.db             SQLite (WAL): snapshots, audit, journal, schedule
+//                                (PRAGMA user_version 2; a version 1 index is upgraded at open)
 //       ├── lock                 flock'ed by the one store instance
 //       ├── <uuid>/<subvol>      a snapshot: one read-only snapshot per scope subvolume
 //       ├── .staging-<uuid>/     a snapshot being taken
@@ -39,6 +40,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -50,6 +52,7 @@
 #include "hoody/result.hpp"
 #include "hoody/send_stream.hpp"
 #include "hoody/unique_fd.hpp"
+#include "../snapshot_name.hpp"  // kLive, check_snapshot_name
 #include "hoody/sqlite.hpp"
 #include "quiesce.hpp"
 
@@ -62,8 +65,6 @@ inline constexpr const char* kStoreDir = ".snapshots";
 inline constexpr const char* kIndexDb = "index.db";
 inline constexpr auto kSafetyKeep = std::chrono::hours(24 * 7);
 inline constexpr std::size_t kMaxDescriptionBytes = 4096;
-// The live state in diff(); reserved, so no snapshot can be named so.
-inline constexpr std::string_view kLive = "@live";
 
 // Who asked: recorded in the audit log (and as the creator of a snapshot).
 struct Caller {
@@ -97,6 +98,7 @@ inline constexpr const char* kCrash = "crash";
 struct CreateOptions {
   std::optional<TimePoint> expires;
   std::string description;
+  std::string type = "filesystem";  // "scheduled" for the schedule's (retention.hpp)
   // Quiesced while the scope subvolumes are snapshotted (nullptr: nobody to ask).
   Quiescer* quiescer = nullptr;
 };
@@ -126,6 +128,11 @@ struct RestoreReport {
   double quiesced_ms = 0;        // how long the databases were held
 };
 
+// The schedule (store/retention.hpp).
+struct Schedule;
+struct ScheduleState;
+struct Preserve;
+
 struct AuditEntry {
   TimePoint time{};
   uid_t uid = 0;
@@ -133,6 +140,7 @@ struct AuditEntry {
   std::string action;  // create, remove, rename, restore, set_expires, set_description, prune, recover
   std::string name;
   std::string result;  // "ok" or "EEXIST: ..." with the reason
+  std::string target{};  // the other name: a rename's new name, an expiry, a schedule
 };
 
 class SnapshotStore {
@@ -211,6 +219,32 @@ public:
   // deleted afterwards) so that it is a send-stream diff too, not a tree walk.
   Result<std::vector<send::Change>> diff(std::string_view from, std::string_view to);
 
+  // An audit row for a decision taken before the store was asked (a refusal
+  // by the daemon's access policy, a bad argument): .hoody/log shows the
+  // store's audit table, so every refusal goes here too.
+  Status record(const Caller& caller, std::string_view action, std::string_view name, Errno err,
+                std::string_view target = {}, std::string_view reason = {});
+
+  // ---- the schedule (store/schedule.cpp) ----------------------------------
+  // The schedule and what it did last.
+  Result<ScheduleState> schedule_state() const;
+  // Sets the schedule (every == 0: off); audited as "schedule".
+  Status set_schedule(const Schedule& s, const Caller& caller);
+  // Slot `slot` was handled: a snapshot taken (taken=true) or skipped (onchange).
+  Status schedule_done(TimePoint slot, const std::map<std::string, uint64_t>& generations,
+                       bool taken);
+  // The generation of every scope subvolume (what onchange compares).
+  Result<std::map<std::string, uint64_t>> generations() const;
+  // Deletes the scheduled snapshots (type "scheduled" and still named
+  // auto-*, never others) that `p` does not keep at `now`; audited as
+  // "prune".  Their names.
+  Result<std::vector<std::string>> prune_scheduled(TimePoint now, const Preserve& p,
+                                                   const Caller& caller);
+
+  // The clock of creation times and audit rows (the daemon's, which tests set).
+  void set_clock(std::function<TimePoint()> clock) { clock_ = std::move(clock); }
+  TimePoint now() const { return clock_ ? clock_() : Clock::now(); }
+
   // One side of a diff, resolved: a snapshot by its uuid, or the live state.
   struct DiffSide {
     std::string uuid;      // .snapshots/<uuid>; "" for the live state
@@ -245,10 +279,11 @@ private:
   // `held`: a quiesce the caller (restore) already holds, else opts.quiescer is asked.
   Result<Snapshot> create_locked(std::string_view name, const Caller& caller,
                                  const CreateOptions& opts, const QuiesceResult* held = nullptr);
-  Status remove_locked(std::string_view name, const Caller& caller);
+  Status remove_locked(std::string_view name, const Caller& caller,
+                       std::string_view action = "delete", std::string_view why = {});
   Result<std::optional<Snapshot>> find(std::string_view name) const;
   Status audit(const Caller& caller, std::string_view action, std::string_view name,
-               std::string_view result);
+               std::string_view result, std::string_view target = {});
   void audit_result(const Caller& caller, std::string_view action, std::string_view name,
                     Errno err, std::string_view reason = {});
   Result<int64_t> journal_begin(std::string_view op, std::string_view name, std::string_view uuid,
@@ -266,7 +301,8 @@ private:
   Status purge(const char* dir_name, const char* op);
   Status purge_restored(const std::string& work);
   Status check_name(std::string_view action, std::string_view name, std::string_view what,
-                    const Caller& caller, bool is_new = true);
+                    const Caller& caller, NameUse use = NameUse::new_name,
+                    std::string_view target = {});
   // diff() of resolved sides; `with_trees` sees the two tree directories
   // (.snapshots/<uuid> or .diff-<uuid>) and the changes before they go.
   using WithTrees = std::function<void(int old_fd, int new_fd, std::vector<send::Change>&)>;
@@ -281,6 +317,7 @@ private:
   mutable std::mutex op_mu_;  // serialises create/remove/rename/restore/prune/recover
   mutable std::mutex db_mu_;  // guards db_
   sql::Db db_;
+  std::function<TimePoint()> clock_;  // set before use from several threads
 };
 
 }  // namespace hoody::snapfs

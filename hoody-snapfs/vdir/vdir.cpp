@@ -21,6 +21,7 @@ uint64_t fixed_child(uint64_t dir, std::string_view name) {
     if (name == "snapshots.json") return kSnapshotsJson;
     if (name == "log") return kLog;
     if (name == "diff") return kDiffDir;
+    if (name == "schedule") return kSchedule;
   }
   return 0;
 }
@@ -30,6 +31,7 @@ std::vector<Entry> fixed_entries(uint64_t dir) {
     return {{"diff", kDiffDir, node_mode(kDiffDir)},
             {"log", kLog, node_mode(kLog)},
             {"restore", kRestore, node_mode(kRestore)},
+            {"schedule", kSchedule, node_mode(kSchedule)},
             {"snapshots.json", kSnapshotsJson, node_mode(kSnapshotsJson)}};
   return {};
 }
@@ -39,8 +41,11 @@ mode_t node_mode(uint64_t ino) {
     case kCtlDir:
     case kDiffDir: return S_IFDIR | 0555;
     case kRestore: return S_IFREG | 0222;
-    case kSnapshotsJson:
-    case kLog: return S_IFREG | 0444;
+    // Anyone may read it and try to write it; the daemon decides (EPERM).
+    case kSchedule: return S_IFREG | 0666;
+    // For the users allowed to act only (open() checks; each of them is shown as its owner).
+    case kLog: return S_IFREG | 0440;
+    case kSnapshotsJson: return S_IFREG | 0444;
     default: return is_diff_node(ino) ? (S_IFREG | 0444) : 0;
   }
 }
@@ -49,8 +54,8 @@ std::optional<DiffSpec> parse_diff_name(std::string_view name) {
   for (size_t pos = name.find(".."); pos != std::string_view::npos; pos = name.find("..", pos + 1)) {
     auto a = name.substr(0, pos);
     auto b = name.substr(pos + 2);
-    if (name_problem(a)) continue;
-    if (b != kLiveName && name_problem(b)) continue;
+    if (!check_snapshot_name(a, nullptr, NameUse::existing)) continue;
+    if (b != kLive && !check_snapshot_name(b, nullptr, NameUse::existing)) continue;
     return DiffSpec{std::string(a), std::string(b)};
   }
   return std::nullopt;
@@ -161,14 +166,14 @@ Result<std::string> parse_restore_request(std::string_view data, std::string* wh
   while (!data.empty() && (data.back() == '\n' || data.back() == '\r' || data.back() == ' '))
     data.remove_suffix(1);
   std::string reason;
-  // An existing name: one with ".." taken before that rule can still be restored.
-  if (!validate_existing_snapshot_name(data, &reason)) {
-    if (why) *why = "restore: " + reason;
+  // The live state is not a snapshot: EINVAL, as for mkdir @live.
+  if (data == kLive) {
+    if (why) *why = "restore: \"@live\" is the live state, not a snapshot; name a snapshot";
     return fail(EINVAL);
   }
-  // The live state is not a snapshot: EINVAL, as for mkdir @live.
-  if (data == kLiveName) {
-    if (why) *why = "restore: \"@live\" is the live state, not a snapshot; name a snapshot";
+  // An existing name: one with ".." taken before that rule can still be restored.
+  if (!check_snapshot_name(data, &reason, NameUse::existing)) {
+    if (why) *why = "restore: " + reason;
     return fail(EINVAL);
   }
   return std::string(data);

@@ -6,7 +6,8 @@
 //   MOUNTPOINT/.hoody/            control directory (names beginning with '.' are reserved)
 //             restore             write a snapshot name to restore it
 //             snapshots.json      every snapshot with its metadata
-//             log                 the audit log, one JSON object a line
+//             log                 the audit log, one JSON object a line (allowed users only)
+//             schedule            the schedule: read it, or write "off" or a JSON object
 //             diff/A..B           what changed from A to B (B may be @live)
 #pragma once
 
@@ -24,6 +25,7 @@
 
 #include "hoody/result.hpp"
 #include "../snapshot_info.hpp"
+#include "../snapshot_name.hpp"  // kLive, check_snapshot_name
 
 namespace hoody::snapfs::vdir {
 
@@ -37,10 +39,10 @@ inline constexpr uint64_t kRestore = kVirtualBit | 2;
 inline constexpr uint64_t kSnapshotsJson = kVirtualBit | 3;
 inline constexpr uint64_t kLog = kVirtualBit | 4;
 inline constexpr uint64_t kDiffDir = kVirtualBit | 5;
+inline constexpr uint64_t kSchedule = kVirtualBit | 6;
 inline constexpr uint64_t kFirstDiffId = kVirtualBit | 0x1000;
 
 inline constexpr std::string_view kCtlName = ".hoody";
-inline constexpr std::string_view kLiveName = "@live";
 
 inline bool is_virtual(uint64_t ino) { return (ino & kVirtualBit) != 0; }
 inline bool is_diff_node(uint64_t ino) { return is_virtual(ino) && ino >= kFirstDiffId; }
@@ -95,7 +97,8 @@ struct AuditEntry {
   int64_t time = 0;
   uint32_t uid = 0;
   int32_t pid = 0;
-  std::string action;  // create, delete, rename, restore, set_expires, set_description, prune
+  std::string action;  // create, delete, rename, restore, set_expires, set_description, prune,
+                       // schedule, recover
   std::string name;
   std::string result;  // "ok" or an errno name ("EPERM")
   std::string to;      // rename target, restore safety snapshot, expiry value

@@ -454,7 +454,8 @@ TEST_CASE("control files: snapshots.json, log, diff") {
   REQUIRE(::mkdir(fs.at("b").c_str(), 0755) == 0);
   write_file(fs.databases + "/later", "x\n");
 
-  CHECK(listdir(fs.at(".hoody")) == std::vector<std::string>{"diff", "log", "restore", "snapshots.json"});
+  CHECK(listdir(fs.at(".hoody")) ==
+        std::vector<std::string>{"diff", "log", "restore", "schedule", "snapshots.json"});
   CHECK(listdir(fs.at(".hoody/diff")).empty());
   auto d = slurp(fs.at(".hoody/diff/a..b"));
   CHECK_MESSAGE(d.find("+ storage/added\n") != std::string::npos, d);
@@ -621,6 +622,7 @@ TEST_CASE("an fstab line mounts it through mount.fuse3") {
       "grep ' " + mnt + " ' /proc/self/mountinfo | grep -q 'fuse.hoody-snapfs'\n"
       "mkdir '" + mnt + "/from-fstab'\n"
       "grep -q from-fstab '" + mnt + "/.hoody/snapshots.json'\n"
+      "cat '" + mnt + "/.hoody/snapshots.json'\n"
       "fusermount3 -u '" + mnt + "'\n"
       "echo mounted-and-unmounted\n";
   auto r = run({"unshare", "-m", "sh", "-c", script}, 30s);
@@ -628,7 +630,11 @@ TEST_CASE("an fstab line mounts it through mount.fuse3") {
   CHECK(r.output.find("mounted-and-unmounted") != std::string::npos);
   CHECK_FALSE(is_mounted(mnt));
   // The snapshot was taken in the store (outside the namespace too).
-  CHECK(slurp(source + "/.snapshots/audit.log").find("from-fstab") != std::string::npos);
+  auto j = nlohmann::json::parse(r.output.substr(r.output.find('['), r.output.rfind(']') + 1 - r.output.find('[')));
+  REQUIRE(j.size() == 1);
+  CHECK(j[0]["name"] == "from-fstab");
+  CHECK(j[0]["uuid"].get<std::string>().size() == 36);
+  CHECK(::access((source + "/.snapshots/" + j[0]["uuid"].get<std::string>()).c_str(), F_OK) == 0);
 }
 
 namespace {

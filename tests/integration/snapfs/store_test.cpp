@@ -20,6 +20,7 @@
 #include "hoody/btrfs.hpp"
 #include "hoody/sys.hpp"
 #include "store/crash.hpp"
+#include "store/retention.hpp"
 #include "store/snapshot_store.hpp"
 
 using namespace hoody;
@@ -246,7 +247,7 @@ TEST_CASE("open: .snapshots 0700, index.db in WAL mode, one instance, BTRFS only
       tables.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(q, 0)));
     sqlite3_finalize(q);
     sqlite3_close(db);
-    CHECK(tables == std::vector<std::string>{"audit", "journal", "snapshots"});
+    CHECK(tables == std::vector<std::string>{"audit", "journal", "schedule", "snapshots"});
   }
   // Closed: it opens again, and a loose mode is tightened.
   REQUIRE(::fchmodat(c.fd.get(), ".snapshots", 0755, 0) == 0);
@@ -347,7 +348,8 @@ TEST_CASE("create, list, get, rename, remove and their errors") {
     CHECK((*log)[1].name == "x/y");
     CHECK((*log)[1].result.rfind("EINVAL: snapshot \"x/y\": name may not contain '/'", 0) == 0);
     CHECK((*log)[2].action == "rename");
-    CHECK((*log)[2].name == "a -> z");
+    CHECK((*log)[2].name == "a");
+    CHECK((*log)[2].target == "z");
     CHECK(st->audit_log(1)->size() == 1);
   }
 
@@ -977,4 +979,114 @@ TEST_CASE("a crash at every step leaves the old or the new state") {
     check_store_consistent(c, *st);
   }
   CHECK(n == 24);
+}
+
+// The index of a store written by the version before the schedule (user_version 1).
+constexpr const char* kSchemaV1 = R"(
+CREATE TABLE snapshots(
+  name TEXT NOT NULL UNIQUE, uuid TEXT NOT NULL UNIQUE, created INTEGER NOT NULL, expires INTEGER,
+  creator INTEGER NOT NULL, type TEXT NOT NULL DEFAULT 'filesystem', description TEXT NOT NULL DEFAULT '');
+CREATE INDEX snapshots_expires ON snapshots(expires) WHERE expires IS NOT NULL;
+CREATE TABLE audit(id INTEGER PRIMARY KEY, time INTEGER NOT NULL, uid INTEGER NOT NULL,
+  pid INTEGER NOT NULL, action TEXT NOT NULL, name TEXT NOT NULL, result TEXT NOT NULL);
+CREATE TABLE journal(id INTEGER PRIMARY KEY, op TEXT NOT NULL, name TEXT NOT NULL, uuid TEXT NOT NULL,
+  step INTEGER NOT NULL DEFAULT 0, data TEXT NOT NULL DEFAULT '{}', started INTEGER NOT NULL);
+INSERT INTO audit(time, uid, pid, action, name, result) VALUES(1, 1000, 42, 'rename', 'a -> z', 'ok');
+PRAGMA user_version = 1;
+)";
+
+int64_t user_version_of(const std::string& path) {
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+  sqlite3_stmt* q = nullptr;
+  REQUIRE(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &q, nullptr) == SQLITE_OK);
+  REQUIRE(sqlite3_step(q) == SQLITE_ROW);
+  int64_t v = sqlite3_column_int64(q, 0);
+  sqlite3_finalize(q);
+  sqlite3_close(db);
+  return v;
+}
+
+TEST_CASE("an index.db of version 1 opens and is upgraded to version 2 (the schedule)") {
+  Pool pool;
+  Container c(pool, "c1");
+  {
+    auto st = c.open();
+    REQUIRE(st->create("kept", kRoot).ok());
+  }
+  const std::string index = c.path + "/.snapshots/index.db";
+  CHECK(user_version_of(index) == 2);
+  // Rewrite it as version 1 had it: the snapshot row, an audit row, no schedule.
+  std::string uuid;
+  {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(index.c_str(), &db) == SQLITE_OK);
+    sqlite3_stmt* q = nullptr;
+    REQUIRE(sqlite3_prepare_v2(db, "SELECT uuid, created FROM snapshots", -1, &q, nullptr) == SQLITE_OK);
+    REQUIRE(sqlite3_step(q) == SQLITE_ROW);
+    uuid = reinterpret_cast<const char*>(sqlite3_column_text(q, 0));
+    int64_t created = sqlite3_column_int64(q, 1);
+    sqlite3_finalize(q);
+    REQUIRE(sqlite3_exec(db, "DROP TABLE snapshots; DROP TABLE audit; DROP TABLE journal; DROP TABLE schedule;",
+                         nullptr, nullptr, nullptr) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(db, kSchemaV1, nullptr, nullptr, nullptr) == SQLITE_OK);
+    std::string ins = "INSERT INTO snapshots(name, uuid, created, creator) VALUES('kept', '" + uuid +
+                      "', " + std::to_string(created) + ", 0)";
+    REQUIRE(sqlite3_exec(db, ins.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(db);
+  }
+  CHECK(user_version_of(index) == 1);
+  auto st = c.open();
+  CHECK(user_version_of(index) == 2);
+  CHECK(names(*st->list()) == std::vector<std::string>{"kept"});
+  auto log = st->audit_log();
+  REQUIRE(log.ok());
+  REQUIRE(log->size() == 1);
+  CHECK(log->front().name == "a -> z");  // an old row, as it was
+  CHECK(log->front().target.empty());
+  auto sched = st->schedule_state();
+  REQUIRE(sched.ok());
+  CHECK_FALSE(sched->schedule.on());
+  Schedule s;
+  s.every = std::chrono::hours(1);
+  s.preserve = *parse_preserve("24h");
+  REQUIRE(st->set_schedule(s, kRoot).ok());
+  CHECK(st->schedule_state()->schedule == s);
+  check_store_consistent(c, *st);
+}
+
+TEST_CASE("prune_scheduled deletes only scheduled snapshots, by the policy, at the store's clock") {
+  Pool pool;
+  Container c(pool, "c1");
+  auto st = c.open();
+  auto t = Clock::from_time_t(1793491200);  // 2026-11-01T00:00:00Z
+  st->set_clock([&t] { return t; });
+  REQUIRE(st->create("manual", kRoot).ok());
+  CreateOptions sched;
+  sched.type = kTypeScheduled;
+  for (int h = 0; h < 6; ++h) {
+    t = Clock::from_time_t(1793491200 + h * 3600);
+    REQUIRE(st->create(scheduled_name(t), kRoot, sched).ok());
+  }
+  CHECK(st->get("auto-20261101T0500Z")->type == "scheduled");
+  CHECK(st->get("auto-20261101T0500Z")->created == t);
+  CHECK(st->get("manual")->type == "filesystem");
+  // A pre-restore safety snapshot is no scheduled one either.
+  REQUIRE(st->restore("manual", kRoot).ok());
+  // Renamed out of auto-*, a scheduled snapshot is kept.
+  REQUIRE(st->rename("auto-20261101T0100Z", "keep-0100", kRoot).ok());
+  t += std::chrono::minutes(30);
+  auto pruned = st->prune_scheduled(t, *parse_preserve("2h"), kRoot);
+  REQUIRE(pruned.ok());
+  CHECK(*pruned == std::vector<std::string>{"auto-20261101T0000Z", "auto-20261101T0200Z",
+                                            "auto-20261101T0300Z"});
+  auto left = names(*st->list());
+  CHECK(left.size() == 5);  // manual, keep-0100, the safety snapshot, 04:00, 05:00
+  CHECK(std::count(left.begin(), left.end(), "keep-0100") == 1);
+  CHECK(std::count(left.begin(), left.end(), "manual") == 1);
+  CHECK(std::count_if(left.begin(), left.end(),
+                      [](auto& n) { return n.rfind("pre-restore-", 0) == 0; }) == 1);
+  auto log = st->audit_log(1);
+  CHECK(log->back().action == "prune");
+  check_store_consistent(c, *st);
 }

@@ -10,7 +10,7 @@ using namespace hoody::snapfs;
 using namespace hoody::snapfs::vdir;
 
 TEST_CASE("virtual node ids never look like Inode* addresses") {
-  for (uint64_t id : {kCtlDir, kRestore, kSnapshotsJson, kLog, kDiffDir, kFirstDiffId}) {
+  for (uint64_t id : {kCtlDir, kRestore, kSnapshotsJson, kLog, kDiffDir, kSchedule, kFirstDiffId}) {
     CHECK(is_virtual(id));
     CHECK(node_mode(id) != 0);
   }
@@ -31,10 +31,12 @@ TEST_CASE("fixed children of .hoody") {
   CHECK(fixed_child(kCtlDir, "diff") == kDiffDir);
   CHECK(fixed_child(kCtlDir, "nope") == 0);
   CHECK(fixed_child(kDiffDir, "restore") == 0);
-  CHECK(fixed_entries(kCtlDir).size() == 4);
+  CHECK(fixed_child(kCtlDir, "schedule") == kSchedule);
+  CHECK(fixed_entries(kCtlDir).size() == 5);
   CHECK(fixed_entries(kDiffDir).empty());
   CHECK(node_mode(kRestore) == (S_IFREG | 0222));
-  CHECK(node_mode(kLog) == (S_IFREG | 0444));
+  CHECK(node_mode(kLog) == (S_IFREG | 0440));  // issue 7 item 6: not for everyone
+  CHECK(node_mode(kSchedule) == (S_IFREG | 0666));
   CHECK(S_ISDIR(node_mode(kCtlDir)));
 }
 
