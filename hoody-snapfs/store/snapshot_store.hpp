@@ -159,6 +159,9 @@ public:
   // told (replaced(), it serves the restored subvolume when it returns) ->
   // resume.  Any failure after the quiesce resumes before returning.  A
   // server that does not answer the quiesce in time: ETIMEDOUT, nothing done.
+  // A server that exited after the quiesce (Quiescer::still_held, checked
+  // before the exchange): ECONNRESET, undone.  From the exchange on, a dead
+  // server does not stop the restore (replaced() tells whoever serves now).
   // `report` says what was done, or why not (the nested subvolume's name, the
   // server that did not answer, the processes for an if_idle refusal).
   Status restore(std::string_view name, const Caller& caller, const RestoreOptions& opts,
