@@ -156,7 +156,7 @@ Status DbfsPeers::still_held(std::string* why) {
     if (!p->quiesced || !closed_by_peer(p->client.fd())) continue;
     *why = "hoody-dbfs serving " + p->path +
            " exited while it held the databases (its quiesce went with it): nothing restored; "
-           "remount it, then restore again";
+           "remount it if it is gone, then restore again";
     log::get("snap")->error("op=quiesce source={} pid={} -> {}", p->path, p->pid, *why);
     return fail(ECONNRESET);
   }
