@@ -13,6 +13,7 @@
 #include <ctime>
 
 #include "hoody/btrfs.hpp"
+#include "hoody/errno_name.hpp"
 #include "hoody/log.hpp"
 #include "hoody/names.hpp"
 #include "hoody/send_stream.hpp"
@@ -398,7 +399,7 @@ void Fs::audit(const Who& c, const std::string& action, const std::string& name,
 
 void Fs::done(const Who& c, const std::string& action, const std::string& name, int err,
               const std::string& to, const std::string& reason) {
-  vdir::AuditEntry e{secs(now()), c.uid, c.pid, action, name, vdir::errno_name(err), to, reason};
+  vdir::AuditEntry e{secs(now()), c.uid, c.pid, action, name, errno_name(err), to, reason};
   std::string line = vdir::audit_line(e);
   line.pop_back();
   // JSON escapes C0 controls; a name or value may still carry DEL or C1

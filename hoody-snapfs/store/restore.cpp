@@ -13,6 +13,7 @@
 
 #include "crash.hpp"
 #include "hoody/btrfs.hpp"
+#include "hoody/errno_name.hpp"
 #include "hoody/log.hpp"
 #include "hoody/mountinfo.hpp"
 #include "hoody/names.hpp"
@@ -126,7 +127,7 @@ Status SnapshotStore::restore(std::string_view name, const Caller& caller,
   auto refuse = [&](Errno err, std::string why) -> Status {
     report.error = why;
     lg->warn("op=restore name={} uid={} -> {}: {}", quote_name(name), caller.uid,
-             ::strerrorname_np(err.value()) ? ::strerrorname_np(err.value()) : "error", why);
+             errno_name(err.value()), why);
     audit_result(caller, "restore", name, err, why);
     return fail(err);
   };

@@ -156,12 +156,6 @@ std::string audit_line(const AuditEntry& e) {
   return dump(j, -1) + "\n";
 }
 
-std::string errno_name(int err) {
-  if (err == 0) return "ok";
-  if (const char* n = ::strerrorname_np(err)) return n;
-  return "E" + std::to_string(err);
-}
-
 Result<std::string> parse_restore_request(std::string_view data, std::string* why) {
   while (!data.empty() && (data.back() == '\n' || data.back() == '\r' || data.back() == ' '))
     data.remove_suffix(1);

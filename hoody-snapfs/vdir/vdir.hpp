@@ -105,7 +105,6 @@ struct AuditEntry {
   std::string reason;  // why it failed, for a person
 };
 std::string audit_line(const AuditEntry& e);  // one JSON object and '\n'
-std::string errno_name(int err);              // "EPERM"; "E123" if unknown
 
 // The snapshot name written to .hoody/restore ("NAME\n" from echo).
 Result<std::string> parse_restore_request(std::string_view data, std::string* why);

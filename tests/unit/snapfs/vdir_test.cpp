@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "../../../hoody-snapfs/vdir/vdir.hpp"
+#include "hoody/errno_name.hpp"
 
 using namespace hoody::snapfs;
 using namespace hoody::snapfs::vdir;
@@ -102,7 +103,7 @@ TEST_CASE("snapshots.json and the audit line are JSON") {
   CHECK(nlohmann::json::parse(snapshot_json_object(s))["expires"] == "1970-01-01T00:01:00Z");
   CHECK(nlohmann::json::parse(snapshots_json({})).empty());
 
-  AuditEntry e{0, 1000, 42, "create", "x\ny", errno_name(EPERM), "", "not allowed"};
+  AuditEntry e{0, 1000, 42, "create", "x\ny", hoody::errno_name(EPERM), "", "not allowed"};
   auto line = audit_line(e);
   CHECK(line.back() == '\n');
   CHECK(line.find('\n') == line.size() - 1);  // one line, even with a newline in the name
@@ -113,8 +114,8 @@ TEST_CASE("snapshots.json and the audit line are JSON") {
   CHECK(a["action"] == "create");
   CHECK(a["reason"] == "not allowed");
   CHECK_FALSE(a.contains("to"));
-  CHECK(errno_name(0) == "ok");
-  CHECK(errno_name(EEXIST) == "EEXIST");
+  CHECK(hoody::errno_name(0) == "ok");
+  CHECK(hoody::errno_name(EEXIST) == "EEXIST");
 }
 
 TEST_CASE("restore requests") {
