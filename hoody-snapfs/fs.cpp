@@ -13,7 +13,6 @@
 #include <ctime>
 
 #include "hoody/btrfs.hpp"
-#include "hoody/errno_name.hpp"
 #include "hoody/log.hpp"
 #include "hoody/names.hpp"
 #include "hoody/send_stream.hpp"
@@ -28,20 +27,6 @@ constexpr std::size_t kLogRows = 100000;
 constexpr std::size_t kDiffJobs = 2;  // distinct diffs computed at once; more queue
 int64_t secs(TimePoint t) {
   return std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count();
-}
-SnapshotInfo info_of(const Snapshot& s) {
-  SnapshotInfo i;
-  i.name = s.name;
-  i.uuid = s.uuid;
-  i.created = secs(s.created);
-  i.creator = s.creator;
-  if (s.expires) i.expires = secs(*s.expires);
-  i.description = s.description;
-  i.type = s.type;
-  i.consistency = s.consistency;
-  i.busy = s.busy;
-  i.nested = s.nested;
-  return i;
 }
 }  // namespace
 
@@ -330,7 +315,7 @@ Result<std::shared_ptr<const Fs::Listing>> Fs::listing() {
   for (auto& s : all) {
     l->by_name[s.name] = l->all.size();
     l->by_uuid[s.uuid] = l->all.size();
-    l->all.push_back(info_of(s));
+    l->all.push_back(std::move(s));
   }
   std::lock_guard g(listing_m_);
   if (!listing_ || listing_->gen <= gen) listing_ = l;
@@ -399,7 +384,7 @@ void Fs::audit(const Who& c, const std::string& action, const std::string& name,
 
 void Fs::done(const Who& c, const std::string& action, const std::string& name, int err,
               const std::string& to, const std::string& reason) {
-  vdir::AuditEntry e{secs(now()), c.uid, c.pid, action, name, errno_name(err), to, reason};
+  AuditEntry e{now(), c.uid, c.pid, action, name, vdir::audit_result(err, reason), to};
   std::string line = vdir::audit_line(e);
   line.pop_back();
   // JSON escapes C0 controls; a name or value may still carry DEL or C1
@@ -414,25 +399,13 @@ void Fs::done(const Who& c, const std::string& action, const std::string& name, 
 Result<std::string> Fs::audit_text() {
   HOODY_TRY(rows, store_->audit_log(kLogRows));
   std::string out;
-  for (auto& r : rows) {
-    // The store's result is "ok", "ok; detail" or "EPERM: why".
-    vdir::AuditEntry e{secs(r.time), static_cast<uint32_t>(r.uid), static_cast<int32_t>(r.pid),
-                       r.action, r.name, r.result, r.target, ""};
-    if (auto p = r.result.find(": "); r.result.rfind("ok", 0) != 0 && p != std::string::npos) {
-      e.result = r.result.substr(0, p);
-      e.reason = r.result.substr(p + 2);
-    } else if (auto q = r.result.find("; "); q != std::string::npos) {
-      e.result = r.result.substr(0, q);
-      e.reason = r.result.substr(q + 2);
-    }
-    out += vdir::audit_line(e);
-  }
+  for (auto& r : rows) out += vdir::audit_line(r);
   return out;
 }
 
 Status Fs::may_mutate(fuse_req_t, const char*) { return fail(EROFS); }
 
-std::optional<SnapshotInfo> Fs::snapshot_of(fuse_ino_t ino) {
+std::optional<Snapshot> Fs::snapshot_of(fuse_ino_t ino) {
   if (ino == FUSE_ROOT_ID || vdir::is_virtual(ino)) return std::nullopt;
   pt::Inode* in = inode(ino);
   if (in->src_dev != store_dev_) return std::nullopt;
@@ -472,7 +445,7 @@ void Fs::renamed(const std::string& from, const std::string& to) {
     if (top.name == from) top.name = to;
 }
 
-Result<SnapshotInfo> Fs::get_info(const std::string& name, bool with_subvolumes) {
+Result<Snapshot> Fs::get_info(const std::string& name, bool with_subvolumes) {
   HOODY_TRY(l, listing());
   auto it = l->by_name.find(name);
   if (it == l->by_name.end()) return fail(ENOENT);
@@ -486,9 +459,9 @@ Result<SnapshotInfo> Fs::get_info(const std::string& name, bool with_subvolumes)
   return i;
 }
 
-Result<std::vector<SnapshotInfo>> Fs::list_info(bool with_subvolumes) {
+Result<std::vector<Snapshot>> Fs::list_info(bool with_subvolumes) {
   HOODY_TRY(l, listing());
-  std::vector<SnapshotInfo> out;
+  std::vector<Snapshot> out;
   out.reserve(l->all.size());
   for (auto& s : l->all) {
     out.push_back(s);
@@ -534,7 +507,7 @@ void Fs::removed(const std::string& name) {
   subvols_.erase(uuid);
 }
 
-struct stat Fs::snapshot_attr(const SnapshotInfo& s, const struct stat& dir, size_t subvolumes) {
+struct stat Fs::snapshot_attr(const Snapshot& s, const struct stat& dir, size_t subvolumes) {
   struct stat st = dir;
   // Open to all, as ZFS shows its snapshot directories: what may change is
   // decided by the daemon (the verbs, user.hoody.* xattrs) or is EROFS.
@@ -542,11 +515,11 @@ struct stat Fs::snapshot_attr(const SnapshotInfo& s, const struct stat& dir, siz
   st.st_nlink = 2 + subvolumes;
   st.st_uid = 0;
   st.st_gid = 0;
-  st.st_atim = st.st_mtim = st.st_ctim = timespec{static_cast<time_t>(s.created), 0};
+  st.st_atim = st.st_mtim = st.st_ctim = timespec{static_cast<time_t>(secs(s.created)), 0};
   return st;
 }
 
-Result<fuse_entry_param> Fs::snapshot_entry(const SnapshotInfo& s) {
+Result<fuse_entry_param> Fs::snapshot_entry(const Snapshot& s) {
   HOODY_TRY(e, do_lookup(FUSE_ROOT_ID, s.uuid.c_str()));
   const ino_t backing = inode(e.ino)->src_ino;
   {

@@ -33,7 +33,7 @@
 #include "hoody/passthrough.hpp"
 #include "hoody/unique_fd.hpp"
 #include "peers.hpp"
-#include "snapshot_info.hpp"
+#include "snapshot.hpp"
 #include "store/snapshot_store.hpp"
 #include "vdir/vdir.hpp"
 
@@ -142,15 +142,15 @@ public:
   TimePoint now() const;
 
   // The store's snapshot `name` in the daemon's terms (subvolumes filled if asked).
-  Result<SnapshotInfo> get_info(const std::string& name, bool with_subvolumes = false);
-  Result<std::vector<SnapshotInfo>> list_info(bool with_subvolumes);
+  Result<Snapshot> get_info(const std::string& name, bool with_subvolumes = false);
+  Result<std::vector<Snapshot>> list_info(bool with_subvolumes);
   // The snapshot shown by a top-level directory Inode (nullopt for any other inode).
-  std::optional<SnapshotInfo> snapshot_of(fuse_ino_t ino);
+  std::optional<Snapshot> snapshot_of(fuse_ino_t ino);
   // Seconds the kernel keeps the name and attributes of a snapshot's directory.
   static constexpr double kTopTimeout = 3600;
   // Entry for snapshot `s` (lookup counted on the core's Inode of its directory).
-  Result<fuse_entry_param> snapshot_entry(const SnapshotInfo& s);
-  struct stat snapshot_attr(const SnapshotInfo& s, const struct stat& dir, size_t subvolumes);
+  Result<fuse_entry_param> snapshot_entry(const Snapshot& s);
+  struct stat snapshot_attr(const Snapshot& s, const struct stat& dir, size_t subvolumes);
   size_t subvolume_count(const std::string& uuid);
   struct stat root_attr();
   // A control file as `caller` sees it (.hoody/log shows the caller as its
@@ -223,7 +223,7 @@ private:
   // cost no index query each.
   struct Listing {
     uint64_t gen = 0;
-    std::vector<SnapshotInfo> all;                   // oldest first
+    std::vector<Snapshot> all;                   // oldest first
     std::unordered_map<std::string, size_t> by_name;
     std::unordered_map<std::string, size_t> by_uuid;
   };

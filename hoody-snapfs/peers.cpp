@@ -1,5 +1,6 @@
 #include "peers.hpp"
 
+#include <poll.h>
 #include <sys/socket.h>
 
 #include <dirent.h>
@@ -71,6 +72,17 @@ std::string transport_error(int err, const std::string& path, const char* op, ms
   }
 }
 
+// Whether the server closed `fd` (it exited: kill -9 closes every socket it
+// had).  A server sends nothing unasked, so anything readable is its end.
+bool closed_by_peer(int fd) {
+  if (fd < 0) return true;
+  pollfd pf{fd, POLLIN | POLLRDHUP, 0};
+  if (::poll(&pf, 1, 0) <= 0) return false;
+  if (pf.revents & (POLLHUP | POLLRDHUP | POLLERR | POLLNVAL)) return true;
+  char c;
+  return ::recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+}
+
 }  // namespace
 
 DbfsPeers::DbfsPeers(std::string source_realpath, ms timeout)
@@ -139,6 +151,18 @@ Result<QuiesceResult> DbfsPeers::quiesce(const std::vector<std::string>& subvols
   return out;
 }
 
+Status DbfsPeers::still_held(std::string* why) {
+  for (auto& p : peers_) {
+    if (!p->quiesced || !closed_by_peer(p->client.fd())) continue;
+    *why = "hoody-dbfs serving " + p->path +
+           " exited while it held the databases (its quiesce went with it): nothing restored; "
+           "remount it if it is gone, then restore again";
+    log::get("snap")->error("op=quiesce source={} pid={} -> {}", p->path, p->pid, *why);
+    return fail(ECONNRESET);
+  }
+  return {};
+}
+
 void DbfsPeers::resume() {
   for (auto& p : peers_) {
     if (!p->quiesced) continue;
@@ -176,12 +200,33 @@ Result<std::vector<Holder>> DbfsPeers::replaced(const std::string& sv, std::stri
   if (!p) return std::vector<Holder>{};
   auto r = p->client.call(json{{"op", "source-replaced"}}, kCallTimeout);
   if (!r && (r.err() == ECONNRESET || r.err() == ENOTCONN)) {
-    // Gone (killed, unmounted) since it answered: nothing serves the old
-    // subvolume any more, and a new mount serves the restored one.
-    log::get("snap")->warn("op=source-replaced source={} -> its hoody-dbfs is gone (the control "
-                           "connection closed); remount it to use the restored databases",
+    // The server we knew is gone (killed, unmounted).  One mounted on the
+    // subvolume since then (a supervisor's restart) may still serve the old
+    // tree: it is told as well, so that when this returns every server of
+    // `sv` serves the restored subvolume.  If none listens, a later mount
+    // opens SOURCE/sv, the restored one.
+    auto c = ctl::Client::connect(p->path);
+    if (!c && (c.err() == ECONNREFUSED || c.err() == ENOENT)) {
+      log::get("snap")->warn("op=source-replaced source={} -> its hoody-dbfs is gone (the "
+                             "control connection closed); remount it to use the restored "
+                             "databases",
+                             p->path);
+      return std::vector<Holder>{};
+    }
+    if (!c) {
+      *why = transport_error(c.err(), p->path, "source-replaced", kCallTimeout);
+      return fail(c.error());
+    }
+    log::get("snap")->warn("op=source-replaced source={} -> its hoody-dbfs exited and another "
+                           "serves it now: telling that one",
                            p->path);
-    return std::vector<Holder>{};
+    p->client = std::move(*c);
+    p->quiesced = false;  // the new one holds nothing of ours
+    struct ucred cred {};
+    socklen_t len = sizeof cred;
+    if (::getsockopt(p->client.fd(), SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) cred.pid = 0;
+    p->pid = server_pid(cred.pid, p->path);
+    r = p->client.call(json{{"op", "source-replaced"}}, kCallTimeout);
   }
   if (!r) {
     *why = transport_error(r.err(), p->path, "source-replaced", kCallTimeout);

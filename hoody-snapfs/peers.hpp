@@ -25,6 +25,7 @@ public:
 
   Result<QuiesceResult> quiesce(const std::vector<std::string>& subvols,
                                 std::string* why) override;
+  Status still_held(std::string* why) override;
   void resume() override;
   Result<std::vector<Holder>> replaced(const std::string& sv, std::string* why) override;
   Result<std::vector<Holder>> holders(const std::vector<std::string>& subvols,

@@ -30,7 +30,7 @@ const char* const kKeys[] = {"uuid",    "created",     "creator",    "type",
                              "expires", "description", "consistency"};
 
 // The value of user.hoody.<key> (ENODATA when unset or unknown).
-Result<std::string> meta_value(const SnapshotInfo& s, std::string_view name) {
+Result<std::string> meta_value(const Snapshot& s, std::string_view name) {
   if (name.substr(0, kPrefix.size()) != kPrefix) return fail(ENODATA);
   auto key = name.substr(kPrefix.size());
   if (key == "uuid") return s.uuid;
@@ -113,7 +113,7 @@ void Fs::getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size)
   // it): one round trip per listing instead of one per snapshot.  The ACL
   // names stay ENODATA ("no ACL"): the kernel reads them for permission checks.
   bool ours = is_root(ino) || vdir::is_virtual(ino);
-  std::optional<SnapshotInfo> snap;
+  std::optional<Snapshot> snap;
   if (!ours) {
     snap = snapshot_of(ino);
     if (!snap) return pt::PassthroughFs::getxattr(req, ino, name, size);

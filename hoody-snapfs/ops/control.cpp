@@ -339,7 +339,7 @@ void Fs::readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_fi
     if (plus) {
       fuse_entry_param p{};
       bool counted = false;
-      std::optional<SnapshotInfo> info;
+      std::optional<Snapshot> info;
       if (is_root(ino) && !vdir::is_virtual(e.ino) && e.ino != FUSE_ROOT_ID) {
         auto got = get_info(e.name);
         if (!got) continue;  // deleted since opendir

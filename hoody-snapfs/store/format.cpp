@@ -147,23 +147,4 @@ Result<std::optional<TimePoint>> parse_expiry(std::string_view text, TimePoint n
   return std::optional<TimePoint>(when);
 }
 
-nlohmann::json to_json(const Snapshot& s) {
-  return nlohmann::json{
-      {"name", s.name},
-      {"uuid", s.uuid},
-      {"created", format_utc(s.created)},
-      {"expires", s.expires ? nlohmann::json(format_utc(*s.expires)) : nlohmann::json(nullptr)},
-      {"creator", s.creator},
-      {"type", s.type},
-      {"description", s.description},
-  };
-}
-
-std::string to_json_line(const AuditEntry& e) {
-  nlohmann::json j{{"time", format_utc(e.time)}, {"uid", e.uid},   {"pid", e.pid},
-                   {"action", e.action},         {"name", e.name}, {"result", e.result}};
-  // Names are bytes, not necessarily UTF-8: replace what JSON cannot carry.
-  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-}
-
 }  // namespace hoody::snapfs

@@ -1,8 +1,8 @@
-// Text forms of the store's data, for the FUSE layer (xattrs, snapshots.json,
-// the audit log) and its tests.  Pure: no I/O.
+// Times as the store takes and gives them: UTC text, unix seconds, expiries
+// as users write them.  Pure: no I/O.  (snapshots.json and .hoody/log are
+// rendered by vdir/: snapshots_json, audit_line.)
 #pragma once
 
-#include <nlohmann/json.hpp>
 #include <chrono>
 #include <cstdint>
 #include <optional>
@@ -10,7 +10,7 @@
 #include <string_view>
 
 #include "hoody/result.hpp"
-#include "snapshot_store.hpp"
+#include "../snapshot.hpp"  // Clock, TimePoint
 
 namespace hoody::snapfs {
 
@@ -39,10 +39,5 @@ Result<TimePoint> time_after(TimePoint from, std::chrono::seconds ahead);
 // nanoseconds in an int64), or more than 100 years ahead of `now`.
 Result<std::optional<TimePoint>> parse_expiry(std::string_view text, TimePoint now,
                                               std::string* reason = nullptr);
-
-// {"name", "uuid", "created", "expires" (null if none), "creator", "type", "description"}
-nlohmann::json to_json(const Snapshot& s);
-// One line of .hoody/log: {"time", "uid", "pid", "action", "name", "result"}, no newline.
-std::string to_json_line(const AuditEntry& e);
 
 }  // namespace hoody::snapfs

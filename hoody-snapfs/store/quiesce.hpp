@@ -46,6 +46,14 @@ public:
   // Whatever was held stays held until resume(), also after a failure.
   virtual Result<QuiesceResult> quiesce(const std::vector<std::string>& subvols,
                                         std::string* why) = 0;
+  // Whether every server held by quiesce() still holds: a server that exited
+  // since (kill -9, a crash) let its databases go with its connection, and a
+  // server mounted again on the subvolume since then holds nothing.  The
+  // error (ECONNRESET) and *why naming it.  Asks no server (no round trip).
+  virtual Status still_held(std::string* why) {
+    (void)why;
+    return {};
+  }
   // Lets every held server go on.  Idempotent; never fails (a server whose
   // connection is closed resumes by itself).
   virtual void resume() = 0;

@@ -267,6 +267,14 @@ Status SnapshotStore::restore(std::string_view name, const Caller& caller,
   (void)journal_update(jid, 0, j.data.dump());
   crash_point("restore", "safety");
 
+  // A server that exited since the quiesce (kill -9) let its databases go,
+  // and one mounted in its place holds nothing: its writers would commit into
+  // the tree about to be discarded.  Nothing swapped yet: undone, the old state.
+  if (q) {
+    std::string why;
+    if (auto h = q->still_held(&why); !h) return undo(h.error(), why);
+  }
+
   // 4. The swap: one atomic exchange per subvolume.
   q_told = q;
   Status st = [&]() -> Status {

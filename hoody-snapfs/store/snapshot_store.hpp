@@ -52,48 +52,22 @@
 #include "hoody/result.hpp"
 #include "hoody/send_stream.hpp"
 #include "hoody/unique_fd.hpp"
+#include "../snapshot.hpp"       // Snapshot, AuditEntry, Clock, TimePoint
 #include "../snapshot_name.hpp"  // kLive, check_snapshot_name
 #include "hoody/sqlite.hpp"
 #include "quiesce.hpp"
 
 namespace hoody::snapfs {
 
-using Clock = std::chrono::system_clock;
-using TimePoint = Clock::time_point;
-
 inline constexpr const char* kStoreDir = ".snapshots";
 inline constexpr const char* kIndexDb = "index.db";
 inline constexpr auto kSafetyKeep = std::chrono::hours(24 * 7);
-inline constexpr std::size_t kMaxDescriptionBytes = 4096;
 
 // Who asked: recorded in the audit log (and as the creator of a snapshot).
 struct Caller {
   uid_t uid = 0;
   pid_t pid = 0;
 };
-
-struct Snapshot {
-  std::string name;
-  std::string uuid;  // the directory .snapshots/<uuid>
-  TimePoint created{};
-  std::optional<TimePoint> expires;
-  uid_t creator = 0;
-  std::string type = "filesystem";
-  std::string description;
-  // "transaction": every database server of the scope was quiesced, no
-  // snapshot holds half a transaction; "crash": not (no server, a transaction
-  // outlasted the quiesce timeout, a server did not answer), as after a power
-  // cut.  `busy` names what was not quiesced ("databases/app.db").
-  std::string consistency = "crash";
-  std::vector<std::string> busy;
-  // Subvolumes nested in the scope when it was taken ("storage/docker"):
-  // BTRFS holds an empty directory in their place.
-  std::vector<std::string> nested;
-  friend bool operator==(const Snapshot&, const Snapshot&) = default;
-};
-
-inline constexpr const char* kTransaction = "transaction";
-inline constexpr const char* kCrash = "crash";
 
 struct CreateOptions {
   std::optional<TimePoint> expires;
@@ -132,16 +106,6 @@ struct RestoreReport {
 struct Schedule;
 struct ScheduleState;
 struct Preserve;
-
-struct AuditEntry {
-  TimePoint time{};
-  uid_t uid = 0;
-  pid_t pid = 0;
-  std::string action;  // create, remove, rename, restore, set_expires, set_description, prune, recover
-  std::string name;
-  std::string result;  // "ok" or "EEXIST: ..." with the reason
-  std::string target{};  // the other name: a rename's new name, an expiry, a schedule
-};
 
 class SnapshotStore {
 public:
@@ -195,6 +159,9 @@ public:
   // told (replaced(), it serves the restored subvolume when it returns) ->
   // resume.  Any failure after the quiesce resumes before returning.  A
   // server that does not answer the quiesce in time: ETIMEDOUT, nothing done.
+  // A server that exited after the quiesce (Quiescer::still_held, checked
+  // before the exchange): ECONNRESET, undone.  From the exchange on, a dead
+  // server does not stop the restore (replaced() tells whoever serves now).
   // `report` says what was done, or why not (the nested subvolume's name, the
   // server that did not answer, the processes for an if_idle refusal).
   Status restore(std::string_view name, const Caller& caller, const RestoreOptions& opts,

@@ -11,6 +11,7 @@
 #include <ctime>
 #include <nlohmann/json.hpp>
 
+#include "hoody/errno_name.hpp"
 #include "hoody/names.hpp"
 
 namespace hoody::snapfs::vdir {
@@ -111,10 +112,14 @@ std::string format_rfc3339(int64_t t) {
   return buf;
 }
 
+std::string format_rfc3339(TimePoint t) {
+  return format_rfc3339(std::chrono::floor<std::chrono::seconds>(t).time_since_epoch().count());
+}
+
 // ---- control file contents -----------------------------------------------------
 
 namespace {
-nlohmann::ordered_json to_json(const SnapshotInfo& s) {
+nlohmann::ordered_json to_json(const Snapshot& s) {
   nlohmann::ordered_json j;
   j["name"] = s.name;
   j["uuid"] = s.uuid;
@@ -135,25 +140,38 @@ std::string dump(const nlohmann::ordered_json& j, int indent) {
 }
 }  // namespace
 
-std::string snapshots_json(const std::vector<SnapshotInfo>& snaps) {
+std::string snapshots_json(const std::vector<Snapshot>& snaps) {
   nlohmann::ordered_json arr = nlohmann::ordered_json::array();
   for (auto& s : snaps) arr.push_back(to_json(s));
   return dump(arr, 2) + "\n";
 }
 
-std::string snapshot_json_object(const SnapshotInfo& s) { return dump(to_json(s), -1); }
-
 std::string audit_line(const AuditEntry& e) {
+  // The store's result is "ok", "ok; detail" or "EPERM: why".
+  std::string result = e.result, reason;
+  if (auto p = result.find(": "); result.rfind("ok", 0) != 0 && p != std::string::npos) {
+    reason = result.substr(p + 2);
+    result.resize(p);
+  } else if (auto q = result.find("; "); q != std::string::npos) {
+    reason = result.substr(q + 2);
+    result.resize(q);
+  }
   nlohmann::ordered_json j;
   j["time"] = format_rfc3339(e.time);
   j["uid"] = e.uid;
   j["pid"] = e.pid;
   j["action"] = e.action;
   j["name"] = e.name;
-  j["result"] = e.result;
-  if (!e.to.empty()) j["to"] = e.to;
-  if (!e.reason.empty()) j["reason"] = e.reason;
+  j["result"] = result;
+  if (!e.target.empty()) j["to"] = e.target;
+  if (!reason.empty()) j["reason"] = reason;
   return dump(j, -1) + "\n";
+}
+
+std::string audit_result(int err, const std::string& reason) {
+  std::string r = errno_name(err);
+  if (!reason.empty()) r += (err ? ": " : "; ") + reason;
+  return r;
 }
 
 Result<std::string> parse_restore_request(std::string_view data, std::string* why) {

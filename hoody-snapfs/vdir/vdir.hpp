@@ -24,7 +24,7 @@
 #include <vector>
 
 #include "hoody/result.hpp"
-#include "../snapshot_info.hpp"
+#include "../snapshot.hpp"  // Snapshot, AuditEntry
 #include "../snapshot_name.hpp"  // kLive, check_snapshot_name
 
 namespace hoody::snapfs::vdir {
@@ -87,24 +87,20 @@ private:
 
 // ---- time -----------------------------------------------------------------
 std::string format_rfc3339(int64_t unix_seconds);  // "2026-11-26T15:00:00Z"
+std::string format_rfc3339(TimePoint t);          // the same, whole seconds rounded down
 // (Expiries are parsed by the store: store/format.hpp parse_expiry.)
 
 // ---- control file contents ---------------------------------------------------
-std::string snapshots_json(const std::vector<SnapshotInfo>& snaps);
-std::string snapshot_json_object(const SnapshotInfo& s);  // one object, for tools
-
-struct AuditEntry {
-  int64_t time = 0;
-  uint32_t uid = 0;
-  int32_t pid = 0;
-  std::string action;  // create, delete, rename, restore, set_expires, set_description, prune,
-                       // schedule, recover
-  std::string name;
-  std::string result;  // "ok" or an errno name ("EPERM")
-  std::string to;      // rename target, restore safety snapshot, expiry value
-  std::string reason;  // why it failed, for a person
-};
-std::string audit_line(const AuditEntry& e);  // one JSON object and '\n'
+// snapshots.json: a JSON array of every snapshot, oldest first (the one
+// renderer of a snapshot's metadata as JSON).
+std::string snapshots_json(const std::vector<Snapshot>& snaps);
+// One line of .hoody/log: one JSON object and '\n' (the one renderer of an
+// audit entry).  The result "EPERM: why" or "ok; detail" is shown as
+// "result": "EPERM" and "reason": "why".
+std::string audit_line(const AuditEntry& e);
+// The result of an audit entry as the store keeps it (AuditEntry::result):
+// "ok", "ok; <reason>", "<ENAME>" or "<ENAME>: <reason>".
+std::string audit_result(int err, const std::string& reason);
 
 // The snapshot name written to .hoody/restore ("NAME\n" from echo).
 Result<std::string> parse_restore_request(std::string_view data, std::string* why);

@@ -72,23 +72,36 @@ struct System {
     for (auto& d : {storage, databases, snapshots}) REQUIRE(::mkdir(d.c_str(), 0755) == 0);
     bind_id = register_resource(Resource::mount, storage);
     run_checked({"mount", "--bind", storage_sv, storage});
+    start_dbfs();
+    start_snapfs(snapfs_opts);
+  }
+  // (Again, after a kill: the log of each run in its own file.)
+  void start_dbfs() {
+    dbfs.reset();
     dbfs = std::make_unique<Daemon>(
         std::vector<std::string>{env("HOODY_DBFS"), "-f", "-o", "allow_other", databases_sv,
                                  databases},
-        databases, pool.dir() + "/dbfs.log");
-    start_snapfs(snapfs_opts);
+        databases, pool.dir() + "/dbfs" + (dbfs_runs++ ? std::to_string(dbfs_runs) : "") + ".log");
   }
+  int dbfs_runs = 0;
   ~System() {
     snapfs.reset();
     dbfs.reset();
     run({"umount", "-l", storage});
     release(bind_id);
   }
-  // crash_at: HOODY_CRASH_AT for the daemon ("" for none).
-  void start_snapfs(const std::string& opts, const std::string& crash_at = "") {
+  // crash_at: HOODY_CRASH_AT for the daemon ("" for none); pause_at and
+  // pause_dir: HOODY_PAUSE_AT and HOODY_PAUSE_DIR (store/crash.hpp).
+  void start_snapfs(const std::string& opts, const std::string& crash_at = "",
+                    const std::string& pause_at = "", const std::string& pause_dir = "") {
     snapfs.reset();
     std::vector<std::string> argv;
-    if (!crash_at.empty()) argv = {"env", "HOODY_CRASH_AT=" + crash_at};
+    if (!crash_at.empty() || !pause_at.empty()) argv = {"env"};
+    if (!crash_at.empty()) argv.push_back("HOODY_CRASH_AT=" + crash_at);
+    if (!pause_at.empty()) {
+      argv.push_back("HOODY_PAUSE_AT=" + pause_at);
+      argv.push_back("HOODY_PAUSE_DIR=" + pause_dir);
+    }
     for (auto& a : {env("HOODY_SNAPFS"), std::string("-f"), std::string("-o"), opts, c, snapshots})
       argv.push_back(a);
     snapfs = std::make_unique<Daemon>(argv, snapshots, pool.dir() + "/snapfs.log");
@@ -593,6 +606,154 @@ TEST_CASE("snapfs killed at each new step: dbfs resumes at once; the old or the 
     // And the system works: a restore through the restarted daemon.
     CHECK(s.restore("pre") == 0);
     CHECK(count(s.db()) == 1);
+  }
+}
+
+TEST_CASE("hoody-dbfs killed at each step of a restore: the old or the new state, no hang, nothing held") {
+  require_mount_capabilities();
+  // snapfs stops at each step at which dbfs is involved (HOODY_PAUSE_AT), the
+  // hoody-dbfs is killed with SIGKILL, and remounted after the restore went
+  // on, or before (as a supervisor restarts it: the new one was never
+  // quiesced).  Before the exchange the restore is undone (ECONNRESET, the old
+  // state); from the exchange on it is finished (the new state), and a dbfs
+  // mounted meanwhile is told, so a row written right after the restore
+  // returned is in the restored subvolume.
+  struct Case {
+    const char* point;
+    bool finished;  // the restore reached its exchange: the new state
+  };
+  const Case cases[] = {{"restore:quiesced", false},  {"create:subvol-1", false},
+                        {"restore:safety", false},    {"restore:exchanged", true},
+                        {"restore:committed", true},  {"restore:replaced", true}};
+  for (const auto& cs : cases) {
+    for (bool remount_first : {false, true}) {
+      std::string point = cs.point;
+      CAPTURE(point);
+      CAPTURE(remount_first);
+      System s;
+      {
+        auto h = open_db(s.db());
+        exec(h.get(), "CREATE TABLE t(x INTEGER)");
+        exec(h.get(), "INSERT INTO t VALUES (1)");
+      }
+      { std::ofstream(s.storage_sv + "/state") << "old"; }
+      s.snapshot("pre");
+      {
+        auto h = open_db(s.db());
+        exec(h.get(), "INSERT INTO t VALUES (2)");  // committed before the restore
+      }
+      { std::ofstream(s.storage_sv + "/state") << "new"; }
+      std::string pause = s.pool.make_temp_dir("pause");
+      s.start_snapfs("allow_other", "", point, pause);
+      std::atomic<bool> done{false};
+      int err = -1;
+      nlohmann::json res;
+      std::thread restorer([&] {
+        res = s.restore_result("pre\n", &err);
+        done = true;
+      });
+      struct Join {
+        std::thread& t;
+        ~Join() {
+          if (t.joinable()) t.join();
+        }
+      } join{restorer};
+      auto deadline = SteadyClock::now() + 20s;
+      while (::access((pause + "/paused").c_str(), F_OK) != 0 && SteadyClock::now() < deadline)
+        std::this_thread::sleep_for(2ms);
+      REQUIRE_MESSAGE(::access((pause + "/paused").c_str(), F_OK) == 0, s.snapfs->log());
+      std::string killed = s.dbfs->terminate(SIGKILL);
+      CHECK_MESSAGE(killed.find("KILL") != std::string::npos, killed);
+      auto t_killed = SteadyClock::now();
+      // Written through a hoody-dbfs mounted during the restore: kept in the
+      // old state, or (mounted after the exchange) in the restored one.
+      if (remount_first) {
+        s.start_dbfs();
+        auto h = open_db(s.db(), 2000);
+        CHECK(exec_rc(h.get(), "INSERT INTO t VALUES (5)") == SQLITE_OK);
+      }
+      { std::ofstream(pause + "/go") << "go\n"; }
+      auto t_go = SteadyClock::now();
+      while (!done && SteadyClock::now() < t_killed + 30s) std::this_thread::sleep_for(1ms);
+      double go_ms = std::chrono::duration<double, std::milli>(SteadyClock::now() - t_go).count();
+      REQUIRE_MESSAGE(done, "the restore's write did not return within 30 s of the kill");
+      double after_kill_ms =
+          std::chrono::duration<double, std::milli>(SteadyClock::now() - t_killed).count();
+      restorer.join();
+      if (!remount_first) s.start_dbfs();
+
+      // A new connection right after the write returned: its row is in the
+      // live subvolume, whichever state that is.
+      {
+        auto h = open_db(s.db(), 2000);
+        CHECK(exec_rc(h.get(), "INSERT INTO t VALUES (3)") == SQLITE_OK);
+      }
+      std::this_thread::sleep_for(50ms);  // a late follow by inotify would show now
+      std::string rows, live_rows;
+      {
+        auto h = open_db(s.db(), 5000);
+        rows = query(h.get(), "SELECT group_concat(x) FROM (SELECT x FROM t ORDER BY x)");
+        CHECK(query(h.get(), "PRAGMA integrity_check") == "ok");
+      }
+      {
+        auto lh = open_db(s.live(), 5000, SQLITE_OPEN_READONLY);
+        live_rows = query(lh.get(), "SELECT group_concat(x) FROM (SELECT x FROM t ORDER BY x)");
+        CHECK(query(lh.get(), "PRAGMA integrity_check") == "ok");
+      }
+      CHECK(live_rows == rows);  // dbfs serves the live subvolume
+      // Row 5, committed through the remounted dbfs while the restore ran, is
+      // kept: in the live state, or in the safety snapshot (taken after it).
+      if (remount_first) {
+        std::string safety = res.value("safety", "");
+        bool in_safety = false;
+        if (!safety.empty() && ::access((s.snapshots + "/" + safety).c_str(), F_OK) == 0) {
+          auto h = open_db(s.in_snapshot(safety), 0, SQLITE_OPEN_READONLY);
+          in_safety = query_int(h.get(), "SELECT count(*) FROM t WHERE x = 5") == 1;
+        }
+        CHECK_MESSAGE((rows.find(",5") != std::string::npos || in_safety),
+                      "row 5 lost: not in the live state (", rows, ") nor in ", safety);
+      }
+      // The storage subvolume agrees (the pool's path: always the live one).
+      std::string storage_state = slurp(s.storage_sv + "/state");
+      std::string extra = remount_first ? ",5" : "";
+      if (cs.finished) {
+        CHECK_MESSAGE(err == 0, res.dump());
+        CHECK(rows == "1,3" + extra);  // the new state: row 2 (before the restore) gone
+        CHECK(storage_state == "old");  // as in the snapshot
+        // Killed before source-replaced and mounted again: the new one was told.
+        if (remount_first && point != "restore:replaced")
+          CHECK_MESSAGE(s.snapfs->log().find("exited and another serves it now") !=
+                            std::string::npos,
+                        s.snapfs->log());
+        CHECK(res.value("safety", "").rfind("pre-restore-", 0) == 0);
+      } else {
+        CHECK_MESSAGE(err == ECONNRESET, res.dump());
+        CHECK(res.value("errno", "") == "ECONNRESET");
+        std::string why = res.value("error", "");
+        CHECK_MESSAGE(why.find("hoody-dbfs serving " + s.databases_sv + " exited") !=
+                          std::string::npos,
+                      why);
+        CHECK(rows == "1,2,3" + extra);  // the old state, whole
+        CHECK(storage_state == "new");
+      }
+      // Nothing held: a writer goes on at once; snapfs waits for nothing and
+      // restores again.
+      auto t1 = SteadyClock::now();
+      {
+        auto h = open_db(s.db(), 0);
+        CHECK(exec_rc(h.get(), "BEGIN IMMEDIATE") == SQLITE_OK);
+        CHECK(exec_rc(h.get(), "INSERT INTO t VALUES (4)") == SQLITE_OK);
+        CHECK(exec_rc(h.get(), "COMMIT") == SQLITE_OK);
+      }
+      CHECK(std::chrono::duration<double, std::milli>(SteadyClock::now() - t1).count() < 1000);
+      CHECK(::access((pause + "/go").c_str(), F_OK) != 0);  // taken: snapfs went on
+      CHECK(s.restore("pre") == 0);
+      CHECK(count(s.db()) == 1);
+      std::string how = point + (remount_first ? " (dbfs remounted before snapfs went on)" : "") +
+                        ": write returned " + (err ? std::strerror(err) : std::string("ok"));
+      MESSAGE(how, " ", go_ms, " ms after snapfs went on (", after_kill_ms,
+              " ms after the kill); rows ", rows, ", storage ", storage_state);
+    }
   }
 }
 

@@ -174,6 +174,7 @@ struct FakeQuiescer : Quiescer {
   bool held = false;
   int quiesce_err = 0;             // fail the quiesce with this
   int replaced_err = 0;            // fail replaced() with this
+  bool died = false;               // still_held(): the server exited since the quiesce
   std::vector<std::string> busy;   // reported busy by the quiesce
   std::function<void()> on_quiesce;
   std::vector<Holder> stale, users;
@@ -200,6 +201,12 @@ struct FakeQuiescer : Quiescer {
     r.busy = busy;
     (void)subvols;
     return r;
+  }
+  // (Not in `calls`: asked once per restore, it would change every sequence.)
+  Status still_held(std::string* why) override {
+    if (!died) return {};
+    *why = "hoody-dbfs serving /x/databases exited while it held the databases";
+    return fail(ECONNRESET);
   }
   void resume() override {
     calls.push_back(snap("resume"));
@@ -724,6 +731,34 @@ TEST_CASE("restore: a server that does not answer the quiesce -> nothing swapped
   auto log = st->audit_log(1);
   CHECK(log->back().result.rfind("ETIMEDOUT: hoody-dbfs serving /x/databases", 0) == 0);
   check_store_consistent(c, *st);
+}
+
+TEST_CASE("restore: a server that exited after the quiesce -> undone before the exchange, ECONNRESET") {
+  Pool pool;
+  Container c(pool, "c1");
+  auto st = c.open();
+  REQUIRE(st->create("s1", kRoot).ok());
+  c.set_state("B");
+  FakeQuiescer q(c, st.get(), true);
+  q.on_quiesce = [&] { q.died = true; };
+  RestoreOptions o;
+  o.quiescer = &q;
+  RestoreReport rep;
+  CHECK(st->restore("s1", kRoot, o, rep).err() == ECONNRESET);
+  CHECK(c.state() == "B");  // the old state
+  CHECK_MESSAGE(rep.error.find("/x/databases exited") != std::string::npos, rep.error);
+  // Quiesced, never told of an exchange (there was none), let go.
+  CHECK(q.calls == std::vector<std::string>{"quiesce B 1", "resume B 2"});
+  CHECK_FALSE(q.held);
+  auto log = st->audit_log(1);
+  CHECK(log->back().result.rfind("ECONNRESET: hoody-dbfs serving /x/databases exited", 0) == 0);
+  CHECK(*st->pending_operations() == 0);
+  check_store_consistent(c, *st);
+  // The server is back: the restore goes through.
+  q.died = false;
+  q.on_quiesce = nullptr;
+  CHECK(st->restore("s1", kRoot, o, rep).ok());
+  CHECK(c.state() == "A");
 }
 
 TEST_CASE("restore: a failure after the quiesce undoes the swap and resumes") {

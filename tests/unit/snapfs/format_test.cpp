@@ -133,25 +133,3 @@ TEST_CASE("time_from_unix and time_after: range-checked") {
   CHECK(time_after(at(kNow), seconds(std::numeric_limits<int64_t>::max())).err() == EINVAL);
   CHECK(time_after(at(kNow), seconds(-kNow - 1)).err() == EINVAL);
 }
-
-TEST_CASE("json forms") {
-  Snapshot s;
-  s.name = "pre-auth";
-  s.uuid = "0f0e0d0c-0b0a-4908-8706-050403020100";
-  s.created = at(kNow);
-  s.creator = 1000;
-  s.description = "before \"auth\"";
-  auto j = to_json(s);
-  CHECK(j.dump() ==
-        "{\"created\":\"2026-11-26T14:30:23Z\",\"creator\":1000,\"description\":\"before "
-        "\\\"auth\\\"\",\"expires\":null,\"name\":\"pre-auth\",\"type\":\"filesystem\","
-        "\"uuid\":\"0f0e0d0c-0b0a-4908-8706-050403020100\"}");
-  s.expires = at(kNow) + hours(24);
-  CHECK(to_json(s)["expires"] == "2026-11-27T14:30:23Z");
-
-  AuditEntry e{at(kNow), 0, 42, "create", std::string("bad\xff", 4), "EINVAL: x"};
-  auto line = to_json_line(e);
-  CHECK(line.find('\n') == std::string::npos);
-  CHECK(line.find("\"action\":\"create\"") != std::string::npos);
-  CHECK(line.find("\"name\":\"bad\xef\xbf\xbd\"") != std::string::npos);  // U+FFFD
-}

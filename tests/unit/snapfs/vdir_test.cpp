@@ -85,10 +85,10 @@ TEST_CASE("RFC 3339 formatting") {
 }
 
 TEST_CASE("snapshots.json and the audit line are JSON") {
-  SnapshotInfo s;
+  Snapshot s;
   s.name = "pre-deploy";
   s.uuid = "0123";
-  s.created = 0;
+  s.created = TimePoint{};
   s.creator = 1000;
   s.description = "a \"quoted\" \xff byte";
   s.subvolumes = {"databases", "storage"};
@@ -99,11 +99,11 @@ TEST_CASE("snapshots.json and the audit line are JSON") {
   CHECK(j[0]["creator"] == 1000);
   CHECK(j[0]["expires"].is_null());
   CHECK(j[0]["subvolumes"].size() == 2);
-  s.expires = 60;
-  CHECK(nlohmann::json::parse(snapshot_json_object(s))["expires"] == "1970-01-01T00:01:00Z");
+  s.expires = TimePoint(std::chrono::seconds(60));
+  CHECK(nlohmann::json::parse(snapshots_json({s}))[0]["expires"] == "1970-01-01T00:01:00Z");
   CHECK(nlohmann::json::parse(snapshots_json({})).empty());
 
-  AuditEntry e{0, 1000, 42, "create", "x\ny", hoody::errno_name(EPERM), "", "not allowed"};
+  AuditEntry e{TimePoint{}, 1000, 42, "create", "x\ny", audit_result(EPERM, "not allowed"), ""};
   auto line = audit_line(e);
   CHECK(line.back() == '\n');
   CHECK(line.find('\n') == line.size() - 1);  // one line, even with a newline in the name
@@ -115,6 +115,15 @@ TEST_CASE("snapshots.json and the audit line are JSON") {
   CHECK(a["reason"] == "not allowed");
   CHECK_FALSE(a.contains("to"));
   CHECK(hoody::errno_name(0) == "ok");
+  // As the store keeps results: "ok; detail" is shown as ok with a reason.
+  a = nlohmann::json::parse(audit_line({TimePoint{}, 0, 1, "restore", "s", "ok; 2 holders", "pre"}));
+  CHECK(a["result"] == "ok");
+  CHECK(a["reason"] == "2 holders");
+  CHECK(a["to"] == "pre");
+  // Names are bytes, not necessarily UTF-8: what JSON cannot carry is replaced.
+  auto bad = audit_line({TimePoint{}, 0, 42, "create", std::string("bad\xff", 4), "EINVAL: x"});
+  CHECK(bad.find("\"name\":\"bad\xef\xbf\xbd\"") != std::string::npos);  // U+FFFD
+  CHECK(nlohmann::json::parse(bad)["result"] == "EINVAL");
   CHECK(hoody::errno_name(EEXIST) == "EEXIST");
 }
 
@@ -149,7 +158,7 @@ TEST_CASE("restore lines: NAME, or NAME if-idle") {
 }
 
 TEST_CASE("snapshots.json: consistency, busy databases, nested subvolumes") {
-  SnapshotInfo s;
+  Snapshot s;
   s.name = "x";
   s.consistency = "crash";
   s.busy = {"databases/app.db"};
@@ -161,7 +170,7 @@ TEST_CASE("snapshots.json: consistency, busy databases, nested subvolumes") {
   s.consistency = "transaction";
   s.busy.clear();
   s.nested.clear();
-  j = nlohmann::json::parse(snapshot_json_object(s));
+  j = nlohmann::json::parse(snapshots_json({s}))[0];
   CHECK(j["consistency"] == "transaction");
   CHECK_FALSE(j.contains("busy"));
   CHECK_FALSE(j.contains("nested_subvolumes"));
