@@ -2,8 +2,8 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include "hoody/log.hpp"
 #include "hoody/fuse_reply.hpp"
+#include "hoody/log.hpp"
 #include "hoody/passthrough.hpp"
 
 namespace hoody::pt {

@@ -8,8 +8,8 @@
 #include <cstdlib>
 #include <memory>
 
-#include "hoody/log.hpp"
 #include "hoody/fuse_reply.hpp"
+#include "hoody/log.hpp"
 #include "hoody/passthrough.hpp"
 
 namespace hoody::pt {
