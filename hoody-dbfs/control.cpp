@@ -287,7 +287,7 @@ void ControlServer::send(int conn, const json& reply) {
 }
 
 void ControlServer::send_error(int conn, int err, const std::string& text) {
-  send(conn, {{"ok", false}, {"errno", ctl::errno_name(err)}, {"error", text}});
+  send(conn, {{"ok", false}, {"errno", errno_name(err)}, {"error", text}});
 }
 
 }  // namespace hoody::dbfs

@@ -1,6 +1,6 @@
 // The control socket of hoody-dbfs: how hoody-snapfs makes a snapshot or a
 // restore consistent with the databases served here (issue 11; the contract
-// is in common/include/hoody/dbfs_control.hpp and man/hoody-dbfs.8).
+// is in common/base/include/hoody/dbfs_control.hpp and man/hoody-dbfs.8).
 //
 // An abstract SOCK_SEQPACKET socket "\0hoody-dbfs-ctl:<realpath of SOURCE>";
 // only root or the daemon's own euid may connect (SO_PEERCRED, checked at

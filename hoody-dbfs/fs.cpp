@@ -133,7 +133,7 @@ nlohmann::json Fs::source_replaced() {
     lg->error("source {} changed but cannot be reopened: {}", dcfg_.core.source,
               r.error().message());
     return {{"ok", false},
-            {"errno", ctl::errno_name(r.err())},
+            {"errno", errno_name(r.err())},
             {"error", "source " + dcfg_.core.source + ": " + r.error().message()}};
   }
   if (r->changed) {

@@ -132,7 +132,7 @@ Result<QuiesceResult> DbfsPeers::quiesce(const std::vector<std::string>& subvols
       return fail(r.error());
     }
     if (!(*r)["ok"].get<bool>()) {
-      int e = ctl::errno_from_name(r->value("errno", std::string("EIO")));
+      int e = errno_from_name(r->value("errno", std::string("EIO")));
       *why = "hoody-dbfs serving " + p->path + " refused the quiesce: " + reply_error(*r);
       lg->error("op=quiesce source={} -> {}", p->path, *why);
       return fail(e);
@@ -234,7 +234,7 @@ Result<std::vector<Holder>> DbfsPeers::replaced(const std::string& sv, std::stri
   }
   if (!(*r)["ok"].get<bool>()) {
     *why = "hoody-dbfs serving " + p->path + " could not follow the restore: " + reply_error(*r);
-    return fail(ctl::errno_from_name(r->value("errno", std::string("EIO"))));
+    return fail(errno_from_name(r->value("errno", std::string("EIO"))));
   }
   log::get("snap")->debug("op=source-replaced source={} changed={} -> ok", p->path,
                           r->value("changed", false));
@@ -254,7 +254,7 @@ Result<std::vector<Holder>> DbfsPeers::holders(const std::vector<std::string>& s
     }
     if (!(*r)["ok"].get<bool>()) {
       *why = "hoody-dbfs serving " + p->path + ": holders: " + reply_error(*r);
-      return fail(ctl::errno_from_name(r->value("errno", std::string("EIO"))));
+      return fail(errno_from_name(r->value("errno", std::string("EIO"))));
     }
     for (auto& h : holders_of(r->value("holders", json::array()), sv)) out.push_back(std::move(h));
   }

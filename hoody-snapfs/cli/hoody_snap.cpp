@@ -16,7 +16,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -24,6 +23,7 @@
 
 #include "../snapshot_name.hpp"
 #include "hoody/btrfs.hpp"
+#include "hoody/mountinfo.hpp"
 #include "hoody/names.hpp"
 #include "hoody/sys.hpp"
 #include "store/format.hpp"
@@ -139,31 +139,10 @@ std::optional<Failure> set_meta(const std::string& path, const std::string& name
 std::string mount_source(const std::string& mount) {
   char real[PATH_MAX];
   std::string want = ::realpath(mount.c_str(), real) ? real : mount;
-  std::ifstream in("/proc/self/mountinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    std::istringstream ls(line);
-    std::string id, parent, devno, root, mnt;
-    ls >> id >> parent >> devno >> root >> mnt;
-    if (mnt != want) continue;
-    auto dash = line.find(" - ");
-    if (dash == std::string::npos) continue;
-    std::istringstream rest(line.substr(dash + 3));
-    std::string type, source;
-    rest >> type >> source;
-    if (type != "fuse.hoody-snapfs") continue;
-    // mountinfo escapes space, tab, newline and backslash as \ooo.
-    std::string out;
-    for (size_t i = 0; i < source.size(); ++i) {
-      if (source[i] == '\\' && i + 3 < source.size()) {
-        out += static_cast<char>(std::stoi(source.substr(i + 1, 3), nullptr, 8));
-        i += 3;
-      } else {
-        out += source[i];
-      }
-    }
-    return out;
-  }
+  auto mounts = hoody::mountinfo::read();
+  if (!mounts) return "";
+  for (auto& m : *mounts)
+    if (m.mount_point == want && m.fstype == "fuse.hoody-snapfs") return m.source;
   return "";
 }
 

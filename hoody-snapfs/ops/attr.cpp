@@ -5,14 +5,13 @@
 #include <cstring>
 
 #include "../fs.hpp"
+#include "hoody/fuse_reply.hpp"
 #include "hoody/sys.hpp"
 #include "store/format.hpp"
 
 namespace hoody::snapfs {
 
 namespace {
-void reply(fuse_req_t req, Status s) { fuse_reply_err(req, s.err()); }
-
 // An xattr value or list: its size when the caller asks for it (size 0),
 // ERANGE when it does not fit, else the bytes.
 void reply_xattr(fuse_req_t req, const Result<std::string>& v, size_t size) {

@@ -20,13 +20,13 @@
 #include <nlohmann/json.hpp>
 
 #include "../fs.hpp"
+#include "hoody/fuse_reply.hpp"
+#include "hoody/errno_name.hpp"
 #include "hoody/names.hpp"
 
 namespace hoody::snapfs {
 
 namespace {
-void reply(fuse_req_t req, Status s) { fuse_reply_err(req, s.err()); }
-
 // fuse_file_info::fh of an open control file.
 struct VFile {
   uint64_t ino = 0;
@@ -189,7 +189,7 @@ void Fs::write_buf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* in, off_t off, f
       auto c = caller_of(req);
       auto refused = [&](int err, const std::string& name, const std::string& why) {
         audit(c, "restore", name, err, "", why);
-        result = {{"ok", false}, {"name", name}, {"errno", vdir::errno_name(err)}, {"error", why}};
+        result = {{"ok", false}, {"name", name}, {"errno", errno_name(err)}, {"error", why}};
         return fail(err);
       };
       // Allowed at open; checked again: the fd may have been passed on.
@@ -248,7 +248,7 @@ void Fs::write_buf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* in, off_t off, f
       this->done(c, "restore", rq->name, st.err(), rep.safety, st ? stale : rep.error);
       result = {{"ok", st.ok()}, {"name", rq->name}};
       if (!st) {
-        result["errno"] = vdir::errno_name(st.err());
+        result["errno"] = errno_name(st.err());
         result["error"] = rep.error.empty() ? st.error().message() : rep.error;
       }
       if (!rep.safety.empty()) {

@@ -5,20 +5,13 @@
 #include <linux/fs.h>
 
 #include "../fs.hpp"
+#include "hoody/fuse_reply.hpp"
 #include "hoody/log.hpp"
 #include "hoody/names.hpp"
 
 namespace hoody::snapfs {
 
 namespace {
-void reply(fuse_req_t req, const Result<fuse_entry_param>& e) {
-  if (e)
-    fuse_reply_entry(req, &*e);
-  else
-    fuse_reply_err(req, e.err());
-}
-void reply(fuse_req_t req, Status s) { fuse_reply_err(req, s.err()); }
-
 bool is_ctl_name(std::string_view name) { return vdir::kCtlName == name; }
 }  // namespace
 

@@ -10,11 +10,12 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <sstream>
 
 #include "crash.hpp"
 #include "hoody/btrfs.hpp"
+#include "hoody/errno_name.hpp"
 #include "hoody/log.hpp"
+#include "hoody/mountinfo.hpp"
 #include "hoody/names.hpp"
 #include "hoody/sys.hpp"
 #include "store_detail.hpp"
@@ -30,26 +31,14 @@ namespace {
 // mount of a live subvolume that a restore swapped out.  Deleting that
 // subvolume would leave the mount showing an empty, deleted directory.
 bool mounted_beneath(const std::string& dir) {
-  auto info = sys::read_file(AT_FDCWD, "/proc/self/mountinfo");
-  if (!info) return false;
+  auto mounts = mountinfo::read();
+  if (!mounts) return false;
   const std::string needle = std::string("/") + kStoreDir + "/" + dir;
-  std::string_view all = *info;
-  while (!all.empty()) {
-    auto nl = all.find('\n');
-    std::string_view line = all.substr(0, nl);
-    all.remove_prefix(nl == std::string_view::npos ? all.size() : nl + 1);
-    // id parent major:minor root mountpoint ...
-    std::size_t pos = 0;
-    for (int f = 0; f < 3 && pos != std::string_view::npos; ++f) {
-      pos = line.find(' ', pos);
-      if (pos != std::string_view::npos) ++pos;
-    }
-    if (pos == std::string_view::npos) continue;
-    std::string_view root = line.substr(pos, line.find(' ', pos) - pos);
-    auto at = root.find(needle);
-    if (at == std::string_view::npos) continue;
+  for (auto& m : *mounts) {
+    auto at = m.root.find(needle);
+    if (at == std::string::npos) continue;
     auto end = at + needle.size();
-    if (end == root.size() || root[end] == '/') return true;
+    if (end == m.root.size() || m.root[end] == '/') return true;
   }
   return false;
 }
@@ -63,44 +52,26 @@ bool mounted_beneath(const std::string& dir) {
 // owner re-attaches them (hoody-up does, when run again).
 void reattach_mounts(int source_fd, const std::string& work) {
   auto lg = log::get("snap");
-  auto info = sys::read_file(AT_FDCWD, "/proc/self/mountinfo");
-  if (!info) return;
+  auto mounts = mountinfo::read();
+  if (!mounts) return;
   const std::string needle = std::string("/") + kStoreDir + "/" + work + "/";
-  std::istringstream lines(*info);
-  std::string line;
   struct Target {
     std::string mountpoint, inside, opts;
   };
   std::vector<Target> targets;
-  while (std::getline(lines, line)) {
-    std::istringstream f(line);
-    std::string id, parent, dev, root, mnt, opts;
-    f >> id >> parent >> dev >> root >> mnt >> opts;
-    auto at = root.find(needle);
+  for (auto& m : *mounts) {
+    auto at = m.root.find(needle);
     if (at == std::string::npos) continue;
     // root = .../.snapshots/<work>/<sv>[/sub]: the same place under SOURCE.
-    targets.push_back({mnt, root.substr(at + needle.size()), opts});
+    targets.push_back({m.mount_point, m.root.substr(at + needle.size()), m.options});
   }
   for (auto& t : targets) {
-    auto unescape = [](std::string v) {
-      std::string out;
-      for (size_t i = 0; i < v.size(); ++i) {
-        if (v[i] == '\\' && i + 3 < v.size()) {
-          out += static_cast<char>((v[i + 1] - '0') * 64 + (v[i + 2] - '0') * 8 + (v[i + 3] - '0'));
-          i += 3;
-        } else {
-          out += v[i];
-        }
-      }
-      return out;
-    };
-    std::string mnt = unescape(t.mountpoint);
-    std::string from = sys::proc_fd(source_fd) + "/" + unescape(t.inside);
+    const std::string& mnt = t.mountpoint;
+    std::string from = sys::proc_fd(source_fd) + "/" + t.inside;
     unsigned long flags = 0;
     for (auto& [name, bit] : {std::pair<const char*, unsigned long>{"ro", MS_RDONLY},
                               {"nosuid", MS_NOSUID}, {"nodev", MS_NODEV}, {"noexec", MS_NOEXEC}}) {
-      std::string o = "," + t.opts + ",";
-      if (o.find(std::string(",") + name + ",") != std::string::npos) flags |= bit;
+      if (mountinfo::has_option(t.opts, name)) flags |= bit;
     }
     if (::umount2(mnt.c_str(), MNT_DETACH) < 0 ||
         ::mount(from.c_str(), mnt.c_str(), nullptr, MS_BIND, nullptr) < 0) {
@@ -156,7 +127,7 @@ Status SnapshotStore::restore(std::string_view name, const Caller& caller,
   auto refuse = [&](Errno err, std::string why) -> Status {
     report.error = why;
     lg->warn("op=restore name={} uid={} -> {}: {}", quote_name(name), caller.uid,
-             ::strerrorname_np(err.value()) ? ::strerrorname_np(err.value()) : "error", why);
+             errno_name(err.value()), why);
     audit_result(caller, "restore", name, err, why);
     return fail(err);
   };

@@ -19,6 +19,7 @@
 
 #include "crash.hpp"
 #include "hoody/btrfs.hpp"
+#include "hoody/errno_name.hpp"
 #include "hoody/log.hpp"
 #include "hoody/names.hpp"
 #include "hoody/sys.hpp"
@@ -141,18 +142,9 @@ std::string utc_stamp(TimePoint t) {
   return buf;
 }
 
-namespace {
-
-std::string errno_name(Errno e) {
-  const char* n = ::strerrorname_np(e.value());
-  return n ? n : std::to_string(e.value());
-}
-
-}  // namespace
-
 std::string result_text(Errno e, std::string_view reason) {
   if (e.value() == 0) return "ok";
-  std::string r = errno_name(e);
+  std::string r = errno_name(e.value());
   r += ": ";
   r += reason.empty() ? e.message() : std::string(reason);
   return r;

@@ -11,6 +11,7 @@
 #include <ctime>
 #include <nlohmann/json.hpp>
 
+#include "hoody/errno_name.hpp"
 #include "hoody/names.hpp"
 
 namespace hoody::snapfs::vdir {
@@ -171,12 +172,6 @@ std::string audit_result(int err, const std::string& reason) {
   std::string r = errno_name(err);
   if (!reason.empty()) r += (err ? ": " : "; ") + reason;
   return r;
-}
-
-std::string errno_name(int err) {
-  if (err == 0) return "ok";
-  if (const char* n = ::strerrorname_np(err)) return n;
-  return "E" + std::to_string(err);
 }
 
 Result<std::string> parse_restore_request(std::string_view data, std::string* why) {

@@ -101,7 +101,6 @@ std::string audit_line(const AuditEntry& e);
 // The result of an audit entry as the store keeps it (AuditEntry::result):
 // "ok", "ok; <reason>", "<ENAME>" or "<ENAME>: <reason>".
 std::string audit_result(int err, const std::string& reason);
-std::string errno_name(int err);              // "EPERM"; "E123" if unknown
 
 // The snapshot name written to .hoody/restore ("NAME\n" from echo).
 Result<std::string> parse_restore_request(std::string_view data, std::string* why);

@@ -15,11 +15,6 @@
 
 namespace hoody::test {
 
-std::string errno_name(int e) {
-  const char* n = strerrorname_np(e);
-  return n ? n : "E" + std::to_string(e);
-}
-
 std::string describe_stat(const struct stat& st) {
   const char* type = "?";
   switch (st.st_mode & S_IFMT) {

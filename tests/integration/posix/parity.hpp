@@ -17,6 +17,7 @@
 #include <string_view>
 
 #include "hoody/test/btrfs_pool.hpp"
+#include "hoody/errno_name.hpp"
 #include "hoody/test/daemon.hpp"
 
 namespace hoody::test {
@@ -27,7 +28,7 @@ struct Tree {
   std::string operator/(std::string_view rel) const { return root + "/" + std::string(rel); }
 };
 
-std::string errno_name(int e);
+using ::hoody::errno_name;  // "ENOENT"
 std::string describe_stat(const struct stat& st);  // type mode nlink size uid gid
 
 class Trace {

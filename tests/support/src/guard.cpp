@@ -22,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "hoody/mountinfo.hpp"
 #include "hoody/test/process.hpp"
 
 namespace hoody::test {
@@ -90,14 +91,9 @@ void note(bool verbose, const std::string& msg) {
 
 std::vector<std::string> mounts_under(const std::string& dir) {
   std::vector<std::string> out;
-  std::ifstream in("/proc/self/mountinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    std::istringstream ls(line);
-    std::string id, parent, devno, root, mnt;
-    ls >> id >> parent >> devno >> root >> mnt;
-    if (mnt == dir || mnt.rfind(dir + "/", 0) == 0) out.push_back(mnt);
-  }
+  if (auto mounts = hoody::mountinfo::read())
+    for (auto& m : *mounts)
+      if (m.mount_point == dir || m.mount_point.rfind(dir + "/", 0) == 0) out.push_back(m.mount_point);
   // Deepest first.
   std::sort(out.begin(), out.end(), [](auto& a, auto& b) { return a.size() > b.size(); });
   return out;

@@ -17,6 +17,8 @@
 #include <stdexcept>
 #include <utility>
 
+#include "hoody/mountinfo.hpp"
+
 namespace hoody::test {
 
 namespace {
@@ -193,38 +195,11 @@ bool Pipe::wait_signal(std::chrono::milliseconds timeout) {
   return ::read(fds_[0], &c, 1) == 1;
 }
 
-namespace {
-// Undo the octal escapes of /proc/self/mountinfo (\040 for a space...).
-std::string unescape(const std::string& s) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '\\' && i + 3 < s.size()) {
-      out += static_cast<char>(std::stoi(s.substr(i + 1, 3), nullptr, 8));
-      i += 3;
-    } else {
-      out += s[i];
-    }
-  }
-  return out;
-}
-}  // namespace
-
 bool is_mounted(const std::string& path, const std::string& fstype_prefix) {
-  std::ifstream in("/proc/self/mountinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    std::istringstream ls(line);
-    std::string id, parent, devno, root, mnt;
-    ls >> id >> parent >> devno >> root >> mnt;
-    if (unescape(mnt) != path) continue;
-    if (fstype_prefix.empty()) return true;
-    std::string tok;
-    while (ls >> tok && tok != "-") {
-    }
-    std::string fstype;
-    ls >> fstype;
-    if (fstype.rfind(fstype_prefix, 0) == 0) return true;
-  }
+  auto mounts = hoody::mountinfo::read();
+  if (!mounts) return false;
+  for (auto& m : *mounts)
+    if (m.mount_point == path && m.fstype.rfind(fstype_prefix, 0) == 0) return true;
   return false;
 }
 

@@ -89,15 +89,6 @@ TEST_CASE("control_address: abstract, named after the source, truncated to fit")
   CHECK(std::string(a.sun_path + 1, 15) == "hoody-dbfs-ctl:");
 }
 
-TEST_CASE("errno names round-trip") {
-  CHECK(ctl::errno_name(EBUSY) == "EBUSY");
-  CHECK(ctl::errno_name(-ENOENT) == "ENOENT");
-  CHECK(ctl::errno_from_name("EBUSY") == EBUSY);
-  CHECK(ctl::errno_from_name("ETIMEDOUT") == ETIMEDOUT);
-  CHECK(ctl::errno_from_name("E77") == 77);
-  CHECK(ctl::errno_from_name("nonsense") == EIO);
-}
-
 TEST_CASE("connect without a server: ECONNREFUSED") {
   auto c = ctl::Client::connect(unique_source("absent"));
   REQUIRE(!c.ok());
@@ -130,7 +121,7 @@ TEST_CASE("call: an ok:false reply is a value, with its errno name") {
   auto r = c->call({{"op", "quiesce"}}, 1000ms);
   REQUIRE(r.ok());
   CHECK((*r)["ok"] == false);
-  CHECK(ctl::errno_from_name((*r)["errno"]) == EBUSY);
+  CHECK(hoody::errno_from_name((*r)["errno"]) == EBUSY);
 }
 
 TEST_CASE("call: no reply -> ETIMEDOUT on time, and the connection is closed") {

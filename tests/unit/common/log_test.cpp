@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <sstream>
 
+#include "hoody/fuse_log.hpp"
 #include "hoody/log.hpp"
 
 using namespace hoody;
@@ -34,6 +35,7 @@ TEST_CASE("the level comes from the option, else $HOODY_LOG, else info") {
 
 TEST_CASE("named loggers are shared, and libfuse's messages reach the fuse logger") {
   log::init({.level = "debug"});
+  log::route_libfuse();
   CHECK(log::get("btrfs") == log::get("btrfs"));
   CHECK(log::get("btrfs") != log::get("share"));
   std::ostringstream out;

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "../../../hoody-snapfs/vdir/vdir.hpp"
+#include "hoody/errno_name.hpp"
 
 using namespace hoody::snapfs;
 using namespace hoody::snapfs::vdir;
@@ -113,7 +114,7 @@ TEST_CASE("snapshots.json and the audit line are JSON") {
   CHECK(a["action"] == "create");
   CHECK(a["reason"] == "not allowed");
   CHECK_FALSE(a.contains("to"));
-  CHECK(errno_name(0) == "ok");
+  CHECK(hoody::errno_name(0) == "ok");
   // As the store keeps results: "ok; detail" is shown as ok with a reason.
   a = nlohmann::json::parse(audit_line({TimePoint{}, 0, 1, "restore", "s", "ok; 2 holders", "pre"}));
   CHECK(a["result"] == "ok");
@@ -123,7 +124,7 @@ TEST_CASE("snapshots.json and the audit line are JSON") {
   auto bad = audit_line({TimePoint{}, 0, 42, "create", std::string("bad\xff", 4), "EINVAL: x"});
   CHECK(bad.find("\"name\":\"bad\xef\xbf\xbd\"") != std::string::npos);  // U+FFFD
   CHECK(nlohmann::json::parse(bad)["result"] == "EINVAL");
-  CHECK(errno_name(EEXIST) == "EEXIST");
+  CHECK(hoody::errno_name(EEXIST) == "EEXIST");
 }
 
 TEST_CASE("restore requests") {

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "hoody/fuse_log.hpp"
 #include "hoody/log.hpp"
 #include "hoody/session.hpp"
 #include "hoody_config.h"
@@ -52,6 +53,7 @@ int daemon_main(int argc, char** argv, const DaemonSpec& spec) {
   std::string where = args.str("log", args.foreground ? "stderr" : "syslog");
   lo.sink = where == "syslog" ? log::Sink::syslog : log::Sink::stderr_;
   log::init(lo);
+  log::route_libfuse();
 
   std::unique_ptr<DaemonFs> fs;
   try {

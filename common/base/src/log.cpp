@@ -1,11 +1,9 @@
 #include "hoody/log.hpp"
 
-#include <fuse_log.h>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/sinks/syslog_sink.h>
 #include <syslog.h>
 
-#include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
@@ -27,24 +25,6 @@ State& state() {
 
 spdlog::sink_ptr default_sink() { return std::make_shared<spdlog::sinks::stderr_sink_mt>(); }
 
-void fuse_log_to_spdlog(enum fuse_log_level level, const char* fmt, va_list ap) {
-  char buf[1024];
-  vsnprintf(buf, sizeof buf, fmt, ap);
-  std::string_view msg(buf);
-  while (!msg.empty() && msg.back() == '\n') msg.remove_suffix(1);
-  auto lvl = spdlog::level::info;
-  switch (level) {
-    case FUSE_LOG_EMERG:
-    case FUSE_LOG_ALERT:
-    case FUSE_LOG_CRIT: lvl = spdlog::level::critical; break;
-    case FUSE_LOG_ERR: lvl = spdlog::level::err; break;
-    case FUSE_LOG_WARNING: lvl = spdlog::level::warn; break;
-    case FUSE_LOG_NOTICE:
-    case FUSE_LOG_INFO: lvl = spdlog::level::info; break;
-    case FUSE_LOG_DEBUG: lvl = spdlog::level::debug; break;
-  }
-  get("fuse")->log(lvl, "libfuse: {}", msg);
-}
 }  // namespace
 
 std::optional<spdlog::level::level_enum> parse_level(std::string_view s) {
@@ -79,7 +59,6 @@ void init(const Options& opts) {
     l->sinks().push_back(st.sink);
     l->set_level(st.level);
   });
-  fuse_set_log_func(fuse_log_to_spdlog);
 }
 
 std::shared_ptr<spdlog::logger> get(const std::string& name) {

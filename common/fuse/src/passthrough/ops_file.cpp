@@ -8,14 +8,13 @@
 #include <cstdlib>
 #include <memory>
 
+#include "hoody/fuse_reply.hpp"
 #include "hoody/log.hpp"
 #include "hoody/passthrough.hpp"
 
 namespace hoody::pt {
 
 namespace {
-void reply(fuse_req_t req, Status s) { fuse_reply_err(req, s.err()); }
-
 // One fd buffer at an offset (FUSE_BUFVEC_INIT is a C compound literal).
 fuse_bufvec fd_bufvec(int fd, size_t size, off_t pos) {
   fuse_bufvec v{};

@@ -11,13 +11,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <functional>
 #include <memory>
-#include <sstream>
 #include <thread>
 
 #include "hoody/log.hpp"
+#include "hoody/mountinfo.hpp"
 #include "hoody/sys.hpp"
 
 namespace hoody {
@@ -66,29 +65,6 @@ ssize_t plain_splice_send(int fdin, off_t* offin, int fdout, off_t* offout, size
   return ::splice(fdin, offin, fdout, offout, len, flags);
 }
 
-// /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo.
-std::string unescape_mountinfo(const std::string& s) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '\\' && i + 3 < s.size()) {
-      int v = 0;
-      bool ok = true;
-      for (size_t k = 1; k <= 3; ++k) {
-        char c = s[i + k];
-        if (c < '0' || c > '7') ok = false;
-        v = v * 8 + (c - '0');
-      }
-      if (ok) {
-        out += static_cast<char>(v);
-        i += 3;
-        continue;
-      }
-    }
-    out += s[i];
-  }
-  return out;
-}
-
 std::string absolute(const std::string& path) {
   char buf[PATH_MAX];
   // The mountpoint is the operator's configuration, not content a user controls.
@@ -99,21 +75,12 @@ std::string absolute(const std::string& path) {
 }  // namespace
 
 bool is_mountpoint(const std::string& path, std::string* fstype) {
-  std::ifstream in("/proc/self/mountinfo");
+  auto mounts = mountinfo::read();
+  if (!mounts) return false;
   std::string want = absolute(path);
-  std::string line;
-  while (std::getline(in, line)) {
-    std::istringstream ls(line);
-    std::string id, parent, devno, root, mnt;
-    ls >> id >> parent >> devno >> root >> mnt;
-    if (unescape_mountinfo(mnt) != want) continue;
-    if (fstype) {
-      auto dash = line.find(" - ");
-      if (dash != std::string::npos) {
-        std::istringstream rest(line.substr(dash + 3));
-        rest >> *fstype;
-      }
-    }
+  for (auto& m : *mounts) {
+    if (m.mount_point != want) continue;
+    if (fstype) *fstype = m.fstype;
     return true;
   }
   return false;

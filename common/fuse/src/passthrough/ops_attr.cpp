@@ -6,13 +6,12 @@
 
 #include <vector>
 
+#include "hoody/fuse_reply.hpp"
 #include "hoody/passthrough.hpp"
 
 namespace hoody::pt {
 
 namespace {
-void reply(fuse_req_t req, Status s) { fuse_reply_err(req, s.err()); }
-
 // The O_PATH fd's target as a path the kernel follows (xattrs and chmod/utimens
 // take no O_PATH fd); the magic link names the inode itself, never a user path.
 std::string via_proc(int fd) { return sys::proc_fd(fd); }

@@ -23,25 +23,6 @@ sockaddr_un control_address(const std::string& source_realpath, socklen_t* len) 
   return addr;
 }
 
-std::string errno_name(int err) {
-  if (err < 0) err = -err;
-  const char* n = ::strerrorname_np(err);
-  return n ? std::string(n) : "E" + std::to_string(err);
-}
-
-int errno_from_name(const std::string& name) {
-  for (int e = 1; e < 512; ++e) {
-    const char* n = ::strerrorname_np(e);
-    if (n && name == n) return e;
-  }
-  if (name.size() > 1 && name[0] == 'E') {
-    char* end = nullptr;
-    long v = std::strtol(name.c_str() + 1, &end, 10);
-    if (end && *end == '\0' && v > 0 && v < 4096) return static_cast<int>(v);
-  }
-  return EIO;
-}
-
 Result<Client> Client::connect(const std::string& source_realpath) {
   UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
   if (!fd) return fail(Errno::last());

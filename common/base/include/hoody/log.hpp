@@ -25,8 +25,8 @@ struct Options {
 // Parses "trace|debug|info|warn|error|critical|off"; nullopt if unknown.
 std::optional<spdlog::level::level_enum> parse_level(std::string_view s);
 
-// Set up the sink and the level of every logger; routes libfuse's own
-// messages (fuse_set_log_func) into the "fuse" logger.  Safe to call again.
+// Set up the sink and the level of every logger.  Safe to call again.
+// (libfuse's own messages: log::route_libfuse in hoody/fuse_log.hpp.)
 void init(const Options& opts);
 
 // The named logger, created on first use with the configured sink and level.

@@ -20,6 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "hoody/errno_name.hpp"
 #include "hoody/result.hpp"
 #include "hoody/unique_fd.hpp"
 
@@ -33,10 +34,7 @@ inline constexpr size_t kMaxMessage = 64 * 1024;
 // to pass to bind/connect.
 sockaddr_un control_address(const std::string& source_realpath, socklen_t* len);
 
-// "EBUSY" for EBUSY; "E<number>" for a value without a name.
-std::string errno_name(int err);
-// The inverse of errno_name; EIO for a name it does not know.
-int errno_from_name(const std::string& name);
+// The "errno" field of a reply is hoody::errno_name (hoody/errno_name.hpp).
 
 // A blocking client of one control connection.  A quiesce belongs to the
 // connection: keep the Client alive while it is held; destroying it (or the

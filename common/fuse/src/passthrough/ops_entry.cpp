@@ -2,21 +2,11 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include "hoody/fuse_reply.hpp"
 #include "hoody/log.hpp"
 #include "hoody/passthrough.hpp"
 
 namespace hoody::pt {
-
-namespace {
-// One reply site for entry-returning ops.
-void reply(fuse_req_t req, const Result<fuse_entry_param>& e) {
-  if (e)
-    fuse_reply_entry(req, &*e);
-  else
-    fuse_reply_err(req, e.err());
-}
-void reply(fuse_req_t req, Status s) { fuse_reply_err(req, s.err()); }
-}  // namespace
 
 void PassthroughFs::lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   auto e = do_lookup(parent, name);

@@ -7,13 +7,12 @@
 #include <memory>
 #include <vector>
 
+#include "hoody/fuse_reply.hpp"
 #include "hoody/passthrough.hpp"
 
 namespace hoody::pt {
 
 namespace {
-void reply(fuse_req_t req, Status s) { fuse_reply_err(req, s.err()); }
-
 // An open directory: fuse_file_info::fh points to one.  The kernel serialises
 // readdir on one open directory, so it needs no lock of its own.
 struct Dir {

@@ -1,0 +1,28 @@
+// The one reply site of an op that answers with an error or an entry: every
+// FUSE layer (the passthrough core, the daemons' own ops) uses these instead of
+// calling fuse_reply_err/fuse_reply_entry in each branch.
+#pragma once
+
+#include <fuse_lowlevel.h>
+
+#include <concepts>
+
+#include "hoody/result.hpp"
+
+namespace hoody {
+
+// Status ok answers 0 (success for ops that return nothing), else its errno.
+inline void reply(fuse_req_t req, Status s) { fuse_reply_err(req, s.err()); }
+
+// An entry-returning op: the entry, or its errno.  (A template, so that a bare
+// fail(...) picks the Status overload above.)
+template <typename Entry>
+  requires std::same_as<Entry, fuse_entry_param>
+void reply(fuse_req_t req, const Result<Entry>& e) {
+  if (e)
+    fuse_reply_entry(req, &*e);
+  else
+    fuse_reply_err(req, e.err());
+}
+
+}  // namespace hoody
