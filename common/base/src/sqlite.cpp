@@ -38,8 +38,13 @@ Result<Db> Db::open(const std::string& path) {
 }
 
 Errno Db::fail_with(int rc, std::string_view what) const {
-  log::get("sql")->warn("op=sqlite what=\"{}\" rc={} -> {}", what, rc,
-                         db_ ? sqlite3_errmsg(db_.get()) : sqlite3_errstr(rc));
+  // SQLITE_BUSY/LOCKED is expected where several processes share a database
+  // (the registry): the caller retries or reports it, so it is no warning.
+  int primary = rc & 0xff;
+  auto level = primary == SQLITE_BUSY || primary == SQLITE_LOCKED ? spdlog::level::debug
+                                                                   : spdlog::level::warn;
+  log::get("sql")->log(level, "op=sqlite what=\"{}\" rc={} -> {}", what, rc,
+                       db_ ? sqlite3_errmsg(db_.get()) : sqlite3_errstr(rc));
   return to_errno(rc);
 }
 
