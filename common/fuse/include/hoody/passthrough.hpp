@@ -289,6 +289,10 @@ private:
   std::string path_locked(const Inode* in);
   void track(File* f, fuse_req_t req);
   void untrack(File* f);
+  // open and create: the File of a backing fd, tracked, in fi->fh, on_open
+  // told; and its undoing when the opener was gone before the reply.
+  File* new_file(fuse_req_t req, Inode* in, UniqueFd fd, fuse_file_info* fi);
+  void drop_file(File* f, fuse_file_info* fi);
 
   // Guards inodes_ and every Inode::nlookup.  Lock order: before any Inode::m.
   std::mutex mutex_;

@@ -42,24 +42,31 @@ void PassthroughFs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   // Opened from a tree a restore replaced meanwhile: the kernel retries the
   // open with a fresh lookup on ESTALE.
   if (stale(*in)) return reply(req, fail(ESTALE));
+  // A read-only open needs no FLUSH unless a daemon answers locks (POSIX locks
+  // are dropped at FLUSH); noflush then stays off.
+  fi->noflush = 0;
+  File* f = new_file(req, in, std::move(*fd), fi);
+  // The opener was interrupted and is gone: nobody will release this.
+  if (fuse_reply_open(req, fi) == -ENOENT) drop_file(f, fi);
+}
+
+File* PassthroughFs::new_file(fuse_req_t req, Inode* in, UniqueFd fd, fuse_file_info* fi) {
   auto* f = new File;
-  f->fd = std::move(*fd);
+  f->fd = std::move(fd);
   f->flags = fi->flags;
   f->inode = in;
   f->epoch = in->epoch;
   track(f, req);
   fi->fh = reinterpret_cast<uint64_t>(f);
   fi->keep_cache = cfg_.keep_cache;
-  // A read-only open needs no FLUSH unless a daemon answers locks (POSIX locks
-  // are dropped at FLUSH); noflush then stays off.
-  fi->noflush = 0;
   on_open(req, *f, fi);
-  if (fuse_reply_open(req, fi) == -ENOENT) {
-    // The opener was interrupted and is gone: nobody will release this.
-    on_release(*f, fi);
-    untrack(f);
-    delete f;
-  }
+  return f;
+}
+
+void PassthroughFs::drop_file(File* f, fuse_file_info* fi) {
+  on_release(*f, fi);
+  untrack(f);
+  delete f;
 }
 
 void PassthroughFs::create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
@@ -74,20 +81,9 @@ void PassthroughFs::create(fuse_req_t req, fuse_ino_t parent, const char* name, 
   if (!fd) return reply(req, fail(fd.error()));
   auto e = do_lookup(parent, name);
   if (!e) return reply(req, fail(e.error()));
-  Inode* in = inode(e->ino);
-  auto* f = new File;
-  f->fd = std::move(*fd);
-  f->flags = fi->flags;
-  f->inode = in;
-  f->epoch = in->epoch;
-  track(f, req);
-  fi->fh = reinterpret_cast<uint64_t>(f);
-  fi->keep_cache = cfg_.keep_cache;
-  on_open(req, *f, fi);
+  File* f = new_file(req, inode(e->ino), std::move(*fd), fi);
   if (fuse_reply_create(req, &*e, fi) == -ENOENT) {
-    on_release(*f, fi);
-    untrack(f);
-    delete f;
+    drop_file(f, fi);
     forget_one(inode(e->ino), 1);
   }
 }
