@@ -192,18 +192,23 @@ void DiffCache::start(std::vector<EntryPtr> entries) {
   for (auto& e : entries) run_([this, e] { run_one(e); });
 }
 
+DiffCache::EntryPtr DiffCache::uncache(std::unordered_map<std::string, EntryPtr>::iterator it) {
+  EntryPtr e = it->second;
+  entries_.erase(it);
+  stats_.bytes -= e->value->bytes();
+  --stats_.entries;
+  e->cached = false;
+  return e;
+}
+
 std::vector<std::shared_ptr<const DiffText>> DiffCache::evict_over_budget() {
   std::vector<std::shared_ptr<const DiffText>> out;
   while (stats_.bytes > opts_.budget && !lru_.empty()) {
     auto it = entries_.find(lru_.back());
     lru_.pop_back();
     if (it == entries_.end()) continue;
-    EntryPtr e = it->second;
-    entries_.erase(it);
-    stats_.bytes -= e->value->bytes();
-    --stats_.entries;
+    EntryPtr e = uncache(it);
     ++stats_.evicted;
-    e->cached = false;
     // A copy: a waiter woken by this entry may not have taken its value yet.
     out.push_back(e->value);
     log::get("snap")->debug("op=diff_cache key={} -> evicted", e->key);
@@ -346,12 +351,8 @@ void DiffCache::drop_idle(std::chrono::steady_clock::time_point now) {
       if (it != entries_.end() && now - it->second->used < opts_.idle) break;
       lru_.pop_back();
       if (it == entries_.end()) continue;
-      EntryPtr e = it->second;
-      entries_.erase(it);
-      stats_.bytes -= e->value->bytes();
-      --stats_.entries;
+      EntryPtr e = uncache(it);
       ++stats_.expired;
-      e->cached = false;
       dropped.push_back(e->value);
       log::get("snap")->debug("op=diff_cache key={} -> dropped, unused", e->key);
     }

@@ -182,6 +182,9 @@ private:
   // Drops least recently used entries until the budget holds; returns them
   // so that they are freed after m_ is released.
   std::vector<std::shared_ptr<const DiffText>> evict_over_budget();
+  // Takes a cached entry out of the cache (mu_ held); returns its value, for
+  // the caller to free after mu_ is released.
+  EntryPtr uncache(std::unordered_map<std::string, EntryPtr>::iterator it);
 
   const DiffCacheOptions opts_;
   Runner run_;
