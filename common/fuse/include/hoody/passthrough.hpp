@@ -520,6 +520,7 @@ private:
   std::unordered_set<File*> open_files_;
   std::unordered_set<pid_t> stale_logged_;
   std::unordered_map<int, UniqueFd> mount_fds_;  // mount id -> an fd on it; under mutex_
+  std::unordered_map<int, RootId> mount_owner_;  // mount id -> the added root whose dir it is; under mutex_
   std::atomic<size_t> path_fds_{0};
   // Guards dev_index_.  Innermost.
   std::mutex dev_mu_;

@@ -182,7 +182,10 @@ Result<RootId> PassthroughFs::add_root(UniqueFd dir, std::string name, bool read
   old_roots_.emplace_back(in);
   r->inode = in;
   ++path_fds_;
-  if (mdir && !mount_fds_.count(mount_id)) mount_fds_.emplace(mount_id, std::move(mdir));
+  if (mdir && !mount_fds_.count(mount_id)) {
+    mount_fds_.emplace(mount_id, std::move(mdir));
+    mount_owner_[mount_id] = id;
+  }
   log::get("fuse")->debug("op=add_root root={} name={} dev={} ino={} ro={}", id, r->name,
                           st.st_dev, st.st_ino, read_only);
   return id;
@@ -234,6 +237,28 @@ Result<Removed> PassthroughFs::remove_root(RootId id) {
     r->epoch = next_epoch_++;
     retired = retire_locked(*r, &out.nodes);
     if (Inode* cur = r->inode.load()) out.nodes.push_back(reinterpret_cast<fuse_ino_t>(cur));
+    // The mount fd it gave (a directory in its tree) goes too; another live
+    // root on that mount gives one instead.
+    for (auto it = mount_owner_.begin(); it != mount_owner_.end();) {
+      if (it->second != id) {
+        ++it;
+        continue;
+      }
+      int mount_id = it->first;
+      mount_fds_.erase(mount_id);
+      it = mount_owner_.erase(it);
+      for (auto& other : roots_) {
+        if (!other || other.get() == r || other->revoked.load() || other->mnt_id != mount_id) continue;
+        Inode* oin = other->inode.load();
+        std::lock_guard ig(oin->m);
+        if (!oin->fd_.valid()) continue;
+        auto d = sys::reopen(oin->fd_.get(), O_RDONLY | O_DIRECTORY);
+        if (!d) continue;
+        mount_fds_.emplace(mount_id, std::move(*d));
+        mount_owner_[mount_id] = other->id;
+        break;
+      }
+    }
   }
   size_t closed = 0;
   close_retired(retired, &closed);
@@ -365,6 +390,7 @@ Result<Reroot> PassthroughFs::reroot() {
     retired = retire_locked(*src, &r.stale);
     // The mount fds of the old tree keep it alive: one on the new root instead.
     mount_fds_.clear();
+    mount_owner_.clear();
     if (mount_dir) mount_fds_.emplace(mount_id, std::move(mount_dir));
     {
       // A fresh st_ino prefix for the new tree, even if its st_dev was seen
