@@ -529,6 +529,27 @@ TEST_CASE("sharefs: a source swapped for a symlink before it is served is not fo
   }
 }
 
+TEST_CASE("sharefs: a create over a name that became a symlink does not follow it") {
+  require_mount_capabilities();
+  Pool p;
+  std::string d = p.storage("c1") + "/data";
+  ::mkdir(d.c_str(), 0755);
+  p.offer("ds", "data", "c2", Mode::rw);
+  auto m = p.mount("c2");
+  REQUIRE(::rename((m + "/.pending/ds").c_str(), (m + "/ds").c_str()) == 0);
+  // The kernel caches "x" as missing; the owner then makes it a symlink to
+  // c3's storage; the receiver's O_CREAT reaches the daemon as a CREATE.
+  struct stat st;
+  REQUIRE(::stat((m + "/ds/x").c_str(), &st) < 0);
+  std::string outside = p.storage("c3") + "/planted";
+  REQUIRE(::symlink(outside.c_str(), (d + "/x").c_str()) == 0);
+  int fd = ::open((m + "/ds/x").c_str(), O_WRONLY | O_CREAT, 0644);
+  int e = fd < 0 ? errno : 0;
+  if (fd >= 0) ::close(fd);
+  CHECK_FALSE(exists(outside));
+  CHECK_MESSAGE((e == ELOOP || e == EEXIST), "open gave ", std::strerror(e));
+}
+
 TEST_CASE("sharefs: the daemon's life cycle: usage errors, an unknown container, SIGTERM") {
   require_mount_capabilities();
   Pool p;
