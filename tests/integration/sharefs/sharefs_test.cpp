@@ -447,6 +447,9 @@ TEST_CASE("sharefs: special files never open, mknod refused, symlinks verbatim, 
   ::mkdir((d + "/mnt").c_str(), 0755);
   REQUIRE(::mount("tmpfs", (d + "/mnt").c_str(), "tmpfs", 0, "size=1m") == 0);
   write_file(d + "/mnt/secret", "s");
+  write_file(d + "/bound", "mine");
+  write_file(p.storage("c3") + "/theirs", "c3's");
+  REQUIRE(::mount((p.storage("c3") + "/theirs").c_str(), (d + "/bound").c_str(), nullptr, MS_BIND, nullptr) == 0);
   ::mkdir((p.storage("c1") + "/w1").c_str(), 0755);
   ::mkdir((p.storage("c1") + "/w2").c_str(), 0755);
   write_file(p.storage("c1") + "/w1/a", "a");
@@ -494,6 +497,7 @@ TEST_CASE("sharefs: special files never open, mknod refused, symlinks verbatim, 
   CHECK(read_file(s + "/nested/in") == "nested");
   CHECK(err_of(::stat((s + "/mnt/secret").c_str(), &st)) == ENOENT);
   CHECK(err_of(::stat((s + "/mnt").c_str(), &st)) == ENOENT);
+  CHECK(err_of(::stat((s + "/bound").c_str(), &st)) == ENOENT);  // a file bind-mounted there
   // Renames and links between two shares: EXDEV.
   CHECK(err_of(::rename((m + "/w1/a").c_str(), (m + "/w2/a").c_str())) == EXDEV);
   CHECK(err_of(::link((m + "/w1/a").c_str(), (m + "/w2/a").c_str())) == EXDEV);
@@ -502,6 +506,7 @@ TEST_CASE("sharefs: special files never open, mknod refused, symlinks verbatim, 
   CHECK(::rename((m + "/w1/a").c_str(), (m + "/w1/b").c_str()) == 0);
   CHECK(::link((m + "/w1/b").c_str(), (m + "/w1/c").c_str()) == 0);
   ::umount2((d + "/mnt").c_str(), MNT_DETACH);
+  ::umount2((d + "/bound").c_str(), MNT_DETACH);
 }
 
 TEST_CASE("sharefs: a source swapped for a symlink before it is served is not followed") {
