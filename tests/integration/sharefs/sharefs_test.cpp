@@ -566,6 +566,9 @@ TEST_CASE("sharefs: the daemon's life cycle: usage errors, an unknown container,
   CHECK(unknown.exit_code == 1);
   CHECK(unknown.output.find("no such container zz") != std::string::npos);
   CHECK(std::count(unknown.output.begin(), unknown.output.end(), '\n') == 1);
+  auto suid = run({sharefs_exe(), "-f", p.path, mnt, "-o", "container=c2,suid"});
+  CHECK(suid.exit_code == 2);
+  CHECK(suid.output.find("nosuid,nodev") != std::string::npos);
   auto nopool = run({sharefs_exe(), "-f", p.path + "/nope", mnt, "-o", "container=c2"});
   CHECK(nopool.exit_code == 1);
 
