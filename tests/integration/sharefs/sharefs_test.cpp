@@ -353,7 +353,9 @@ TEST_CASE("sharefs: ro <-> rw changes apply at once, also to files opened before
 
   std::string why;
   REQUIRE(p.reg->set_mode("c1", "ds", Mode::ro, &why));
-  double ms = wait_ms([&] { return ::pwrite(fd, "B", 1, 1) < 0 && errno == EROFS; });
+  // Polled with a write that changes nothing (the byte already there): one
+  // that lands before the change is applied must not alter the file.
+  double ms = wait_ms([&] { return ::pwrite(fd, "1", 1, 1) < 0 && errno == EROFS; });
   MESSAGE("rw->ro effective for an open file after ", ms, " ms");
   CHECK(ms >= 0);
   CHECK(ms < 100);
