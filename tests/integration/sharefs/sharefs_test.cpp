@@ -261,6 +261,30 @@ TEST_CASE("sharefs: changes reach a running mount within 100 ms; a project share
   ::close(fd);
 }
 
+TEST_CASE("sharefs: a lost change signal costs at most the watcher's bounded wait, never a change") {
+  require_mount_capabilities();
+  Pool p;
+  ::mkdir((p.storage("c1") + "/data").c_str(), 0755);
+  auto m2 = p.mount("c2");
+  // The shared-memory object is deleted (a reboot of /dev/shm, a careless
+  // admin): the daemon waits on its old mapping, writers publish to a new one.
+  hoody::sharefs::ChangeSignal::remove(p.shm);
+  std::string why;
+  auto other = Registry::open(p.path, &why);
+  REQUIRE_MESSAGE(other, why);
+  Offer o;
+  o.from = "c1";
+  o.source = "data";
+  o.to_container = "c2";
+  o.name = "lost";
+  REQUIRE_MESSAGE(other->offer(o, &why), why);
+  double ms = wait_ms([&] { return exists(m2 + "/.pending/lost"); }, 3000);
+  MESSAGE("offer seen without a signal after ", ms, " ms");
+  CHECK(ms >= 0);
+  CHECK(ms < 1000);
+  hoody::sharefs::ChangeSignal::remove(other->signal().name());
+}
+
 TEST_CASE("sharefs: revoke at once: new opens, open files, mmaps, page-cached data, a cwd inside") {
   require_mount_capabilities();
   Pool p;
