@@ -126,6 +126,17 @@ void Fs::attached(fuse_session* se) {
   watcher_ = std::thread([this] { watch_loop(); });
 }
 
+std::function<int(uint64_t)> Fs::tmpfile_errno() {
+  return [this](uint64_t nodeid) -> int {
+    if (is_vnode(nodeid)) return EPERM;
+    // The kernel holds the directory's node while the request is in flight.
+    const pt::Root& r = *inode(nodeid)->root;
+    if (r.revoked.load()) return ESTALE;
+    if (r.read_only.load() || config().read_only) return EROFS;
+    return EOPNOTSUPP;
+  };
+}
+
 void Fs::destroy() {
   stop_ = true;
   if (watcher_.joinable()) watcher_.join();

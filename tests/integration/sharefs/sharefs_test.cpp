@@ -509,6 +509,8 @@ TEST_CASE("sharefs: a read-only share refuses every change with EROFS") {
   CHECK(err_of(::utimensat(AT_FDCWD, (r + "/f").c_str(), ts, 0)) == EROFS);
   CHECK(err_of(::setxattr((r + "/f").c_str(), "user.k", "w", 1, 0)) == EROFS);
   CHECK(err_of(::removexattr((r + "/f").c_str(), "user.k")) == EROFS);
+  CHECK(err_of(::open(r.c_str(), O_TMPFILE | O_RDWR, 0600)) == EROFS);
+  CHECK(err_of(::open(m.c_str(), O_TMPFILE | O_RDWR, 0600)) == EPERM);
   // A read-only open cannot map shared-writable.
   int fd = ::open((r + "/f").c_str(), O_RDONLY);
   REQUIRE(fd >= 0);
