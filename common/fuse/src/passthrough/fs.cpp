@@ -228,7 +228,9 @@ std::vector<Inode*> PassthroughFs::retire_locked(Root& r, std::vector<fuse_ino_t
 }
 
 void PassthroughFs::close_retired(const std::vector<Inode*>& retired, size_t* closed) {
-  // Close what we hold in the old tree (a pinned fd closes with its last pin).
+  // Called with mutex_ held (the inodes are in stale_ and a FORGET would free
+  // them).  Close what we hold in the old tree (a pinned fd closes with its
+  // last pin); closing an O_PATH fd does not block.
   for (Inode* in : retired) {
     std::lock_guard ig(in->m);
     in->retired_ = true;
@@ -245,6 +247,7 @@ Result<Removed> PassthroughFs::remove_root(RootId id) {
   Removed out;
   out.id = id;
   std::vector<Inode*> retired;
+  size_t closed = 0;
   Root* r;
   {
     std::lock_guard g(mutex_);
@@ -256,6 +259,8 @@ Result<Removed> PassthroughFs::remove_root(RootId id) {
     r->epoch = next_epoch_++;
     retired = retire_locked(*r, &out.nodes);
     if (Inode* cur = r->inode.load()) out.nodes.push_back(reinterpret_cast<fuse_ino_t>(cur));
+    // Under mutex_: once it is released, a FORGET may free a retired inode.
+    close_retired(retired, &closed);
     // The mount fd it gave (a directory in its tree) goes too; another live
     // root on that mount gives one instead.
     for (auto it = mount_owner_.begin(); it != mount_owner_.end();) {
@@ -279,8 +284,6 @@ Result<Removed> PassthroughFs::remove_root(RootId id) {
       }
     }
   }
-  size_t closed = 0;
-  close_retired(retired, &closed);
   // Open files: their backing fds go at once.  dup3 over the fd keeps its
   // number valid for a request that passed check() just before (it reads
   // /dev/null), so no fd number is ever reused under a running request.
@@ -417,8 +420,9 @@ Result<Reroot> PassthroughFs::reroot() {
     src->inode = root;
     ++path_fds_;
     r.epoch = epoch;
+    // Under mutex_: once it is released, a FORGET may free a retired inode.
+    close_retired(retired, &closed);
   }
-  close_retired(retired, &closed);
   r.changed = true;
   log::get("fuse")->warn("source {} was replaced (a restore?): serving the new directory "
                          "(dev={} ino={}) as epoch {}; {} inodes of the old tree are stale "
