@@ -93,9 +93,13 @@ Status Fs::start(std::string* why) {
   HOODY_CHECK(open_source(why));
   started_ = now_s();
   changed_ = started_;
-  req_reg_.emplace(std::move(*reg));
-  // Serve what is accepted now (no kernel to notify yet).
-  if (auto s = sync(*req_reg_); !s) {
+  // Serve what is accepted now (no kernel to notify yet).  This connection
+  // is closed when start() returns, before fuse_daemonize forks: a SQLite
+  // connection must not cross a fork (the child does not hold the parent's
+  // POSIX locks, so its -shm would be rebuilt under it by the next opener,
+  // and the daemon's accepts and reads of the generation would be lost).
+  // attached() opens the daemon's connections after the fork.
+  if (auto s = sync(*reg); !s) {
     *why = "registry: " + s.error().message();
     return s;
   }
@@ -118,7 +122,7 @@ void Fs::attached(fuse_session* se) {
   }
   watch_reg_.emplace(std::move(*reg));
   {
-    // The request connection too: SQLite connections do not cross a fork.
+    // The request connection too (see start()).
     auto r2 = Registry::open(scfg_.pool, &why, scfg_.registry);
     std::lock_guard g(req_m_);
     if (r2) req_reg_.emplace(std::move(*r2));

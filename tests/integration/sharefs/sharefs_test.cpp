@@ -33,6 +33,7 @@
 #include "hoody/test/btrfs_pool.hpp"
 #include "hoody/test/capability.hpp"
 #include "hoody/test/daemon.hpp"
+#include "hoody/test/guard.hpp"
 #include "hoody/test/process.hpp"
 #include "share/registry.hpp"
 
@@ -661,6 +662,80 @@ TEST_CASE("sharefs: a create over a name that became a symlink does not follow i
   if (fd >= 0) ::close(fd);
   CHECK_FALSE(exists(outside));
   CHECK_MESSAGE((e == ELOOP || e == EEXIST), "open gave ", std::strerror(e));
+}
+
+// As fstab, mount.fuse3, hoody-up and systemd start it: without -f, so the
+// daemon forks (fuse_daemonize).  A SQLite connection opened before the fork
+// and used after it lost the child's view of the registry: accepts by mv were
+// answered but never committed, and a revoke never reached the mount.
+TEST_CASE("sharefs: a daemonized hoody-sharefs commits accepts and follows a revoke") {
+  require_mount_capabilities();
+  Pool p;
+  ::mkdir((p.storage("c1") + "/data").c_str(), 0755);
+  write_file(p.storage("c1") + "/data/f", "hello\n");
+  // As the CLI does: every change through a connection of its own that is
+  // closed again, so no connection of this process keeps the registry's
+  // -shm alive while the daemon runs.
+  p.reg.reset();
+  auto registry = [&] {
+    std::string why;
+    auto r = Registry::open(p.path, &why);
+    REQUIRE_MESSAGE(r, why);
+    return std::move(*r);
+  };
+  auto state_of = [&](const std::string& name) {
+    auto reg = registry();
+    auto l = reg.shares_for("c2", true);
+    REQUIRE(l);
+    State st = State::revoked;
+    for (auto& r : *l)
+      if (r.name == name) st = r.state;
+    return st;
+  };
+  auto mnt = p.btrfs.make_temp_dir("bg");
+  auto id = register_resource(Resource::fuse_mount, mnt);
+  ExitInfo start = run({sharefs_exe(), p.path, mnt, "-o", "container=c2"}, std::chrono::seconds(20));
+  REQUIRE_MESSAGE(start.ok(), start.describe());
+  struct Unmount {
+    std::string m;
+    std::uint64_t id;
+    ~Unmount() {
+      run({"fusermount3", "-u", m});
+      release(id);
+    }
+  } unmount{mnt, id};
+  REQUIRE(is_mounted(mnt, "fuse.hoody-sharefs"));
+
+  // An offer made after the fork reaches the mount.
+  {
+    std::string why;
+    Offer o;
+    o.from = "c1";
+    o.source = "data";
+    o.mode = Mode::rw;
+    o.name = "ds";
+    o.to_container = "c2";
+    auto reg = registry();
+    REQUIRE_MESSAGE(reg.offer(o, &why), why);
+  }
+  CHECK(wait_ms([&] { return exists(mnt + "/.pending/ds"); }) >= 0);
+  // mv accepts, and the registry says so to every other connection.
+  REQUIRE(::rename((mnt + "/.pending/ds").c_str(), (mnt + "/ds").c_str()) == 0);
+  CHECK(state_of("ds") == State::accepted);
+  CHECK(read_file(mnt + "/ds/f") == "hello\n");
+
+  // A revoke by another process's connection reaches a file held open.
+  int fd = ::open((mnt + "/ds/f").c_str(), O_RDONLY);
+  REQUIRE(fd >= 0);
+  {
+    std::string why;
+    auto reg = registry();
+    REQUIRE_MESSAGE(reg.revoke("c1", "ds", &why), why);
+  }
+  char c;
+  CHECK(wait_ms([&] { return ::pread(fd, &c, 1, 0) < 0; }) >= 0);
+  ::close(fd);
+  CHECK(wait_ms([&] { return !exists(mnt + "/ds"); }) >= 0);
 }
 
 TEST_CASE("sharefs: the daemon's life cycle: usage errors, an unknown container, SIGTERM") {
