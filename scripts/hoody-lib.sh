@@ -1,0 +1,40 @@
+# Shared by hoody-up and hoody-down (sourced; PROG names the caller).
+
+say() { printf '%s: %s\n' "$PROG" "$*"; }
+die() { printf '%s: %s\n' "$PROG" "$*" >&2; exit 1; }
+
+# The paths go into fstab lines and mountinfo lookups: no blanks or escapes.
+check_path() {
+  [[ "$1" =~ ^[A-Za-z0-9/._+@:=-]*$ ]] || die "path '$1': use letters, digits and / . _ + @ : = -"
+}
+check_id() {
+  [[ "$1" =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || die "container id '$1': use letters, digits, '.', '_' and '-'"
+}
+
+# The mount at exactly $1 in this namespace, from mountinfo (no stat: a dead
+# FUSE mount answers ENOTCONN): "none", else its fstype.
+mounted_type() {
+  awk -v p="$1" '$5 == p { for (i = 7; $i != "-"; i++); t = $(i + 1) } END { print t ? t : "none" }' \
+    /proc/self/mountinfo
+}
+
+# A FUSE mount at $1: "none", "live", or "dead" (its daemon is gone or hangs).
+fuse_state() {
+  case "$(mounted_type "$1")" in
+    none) echo none ;;
+    *) if timeout 5 stat -f "$1" >/dev/null 2>&1; then echo live; else echo dead; fi ;;
+  esac
+}
+
+# The processes serving the FUSE mount at $1: a hoody daemon whose last
+# argument is $1 (hoody-up starts them so).
+daemon_pids() {
+  local p args
+  for p in /proc/[0-9]*; do
+    mapfile -d '' -t args <"$p/cmdline" 2>/dev/null || continue
+    [ ${#args[@]} -ge 2 ] || continue
+    case "${args[0]##*/}" in hoody-dbfs|hoody-snapfs|hoody-sharefs) ;; *) continue ;; esac
+    [ "${args[${#args[@]}-1]}" = "$1" ] && echo "${p#/proc/}"
+  done
+  return 0
+}
