@@ -121,13 +121,17 @@ TEST_CASE("two containers on one host: each mounts its fragment with mount -T an
     CHECK_MESSAGE(contains(up.output, "--mount type=bind,source=" + r + ",target=/hoody,bind-propagation=rslave "
                                       "--mount type=bind,source=" + r + "/ramdisk,target=/ramdisk"), up.output);
     CHECK_MESSAGE(contains(up.output, "--bind=" + r + ":/hoody:rbind --bind=" + r + "/ramdisk:/ramdisk"), up.output);
-    CHECK_MESSAGE(contains(up.output, "lxc.mount.entry = " + r + " hoody none rbind,rslave,nosuid,nodev"), up.output);
+    CHECK_MESSAGE(contains(up.output, "lxc.mount.entry = " + r + " hoody none rbind,rslave,nosuid,nodev,create=dir 0 0"),
+                  up.output);
     std::string frag = slurp(host.fragment(c)), lines;
     std::istringstream in(frag);
     for (std::string l; std::getline(in, l);)
       if (!l.empty() && l[0] != '#') lines += l + "\n";
-    CHECK(lines == r + " " + T + "/hoody none rbind,rslave,nosuid,nodev,create=dir,X-mount.mkdir 0 0\n" +
-                       r + "/ramdisk " + T + "/ramdisk none bind,nosuid,nodev,create=dir,X-mount.mkdir 0 0\n");
+    CHECK(lines == r + " " + T + "/hoody none rbind,rslave,nosuid,nodev,X-mount.mkdir 0 0\n" +
+                       r + "/ramdisk " + T + "/ramdisk none bind,nosuid,nodev,X-mount.mkdir 0 0\n");
+    CHECK(contains(slurp(host.run_dir + "/" + c + ".lxc.fstab"),
+                   "\n" + r + " hoody none rbind,rslave,nosuid,nodev,create=dir 0 0\n" + r +
+                       "/ramdisk ramdisk none bind,nosuid,nodev,create=dir 0 0\n"));
     CHECK_MESSAGE(contains(up.output, lines.substr(0, lines.find('\n'))), "the fragment is printed too");
   }
   // Both are registered in the share registry, in their project.
