@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by hoody-up and hoody-down (sourced; PROG names the caller).
 
 say() { printf '%s: %s\n' "$PROG" "$*"; }
@@ -9,6 +10,17 @@ check_path() {
 }
 check_id() {
   [[ "$1" =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || die "container id '$1': use letters, digits, '.', '_' and '-'"
+  case "$1" in
+    *.fstab|*.host|*.lock) die "container id '$1': the names *.fstab, *.host, *.lock are RUN's own files" ;;
+  esac
+}
+
+# One hoody-up or hoody-down at a time per RUN (a unit per container may
+# start several at once).
+lock_run() {
+  mkdir -p "$RUN"
+  exec 9>"$RUN/.lock"
+  flock -w 120 9 || die "another hoody-up or hoody-down holds $RUN/.lock"
 }
 
 # The mount at exactly $1 in this namespace, from mountinfo (no stat: a dead

@@ -264,12 +264,26 @@ TEST_CASE("the ramdisk is half of the container's memory limit: given, found in 
   CHECK_MESSAGE(contains(e.output, "no memory.max"), e.output);
 }
 
-TEST_CASE("hoody-up twice changes nothing; a dead daemon is restarted and a running container sees the new one") {
+TEST_CASE("hoody-up twice (also at once) changes nothing; a dead daemon is restarted and a running container sees the new one") {
   require_mount_capabilities();
   Host host;
-  auto e = host.up({"c1", "c2"}, {"--project", "web"});
+  // Two at once (units may start them together): one waits for the other.
+  host.guard("c1");
+  host.guard("c2");
+  ExitInfo other;
+  std::thread t([&] { other = host.up({"c1", "c2"}, {"--project", "web"}); });
+  auto e = host.up({"c2", "c1"}, {"--project", "web"});
+  t.join();
   REQUIRE_MESSAGE(e.ok(), e.describe());
+  REQUIRE_MESSAGE(other.ok(), other.describe());
   const std::string T = host.target;
+  for (std::string c : {"c1", "c2"})
+    for (auto* m : {"/databases", "/.snapshots"}) {
+      CAPTURE(c + m);
+      CHECK(daemons_of(host.run_dir + "/" + c + m).size() == 1);
+      CHECK(mounts_under(host.run_dir + "/" + c + m).size() == 1);
+    }
+  CHECK(mounts_under(host.run_dir + "/c1/storage").size() == 1);
 
   std::string table = mount_table(host.run_dir);
   auto pids = daemons_of_container(host, "c1"), pids2 = daemons_of_container(host, "c2");
@@ -444,6 +458,11 @@ TEST_CASE("the embedded pool: an image where the pool is not BTRFS, loop-mounted
   // This machine's view of c1, at TARGET/hoody (/hoody without HOODY_TARGET_ROOT).
   CHECK(is_mounted(dir + "/target/hoody"));
   CHECK(is_mounted(dir + "/target/hoody/databases", "fuse.hoody-dbfs"));
+  // Again: nothing changes, here either.
+  std::string table = mount_table(dir);
+  e = cmd({s + "/hoody-up"});
+  REQUIRE_MESSAGE(e.ok(), e.describe());
+  CHECK(mount_table(dir) == table);
 
   e = cmd({"HOODY_DESTROY=1", s + "/hoody-down"});
   CHECK_MESSAGE(e.ok(), e.describe());

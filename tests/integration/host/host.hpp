@@ -31,6 +31,9 @@ public:
   ExitInfo up(const std::vector<std::string>& containers, const std::vector<std::string>& options = {},
               const std::vector<std::string>& extra_env = {});
   ExitInfo down(const std::vector<std::string>& containers = {});
+  // Register RUN/C's mounts with the guard (up() does it; call it first
+  // when up() runs on several threads).
+  void guard(const std::string& c);
   // hoody-share --pool POOL ARGS...
   ExitInfo share(const std::vector<std::string>& args);
 
@@ -45,7 +48,6 @@ public:
 private:
   ExitInfo script(const std::string& name, const std::vector<std::string>& args,
                   const std::vector<std::string>& extra_env = {});
-  void guard(const std::string& c);
   std::vector<std::uint64_t> ids_;
   std::set<std::string> guarded_;
   bool downed_ = false;
