@@ -30,11 +30,16 @@ mounted_type() {
     /proc/self/mountinfo
 }
 
-# A FUSE mount at $1: "none", "live", or "dead" (its daemon is gone or hangs).
+# A FUSE mount at $1: "none", "live", "dead" (its daemon is gone: ENOTCONN)
+# or "hung" (no answer to statfs within 5 s).
 fuse_state() {
-  case "$(mounted_type "$1")" in
-    none) echo none ;;
-    *) if timeout 5 stat -f "$1" >/dev/null 2>&1; then echo live; else echo dead; fi ;;
+  [ "$(mounted_type "$1")" != none ] || { echo none; return 0; }
+  local rc=0
+  timeout 5 stat -f "$1" >/dev/null 2>&1 || rc=$?
+  case $rc in
+    0) echo live ;;
+    124) echo hung ;;
+    *) echo dead ;;
   esac
 }
 

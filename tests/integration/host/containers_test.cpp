@@ -338,6 +338,18 @@ TEST_CASE("hoody-up twice (also at once) changes nothing; a dead daemon is resta
   // The rest of c1 and all of c2 were left alone.
   CHECK(daemons_of(host.run_dir + "/c1/.snapshots") == snapfs);
   CHECK(daemons_of_container(host, "c2") == pids2);
+
+  // A daemon that does not answer (stopped here) may be busy: left alone, and said.
+  auto dbfs_c2 = daemons_of(host.run_dir + "/c2/databases");
+  REQUIRE(dbfs_c2.size() == 1);
+  std::string table2 = mount_table(host.run_dir + "/c2");
+  REQUIRE(::kill(dbfs_c2[0], SIGSTOP) == 0);
+  e = host.up({"c2"});
+  ::kill(dbfs_c2[0], SIGCONT);
+  CHECK_MESSAGE(e.ok(), e.describe());
+  CHECK_MESSAGE(contains(e.output, "hoody-dbfs does not answer within 5 s: left alone"), e.output);
+  CHECK(daemons_of(host.run_dir + "/c2/databases") == dbfs_c2);
+  CHECK(mount_table(host.run_dir + "/c2") == table2);
 }
 
 TEST_CASE("hoody-down of one container leaves the other running; without names it takes all") {
