@@ -198,6 +198,11 @@ TEST_CASE("two containers on one host: each mounts its fragment with mount -T an
     CHECK(rows == 1);
     CHECK(slurp(host.run_dir + "/" + c + "/ramdisk/scratch") == c);
   }
+  // Programs run in a namespace see it too (the README runs mv there).
+  auto cat = n1.exec({"cat", T + "/hoody/storage/who"});
+  CHECK_MESSAGE((cat.ok() && cat.output == "c1"), cat.describe());
+  cat = n2.exec({"cat", T + "/hoody/storage/who"});
+  CHECK_MESSAGE((cat.ok() && cat.output == "c2"), cat.describe());
   for (Container* n : {&n1, &n2}) {
     std::string me = n->name(), other = me == "c1" ? "c2" : "c1";
     auto e = n->run([&] {

@@ -7,7 +7,8 @@
 // ESTALE), and the share is gone from c2's /hoody/shares.
 //
 // Needs hoody-sharefs ($HOODY_SHAREFS, set by meson when the target exists):
-// without it this area fails, by design, until the daemon is in the build.
+// without it this area fails after the offer, by design, until the daemon is
+// in the build.
 #include <doctest/doctest.h>
 #include <dirent.h>
 #include <fcntl.h>
@@ -65,10 +66,6 @@ std::string names_in(const std::string& dir) {
 
 TEST_CASE("c1 offers, c2 accepts with mv, reads and writes; a revoke reaches a file c2 holds open") {
   require_mount_capabilities();
-  const char* sharefs = std::getenv("HOODY_SHAREFS");
-  REQUIRE_MESSAGE((sharefs && *sharefs),
-                  "hoody-sharefs is not in this build (it comes with branch sharefs-daemon); "
-                  "without it /hoody/shares is an empty directory and nothing can be accepted");
   Host host;
   auto up = host.up({"c1", "c2"}, {"--project", "web"});
   REQUIRE_MESSAGE(up.ok(), up.describe());
@@ -88,6 +85,15 @@ TEST_CASE("c1 offers, c2 accepts with mv, reads and writes; a revoke reaches a f
   // c1 offers it to c2, read-write.
   e = host.share({"offer", "--from", "c1:datasets", "--to", "c2", "--rw", "datasets"});
   REQUIRE_MESSAGE(e.ok(), e.describe());
+
+  auto pending = host.share({"list", "--container", "c2", "--json"});
+  CHECK_MESSAGE(pending.output.find("\"offered\"") != std::string::npos, pending.output);
+
+  // From here on it takes the daemon.
+  const char* sharefs = std::getenv("HOODY_SHAREFS");
+  REQUIRE_MESSAGE((sharefs && *sharefs),
+                  "hoody-sharefs is not in this build (it comes with branch sharefs-daemon); "
+                  "without it /hoody/shares is an empty directory and nothing can be accepted");
 
   // c2 sees the offer under .pending and accepts it with mv.
   e = n2.run([&] { return wait_for(shares + "/.pending/datasets", true); });
