@@ -30,6 +30,23 @@ mounted_type() {
     /proc/self/mountinfo
 }
 
+# The source of the mount at exactly $1 ("" when none).
+mounted_source() {
+  awk -v p="$1" '$5 == p { for (i = 7; $i != "-"; i++); s = $(i + 2) } END { print s }' \
+    /proc/self/mountinfo
+}
+
+# The mounts an older hoody-up (one container, each path mounted on its own)
+# left at ROOT/hoody and ROOT/ramdisk ($1 = ROOT): printed one a line.
+legacy_mounts() {
+  local root=$1 m
+  [ "$(mounted_type "$root/hoody")" = none ] || return 0  # today's view: one bind of RUN/C
+  for m in .snapshots databases shares storage; do
+    [ "$(mounted_type "$root/hoody/$m")" = none ] || echo "$root/hoody/$m"
+  done
+  [ "$(mounted_source "$root/ramdisk")" != hoody-ramdisk ] || echo "$root/ramdisk"
+}
+
 # A FUSE mount at $1: "none", "live", "dead" (its daemon is gone: ENOTCONN)
 # or "hung" (no answer to statfs within 5 s).
 fuse_state() {
@@ -41,6 +58,14 @@ fuse_state() {
     124) echo hung ;;
     *) echo dead ;;
   esac
+}
+
+# Whether process $1 runs (a zombie does not).
+alive() {
+  local st
+  st=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  st=${st##*) }
+  [ "${st%% *}" != Z ]
 }
 
 # The processes serving the FUSE mount at $1: a hoody daemon whose last

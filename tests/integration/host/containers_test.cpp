@@ -322,10 +322,20 @@ TEST_CASE("hoody-up twice (also at once) changes nothing; a dead daemon is resta
   REQUIRE(::kill(dbfs[0], SIGKILL) == 0);
   REQUIRE(gone_within(dbfs, 5s));
   e = n1.run([&] {
-    struct statfs st;  // (a stat may be answered from the kernel's attribute cache)
-    return ::statfs((T + "/hoody/databases").c_str(), &st) != 0 && errno == ENOTCONN ? 0 : 1;
+    // statfs (a stat may be answered from the kernel's attribute cache); the
+    // connection goes when the last thread of the killed daemon is gone.
+    struct statfs st;
+    int rc = 0, err = 0;
+    for (int i = 0; i < 100; ++i) {
+      rc = ::statfs((T + "/hoody/databases").c_str(), &st);
+      err = errno;
+      if (rc != 0 && err == ENOTCONN) return 0;
+      std::this_thread::sleep_for(50ms);
+    }
+    std::printf("statfs: %d (%s)\n", rc, rc ? std::strerror(err) : "answered");
+    return 1;
   });
-  CHECK_MESSAGE(e.ok(), "the dead dbfs does not answer ENOTCONN in the container");
+  CHECK_MESSAGE(e.ok(), "the dead dbfs does not answer ENOTCONN in the container: " << e.describe());
 
   // hoody-up again restarts it, and the container (not remounted) uses the new one.
   e = host.up({"c1"});
@@ -440,6 +450,53 @@ TEST_CASE("a restore in a running container shows in its /hoody/storage without 
   });
   CHECK_MESSAGE(e.ok(), e.describe());
   CHECK(slurp(host.run_dir + "/c1/storage/config") == "v1");
+}
+
+TEST_CASE("an older hoody-up's tree at /hoody: hoody-up says so, hoody-down takes it down") {
+  require_mount_capabilities();
+  Host host;
+  const std::string T = host.target;
+  // What the single-container hoody-up mounted: each path on its own.
+  host.pool.make_dir("containers");
+  host.pool.make_dir("containers/c1");
+  std::string storage = host.pool.make_subvolume("containers/c1/storage");
+  std::string databases = host.pool.make_subvolume("containers/c1/databases");
+  for (auto* d : {"/hoody", "/hoody/storage", "/hoody/databases", "/ramdisk"})
+    REQUIRE(::mkdir((T + d).c_str(), 0755) == 0);
+  std::vector<std::uint64_t> ids{register_resource(Resource::mount, T + "/hoody/storage"),
+                                 register_resource(Resource::mount, T + "/ramdisk"),
+                                 register_resource(Resource::fuse_mount, T + "/hoody/databases"),
+                                 register_resource(Resource::mount, T + "/hoody"),
+                                 register_resource(Resource::mount, T + "/ramdisk")};
+  run_checked({"mount", "--bind", storage, T + "/hoody/storage"});
+  run_checked({"mount", "-t", "tmpfs", "-o", "size=1m,nosuid,nodev", "hoody-ramdisk", T + "/ramdisk"});
+  const char* dbfs = std::getenv("HOODY_DBFS");
+  REQUIRE(dbfs);
+  run_checked({dbfs, "-o", "allow_other", databases, T + "/hoody/databases"});
+  auto old_dbfs = daemons_of(T + "/hoody/databases");
+  REQUIRE(old_dbfs.size() == 1);
+
+  host.guard("c1");
+  auto e = host.up({});  // no name: c1, shown here at TARGET/hoody
+  CHECK(e.exit_code == 1);
+  CHECK_MESSAGE(contains(e.output, "an older hoody-up's tree is mounted here (" + T + "/hoody/databases " + T +
+                                       "/hoody/storage " + T + "/ramdisk)"),
+                e.output);
+  e = host.down();
+  CHECK_MESSAGE(e.ok(), e.describe());
+  CHECK_MESSAGE(contains(e.output, "unmounted " + T + "/hoody/databases (an older hoody-up's)"), e.output);
+  CHECK(mounts_under(T).empty());
+  CHECK(gone_within(old_dbfs, 10s));
+
+  e = host.up({});
+  CHECK_MESSAGE(e.ok(), e.describe());
+  CHECK(is_mounted(T + "/hoody"));
+  CHECK(is_mounted(T + "/hoody/databases", "fuse.hoody-dbfs"));
+  CHECK(is_mounted(T + "/ramdisk", "tmpfs"));
+  e = host.down();
+  CHECK_MESSAGE(e.ok(), e.describe());
+  CHECK(mounts_under(T).empty());
+  for (auto it = ids.rbegin(); it != ids.rend(); ++it) release(*it);
 }
 
 TEST_CASE("the embedded pool: an image where the pool is not BTRFS, loop-mounted, destroyed on request") {
