@@ -452,7 +452,7 @@ TEST_CASE("a restore in a running container shows in its /hoody/storage without 
   CHECK(slurp(host.run_dir + "/c1/storage/config") == "v1");
 }
 
-TEST_CASE("an older hoody-up's tree at /hoody: hoody-up says so, hoody-down takes it down") {
+TEST_CASE("this machine's view: an older hoody-up's tree is refused and taken down; --host; hoody-down of it") {
   require_mount_capabilities();
   Host host;
   const std::string T = host.target;
@@ -494,6 +494,16 @@ TEST_CASE("an older hoody-up's tree at /hoody: hoody-up says so, hoody-down take
   CHECK(is_mounted(T + "/hoody/databases", "fuse.hoody-dbfs"));
   CHECK(is_mounted(T + "/ramdisk", "tmpfs"));
   e = host.down();
+  CHECK_MESSAGE(e.ok(), e.describe());
+  CHECK(mounts_under(T).empty());
+
+  // --host shows a named container here; hoody-down of it takes that view down too.
+  e = host.up({"c2"}, {"--host"});
+  REQUIRE_MESSAGE(e.ok(), e.describe());
+  write_file(host.storage_of("c2") + "/mine", "c2");
+  CHECK(slurp(T + "/hoody/storage/mine") == "c2");
+  CHECK(is_mounted(T + "/ramdisk", "tmpfs"));
+  e = host.down({"c2"});
   CHECK_MESSAGE(e.ok(), e.describe());
   CHECK(mounts_under(T).empty());
   for (auto it = ids.rbegin(); it != ids.rend(); ++it) release(*it);

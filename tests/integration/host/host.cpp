@@ -70,6 +70,7 @@ ExitInfo Host::script(const std::string& name, const std::vector<std::string>& a
 ExitInfo Host::up(const std::vector<std::string>& containers, const std::vector<std::string>& options,
                   const std::vector<std::string>& extra_env) {
   for (auto& c : containers) guard(c);
+  downed_ = false;  // (the destructor takes down what this brings up)
   std::vector<std::string> args = options;
   args.insert(args.end(), containers.begin(), containers.end());
   return script("hoody-up", args, extra_env);
