@@ -527,6 +527,10 @@ TEST_CASE("the embedded pool: an image where the pool is not BTRFS, loop-mounted
   std::vector<std::string> env{"env", "HOODY_POOL=" + pool, "HOODY_RUN=" + run_dir, "HOODY_POOL_SIZE=256M",
                                "HOODY_TARGET_ROOT=" + dir + "/target", "HOODY_SKIP_BUILD=1",
                                "HOODY_CGROUP_ROOT=" + dir};
+  for (auto* var : {"HOODY_DBFS", "HOODY_SNAPFS", "HOODY_SHAREFS", "HOODY_SHARE"}) {
+    const char* v = std::getenv(var);
+    env.push_back(std::string(var) + "=" + (v && *v ? v : "none"));
+  }
   auto cmd = [&](std::vector<std::string> tail) {
     auto argv = env;
     argv.insert(argv.end(), tail.begin(), tail.end());

@@ -61,6 +61,10 @@ ExitInfo Host::script(const std::string& name, const std::vector<std::string>& a
                                 "HOODY_CGROUP_ROOT=" + cgroups,
                                 "HOODY_IMAGE=" + pool.dir() + "/no-embedded-pool.img",
                                 "HOODY_SKIP_BUILD=1"};
+  // The programs of this build only, never an installed one from PATH: a
+  // daemon not built is left out (sharefs), a missing dbfs fails.
+  for (auto* var : {"HOODY_DBFS", "HOODY_SNAPFS", "HOODY_SHAREFS", "HOODY_SHARE"})
+    argv.push_back(std::string(var) + "=" + env_or(var, "none"));
   argv.insert(argv.end(), extra_env.begin(), extra_env.end());
   argv.push_back(env_or("HOODY_SCRIPTS", "scripts") + "/" + name);
   argv.insert(argv.end(), args.begin(), args.end());
