@@ -452,6 +452,32 @@ TEST_CASE("a restore in a running container shows in its /hoody/storage without 
   CHECK(slurp(host.run_dir + "/c1/storage/config") == "v1");
 }
 
+TEST_CASE("this machine's view of c1 (the README's first command): a restore through /hoody shows in /hoody/storage") {
+  require_mount_capabilities();
+  Host host;
+  host.guard("c1");
+  auto e = host.up({});  // no name: c1, shown here at TARGET/hoody
+  REQUIRE_MESSAGE(e.ok(), e.describe());
+  const std::string H = host.target + "/hoody";
+  write_file(H + "/storage/config", "v1");
+  REQUIRE(sql(H + "/databases/app.db", "CREATE TABLE t(x)") == 0);
+  REQUIRE(::mkdir((H + "/.snapshots/good").c_str(), 0755) == 0);
+  write_file(H + "/storage/config", "v2 (broken)");
+  REQUIRE(sql(H + "/databases/app.db", "DROP TABLE t") == 0);
+  int fd = ::open((H + "/.snapshots/.hoody/restore").c_str(), O_WRONLY | O_CLOEXEC);
+  REQUIRE(fd >= 0);
+  CHECK(::write(fd, "good\n", 5) == 5);
+  ::close(fd);
+  CHECK(slurp(H + "/storage/config") == "v1");
+  CHECK(slurp(host.run_dir + "/c1/storage/config") == "v1");
+  int rows = -1;
+  for (int i = 0; i < 50 && rows != 0; ++i) {
+    if (sql(H + "/databases/app.db", "SELECT count(*) FROM t", &rows) != 0) rows = -1;
+    if (rows != 0) std::this_thread::sleep_for(100ms);
+  }
+  CHECK_MESSAGE(rows == 0, "the restored table t is not back in " << H << "/databases");
+}
+
 TEST_CASE("this machine's view: an older hoody-up's tree is refused and taken down; --host; hoody-down of it") {
   require_mount_capabilities();
   Host host;
