@@ -13,10 +13,12 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <chrono>
 #include <thread>
 
 #include "hoody/log.hpp"
 #include "hoody/mountinfo.hpp"
+#include "hoody/readiness.hpp"
 #include "hoody/sys.hpp"
 
 namespace hoody {
@@ -166,6 +168,16 @@ int run_session(const fuse_lowlevel_ops& ops, void* userdata, const SessionConfi
   }
 
   if (cfg.on_mounted) cfg.on_mounted(se);
+  // After the fork of fuse_daemonize: the thread and the notifications belong
+  // to the process that serves.
+  Readiness ready(cfg.program, absolute(cfg.mountpoint));
+  ready.start();
+  // HOODY_TEST_LOOP_DELAY_MS is for tests only: the loop starts that much
+  // later, so that a mount that is there but does not answer yet is observable.
+  if (const char* d = std::getenv("HOODY_TEST_LOOP_DELAY_MS"); d && *d) {
+    log->warn("HOODY_TEST_LOOP_DELAY_MS={}: the loop starts late (tests only)", d);
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::atoi(d)));
+  }
   int ret;
   if (cfg.single_thread) {
     ret = fuse_session_loop(se);
@@ -181,7 +193,9 @@ int run_session(const fuse_lowlevel_ops& ops, void* userdata, const SessionConfi
     fuse_loop_cfg_set_idle_threads(lc.get(), threads);
     ret = fuse_session_loop_mt(se, lc.get());
   }
+  ready.stopping();
   fuse_session_unmount(se);
+  ready.stop();  // after the unmount: a stat() still waiting has returned
   fuse_remove_signal_handlers(se);
   g_tmpfile_errno = nullptr;
   log->info("unmounted {}", cfg.mountpoint);
