@@ -85,9 +85,9 @@ for u in "${units[@]}"; do
   rc=$?
   if [ $rc = 0 ] && [ -z "$out" ]; then ok "systemd-analyze verify $u"; else bad "systemd-analyze verify $u (rc=$rc): $out"; fi
 done
-for d in "${daemons[@]}"; do
+for d in "${daemons[@]}" container; do
   f=$U/hoody-$d@.service
-  check "hoody-$d@: Type=notify" grep -qx 'Type=notify' "$f"
+  [ $d = container ] || check "hoody-$d@: Type=notify" grep -qx 'Type=notify' "$f"
   # A setting that makes a mount namespace would hide the mount (see step 2).
   ns=$(grep -E '^(ProtectSystem|ProtectHome|PrivateTmp|PrivateDevices|PrivateMounts|ProtectKernelTunables|ProtectKernelModules|ProtectKernelLogs|ProtectControlGroups|ProtectProc|ProcSubset|ReadWritePaths|ReadOnlyPaths|InaccessiblePaths|TemporaryFileSystem|BindPaths|BindReadOnlyPaths|PrivateNetwork|PrivateUsers|MountFlags)=' "$f")
   if [ -z "$ns" ]; then ok "hoody-$d@: no mount or network namespace"; else bad "hoody-$d@: $ns"; fi
