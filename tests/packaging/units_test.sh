@@ -2,7 +2,7 @@
 # The systemd units of packaging/systemd, verified and run by a real systemd.
 #
 # 1. systemd-analyze verify: every unit (the daemons' paths pointed at this build)
-#    loads with no warning at all.
+#    loads with no warning at all; the man pages they name are in man/.
 # 2. systemd as PID 1 of its own pid, mount, cgroup, UTS and IPC namespaces (this
 #    machine's PID 1 need not be systemd; nothing of the host's is touched: /run is a
 #    tmpfs of the namespace, the unit path is a temp dir of stub targets plus our
@@ -20,7 +20,7 @@
 # Exit 77 (skip) without root, unshare, systemd, FUSE or BTRFS, unless CI=true.
 set -uo pipefail
 
-: "${HOODY_DBFS:?}" "${HOODY_SNAPFS:?}" "${HOODY_UNIT_DIR:?}" "${HOODY_SBINDIR:?}"
+: "${HOODY_DBFS:?}" "${HOODY_SNAPFS:?}" "${HOODY_UNIT_DIR:?}" "${HOODY_SBINDIR:?}" "${HOODY_SOURCE_ROOT:?}"
 SHAREFS=${HOODY_SHAREFS:-}
 
 skip() {
@@ -81,9 +81,20 @@ fi
 
 # --- 1. systemd-analyze verify: no error, no warning. ---
 for u in "${units[@]}"; do
-  out=$(cd "$U" && systemd-analyze verify "$U/$u" 2>&1)
+  # --man=no: the pages are checked in the source tree below, not where this machine
+  # may or may not have them installed.
+  out=$(cd "$U" && systemd-analyze verify --man=no "$U/$u" 2>&1)
   rc=$?
   if [ $rc = 0 ] && [ -z "$out" ]; then ok "systemd-analyze verify $u"; else bad "systemd-analyze verify $u (rc=$rc): $out"; fi
+done
+for f in "$U"/hoody*; do
+  for page in $(sed -n 's/^Documentation=//p' "$f"); do
+    case "$page" in
+      man:*) p=${page#man:}; file=$HOODY_SOURCE_ROOT/man/${p%(*}.${p#*(}; file=${file%)}
+             case "$p" in systemd*|sd_*|mount*) continue ;; esac
+             if [ -f "$file" ]; then ok "$(basename "$f"): $page in man/"; else bad "$(basename "$f"): $page is not in man/"; fi ;;
+    esac
+  done
 done
 for d in "${daemons[@]}" container; do
   f=$U/hoody-$d@.service
