@@ -145,6 +145,9 @@ int run_session(const fuse_lowlevel_ops& ops, void* userdata, const SessionConfi
     std::fprintf(stderr, "%s: cannot install signal handlers\n", cfg.program.c_str());
     return 1;
   }
+  // Resolved before the mount: afterwards resolving the mountpoint could mean
+  // a request to this very mount, whose loop is not running yet.
+  const std::string abs_mountpoint = absolute(cfg.mountpoint);
   if (fuse_session_mount(se, cfg.mountpoint.c_str()) != 0) {
     std::fprintf(stderr, "%s: cannot mount on %s (see the libfuse message above)\n",
                  cfg.program.c_str(), cfg.mountpoint.c_str());
@@ -170,7 +173,7 @@ int run_session(const fuse_lowlevel_ops& ops, void* userdata, const SessionConfi
   if (cfg.on_mounted) cfg.on_mounted(se);
   // After the fork of fuse_daemonize: the thread and the notifications belong
   // to the process that serves.
-  Readiness ready(cfg.program, absolute(cfg.mountpoint));
+  Readiness ready(cfg.program, abs_mountpoint);
   ready.start();
   // HOODY_TEST_LOOP_DELAY_MS is for tests only: the loop starts that much
   // later, so that a mount that is there but does not answer yet is observable.
