@@ -61,7 +61,7 @@ for f in "$x"/{usr/,}lib/systemd/system/hoody*; do
 done
 
 if command -v lintian >/dev/null; then
-  l=$(lintian --no-tag-display-limit "$deb" 2>&1)
+  l=$(lintian --tag-display-limit 0 "$deb" 2>&1)
   echo "$l" | sed 's/^/  lintian: /'
   if grep -q '^E:' <<<"$l"; then bad "lintian reports errors"; else ok "lintian: no error ($(grep -c '^W:' <<<"$l") warnings)"; fi
 else
