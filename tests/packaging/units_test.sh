@@ -5,8 +5,9 @@
 #    loads with no warning at all; the man pages they name are in man/.
 # 2. systemd as PID 1 of its own pid, mount, cgroup, UTS and IPC namespaces (this
 #    machine's PID 1 need not be systemd; nothing of the host's is touched: /run is a
-#    tmpfs of the namespace, the unit path is a temp dir of stub targets plus our
-#    units, the pool a BTRFS loop image mounted inside).  There:
+#    tmpfs of the namespace, /proc/sys read-only in it, the unit path a temp dir of
+#    stub targets plus our units, the pool a BTRFS loop image mounted inside; the
+#    only traces outside are the namespace's cgroups, removed at the end).  There:
 #    - systemctl start hoody@c1.target: every daemon Type=notify, active with its
 #      STATUS= text, each mount visible to the "host" (the manager's namespace), the
 #      sandbox in force (NoNewPrivs, seccomp, the bounding set), and working under it:
@@ -137,6 +138,8 @@ done < /proc/self/cgroup
   exec unshare --pid --fork --mount --uts --ipc --cgroup --propagation private \
     env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin SYSTEMD_UNIT_PATH="$U" bash -c '
       mount -t proc proc /proc && mount -t tmpfs -o mode=755 tmpfs /run || exit 1
+      # PID 1 raises fs.file-max and fs.nr_open at boot: not on this machine.
+      mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys || exit 1
       exec '"$SYSTEMD"' --system --unit=default.target --log-target=console --log-level=notice \
         --default-standard-output=inherit --default-standard-error=inherit'
 ) > "$T/systemd.log" 2>&1 &
