@@ -47,15 +47,21 @@ grep -qw btrfs /proc/filesystems || modprobe btrfs 2>/dev/null || skip "no btrfs
 
 T=$(mktemp -d "${HOODY_TEST_TMP:-/tmp}/hoody-units.XXXXXX")
 SDPID=
+NSPID=
 CGROUPS=()
 cleanup() {
-  if [ -n "$SDPID" ]; then
-    kill -KILL "$SDPID" 2>/dev/null
-    for _ in $(seq 50); do kill -0 "$SDPID" 2>/dev/null || break; sleep 0.1; done
-  fi
-  # The namespace's cgroups: deepest first.
+  # SIGKILL to the namespace's PID 1 ends every process in it; then unshare exits.
+  [ -n "$SDPID" ] && kill -KILL "$SDPID" 2>/dev/null
+  [ -n "$NSPID" ] && wait "$NSPID" 2>/dev/null
+  # The namespace's cgroups, deepest first (a cgroup empties a moment after its last
+  # process is reaped).
   for c in "${CGROUPS[@]}"; do
-    find "$c" -depth -type d -exec rmdir {} + 2>/dev/null
+    for _ in $(seq 50); do
+      find "$c" -depth -type d -exec rmdir {} + 2>/dev/null
+      [ -d "$c" ] || break
+      sleep 0.1
+    done
+    [ -d "$c" ] && echo "warning: cgroup $c is left" >&2
   done
   [ "${HOODY_UNITS_KEEP:-0}" = 1 ] || rm -rf --one-file-system "$T"
 }
@@ -143,8 +149,9 @@ done < /proc/self/cgroup
       exec '"$SYSTEMD"' --system --unit=default.target --log-target=console --log-level=notice \
         --default-standard-output=inherit --default-standard-error=inherit'
 ) > "$T/systemd.log" 2>&1 &
+NSPID=$!
 for _ in $(seq 100); do
-  SDPID=$(pgrep -P "$!" -f "$SYSTEMD --system" | head -1)
+  SDPID=$(pgrep -P "$NSPID" -f "$SYSTEMD --system" | head -1)
   [ -n "$SDPID" ] && break
   sleep 0.1
 done
