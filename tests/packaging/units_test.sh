@@ -208,6 +208,10 @@ for d in "${daemons[@]}"; do
 done
 check "hoody-container@c1: storage bound (btrfs)" [ "$(mnt_type $R/storage)" = btrfs ]
 check "hoody-container@c1: ramdisk (tmpfs)" [ "$(mnt_type $R/ramdisk)" = tmpfs ]
+for m in storage ramdisk; do
+  check "hoody-container@c1: $m nosuid,nodev" \
+    in_ns sh -c "findmnt -n -o OPTIONS --mountpoint $R/$m | tail -1 | grep -q 'nosuid,nodev'"
+done
 mem_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)
 size_kb=$(in_ns df -k --output=size $R/ramdisk | tail -1 | tr -d ' ')
 diff_kb=$(( size_kb * 2 - mem_kb ))
