@@ -21,7 +21,8 @@
 # Exit 77 (skip) without root, unshare, systemd, FUSE or BTRFS, unless CI=true.
 set -uo pipefail
 
-: "${HOODY_DBFS:?}" "${HOODY_SNAPFS:?}" "${HOODY_UNIT_DIR:?}" "${HOODY_SBINDIR:?}" "${HOODY_SOURCE_ROOT:?}"
+: "${HOODY_DBFS:?}" "${HOODY_SNAPFS:?}" "${HOODY_UNIT_DIR:?}" "${HOODY_SBINDIR:?}" "${HOODY_BINDIR:?}"
+: "${HOODY_SOURCE_ROOT:?}"
 SHAREFS=${HOODY_SHAREFS:-}
 
 skip() {
@@ -75,6 +76,7 @@ for f in "$HOODY_UNIT_DIR"/*.service "$HOODY_UNIT_DIR"/*.target; do
   sed -e "s#$HOODY_SBINDIR/hoody-dbfs#$HOODY_DBFS#g" \
       -e "s#$HOODY_SBINDIR/hoody-snapfs#$HOODY_SNAPFS#g" \
       -e "s#$HOODY_SBINDIR/hoody-sharefs#${SHAREFS:-/nonexistent/hoody-sharefs}#g" \
+      -e "s#$HOODY_BINDIR/hoody-share #${HOODY_SHARE:-/nonexistent/hoody-share} #g" \
       -e "s#/var/lib/hoody#$POOL#g" -e "s#/etc/hoody/#$T/etc/#g" "$f" > "$U/$(basename "$f")"
 done
 units=(hoody@c1.target hoody-container@c1.service hoody-dbfs@c1.service hoody-snapfs@c1.service)
@@ -178,9 +180,6 @@ in_ns sh -ec "
   done
   chmod 1777 '$POOL/containers/c1/databases'
 " || { bad "pool set-up"; exit 1; }
-if [ -n "$SHAREFS" ] && [ -n "${HOODY_SHARE:-}" ]; then
-  in_ns "$HOODY_SHARE" --pool "$POOL" container add c1 >/dev/null || bad "hoody-share container add c1"
-fi
 echo "HOODY_RAMDISK_SIZE=64m" > "$T/etc/c2.env"
 
 # Start the tree of c1.
