@@ -12,7 +12,8 @@
 #      STATUS= text, each mount visible to the "host" (the manager's namespace), the
 #      sandbox in force (NoNewPrivs, seccomp, the bounding set), and working under it:
 #      a SQLite database written through hoody-dbfs, a snapshot taken (quiesce over the
-#      abstract socket, BTRFS ioctls) and restored through hoody-snapfs;
+#      abstract socket, BTRFS ioctls) and restored through hoody-snapfs, a share offered
+#      by c1, accepted and read by c2 through hoody-sharefs (when it is built);
 #    - the ramdisk sized from HOODY_RAMDISK_SIZE (default half the host's memory);
 #    - a daemon that cannot start fails its start job (no READY=1);
 #    - why no mount namespace: hoody-dbfs with ProtectSystem=strict added reports
@@ -227,6 +228,23 @@ check "the snapshot holds the database" in_ns test -f $R/.snapshots/s1/databases
 in_ns sqlite3 $R/databases/app.db "INSERT INTO t VALUES (2);"
 check "restore s1" in_ns sh -c "echo s1 > $R/.snapshots/.hoody/restore"
 check "restored: one row" [ "$(in_ns sqlite3 $R/databases/app.db 'SELECT count(*) FROM t')" = 1 ]
+
+# hoody-sharefs under the sandbox: c1 offers a directory of its storage to c2 (the
+# registry's change signal crosses from the CLI to c2's daemon), c2 accepts with mv,
+# reads it, and cannot write into a read-only share.
+if [ -n "$SHAREFS" ]; then
+  check "hoody-sharefs@c2 starts" in_ns systemctl start hoody-sharefs@c2.service
+  in_ns sh -c "mkdir -p $POOL/containers/c1/storage/data && echo hello > $POOL/containers/c1/storage/data/f"
+  check "hoody-share offer --from c1:data --to c2 --ro data" \
+    in_ns "$HOODY_SHARE" --pool "$POOL" offer --from c1:data --to c2 --ro data
+  for _ in $(seq 50); do in_ns test -d /run/hoody/c2/shares/.pending/data && break; sleep 0.1; done
+  check "c2 sees the offer in .pending" in_ns test -d /run/hoody/c2/shares/.pending/data
+  check "c2 accepts with mv" in_ns mv /run/hoody/c2/shares/.pending/data /run/hoody/c2/shares/data
+  check "c2 reads the share" [ "$(in_ns cat /run/hoody/c2/shares/data/f 2>&1)" = hello ]
+  out=$(in_ns sh -c "echo x > /run/hoody/c2/shares/data/g" 2>&1)
+  check "c2 cannot write into it: $out" grep -q "Read-only file system" <<<"$out"
+  check "hoody-sharefs@c2 stops" in_ns systemctl stop hoody-sharefs@c2.service
+fi
 
 # A daemon that cannot start: its start job fails, no READY=1.
 in_ns rm -rf "$POOL/containers/c3"
