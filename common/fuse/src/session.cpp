@@ -173,6 +173,8 @@ int run_session(const fuse_lowlevel_ops& ops, void* userdata, const SessionConfi
   if (cfg.on_mounted) cfg.on_mounted(se);
   // After the fork of fuse_daemonize: the thread and the notifications belong
   // to the process that serves.
+  // Its thread is joined by the destructor when this function returns: after the
+  // unmount has ended the connection, so a stat() still waiting has returned.
   Readiness ready(cfg.program, abs_mountpoint);
   ready.start();
   // HOODY_TEST_LOOP_DELAY_MS is for tests only: the loop starts that much
@@ -198,7 +200,6 @@ int run_session(const fuse_lowlevel_ops& ops, void* userdata, const SessionConfi
   }
   ready.stopping();
   fuse_session_unmount(se);
-  ready.stop();  // after the unmount: a stat() still waiting has returned
   fuse_remove_signal_handlers(se);
   g_tmpfile_errno = nullptr;
   log->info("unmounted {}", cfg.mountpoint);
