@@ -6,9 +6,11 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <cstring>
+#include <fstream>
 #include <set>
 #include <sstream>
 #include <string>
@@ -290,4 +292,125 @@ TEST_CASE("sharefs confinement: a share's source renamed or replaced by a symlin
   REQUIRE(::unlink((st + "/s").c_str()) == 0);
   REQUIRE(::rename((st + "/s.moved").c_str(), (st + "/s").c_str()) == 0);
   CHECK(read_all(*m / "s/f") == "inside");
+}
+
+TEST_CASE("sharefs permissions: owners shown as they are, the kernel checks modes per caller (default_permissions), files made as the caller") {
+  ShareRig rig;
+  rig.container("c1");
+  rig.container("c2");
+  rig.write("c1", "s/secret", "root only", 0600);
+  rig.write("c1", "s/theirs", "owned by 1234:5678", 0640);
+  REQUIRE(::chown((rig.storage("c1") + "/s/theirs").c_str(), 1234, 5678) == 0);
+  rig.mkdir("c1", "s/open", 0777);
+  rig.offer("c1", "s", "c2", Mode::rw, "s");
+  rig.accept("c2", "s");
+  auto m = rig.mount("c2");
+  REQUIRE(wait_for_path(*m / "s/secret"));
+
+  // The super options: allow_other comes with default_permissions (libfuse #15).
+  std::string line;
+  {
+    std::ifstream in("/proc/self/mountinfo");
+    std::string l;
+    while (std::getline(in, l))
+      if (l.find(" " + m->root() + " ") != std::string::npos) line = l;
+  }
+  INFO("mountinfo: ", line);
+  if (line.find("allow_other") != std::string::npos)
+    CHECK(line.find("default_permissions") != std::string::npos);
+
+  struct stat st;
+  REQUIRE(::stat((*m / "s/theirs").c_str(), &st) == 0);
+  CHECK(st.st_uid == 1234u);
+  CHECK(st.st_gid == 5678u);
+  CHECK((st.st_mode & 07777) == 0640);
+  REQUIRE(::stat((*m / "s/secret").c_str(), &st) == 0);
+  CHECK(st.st_uid == 0u);
+  CHECK((st.st_mode & 07777) == 0600);
+
+  // Root reads first (a cached permission result would be reused), then nobody.
+  CHECK(read_all(*m / "s/secret") == "root only");
+  for (int round = 0; round < 2; ++round) {
+    auto e = run_child([&] {
+      std::string got = read_all(*m / "s/secret");
+      std::string theirs = read_all(*m / "s/theirs");
+      std::printf("secret: %s theirs: %s\n", got.c_str(), theirs.c_str());
+      return got == "<EACCES>" && theirs == "<EACCES>" ? 0 : 1;
+    }, {.as_nobody = true});
+    CHECK_MESSAGE(e.exit_code == 0, e.describe());
+  }
+  // A file made by nobody belongs to nobody in the owner's storage.
+  auto e = run_child([&] {
+    int fd = ::open((*m / "s/open/made").c_str(), O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0644);
+    if (fd < 0) return std::printf("create: %s\n", std::strerror(errno)), 1;
+    ::close(fd);
+    return ::mkdir((*m / "s/open/dir").c_str(), 0755) == 0 ? 0 : 2;
+  }, {.as_nobody = true});
+  CHECK_MESSAGE(e.exit_code == 0, e.describe());
+  for (auto n : {"made", "dir"}) {
+    REQUIRE(::lstat((rig.storage("c1") + "/s/open/" + n).c_str(), &st) == 0);
+    CHECK(st.st_uid == kNobodyUid);
+    CHECK(st.st_gid == kNobodyGid);
+  }
+  // Nobody cannot chown what it made to someone else, nor chmod root's file.
+  auto f = run_child([&] {
+    if (::chown((*m / "s/open/made").c_str(), 0, 0) == 0) return 1;
+    if (::chmod((*m / "s/secret").c_str(), 0666) == 0) return 2;
+    return 0;
+  }, {.as_nobody = true});
+  CHECK_MESSAGE(f.exit_code == 0, f.describe());
+}
+
+TEST_CASE("sharefs control entries: the mount root, .pending and .hoody refuse what they do not define") {
+  ShareRig rig;
+  rig.container("c1");
+  rig.container("c2");
+  rig.write("c1", "s/f", "x");
+  rig.write("c1", "o/f", "y");
+  rig.offer("c1", "s", "c2", Mode::rw, "s");
+  rig.offer("c1", "o", "c2", Mode::ro, "o");
+  rig.accept("c2", "s");
+  auto m = rig.mount("c2");
+  REQUIRE(wait_for_path(*m / ".pending/o"));
+  const std::string M = m->root();
+  const std::string before = snapshot_tree(rig.storage("c1"));
+  OpList ops;
+  auto any = std::initializer_list<int>{EPERM, EACCES, EROFS, EINVAL, ENOTSUP, EXDEV, ENOENT};
+  auto o = [](const std::string& p, int flags) -> long {
+    int fd = ::open(p.c_str(), flags | O_CLOEXEC, 0644);
+    if (fd >= 0) ::close(fd);
+    return fd;
+  };
+  ops.add("create a file in the mount root", [=] { return o(M + "/newfile", O_CREAT | O_WRONLY); }, any);
+  ops.add("mkdir in the mount root", [=] { return static_cast<long>(::mkdir((M + "/newdir").c_str(), 0755)); }, any);
+  ops.add("symlink in the mount root", [=] { return static_cast<long>(::symlink("/", (M + "/l").c_str())); }, any);
+  ops.add("write .hoody/shares.json", [=] { return o(M + "/.hoody/shares.json", O_WRONLY); }, any);
+  ops.add("truncate .hoody/shares.json", [=] { return static_cast<long>(::truncate((M + "/.hoody/shares.json").c_str(), 0)); }, any);
+  ops.add("unlink .hoody/shares.json", [=] { return static_cast<long>(::unlink((M + "/.hoody/shares.json").c_str())); }, any);
+  ops.add("create in .hoody", [=] { return o(M + "/.hoody/x", O_CREAT | O_WRONLY); }, any);
+  ops.add("create in .pending", [=] { return o(M + "/.pending/x", O_CREAT | O_WRONLY); }, any);
+  ops.add("mkdir in .pending (a fake offer)", [=] { return static_cast<long>(::mkdir((M + "/.pending/fake").c_str(), 0755)); }, any);
+  ops.add("accept under another name", [=] { return static_cast<long>(::rename((M + "/.pending/o").c_str(), (M + "/renamed").c_str())); }, any);
+  ops.add("accept into a share", [=] { return static_cast<long>(::rename((M + "/.pending/o").c_str(), (M + "/s/o").c_str())); }, any);
+  ops.add("create in an offered (not accepted) share", [=] { return o(M + "/.pending/o/new", O_CREAT | O_WRONLY); }, any);
+  ops.add("read in an offered (not accepted) share", [=] { return o(M + "/.pending/o/f", O_RDONLY); }, any);
+  ops.add("chmod the mount root", [=] { return static_cast<long>(::chmod(M.c_str(), 0777)); }, any);
+  ops.add("setxattr on the mount root", [=] { return static_cast<long>(::setxattr(M.c_str(), "user.x", "v", 1, 0)); }, any);
+  for (bool nobody : {true, false}) {
+    auto e = run_child([&] { return ops.run(); }, {.as_nobody = nobody});
+    CHECK_MESSAGE(e.exit_code == 0, (nobody ? "nobody: " : "root: "), e.describe());
+    MESSAGE(e.output);
+  }
+  CHECK(snapshot_tree(rig.storage("c1")) == before);
+  // As nobody: a container's unprivileged user cannot accept or reject.
+  auto n = run_child([&] {
+    if (::rename((M + "/.pending/o").c_str(), (M + "/o").c_str()) == 0) return 1;
+    if (::rmdir((M + "/.pending/o").c_str()) == 0) return 2;
+    return 0;
+  }, {.as_nobody = true});
+  CHECK_MESSAGE(n.exit_code == 0, "nobody changed the share's state: ", n.describe());
+  auto r = rig.registry().shares_for("c2");
+  REQUIRE(r.ok());
+  for (auto& s : *r)
+    if (s.name == "o") CHECK(s.state == hoody::sharefs::State::offered);
 }
