@@ -210,7 +210,7 @@ TEST_CASE("sharefs confinement: rename and link between two shares give EXDEV") 
   ops.add("and back", ren(M + "/a/fa2", M + "/a/fa"), {});
   for (bool nobody : {false, true}) {
     auto e = run_child([&] { return ops.run(); }, {.as_nobody = nobody});
-    CHECK_MESSAGE(e.exit_code == 0, (nobody ? "nobody: " : "root: "), e.describe());
+    CHECK_MESSAGE(e.exit_code == 0, std::string(nobody ? "nobody: " : "root: "), e.describe());
     MESSAGE(e.output);
   }
   std::string after = snapshot_tree(rig.storage("c1")) + snapshot_tree(rig.storage("c5"));
@@ -398,7 +398,7 @@ TEST_CASE("sharefs control entries: the mount root, .pending and .hoody refuse w
   ops.add("setxattr on the mount root", [=] { return static_cast<long>(::setxattr(M.c_str(), "user.x", "v", 1, 0)); }, any);
   for (bool nobody : {true, false}) {
     auto e = run_child([&] { return ops.run(); }, {.as_nobody = nobody});
-    CHECK_MESSAGE(e.exit_code == 0, (nobody ? "nobody: " : "root: "), e.describe());
+    CHECK_MESSAGE(e.exit_code == 0, std::string(nobody ? "nobody: " : "root: "), e.describe());
     MESSAGE(e.output);
   }
   CHECK(snapshot_tree(rig.storage("c1")) == before);

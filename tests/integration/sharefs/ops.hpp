@@ -43,6 +43,7 @@ public:
       bad += good ? 0 : 1;
       std::printf("%s %s: got %s (want %s)\n", good ? "ok " : "BAD", op.name.c_str(),
                   r < 0 ? errname(e).c_str() : ("rc=" + std::to_string(r)).c_str(), wants.c_str());
+      std::fflush(stdout);
     }
     std::fflush(stdout);
     return bad;

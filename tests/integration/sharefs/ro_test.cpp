@@ -207,9 +207,8 @@ void populate(ShareRig& rig) {
 
 void check_ops(const std::string& what, const OpList& ops, bool as_nobody) {
   auto e = run_child([&] { return ops.run(); }, {.as_nobody = as_nobody});
-  INFO(what, "\n", e.output);
   CHECK_MESSAGE(e.exit_code == 0, what, ": ", e.describe());
-  MESSAGE(what, ":\n", e.output);
+  if (e.exit_code == 0) MESSAGE(what, ":\n", e.output);
 }
 
 }  // namespace
