@@ -180,14 +180,18 @@ double open_read_close(const std::string& dir) {
     for (int i = 0; i < kSmall; ++i) {
       std::string p = dir + "/small/s" + std::to_string(i);
       int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
-      if (fd < 0 || ::read(fd, b, sizeof b) != 4096) std::abort();
+      if (fd < 0 || ::read(fd, b, sizeof b) != 4096) return false;
       ::close(fd);
     }
+    return true;
   };
-  pass();  // warm
+  if (!pass()) return 0;  // warm
   auto t0 = Clock::now();
   int passes = 0;
-  while (seconds_since(t0) < 1.5) pass(), ++passes;
+  while (seconds_since(t0) < 1.5) {
+    if (!pass()) return 0;
+    ++passes;
+  }
   return passes * kSmall / seconds_since(t0);
 }
 
@@ -380,15 +384,17 @@ TEST_CASE("sharefs_bench: a share vs a bind mount, bindfs, passthrough_ll and ho
   cands.push_back(daemon("sharefs-2k", {sharefs, "-f", "-o", "container=c2,registry=" + P2 + "/shares.db", P2, mnt}, "/data"));
 
   const std::string big_backing = data + "/big.dat";
+  // The finds last: passthrough_ll runs out of fds over 50k files (see above)
+  // and then fails everything until it is unmounted.
   std::vector<Workload> loads = {
       {"seq read cold", "MB/s", [&](auto& dir, auto&) { return seq_read(dir, big_backing, true); }},
       {"seq read hot", "MB/s", [&](auto& dir, auto&) { return seq_read(dir, big_backing, false); }},
       {"cached 4k rand read", "IOPS", [](auto& dir, auto&) { return cached_random_read(dir); }},
-      {"find 50k (first)", "ent/s", [](auto& dir, auto&) { return find_files(dir, "tree", kFindDirs, kFindPerDir); }},
-      {"find 50k (again)", "ent/s", [](auto& dir, auto&) { return find_files(dir, "tree", kFindDirs, kFindPerDir); }},
-      {"find 15k (first)", "ent/s", [](auto& dir, auto&) { return find_files(dir, "tree15k", 30, kFindPerDir); }},
       {"open+read4k+close", "files/s", [](auto& dir, auto&) { return open_read_close(dir); }},
       {"O_DIRECT 4k rand", "IOPS", [](auto& dir, auto&) { return direct_random_read(dir); }},
+      {"find 15k (first)", "ent/s", [](auto& dir, auto&) { return find_files(dir, "tree15k", 30, kFindPerDir); }},
+      {"find 50k (first)", "ent/s", [](auto& dir, auto&) { return find_files(dir, "tree", kFindDirs, kFindPerDir); }},
+      {"find 50k (again)", "ent/s", [](auto& dir, auto&) { return find_files(dir, "tree", kFindDirs, kFindPerDir); }},
   };
 
   const int rounds = env_int("HOODY_BENCH_ROUNDS", 3);

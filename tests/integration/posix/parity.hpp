@@ -71,7 +71,7 @@ struct MountSetup {
 using Setup = std::function<MountSetup(BtrfsPool&)>;
 
 // What Parity() mounts: one definition per binary (posix/dbfs_setup.cpp for
-// the posix area, sharefs/parity_setup.cpp for sharefs-parity), so that the
+// the posix area, sharefs-security/parity_setup.cpp for sharefs-parity), so that the
 // same checks run against each daemon.
 MountSetup default_mount_setup(BtrfsPool& pool);
 // "dbfs" or "sharefs": which Known reasons apply.
