@@ -181,6 +181,10 @@ TEST_CASE("sharefs confinement: rename and link between two shares give EXDEV") 
   rig.write("c1", "a/fa", "a", 0666);
   rig.write("c1", "b/fb", "b", 0666);
   rig.write("c5", "e/fe", "e", 0666);
+  // World-writable dirs: nobody's calls must reach the daemon, not stop at
+  // the kernel's permission check.
+  for (auto [c, d] : {std::pair{"c1", "a"}, {"c1", "b"}, {"c5", "e"}})
+    ::chmod((rig.storage(c) + "/" + d).c_str(), 0777);
   rig.offer("c1", "a", "c2", Mode::rw, "a");
   rig.offer("c1", "b", "c2", Mode::rw, "b");
   rig.offer("c5", "e", "c2", Mode::rw, "e");
@@ -241,7 +245,7 @@ TEST_CASE("sharefs confinement: a share's source renamed or replaced by a symlin
 
   // Reads in a jail: a symlink the caller's kernel follows lands in the jail,
   // so a secret can only come through the daemon.
-  auto probe = [&](const char* label) {
+  auto probe = [&](const std::string& label) {
     auto e = in_jail(jail, m->root(), [&] {
       int bad = 0;
       for (auto p : {"/m/s/secret-c1", "/m/s/secret-c3", "/m/s/s/f", "/m/s/f", "/m/s/storage/secret-c1"}) {
