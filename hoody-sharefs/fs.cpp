@@ -38,7 +38,9 @@ OptionTable options() {
   OptionTable t = OptionTable::generic();
   pt::add_options(t);
   t.add({"container", OptKind::string, "the container whose shares are served (required)"})
-      .add({"registry", OptKind::string, "the share registry (default POOL/shares.db)"});
+      .add({"registry", OptKind::string, "the share registry (default POOL/shares.db)"})
+      .add({"noauto_inval_data", OptKind::flag,
+            "keep cached pages when the owner changes a file (faster, may show stale data)"});
   return t;
 }
 
@@ -48,7 +50,7 @@ Config config_from(const MountArgs& a) {
   c.core.virtual_root = true;
   c.core.cross_mounts = false;
   // The owner writes its storage directly: cached pages follow its changes.
-  c.core.auto_inval_data = true;
+  c.core.auto_inval_data = !a.flag("noauto_inval_data");
   c.pool = a.source;
   c.container = a.str("container", "");
   if (c.container.empty()) throw UsageError("option 'container' is required: -o container=C");
