@@ -75,13 +75,14 @@ OpList mutations(const Targets& t) {
   ops.add("renameat2 RENAME_EXCHANGE", [=] { return ::renameat2(AT_FDCWD, t.DF.c_str(), AT_FDCWD, t.F.c_str(), RENAME_EXCHANGE); }, {RO});
   ops.add("renameat2 RENAME_WHITEOUT", [=] { return ::renameat2(AT_FDCWD, t.DF.c_str(), AT_FDCWD, (t.D + "/wo").c_str(), RENAME_WHITEOUT); }, {RO, EINVAL, EPERM});
   // Between the ro share and a rw share of the same mount: the kernel sends
-  // these to the daemon (one superblock); EXDEV is as good as EROFS here.
-  ops.add("rename out to a rw share", [=] { return ::rename(t.DF.c_str(), (t.RWD + "/out").c_str()); }, {RO, EXDEV});
-  ops.add("rename in from a rw share", [=] { return ::rename(t.RWF.c_str(), (t.D + "/in").c_str()); }, {RO, EXDEV});
+  // these to the daemon (one superblock); hoody-sharefs(8): EROFS before EXDEV
+  // when either side is read-only.
+  ops.add("rename out to a rw share", [=] { return ::rename(t.DF.c_str(), (t.RWD + "/out").c_str()); }, {RO});
+  ops.add("rename in from a rw share", [=] { return ::rename(t.RWF.c_str(), (t.D + "/in").c_str()); }, {RO});
   ops.add("rename in from outside the mount", [=] { return ::rename("/tmp/.hoody-sharefs-none", (t.D + "/in2").c_str()); }, {ENOENT, EXDEV, RO});
   ops.add("link within", [=] { return ::link(t.DF.c_str(), (t.D + "/hard").c_str()); }, {RO});
-  ops.add("link in from a rw share", [=] { return ::link(t.RWF.c_str(), (t.D + "/hard2").c_str()); }, {RO, EXDEV});
-  ops.add("link out to a rw share", [=] { return ::link(t.DF.c_str(), (t.RWD + "/hard3").c_str()); }, {RO, EXDEV});
+  ops.add("link in from a rw share", [=] { return ::link(t.RWF.c_str(), (t.D + "/hard2").c_str()); }, {RO});
+  ops.add("link out to a rw share", [=] { return ::link(t.DF.c_str(), (t.RWD + "/hard3").c_str()); }, {RO});
   ops.add("symlink", [=] { return ::symlink("target", (t.D + "/sym").c_str()); }, {RO});
   ops.add("chmod file", [=] { return ::chmod(t.F.c_str(), 0600); }, {RO});
   ops.add("chmod dir", [=] { return ::chmod(t.D.c_str(), 0700); }, {RO});
@@ -257,8 +258,8 @@ TEST_CASE("sharefs ro: every mutating call gives EROFS and the storage does not 
     ww.add("link in 0777 dir", [=] { return ::link((W + "/wdf").c_str(), (W + "/h").c_str()); }, {EROFS});
     ww.add("utimensat now on 0666 file", [=] { return ::utimensat(AT_FDCWD, (W + "/wf").c_str(), nullptr, 0); }, {EROFS});
     const std::string RW = *m / "rw";
-    ww.add("rename out to the rw share", [=] { return ::rename((W + "/wdf").c_str(), (RW + "/o").c_str()); }, {EROFS, EXDEV});
-    ww.add("rename in from the rw share", [=] { return ::rename((RW + "/rwf").c_str(), (W + "/i").c_str()); }, {EROFS, EXDEV});
+    ww.add("rename out to the rw share", [=] { return ::rename((W + "/wdf").c_str(), (RW + "/o").c_str()); }, {EROFS});
+    ww.add("rename in from the rw share", [=] { return ::rename((RW + "/rwf").c_str(), (W + "/i").c_str()); }, {EROFS});
     check_ops("nobody, world-writable files", ww, true);
   }
   // Nothing reached the storage: same types, modes, owners, sizes, times,
@@ -277,4 +278,93 @@ TEST_CASE("sharefs ro: every mutating call gives EROFS and the storage does not 
                 only(before, "/data"), "after:\n", only(after, "/data"));
   CHECK_MESSAGE(only(after, "/rw") == only(before, "/rw"), "the rw share's storage changed:\nbefore:\n",
                 only(before, "/rw"), "after:\n", only(after, "/rw"));
+}
+
+// The calls that need a writable fd, on a real one: opened (and mapped)
+// while the share was rw, then the owner makes it ro (hoody-share mode).
+TEST_CASE("sharefs ro: write, ftruncate, fallocate, copy_file_range and a shared mapping through an fd opened while rw give EROFS once the share is ro") {
+  ShareRig rig;
+  rig.container("c1");
+  rig.container("c2");
+  const std::string content(8192, 'o');
+  rig.write("c1", "data/f", content, 0666);
+  rig.write("c1", "data/g", content, 0666);
+  rig.write("c1", "rw/src", "SOURCE-BYTES", 0666);
+  rig.offer("c1", "data", "c2", Mode::rw, "data");
+  rig.offer("c1", "rw", "c2", Mode::rw, "rw");
+  rig.accept("c2", "data");
+  rig.accept("c2", "rw");
+  auto m = rig.mount("c2");
+  REQUIRE(wait_for_path(*m / "data/f"));
+  const std::string F = *m / "data/f";
+  int fd = ::open(F.c_str(), O_RDWR | O_CLOEXEC);
+  REQUIRE(fd >= 0);
+  int afd = ::open((*m / "data/g").c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  REQUIRE(afd >= 0);
+  int src = ::open((*m / "rw/src").c_str(), O_RDONLY | O_CLOEXEC);
+  REQUIRE(src >= 0);
+  auto* map = static_cast<char*>(::mmap(nullptr, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
+  REQUIRE(map != MAP_FAILED);
+  // While rw, a write goes through (the fd is really writable).
+  REQUIRE(::pwrite(fd, "w", 1, 0) == 1);
+  REQUIRE(::fsync(fd) == 0);
+  const std::string before = snapshot_tree(rig.storage("c1") + "/data");
+
+  std::string why;
+  REQUIRE_MESSAGE(rig.registry().set_mode("c1", "data", Mode::ro, &why).ok(), why);
+  // The change reaches the daemon within 100 ms: wait until a new open says so.
+  bool ro = false;
+  for (int i = 0; i < 100 && !ro; ++i) {
+    int t = ::open((*m / "data/g").c_str(), O_WRONLY | O_CLOEXEC);
+    if (t < 0 && errno == EROFS) ro = true;
+    if (t >= 0) ::close(t);
+    if (!ro) ::usleep(20000);
+  }
+  REQUIRE_MESSAGE(ro, "the share did not become read-only within 2 s");
+
+  OpList ops;
+  ops.add("write", [=] { return static_cast<long>(::write(fd, "x", 1)); }, {EROFS});
+  ops.add("pwrite", [=] { return static_cast<long>(::pwrite(fd, "x", 1, 100)); }, {EROFS});
+  ops.add("pwrite past the end", [=] { return static_cast<long>(::pwrite(fd, "x", 1, 1 << 20)); }, {EROFS});
+  ops.add("write O_APPEND", [=] { return static_cast<long>(::write(afd, "x", 1)); }, {EROFS});
+  ops.add("ftruncate", [=] { return static_cast<long>(::ftruncate(fd, 0)); }, {EROFS});
+  ops.add("ftruncate up", [=] { return static_cast<long>(::ftruncate(fd, 1 << 20)); }, {EROFS});
+  ops.add("fallocate", [=] { return static_cast<long>(::fallocate(fd, 0, 0, 1 << 20)); }, {EROFS, EOPNOTSUPP});
+  ops.add("fallocate PUNCH_HOLE", [=] { return static_cast<long>(::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 4096)); }, {EROFS, EOPNOTSUPP});
+  ops.add("copy_file_range into it", [=] {
+    loff_t in = 0, out = 0;
+    return static_cast<long>(::copy_file_range(src, &in, fd, &out, 12, 0));
+  }, {EROFS});
+  ops.add("fchmod", [=] { return static_cast<long>(::fchmod(fd, 0600)); }, {EROFS});
+  ops.add("fsetxattr", [=] { return static_cast<long>(::fsetxattr(fd, "user.x", "v", 1, 0)); }, {EROFS});
+  ops.add("mmap PROT_WRITE MAP_SHARED (new) + write + msync", [=]() -> long {
+    auto* p = static_cast<char*>(::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
+    if (p == MAP_FAILED) return -1;
+    // A store into the mapping cannot be refused; its writeback must be.
+    std::memcpy(p + 200, "NEWMAP", 6);
+    long r = ::msync(p, 4096, MS_SYNC);
+    int e = errno;
+    ::munmap(p, 4096);
+    errno = e;
+    return r < 0 ? r : (errno = 0, 0);
+  }, {EROFS, EIO, EACCES});
+  ops.add("store into the old mapping + msync", [=]() -> long {
+    std::memcpy(map + 300, "OLDMAP", 6);
+    return static_cast<long>(::msync(map, 8192, MS_SYNC));
+  }, {EROFS, EIO, EACCES});
+  ops.add("fsync", [=] { return static_cast<long>(::fsync(fd)); }, {0, EROFS, EIO, EACCES});
+  auto e = run_child([&] { return ops.run(); });
+  CHECK_MESSAGE(e.exit_code == 0, e.describe());
+  if (e.exit_code == 0) MESSAGE(e.output);
+  ::munmap(map, 8192);
+  ::close(fd), ::close(afd), ::close(src);
+  // Whatever the page cache held, the storage never got it.
+  std::string after = snapshot_tree(rig.storage("c1") + "/data");
+  CHECK_MESSAGE(after == before, "the ro share's storage changed:\nbefore:\n", before, "after:\n", after);
+  int bfd = ::open((rig.storage("c1") + "/data/f").c_str(), O_RDONLY | O_CLOEXEC);
+  char buf[512];
+  REQUIRE(::pread(bfd, buf, sizeof buf, 0) == sizeof buf);
+  ::close(bfd);
+  CHECK(std::string(buf + 200, 6) != "NEWMAP");
+  CHECK(std::string(buf + 300, 6) != "OLDMAP");
 }

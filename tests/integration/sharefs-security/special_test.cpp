@@ -97,6 +97,16 @@ TEST_CASE("sharefs special files: devices, FIFOs and sockets in a share cannot b
   REQUIRE(wait_for_path(*m / "s"));
   const std::string S = *m / "s";
 
+  // hoody-sharefs(8): special files are shown as empty regular files of mode 0000.
+  for (auto name : {"null", "zero", "mem", "loop", "fifo", "sock"}) {
+    struct stat sb;
+    REQUIRE(::lstat((S + "/" + name).c_str(), &sb) == 0);
+    INFO(name);
+    CHECK(S_ISREG(sb.st_mode));
+    CHECK((sb.st_mode & 07777) == 0);
+    CHECK(sb.st_size == 0);
+    CHECK(sb.st_rdev == 0);
+  }
   OpList ops;
   for (auto name : {"null", "zero", "mem", "loop"}) {
     std::string p = S + "/" + name;
