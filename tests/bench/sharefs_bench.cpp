@@ -32,6 +32,9 @@
 //                   the daemon (where a revoke check must run)
 //   O_DIRECT 4k     random 4 KiB O_DIRECT preads: every read reaches the daemon
 //
+// HOODY_BENCH_ONLY=sharefs,dbfs keeps some candidates (and bind);
+// HOODY_BENCH_LOADS=find keeps the workloads whose name holds "find".
+//
 // The revoke check's cost: on the cached read path (pread on an open fd
 // whose pages are cached) no request reaches the daemon at all, so the check
 // costs nothing there by construction: "cached 4k rand" shows it (sharefs vs
@@ -397,6 +400,14 @@ TEST_CASE("sharefs_bench: a share vs a bind mount, bindfs, passthrough_ll and ho
       {"find 50k (again)", "ent/s", [](auto& dir, auto&) { return find_files(dir, "tree", kFindDirs, kFindPerDir); }},
   };
 
+  // HOODY_BENCH_ONLY=a,b: only these candidates (bind is always kept: the reference).
+  if (const char* only = std::getenv("HOODY_BENCH_ONLY")) {
+    std::string keep = std::string(",") + only + ",bind,";
+    std::erase_if(cands, [&](const Candidate& c) { return keep.find("," + c.name + ",") == std::string::npos; });
+  }
+  // HOODY_BENCH_LOADS=substring: only the workloads whose name holds it.
+  if (const char* l = std::getenv("HOODY_BENCH_LOADS"))
+    std::erase_if(loads, [&](const Workload& w) { return std::string(w.name).find(l) == std::string::npos; });
   const int rounds = env_int("HOODY_BENCH_ROUNDS", 3);
   std::map<std::string, std::map<std::string, std::vector<double>>> results;
   for (int round = 0; round < rounds; ++round) {

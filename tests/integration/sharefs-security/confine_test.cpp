@@ -11,6 +11,7 @@
 
 #include <cstring>
 #include <fstream>
+#include <algorithm>
 #include <set>
 #include <sstream>
 #include <string>
@@ -417,4 +418,61 @@ TEST_CASE("sharefs control entries: the mount root, .pending and .hoody refuse w
   REQUIRE(r.ok());
   for (auto& s : *r)
     if (s.name == "o") CHECK(s.state == hoody::sharefs::State::offered);
+}
+
+namespace {
+
+size_t open_fds(pid_t pid) {
+  size_t n = 0;
+  DIR* d = ::opendir(("/proc/" + std::to_string(pid) + "/fd").c_str());
+  if (!d) return 0;
+  while (auto* e = ::readdir(d)) n += e->d_name[0] != '.';
+  ::closedir(d);
+  return n;
+}
+
+}  // namespace
+
+// A container that walks its shares (twice, the second time after the
+// kernel's entry timeout, so every name is looked up again) must not drive
+// the daemon past its fd budget: at RLIMIT_NOFILE every lookup of every
+// container using the mount fails with EMFILE (a denial of service through
+// a share).  With -o fd_budget=300 and 2000 files the daemon keeps about 300.
+TEST_CASE("sharefs fd budget: walking a share twice does not drive the daemon past its fd budget") {
+  ShareRig rig;
+  rig.container("c1");
+  rig.container("c2");
+  rig.mkdir("c1", "s");
+  for (int d = 0; d < 10; ++d) {
+    rig.mkdir("c1", "s/d" + std::to_string(d));
+    for (int f = 0; f < 200; ++f) {
+      int fd = ::open((rig.storage("c1") + "/s/d" + std::to_string(d) + "/f" + std::to_string(f)).c_str(),
+                      O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+      REQUIRE(fd >= 0);
+      ::close(fd);
+    }
+  }
+  rig.offer("c1", "s", "c2", Mode::ro, "s");
+  rig.accept("c2", "s");
+  auto m = rig.mount("c2", "allow_other,fd_budget=300");
+  REQUIRE(wait_for_path(*m / "s/d0"));
+  const pid_t pid = m->daemon().pid();
+  const size_t base = open_fds(pid);
+  size_t peak = 0;
+  std::string per_pass;
+  int failures = 0;
+  for (int pass = 0; pass < 2; ++pass) {
+    for (int d = 0; d < 10; ++d)
+      for (int f = 0; f < 200; ++f) {
+        struct stat st;
+        if (::stat((*m / ("s/d" + std::to_string(d) + "/f" + std::to_string(f))).c_str(), &st) < 0) ++failures;
+      }
+    size_t now = open_fds(pid);
+    per_pass += " " + std::to_string(now);
+    peak = std::max(peak, now);
+    ::usleep(1'200'000);  // past entry_timeout and attr_timeout (1 s): every name again
+  }
+  MESSAGE("daemon fds: ", base, " at start,", per_pass, " after each pass (budget 300), ", failures, " failed stats");
+  CHECK(failures == 0);
+  CHECK_MESSAGE(peak <= base + 300 + 60, "the daemon holds ", peak, " fds, its budget is 300");
 }
