@@ -204,3 +204,26 @@ TEST_CASE("sharefs special files: the mount is nosuid,nodev and a setuid binary 
   // be set (it is the owner's file) but exec still does not escalate; the
   // exec above on "binrw" covers it.
 }
+
+// nosuid,nodev are forced: an operator's "-o suid,dev" (given after the forced
+// options, where it would win) must not undo them: refused at start, or the
+// mount keeps nosuid,nodev.
+TEST_CASE("sharefs special files: -o suid,dev cannot undo nosuid,nodev") {
+  ShareRig rig;
+  rig.container("c1");
+  rig.container("c2");
+  for (const char* extra : {"allow_other,suid", "allow_other,dev", "allow_other,suid,dev,exec"}) {
+    INFO("-o ", extra);
+    std::unique_ptr<ShareMount> m;
+    try {
+      m = rig.mount("c2", extra);
+    } catch (const std::exception& e) {
+      MESSAGE("-o ", extra, " refused at start: ", std::string(e.what()).substr(0, 200));
+      continue;
+    }
+    std::string opts = mount_options(m->root());
+    auto has = [&](const char* o) { return ("," + opts + ",").find(std::string(",") + o + ",") != std::string::npos; };
+    CHECK_MESSAGE(has("nosuid"), "mountinfo: ", opts);
+    CHECK_MESSAGE(has("nodev"), "mountinfo: ", opts);
+  }
+}
