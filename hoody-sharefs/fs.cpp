@@ -39,6 +39,8 @@ OptionTable options() {
   pt::add_options(t);
   t.add({"container", OptKind::string, "the container whose shares are served (required)"})
       .add({"registry", OptKind::string, "the share registry (default POOL/shares.db)"})
+      .add({"readdirplus", OptKind::flag,
+            "answer listings with attributes (off by default: find walks 10x faster without)"})
       .add({"noauto_inval_data", OptKind::flag,
             "keep cached pages when the owner changes a file (faster, may show stale data)"});
   return t;
@@ -51,6 +53,15 @@ Config config_from(const MountArgs& a) {
   c.core.cross_mounts = false;
   // The owner writes its storage directly: cached pages follow its changes.
   c.core.auto_inval_data = !a.flag("noauto_inval_data");
+  // Plain readdir by default: a readdirplus answer looks up every entry
+  // (an openat and a statx each), which find never needs: 50k files walked
+  // in 0.09 s without, 0.9 s with (bindfs: 0.1 s).  ls -l then looks each
+  // name up itself.
+  c.core.readdirplus = a.flag("readdirplus");
+  // nosuid,nodev are forced (main.cpp); a later suid or dev would undo them.
+  for (const char* o : {"suid", "dev"})
+    if (a.has(o))
+      throw UsageError(std::string("option '") + o + "': hoody-sharefs always mounts nosuid,nodev");
   c.pool = a.source;
   c.container = a.str("container", "");
   if (c.container.empty()) throw UsageError("option 'container' is required: -o container=C");
@@ -113,6 +124,17 @@ void Fs::attached(fuse_session* se) {
     if (r2) req_reg_.emplace(std::move(*r2));
   }
   watcher_ = std::thread([this] { watch_loop(); });
+}
+
+std::function<int(uint64_t)> Fs::tmpfile_errno() {
+  return [this](uint64_t nodeid) -> int {
+    if (is_vnode(nodeid)) return EPERM;
+    // The kernel holds the directory's node while the request is in flight.
+    const pt::Root& r = *inode(nodeid)->root;
+    if (r.revoked.load()) return ESTALE;
+    if (r.read_only.load() || config().read_only) return EROFS;
+    return EOPNOTSUPP;
+  };
 }
 
 void Fs::destroy() {

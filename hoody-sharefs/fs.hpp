@@ -60,6 +60,10 @@ public:
   // After fuse_daemonize: the watcher thread starts.
   void attached(fuse_session* se) override;
   void destroy() override;
+  // open(O_TMPFILE): EROFS in a read-only share, EPERM at the root and in
+  // .pending/.hoody, EOPNOTSUPP in a read-write share (libfuse 3.14 has no
+  // tmpfile op), ESTALE in a revoked one.
+  std::function<int(uint64_t nodeid)> tmpfile_errno() override;
 
   // Rereads the registry through `reg` and applies it.  Kernel notifications
   // for removed shares are queued for the watcher (notify_pending), so a

@@ -261,6 +261,30 @@ TEST_CASE("sharefs: changes reach a running mount within 100 ms; a project share
   ::close(fd);
 }
 
+TEST_CASE("sharefs: a lost change signal costs at most the watcher's bounded wait, never a change") {
+  require_mount_capabilities();
+  Pool p;
+  ::mkdir((p.storage("c1") + "/data").c_str(), 0755);
+  auto m2 = p.mount("c2");
+  // The shared-memory object is deleted (a reboot of /dev/shm, a careless
+  // admin): the daemon waits on its old mapping, writers publish to a new one.
+  hoody::sharefs::ChangeSignal::remove(p.shm);
+  std::string why;
+  auto other = Registry::open(p.path, &why);
+  REQUIRE_MESSAGE(other, why);
+  Offer o;
+  o.from = "c1";
+  o.source = "data";
+  o.to_container = "c2";
+  o.name = "lost";
+  REQUIRE_MESSAGE(other->offer(o, &why), why);
+  double ms = wait_ms([&] { return exists(m2 + "/.pending/lost"); }, 3000);
+  MESSAGE("offer seen without a signal after ", ms, " ms");
+  CHECK(ms >= 0);
+  CHECK(ms < 1000);
+  hoody::sharefs::ChangeSignal::remove(other->signal().name());
+}
+
 TEST_CASE("sharefs: revoke at once: new opens, open files, mmaps, page-cached data, a cwd inside") {
   require_mount_capabilities();
   Pool p;
@@ -339,6 +363,86 @@ TEST_CASE("sharefs: revoke at once: new opens, open files, mmaps, page-cached da
   CHECK(into == 0);
 }
 
+TEST_CASE("sharefs: 10 rounds of accept and revoke under readers, writers and walkers: no crash, no fd left") {
+  require_mount_capabilities();
+  Pool p;
+  std::string d = p.storage("c1") + "/data";
+  ::mkdir(d.c_str(), 0755);
+  for (int i = 0; i < 20; ++i) write_file(d + "/f" + std::to_string(i), std::string(65536, 'x'));
+  auto m = p.mount("c2");
+  pid_t daemon = p.daemons[0]->pid();
+  // The daemon's fds, without the FUSE loop's own (its worker threads come
+  // with a /dev/fuse clone and a splice pipe each, as load needs them) and
+  // the registry's; and how many point into the shared directory.
+  int into = 0;
+  auto fds = [&] {
+    int n = 0;
+    into = 0;
+    for (auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(daemon) + "/fd")) {
+      std::error_code ec;
+      auto t = std::filesystem::read_symlink(e.path(), ec).string();
+      if (t.rfind("pipe:", 0) == 0 || t == "/dev/fuse") continue;
+      // SQLite opens shares.db-wal and -shm when it first needs them.
+      if (t.find("/shares.db") != std::string::npos) continue;
+      if (t.rfind(d, 0) == 0) ++into;
+      ++n;
+    }
+    return n;
+  };
+  int before = fds();
+  std::string why;
+  for (int round = 0; round < 10; ++round) {
+    p.offer("ld", "data", "c2", Mode::rw);
+    REQUIRE(p.reg->accept("c2", "ld", &why));
+    REQUIRE(wait_ms([&] { return exists(m + "/ld/f0"); }) >= 0);
+    std::vector<std::unique_ptr<Child>> kids;
+    for (int k = 0; k < 4; ++k)
+      kids.push_back(std::make_unique<Child>([&, k]() -> int {
+        char buf[4096];
+        std::string base = m + "/ld/";
+        for (int i = 0;; ++i) {
+          std::string f = base + "f" + std::to_string((i + k) % 20);
+          int fd = ::open(f.c_str(), k % 2 ? O_RDWR : O_RDONLY);
+          if (fd < 0) return 0;  // revoked: done
+          bool fail = false;
+          for (int j = 0; j < 16 && !fail; ++j) {
+            if (::pread(fd, buf, sizeof buf, j * 4096) < 0) fail = true;
+            if (k % 2 && ::pwrite(fd, buf, 16, j * 4096) < 0) fail = true;
+          }
+          ::close(fd);
+          if (k == 3) {
+            std::error_code ec;
+            for (auto it = std::filesystem::directory_iterator(base, ec);
+                 !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+            }
+            if (ec) return 0;
+          }
+          if (fail) return 0;
+        }
+      }));
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    REQUIRE(p.reg->revoke("c1", "ld", &why));
+    for (auto& kid : kids) {
+      auto r = kid->wait();
+      CHECK_MESSAGE(r.exit_code == 0, r.describe());
+    }
+  }
+  CHECK(::kill(daemon, 0) == 0);
+  // RELEASE reaches the daemon after the closing process is gone: let it.
+  int after = 0;
+  wait_ms([&] { return (after = fds()) <= before; }, 2000);
+  if (after > before + 2) {
+    std::string what;
+    for (auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(daemon) + "/fd")) {
+      std::error_code ec;
+      what += e.path().filename().string() + " -> " + std::filesystem::read_symlink(e.path(), ec).string() + "\n";
+    }
+    MESSAGE(what);
+  }
+  CHECK(after <= before);
+  CHECK(into == 0);
+}
+
 TEST_CASE("sharefs: ro <-> rw changes apply at once, also to files opened before") {
   require_mount_capabilities();
   Pool p;
@@ -353,7 +457,9 @@ TEST_CASE("sharefs: ro <-> rw changes apply at once, also to files opened before
 
   std::string why;
   REQUIRE(p.reg->set_mode("c1", "ds", Mode::ro, &why));
-  double ms = wait_ms([&] { return ::pwrite(fd, "B", 1, 1) < 0 && errno == EROFS; });
+  // Polled with a write that changes nothing (the byte already there): one
+  // that lands before the change is applied must not alter the file.
+  double ms = wait_ms([&] { return ::pwrite(fd, "1", 1, 1) < 0 && errno == EROFS; });
   MESSAGE("rw->ro effective for an open file after ", ms, " ms");
   CHECK(ms >= 0);
   CHECK(ms < 100);
@@ -407,6 +513,8 @@ TEST_CASE("sharefs: a read-only share refuses every change with EROFS") {
   CHECK(err_of(::utimensat(AT_FDCWD, (r + "/f").c_str(), ts, 0)) == EROFS);
   CHECK(err_of(::setxattr((r + "/f").c_str(), "user.k", "w", 1, 0)) == EROFS);
   CHECK(err_of(::removexattr((r + "/f").c_str(), "user.k")) == EROFS);
+  CHECK(err_of(::open(r.c_str(), O_TMPFILE | O_RDWR, 0600)) == EROFS);
+  CHECK(err_of(::open(m.c_str(), O_TMPFILE | O_RDWR, 0600)) == EPERM);
   // A read-only open cannot map shared-writable.
   int fd = ::open((r + "/f").c_str(), O_RDONLY);
   REQUIRE(fd >= 0);
@@ -447,6 +555,9 @@ TEST_CASE("sharefs: special files never open, mknod refused, symlinks verbatim, 
   ::mkdir((d + "/mnt").c_str(), 0755);
   REQUIRE(::mount("tmpfs", (d + "/mnt").c_str(), "tmpfs", 0, "size=1m") == 0);
   write_file(d + "/mnt/secret", "s");
+  write_file(d + "/bound", "mine");
+  write_file(p.storage("c3") + "/theirs", "c3's");
+  REQUIRE(::mount((p.storage("c3") + "/theirs").c_str(), (d + "/bound").c_str(), nullptr, MS_BIND, nullptr) == 0);
   ::mkdir((p.storage("c1") + "/w1").c_str(), 0755);
   ::mkdir((p.storage("c1") + "/w2").c_str(), 0755);
   write_file(p.storage("c1") + "/w1/a", "a");
@@ -494,6 +605,7 @@ TEST_CASE("sharefs: special files never open, mknod refused, symlinks verbatim, 
   CHECK(read_file(s + "/nested/in") == "nested");
   CHECK(err_of(::stat((s + "/mnt/secret").c_str(), &st)) == ENOENT);
   CHECK(err_of(::stat((s + "/mnt").c_str(), &st)) == ENOENT);
+  CHECK(err_of(::stat((s + "/bound").c_str(), &st)) == ENOENT);  // a file bind-mounted there
   // Renames and links between two shares: EXDEV.
   CHECK(err_of(::rename((m + "/w1/a").c_str(), (m + "/w2/a").c_str())) == EXDEV);
   CHECK(err_of(::link((m + "/w1/a").c_str(), (m + "/w2/a").c_str())) == EXDEV);
@@ -502,6 +614,7 @@ TEST_CASE("sharefs: special files never open, mknod refused, symlinks verbatim, 
   CHECK(::rename((m + "/w1/a").c_str(), (m + "/w1/b").c_str()) == 0);
   CHECK(::link((m + "/w1/b").c_str(), (m + "/w1/c").c_str()) == 0);
   ::umount2((d + "/mnt").c_str(), MNT_DETACH);
+  ::umount2((d + "/bound").c_str(), MNT_DETACH);
 }
 
 TEST_CASE("sharefs: a source swapped for a symlink before it is served is not followed") {
@@ -529,6 +642,27 @@ TEST_CASE("sharefs: a source swapped for a symlink before it is served is not fo
   }
 }
 
+TEST_CASE("sharefs: a create over a name that became a symlink does not follow it") {
+  require_mount_capabilities();
+  Pool p;
+  std::string d = p.storage("c1") + "/data";
+  ::mkdir(d.c_str(), 0755);
+  p.offer("ds", "data", "c2", Mode::rw);
+  auto m = p.mount("c2");
+  REQUIRE(::rename((m + "/.pending/ds").c_str(), (m + "/ds").c_str()) == 0);
+  // The kernel caches "x" as missing; the owner then makes it a symlink to
+  // c3's storage; the receiver's O_CREAT reaches the daemon as a CREATE.
+  struct stat st;
+  REQUIRE(::stat((m + "/ds/x").c_str(), &st) < 0);
+  std::string outside = p.storage("c3") + "/planted";
+  REQUIRE(::symlink(outside.c_str(), (d + "/x").c_str()) == 0);
+  int fd = ::open((m + "/ds/x").c_str(), O_WRONLY | O_CREAT, 0644);
+  int e = fd < 0 ? errno : 0;
+  if (fd >= 0) ::close(fd);
+  CHECK_FALSE(exists(outside));
+  CHECK_MESSAGE((e == ELOOP || e == EEXIST), "open gave ", std::strerror(e));
+}
+
 TEST_CASE("sharefs: the daemon's life cycle: usage errors, an unknown container, SIGTERM") {
   require_mount_capabilities();
   Pool p;
@@ -540,6 +674,9 @@ TEST_CASE("sharefs: the daemon's life cycle: usage errors, an unknown container,
   CHECK(unknown.exit_code == 1);
   CHECK(unknown.output.find("no such container zz") != std::string::npos);
   CHECK(std::count(unknown.output.begin(), unknown.output.end(), '\n') == 1);
+  auto suid = run({sharefs_exe(), "-f", p.path, mnt, "-o", "container=c2,suid"});
+  CHECK(suid.exit_code == 2);
+  CHECK(suid.output.find("nosuid,nodev") != std::string::npos);
   auto nopool = run({sharefs_exe(), "-f", p.path + "/nope", mnt, "-o", "container=c2"});
   CHECK(nopool.exit_code == 1);
 

@@ -486,8 +486,7 @@ private:
   void vopendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
   void vreaddir_reply(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
                       bool plus);
-  // Whether the O_PATH fd `fd` is on another mount than root `r` (cross_mounts=false).
-  bool other_mount(const Root& r, int fd);
+
   void track(File* f, fuse_req_t req);
   void untrack(File* f);
   // open and create: the File of a backing fd, tracked, in fi->fh, on_open

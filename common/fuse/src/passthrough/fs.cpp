@@ -1,6 +1,7 @@
 // The inode table, the fd budget and the configuration of the passthrough core.
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/fsuid.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -92,6 +93,24 @@ std::pair<int, UniqueFd> mount_fd_of(int dir) {
   if (d && ::name_to_handle_at(dir, "", fh, &mount_id, AT_EMPTY_PATH) == 0)
     return {mount_id, std::move(*d)};
   return {-1, UniqueFd()};
+}
+
+struct stat stat_of(const struct statx& sx) {
+  struct stat st {};
+  st.st_dev = makedev(sx.stx_dev_major, sx.stx_dev_minor);
+  st.st_ino = sx.stx_ino;
+  st.st_mode = sx.stx_mode;
+  st.st_nlink = sx.stx_nlink;
+  st.st_uid = sx.stx_uid;
+  st.st_gid = sx.stx_gid;
+  st.st_rdev = makedev(sx.stx_rdev_major, sx.stx_rdev_minor);
+  st.st_size = static_cast<off_t>(sx.stx_size);
+  st.st_blksize = static_cast<blksize_t>(sx.stx_blksize);
+  st.st_blocks = static_cast<blkcnt_t>(sx.stx_blocks);
+  st.st_atim = {sx.stx_atime.tv_sec, sx.stx_atime.tv_nsec};
+  st.st_mtim = {sx.stx_mtime.tv_sec, sx.stx_mtime.tv_nsec};
+  st.st_ctim = {sx.stx_ctime.tv_sec, sx.stx_ctime.tv_nsec};
+  return st;
 }
 
 int mnt_id_of(int fd) {
@@ -209,7 +228,9 @@ std::vector<Inode*> PassthroughFs::retire_locked(Root& r, std::vector<fuse_ino_t
 }
 
 void PassthroughFs::close_retired(const std::vector<Inode*>& retired, size_t* closed) {
-  // Close what we hold in the old tree (a pinned fd closes with its last pin).
+  // Called with mutex_ held (the inodes are in stale_ and a FORGET would free
+  // them).  Close what we hold in the old tree (a pinned fd closes with its
+  // last pin); closing an O_PATH fd does not block.
   for (Inode* in : retired) {
     std::lock_guard ig(in->m);
     in->retired_ = true;
@@ -226,6 +247,7 @@ Result<Removed> PassthroughFs::remove_root(RootId id) {
   Removed out;
   out.id = id;
   std::vector<Inode*> retired;
+  size_t closed = 0;
   Root* r;
   {
     std::lock_guard g(mutex_);
@@ -237,6 +259,8 @@ Result<Removed> PassthroughFs::remove_root(RootId id) {
     r->epoch = next_epoch_++;
     retired = retire_locked(*r, &out.nodes);
     if (Inode* cur = r->inode.load()) out.nodes.push_back(reinterpret_cast<fuse_ino_t>(cur));
+    // Under mutex_: once it is released, a FORGET may free a retired inode.
+    close_retired(retired, &closed);
     // The mount fd it gave (a directory in its tree) goes too; another live
     // root on that mount gives one instead.
     for (auto it = mount_owner_.begin(); it != mount_owner_.end();) {
@@ -260,8 +284,6 @@ Result<Removed> PassthroughFs::remove_root(RootId id) {
       }
     }
   }
-  size_t closed = 0;
-  close_retired(retired, &closed);
   // Open files: their backing fds go at once.  dup3 over the fd keeps its
   // number valid for a request that passed check() just before (it reads
   // /dev/null), so no fd number is ever reused under a running request.
@@ -336,12 +358,6 @@ void PassthroughFs::invalidate_nodes(fuse_session* se, const std::vector<fuse_in
     log::get("fuse")->warn("op=inval_inode nodes={} failed={}", nodes.size(), failed);
 }
 
-bool PassthroughFs::other_mount(const Root& r, int fd) {
-  if (cfg_.cross_mounts || r.mnt_id < 0) return false;
-  int m = mnt_id_of(fd);
-  return m >= 0 && m != r.mnt_id;
-}
-
 namespace {
 // The names in a directory (no "." and ".."), from an O_PATH fd.
 std::vector<std::string> list_names(int dirfd) {
@@ -404,8 +420,9 @@ Result<Reroot> PassthroughFs::reroot() {
     src->inode = root;
     ++path_fds_;
     r.epoch = epoch;
+    // Under mutex_: once it is released, a FORGET may free a retired inode.
+    close_retired(retired, &closed);
   }
-  close_retired(retired, &closed);
   r.changed = true;
   log::get("fuse")->warn("source {} was replaced (a restore?): serving the new directory "
                          "(dev={} ino={}) as epoch {}; {} inodes of the old tree are stale "
@@ -638,9 +655,21 @@ Result<fuse_entry_param> PassthroughFs::do_lookup(fuse_ino_t parent, const char*
   Root* r = dir->root;
   HOODY_TRY(dfd, pin(dir));
   HOODY_TRY(fd, sys::openat(dfd.get(), name, O_PATH | O_NOFOLLOW));
-  HOODY_TRY(st, sys::fstatat(fd.get(), "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW));
-  // A mount point inside the root is not crossed: hidden.
-  if (S_ISDIR(st.st_mode) && other_mount(*r, fd.get())) return fail(ENOENT);
+  struct stat st;
+  if (cfg_.cross_mounts) {
+    HOODY_TRY(s, sys::fstatat(fd.get(), "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW));
+    st = s;
+  } else {
+    // One statx gives the attributes and the mount: a mount point inside the
+    // root (a directory or a file bind-mounted there) is not crossed: hidden.
+    struct statx sx;
+    if (::statx(fd.get(), "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW,
+                STATX_BASIC_STATS | STATX_MNT_ID, &sx) < 0)
+      return fail(Errno::last());
+    if ((sx.stx_mask & STATX_MNT_ID) && r->mnt_id >= 0 && static_cast<int>(sx.stx_mnt_id) != r->mnt_id)
+      return fail(ENOENT);
+    st = stat_of(sx);
+  }
 
   fuse_entry_param e{};
   e.attr = st;

@@ -80,7 +80,11 @@ void PassthroughFs::create(fuse_req_t req, fuse_ino_t parent, const char* name, 
   auto fd = [&]() -> Result<UniqueFd> {
     HOODY_TRY(dfd, pin(inode(parent)));
     CallerCreds creds(req);
-    return sys::openat(dfd.get(), name, (fi->flags | O_CREAT) & ~O_NOFOLLOW, mode);
+    // O_NOFOLLOW always: the kernel sends CREATE for a name it believes
+    // missing (maybe from a cached negative entry); if a symlink appeared
+    // there meanwhile, following it as the daemon would create or open its
+    // target, wherever it points (ELOOP instead).
+    return sys::openat(dfd.get(), name, fi->flags | O_CREAT | O_NOFOLLOW, mode);
   }();
   if (!fd) return reply(req, fail(fd.error()));
   auto e = do_lookup(parent, name);
