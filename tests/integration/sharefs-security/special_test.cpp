@@ -213,12 +213,12 @@ TEST_CASE("sharefs special files: -o suid,dev cannot undo nosuid,nodev") {
   rig.container("c1");
   rig.container("c2");
   for (const char* extra : {"allow_other,suid", "allow_other,dev", "allow_other,suid,dev,exec"}) {
-    INFO("-o ", extra);
+    INFO("-o ", std::string(extra));
     std::unique_ptr<ShareMount> m;
     try {
       m = rig.mount("c2", extra);
     } catch (const std::exception& e) {
-      MESSAGE("-o ", extra, " refused at start: ", std::string(e.what()).substr(0, 200));
+      MESSAGE("-o ", std::string(extra), " refused at start: ", std::string(e.what()).substr(0, 200));
       continue;
     }
     std::string opts = mount_options(m->root());
