@@ -687,12 +687,20 @@ Result<fuse_entry_param> PassthroughFs::do_lookup(fuse_ino_t parent, const char*
     Inode* root = r->inode.load();
     if (it != inodes_.end()) {
       child = it->second.get();
-      // An evicted inode takes the fresh fd back; otherwise ours closes at return.
-      std::lock_guard ig(child->m);
-      if (!child->fd_.valid()) {
-        child->fd_ = std::move(fd);
-        ++path_fds_;
+      // An evicted inode takes the fresh fd back; otherwise ours closes at
+      // return.  Taken back, it counts against the budget like a new inode
+      // (a second walk of a tree larger than the budget ran out of fds).
+      bool adopted = false;
+      {
+        std::lock_guard ig(child->m);
+        if (!child->fd_.valid()) {
+          child->fd_ = std::move(fd);
+          child->last_use_ = clock_.fetch_add(1, std::memory_order_relaxed);
+          ++path_fds_;
+          adopted = true;
+        }
       }
+      if (adopted) evict_over_budget();
     } else if (root && root->src_dev == st.st_dev && root->src_ino == st.st_ino) {
       child = root;  // a bind mount or a ".." back to the root
     } else {
