@@ -568,9 +568,13 @@ struct stat Fs::root_attr() {
   return st;
 }
 
+ino_t Fs::shown_ino_of(uint64_t ino) {
+  return ino == FUSE_ROOT_ID ? ino : (ino & ~pt::kVirtualBit) | (1ull << 62);
+}
+
 struct stat Fs::virtual_attr(uint64_t ino, const Who* caller) {
   struct stat st {};
-  st.st_ino = (ino & ~pt::kVirtualBit) | (1ull << 62);
+  st.st_ino = shown_ino_of(ino);
   st.st_mode = vdir::node_mode(ino);
   // The log is for the users allowed to act (open() checks it): each of
   // them sees it as their own, so that the kernel's permission check, which

@@ -127,6 +127,8 @@ public:
   // A control file as `caller` sees it (.hoody/log shows the caller as its
   // owner when the caller may read it: the kernel checks the mode bits).
   struct stat virtual_attr(uint64_t ino, const Who* caller = nullptr);
+  // st_ino of a virtual node as attributes and listings show it.
+  static ino_t shown_ino_of(uint64_t ino);
   fuse_entry_param ctl_entry(uint64_t ino, const Who* caller = nullptr);
   bool is_root(fuse_ino_t ino) const { return ino == FUSE_ROOT_ID; }
 

@@ -47,11 +47,6 @@ void on_diff_interrupt(fuse_req_t req, void* ticket) {
       static_cast<DiffCache::Ticket>(reinterpret_cast<uintptr_t>(ticket)));
 }
 
-// st_ino of a virtual node as listings and attributes show it.
-ino_t shown(uint64_t ino) {
-  return ino == FUSE_ROOT_ID ? ino : (ino & ~vdir::kVirtualBit) | (1ull << 62);
-}
-
 std::string denied(const Fs::Who& c) {
   return "uid " + std::to_string(c.uid) + " is not root nor in allow_users/allow_groups";
 }
@@ -227,7 +222,7 @@ Result<size_t> Fs::vwrite(fuse_req_t req, pt::VirtualFile& vf, std::string data,
 Result<std::vector<pt::VEntry>> Fs::vreaddir(fuse_req_t, fuse_ino_t ino) {
   std::vector<pt::VEntry> out;
   if (is_root(ino)) {
-    out.push_back({std::string(vdir::kCtlName), S_IFDIR | 0555, shown(vdir::kCtlDir)});
+    out.push_back({std::string(vdir::kCtlName), S_IFDIR | 0555, shown_ino_of(vdir::kCtlDir)});
     HOODY_TRY(l, listing());
     // A stable, distinct number for ls -i: from the uuid.
     for (auto& s : l->all)
@@ -235,9 +230,10 @@ Result<std::vector<pt::VEntry>> Fs::vreaddir(fuse_req_t, fuse_ino_t ino) {
     return out;
   }
   mode_t mode = vdir::node_mode(ino);
-  out.push_back({".", mode, shown(ino)});
-  out.push_back({"..", S_IFDIR | 0555, shown(ino == vdir::kCtlDir ? FUSE_ROOT_ID : vdir::kCtlDir)});
-  for (auto& e : vdir::fixed_entries(ino)) out.push_back({e.name, e.mode, shown(e.ino)});
+  out.push_back({".", mode, shown_ino_of(ino)});
+  out.push_back(
+      {"..", S_IFDIR | 0555, shown_ino_of(ino == vdir::kCtlDir ? FUSE_ROOT_ID : vdir::kCtlDir)});
+  for (auto& e : vdir::fixed_entries(ino)) out.push_back({e.name, e.mode, shown_ino_of(e.ino)});
   return out;
 }
 
