@@ -21,6 +21,8 @@
 
 namespace hoody::snapfs {
 
+static_assert(vdir::kVirtualBit == pt::kVirtualBit, "vdir's node ids are the core's virtual ids");
+
 namespace {
 // How many of the newest audit rows .hoody/log shows.
 constexpr std::size_t kLogRows = 100000;
