@@ -47,16 +47,23 @@ legacy_mounts() {
   [ "$(mounted_source "$root/ramdisk")" != hoody-ramdisk ] || echo "$root/ramdisk"
 }
 
-# A FUSE mount at $1: "none", "live", "dead" (its daemon is gone: ENOTCONN)
-# or "hung" (no answer to statfs within 5 s).
+# A FUSE mount at $1: "none", "live", "dead" (its daemon is gone: statfs
+# answers ENOTCONN), "hung" (no answer to statfs within 5 s) or "error: WHY"
+# (statfs failed otherwise: the daemon answered, so it is not dead).  Only
+# ENOTCONN is taken for dead: a daemon that is slow or busy on a loaded
+# machine must never be replaced while it still serves.
 fuse_state() {
   [ "$(mounted_type "$1")" != none ] || { echo none; return 0; }
-  local rc=0
-  timeout 5 stat -f "$1" >/dev/null 2>&1 || rc=$?
+  local rc=0 err
+  err=$(LC_ALL=C timeout 5 stat -f "$1" 2>&1 >/dev/null) || rc=$?
   case $rc in
     0) echo live ;;
     124) echo hung ;;
-    *) echo dead ;;
+    *)
+      case "$err" in
+        *"not connected"*) echo dead ;;
+        *) echo "error: ${err:-exit $rc}" | head -n 1 ;;
+      esac ;;
   esac
 }
 
@@ -79,4 +86,21 @@ daemon_pids() {
     [ "${args[${#args[@]}-1]}" = "$1" ] && echo "${p#/proc/}"
   done
   return 0
+}
+
+# Stop processes $@: SIGTERM, wait up to 10 s for them to exit, then SIGKILL
+# and wait up to 5 s more.  Returns 1 (and says so) when one is still there.
+stop_pids() {
+  local p i left=("$@")
+  [ $# -gt 0 ] || return 0
+  kill -TERM "$@" 2>/dev/null || true
+  for i in $(seq 150); do
+    left=()
+    for p in "$@"; do alive "$p" && left+=("$p"); done
+    [ ${#left[@]} = 0 ] && return 0
+    [ "$i" = 100 ] && kill -KILL "${left[@]}" 2>/dev/null
+    sleep 0.1
+  done
+  say "processes still running after SIGKILL: ${left[*]}"
+  return 1
 }
