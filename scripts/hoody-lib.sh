@@ -94,6 +94,7 @@ stop_pids() {
   local p i left=("$@")
   [ $# -gt 0 ] || return 0
   kill -TERM "$@" 2>/dev/null || true
+  kill -CONT "$@" 2>/dev/null || true  # (a stopped one handles its SIGTERM)
   for i in $(seq 150); do
     left=()
     for p in "$@"; do alive "$p" && left+=("$p"); done
