@@ -150,7 +150,7 @@ struct Latencies {
   std::vector<double> ms;
   // Records one change that took `t` ms (-1: never, within wait_ms's limit).
   void add(const char* what, double t) {
-    MESSAGE(what, " after ", t, " ms");
+    MESSAGE(std::string(what), " after ", t, " ms");
     CHECK_MESSAGE(t >= 0, what << ": not seen within the wait");
     CHECK(t < kEach);
     if (t >= 0) ms.push_back(t);
@@ -454,7 +454,7 @@ TEST_CASE("sharefs: 10 rounds of accept and revoke under readers, writers and wa
   // RELEASE reaches the daemon after the closing process is gone: let it.
   int after = 0;
   wait_ms([&] { return (after = fds()) <= before; }, 10000);
-  if (after > before + 2) {
+  if (after > before) {  // (what is left, to tell a leak from a late RELEASE)
     std::string what;
     for (auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(daemon) + "/fd")) {
       std::error_code ec;
