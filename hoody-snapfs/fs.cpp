@@ -51,6 +51,10 @@ OptionTable options() {
 Config config_from(const MountArgs& args) {
   Config c;
   c.core = pt::config_from(args);
+  // nosuid,nodev are forced (main.cpp); a later suid or dev would undo them.
+  for (const char* o : {"suid", "dev"})
+    if (args.has(o))
+      throw UsageError(std::string("option '") + o + "': hoody-snapfs always mounts nosuid,nodev");
   c.source = args.source;
   c.core.source = args.source + "/.snapshots";
   c.core.read_only = true;  // snapshot contents are read-only, whatever -o says
