@@ -362,7 +362,6 @@ void pin(unsigned cpu) {
 void kicker_main(Queue* q) {
   pin(q->qid);
   auto& t = *g_transport;
-  int root = -1;
   for (;;) {
     {
       std::unique_lock l(q->kick_mu);
@@ -370,13 +369,14 @@ void kicker_main(Queue* q) {
       if (t.stopping.load()) break;
       q->kick_wanted = false;
     }
-    if (root < 0) root = ::open(t.opts.mountpoint.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+    // Opened for each kick: an fd kept open would make the unmount EBUSY.
+    int root = ::open(t.opts.mountpoint.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (root < 0) continue;
     struct statx stx;
     (void)::statx(root, "", AT_EMPTY_PATH | AT_STATX_FORCE_SYNC, STATX_MODE, &stx);
+    ::close(root);
     q->n_kicks.fetch_add(1, std::memory_order_relaxed);
   }
-  if (root >= 0) ::close(root);
 }
 
 void dispatch(Queue& q, Entry& e) {
