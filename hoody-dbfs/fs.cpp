@@ -214,7 +214,9 @@ std::string Fs::status_json() {
                               {"entries", q.entries},
                               {"parked", q.parked},
                               {"parked_max", q.parked_max},
-                              {"kicks", q.kicks}});
+                              {"kicks", q.kicks},
+                              {"dispatch_ns", q.dispatch_ns},
+                              {"lock_dispatch_ns", q.lock_dispatch_ns}});
   }
   j["transport"] = jt;
   return j.dump(2);

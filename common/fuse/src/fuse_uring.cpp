@@ -77,6 +77,7 @@ namespace hoody::fuse_uring {
 namespace {
 
 // The kernel ABI (uapi linux/fuse.h; Debian 12's copy is 7.38 and lacks the ring).
+constexpr std::uint32_t kOpGetlk = 31, kOpSetlk = 32;
 constexpr std::uint32_t kOpRead = 15, kOpWrite = 16, kOpFsync = 20, kOpFsyncdir = 30,
                         kOpInit = 26, kOpFallocate = 43, kOpLseek = 46, kOpCopyFileRange = 47,
                         kOpTmpfile = 51;
@@ -174,6 +175,9 @@ struct Queue {
   // Counters (read by fuse_transport_info()).
   std::atomic<std::uint64_t> n_requests{0}, n_entries{0}, n_parked{0}, n_parked_max{0},
       n_kicks{0};
+  // Time from a request's CQE to its commit SQE for requests answered while
+  // dispatched (libfuse's dispatch + the op + the reply copy), per opcode class.
+  std::atomic<std::uint64_t> n_sync{0}, sync_ns{0}, n_sync_lock{0}, sync_lock_ns{0};
 };
 
 class Transport {
@@ -379,8 +383,15 @@ void kicker_main(Queue* q) {
   }
 }
 
+std::uint64_t now_ns() {
+  timespec ts;
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000u + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
 void dispatch(Queue& q, Entry& e) {
   auto& t = *g_transport;
+  std::uint64_t t0 = now_ns();
   InHeader in;
   std::memcpy(&in, e.hdr->in_out, sizeof in);
   std::size_t payload = e.hdr->ent.payload_sz;
@@ -422,6 +433,13 @@ void dispatch(Queue& q, Entry& e) {
   if (s == State::replied) {
     q.in_userspace--;
     commit(q, e);
+    std::uint64_t ns = now_ns() - t0;
+    q.n_sync.fetch_add(1, std::memory_order_relaxed);
+    q.sync_ns.fetch_add(ns, std::memory_order_relaxed);
+    if (e.opcode == kOpGetlk || e.opcode == kOpSetlk) {
+      q.n_sync_lock.fetch_add(1, std::memory_order_relaxed);
+      q.sync_lock_ns.fetch_add(ns, std::memory_order_relaxed);
+    }
     return;
   }
   if (s != State::dispatching) return;  // queued: replied by another thread meanwhile
@@ -777,6 +795,7 @@ TransportInfo fuse_transport_info() {
     std::lock_guard g(t->info_mu);
     info = t->info;
   }
+  if (t->phase.load() == 0) return info;  // queues not made (yet)
   for (auto& q : t->queues) {
     TransportQueueInfo qi;
     qi.qid = q->qid;
@@ -785,6 +804,8 @@ TransportInfo fuse_transport_info() {
     qi.parked = q->n_parked.load();
     qi.parked_max = q->n_parked_max.load();
     qi.kicks = q->n_kicks.load();
+    if (auto n = q->n_sync.load()) qi.dispatch_ns = q->sync_ns.load() / n;
+    if (auto n = q->n_sync_lock.load()) qi.lock_dispatch_ns = q->sync_lock_ns.load() / n;
     info.queues.push_back(qi);
   }
   return info;

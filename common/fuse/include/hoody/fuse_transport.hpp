@@ -17,6 +17,9 @@ struct TransportQueueInfo {
   std::uint64_t parked = 0;     // requests answered later, now
   std::uint64_t parked_max = 0; // the most parked at once
   std::uint64_t kicks = 0;      // forced fetches (see fuse_uring.cpp: the kick)
+  // Mean ns from a request's arrival to its commit, for requests answered at
+  // once (libfuse's dispatch, the op, the reply copy); and for GETLK/SETLK.
+  std::uint64_t dispatch_ns = 0, lock_dispatch_ns = 0;
 };
 
 struct TransportInfo {
