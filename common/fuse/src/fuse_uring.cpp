@@ -510,10 +510,12 @@ void ring_main(Queue* qp) {
       if (t.phase.load() == 3) t.info.name = "uring";
     }
     announced = true;
-    rc = io_uring_wait_cqe(&q.ring, &cqe);
+    // The commits of the last round and the wait for the next requests in
+    // one io_uring_enter.
+    rc = io_uring_submit_and_wait(&q.ring, 1);
     if (rc == -EINTR) continue;
     if (rc < 0) {
-      t.give_up(std::string("io_uring_wait_cqe: ") + std::strerror(-rc));
+      t.give_up(std::string("io_uring_submit_and_wait: ") + std::strerror(-rc));
       return;
     }
     batch.clear();
@@ -553,8 +555,10 @@ void ring_main(Queue* qp) {
                               e.unique, std::strerror(-res));
     }
     drain_ready(q);
-    if (exit) return;
-    io_uring_submit(&q.ring);
+    if (exit) {
+      io_uring_submit(&q.ring);
+      return;
+    }
   }
 }
 
