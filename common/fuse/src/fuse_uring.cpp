@@ -38,6 +38,10 @@
 //  I/O ops answered later (READ, WRITE, FSYNC, ...) do not kick: their
 //  completion does not depend on another FUSE request, and their commit fetches.
 //
+// One thread serves a CPU's queue, so an op that blocks in a long syscall
+// would hold up every request of that CPU.  FSYNC, FSYNCDIR and FALLOCATE
+// therefore run on a small pool (Offload) and come back as replies made later.
+//
 // Replies.  libfuse writes every reply through the session's custom io
 // (writev, or splice_send for spliced data); the out header's unique finds the
 // entry (inflight_ map), the body is copied into the entry's payload and the
@@ -62,6 +66,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <fstream>
 #include <memory>
 #include <mutex>
@@ -180,8 +185,62 @@ struct Queue {
   std::atomic<std::uint64_t> n_sync{0}, sync_ns{0}, n_sync_lock{0}, sync_lock_ns{0};
 };
 
+// Ops that block for long in a syscall (an fsync: 0.5 ms and more on a loop
+// device) run on these threads, so that the other requests of their CPU
+// queue do not wait behind them; their replies come back like any reply
+// made later.
+class Offload {
+public:
+  void push(Entry* e, fuse_session* se, fuse_buf buf) {
+    {
+      std::lock_guard g(mu_);
+      if (threads_.empty()) {
+        unsigned n = std::max(4u, 2 * std::thread::hardware_concurrency());
+        for (unsigned i = 0; i < n; ++i) threads_.emplace_back([this] { run(); });
+      }
+      work_.push_back({e, se, buf});
+    }
+    cv_.notify_one();
+  }
+  void stop() {
+    {
+      std::lock_guard g(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_)
+      if (t.joinable()) t.join();
+  }
+
+private:
+  struct Work {
+    Entry* e;
+    fuse_session* se;
+    fuse_buf buf;
+  };
+  void run() {
+    for (;;) {
+      Work w;
+      {
+        std::unique_lock l(mu_);
+        cv_.wait(l, [&] { return stop_ || !work_.empty(); });
+        if (work_.empty()) return;
+        w = work_.front();
+        work_.pop_front();
+      }
+      fuse_session_process_buf(w.se, &w.buf);
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Work> work_;
+  std::vector<std::thread> threads_;
+  bool stop_ = false;
+};
+
 class Transport {
 public:
+  Offload offload;
   fuse_session* se = nullptr;
   int fd = -1;
   Options opts;
@@ -238,6 +297,10 @@ Transport& transport() {
   std::lock_guard g(g_transport_mu);
   if (!g_transport) g_transport = new Transport;
   return *g_transport;
+}
+
+bool offloaded(std::uint32_t opcode) {
+  return opcode == kOpFsync || opcode == kOpFsyncdir || opcode == kOpFallocate;
 }
 
 bool io_op(std::uint32_t opcode) {
@@ -422,7 +485,10 @@ void dispatch(Queue& q, Entry& e) {
     fuse_buf buf{};
     buf.mem = start;
     buf.size = in.len;
-    fuse_session_process_buf(t.se, &buf);
+    if (offloaded(in.opcode))
+      t.offload.push(&e, t.se, buf);
+    else
+      fuse_session_process_buf(t.se, &buf);
   }
   State s;
   {
@@ -771,6 +837,7 @@ void stop() {
     if (q->thread.joinable()) q->thread.join();
     if (q->kicker.joinable()) q->kicker.join();
   }
+  t->offload.stop();
   for (auto& q : t->queues)
     if (q->ring_ok) io_uring_queue_exit(&q->ring);
   // The entries' memory stays mapped: the process is ending, and a late
