@@ -289,14 +289,14 @@ public:
 // get only the filesystem's userdata, so the transport is found here.  It is
 // never freed: replies may still arrive from a daemon's destructor after the
 // session ended (they are dropped).
-Transport* g_transport = nullptr;
+std::atomic<Transport*> g_transport{nullptr};
 std::mutex g_transport_mu;
 thread_local Queue* tls_queue = nullptr;
 
 Transport& transport() {
   std::lock_guard g(g_transport_mu);
-  if (!g_transport) g_transport = new Transport;
-  return *g_transport;
+  if (!g_transport.load()) g_transport.store(new Transport);
+  return *g_transport.load();
 }
 
 bool offloaded(std::uint32_t opcode) {
@@ -327,7 +327,7 @@ bool prep_cmd(Queue& q, Entry& e, std::uint32_t cmd, std::uint64_t commit_id) {
   if (!sqe) return false;
   std::memset(sqe, 0, 128);  // SQE128
   sqe->opcode = IORING_OP_URING_CMD;
-  sqe->fd = g_transport->fd;
+  sqe->fd = g_transport.load()->fd;
   sqe->cmd_op = cmd;
   if (cmd == kCmdRegister) {
     sqe->addr = reinterpret_cast<std::uint64_t>(e.iov);
@@ -348,7 +348,7 @@ void prep_event_read(Queue& q) {
 }
 
 bool add_entry(Queue& q) {
-  auto& t = *g_transport;
+  auto& t = *g_transport.load();
   long page = ::sysconf(_SC_PAGESIZE);
   auto e = std::make_unique<Entry>();
   e->q = &q;
@@ -428,7 +428,7 @@ void pin(unsigned cpu) {
 
 void kicker_main(Queue* q) {
   pin(q->qid);
-  auto& t = *g_transport;
+  auto& t = *g_transport.load();
   for (;;) {
     {
       std::unique_lock l(q->kick_mu);
@@ -453,7 +453,7 @@ std::uint64_t now_ns() {
 }
 
 void dispatch(Queue& q, Entry& e) {
-  auto& t = *g_transport;
+  auto& t = *g_transport.load();
   std::uint64_t t0 = now_ns();
   InHeader in;
   std::memcpy(&in, e.hdr->in_out, sizeof in);
@@ -546,7 +546,7 @@ void drain_ready(Queue& q) {
 
 void ring_main(Queue* qp) {
   Queue& q = *qp;
-  auto& t = *g_transport;
+  auto& t = *g_transport.load();
   tls_queue = &q;
   pin(q.qid);
   {
@@ -579,9 +579,13 @@ void ring_main(Queue* qp) {
     // The commits of the last round and the wait for the next requests in
     // one io_uring_enter.
     rc = io_uring_submit_and_wait(&q.ring, 1);
-    if (rc == -EINTR) continue;
-    if (rc < 0) {
-      t.give_up(std::string("io_uring_submit_and_wait: ") + std::strerror(-rc));
+    if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
+      // The requests of this CPU can no longer be served: end the session
+      // rather than leave its callers hanging.
+      log::get("fuse")->error("transport=uring qid={} -> ring failed: {}; ending the session",
+                              q.qid, std::strerror(-rc));
+      t.give_up(std::string("ring failed: ") + std::strerror(-rc));
+      fuse_session_exit(t.se);
       return;
     }
     batch.clear();
@@ -629,7 +633,7 @@ void ring_main(Queue* qp) {
 }
 
 void start_rings(const InitOut& out) {
-  auto& t = *g_transport;
+  auto& t = *g_transport.load();
   std::size_t max_pages = (out.flags & kMaxPagesFlag) ? out.max_pages : kDefaultMaxPages;
   long page = ::sysconf(_SC_PAGESIZE);
   std::size_t sz = std::max({kMinReadBuffer, static_cast<std::size_t>(out.max_write),
@@ -721,7 +725,7 @@ bool prepare(fuse_session* se, int fuse_fd, const Options& opts, std::string* wh
 }
 
 void saw_request(const void* buf, size_t n) {
-  Transport* t = g_transport;
+  Transport* t = g_transport.load();
   if (!t || t->phase.load() != 1 || n < sizeof(InHeader) + sizeof(InitIn)) return;
   InHeader in;
   std::memcpy(&in, buf, sizeof in);
@@ -737,7 +741,7 @@ void saw_request(const void* buf, size_t n) {
 }
 
 ssize_t writev(int fd, struct iovec* iov, int count) {
-  Transport* t = g_transport;
+  Transport* t = g_transport.load();
   int phase = t ? t->phase.load() : 0;
   if (phase < 2 || count < 1 || iov[0].iov_len < sizeof(OutHeader)) return ::writev(fd, iov, count);
   OutHeader out;
@@ -764,11 +768,9 @@ ssize_t writev(int fd, struct iovec* iov, int count) {
   }
   ssize_t total = 0;
   for (int i = 0; i < count; ++i) total += static_cast<ssize_t>(iov[i].iov_len);
-  Entry* e = phase == 3 ? t->take(out.unique) : nullptr;
-  if (!e) {
-    if (phase == 4 && t->stopping.load() && t->take(out.unique)) return total;  // dropped
-    return ::writev(fd, iov, count);
-  }
+  Entry* e = phase >= 3 ? t->take(out.unique) : nullptr;
+  if (!e) return ::writev(fd, iov, count);
+  if (phase == 4) return total;  // the ring is gone (stopped): dropped
   std::size_t body = static_cast<std::size_t>(total) - sizeof out;
   if (body > t->payload_sz) {
     out.error = -EIO;
@@ -791,7 +793,7 @@ ssize_t writev(int fd, struct iovec* iov, int count) {
 }
 
 ssize_t splice_send(int fdin, int fdout, size_t len, unsigned int flags) {
-  Transport* t = g_transport;
+  Transport* t = g_transport.load();
   if (!t || t->phase.load() != 3 || len < sizeof(OutHeader))
     return ::splice(fdin, nullptr, fdout, nullptr, len, flags);
   OutHeader out;
@@ -816,7 +818,7 @@ ssize_t splice_send(int fdin, int fdout, size_t len, unsigned int flags) {
 }
 
 void stop() {
-  Transport* t = g_transport;
+  Transport* t = g_transport.load();
   if (!t || t->queues.empty()) return;
   t->stopping.store(true);
   if (t->phase.load() != 4) t->phase.store(4);
@@ -859,7 +861,7 @@ void set_requested(const std::string& transport_name, const std::string& reason)
 namespace hoody {
 
 TransportInfo fuse_transport_info() {
-  fuse_uring::Transport* t = fuse_uring::g_transport;
+  fuse_uring::Transport* t = fuse_uring::g_transport.load();
   if (!t) return {};
   TransportInfo info;
   {
