@@ -403,7 +403,11 @@ Result<std::string> Fs::audit_text() {
   return out;
 }
 
-Status Fs::may_mutate(fuse_req_t, const char*) { return fail(EROFS); }
+// Snapshots are read-only: every change inside one is refused before it acts.
+Status Fs::allow(fuse_req_t, const pt::Access& a) {
+  if (a.mutates()) return fail(EROFS);
+  return {};
+}
 
 std::optional<Snapshot> Fs::snapshot_of(fuse_ino_t ino) {
   if (ino == FUSE_ROOT_ID || vdir::is_virtual(ino)) return std::nullopt;

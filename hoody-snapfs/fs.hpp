@@ -205,7 +205,7 @@ public:
   void removed(const std::string& name);
 
 protected:
-  Status may_mutate(fuse_req_t req, const char* what) override;
+  Status allow(fuse_req_t req, const pt::Access& a) override;
   void on_forget(pt::Inode& inode) override;
 
 private:

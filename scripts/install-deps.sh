@@ -9,7 +9,7 @@ apt-get install -y -qq --no-install-recommends \
   libfuse3-dev fuse3 \
   libsqlite3-dev sqlite3 \
   libbtrfsutil-dev btrfs-progs \
-  liburing-dev \
+  liburing-dev libsystemd-dev \
   libspdlog-dev libfmt-dev \
   doctest-dev libcli11-dev nlohmann-json3-dev libboost-dev \
   util-linux mount kmod procps psmisc attr acl e2fsprogs \

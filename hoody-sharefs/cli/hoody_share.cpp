@@ -105,6 +105,14 @@ int main(int argc, char** argv) {
   revoke->add_option("--from", from, "the owner (needed when several containers offer NAME)");
   revoke->add_option("NAME", name, "share name")->required();
 
+  bool mro = false, mrw = false;
+  auto* mode = app.add_subcommand("mode", "make a share read-only or read-write for every receiver at once");
+  mode->add_option("--from", from, "the owner (needed when several containers offer NAME)");
+  auto* mro_f = mode->add_flag("--ro", mro, "read-only");
+  auto* mrw_f = mode->add_flag("--rw", mrw, "read-write");
+  mro_f->excludes(mrw_f);
+  mode->add_option("NAME", name, "share name")->required();
+
   auto* list = app.add_subcommand("list", "list shares (all, or what one container offers and receives)");
   list->add_option("--container", container, "only what this container offers and receives");
   list->add_flag("--all", all, "also revoked, rejected and left shares");
@@ -196,6 +204,14 @@ int main(int argc, char** argv) {
   if (*revoke) {
     if (!reg->revoke(from, name, &why)) return refused(why);
     std::printf("revoked %s\n", name.c_str());
+    return 0;
+  }
+
+  if (*mode) {
+    if (!mro && !mrw) return usage("mode: give --ro or --rw");
+    Mode m = mro ? Mode::ro : Mode::rw;
+    if (!reg->set_mode(from, name, m, &why)) return refused(why);
+    std::printf("%s is %s\n", name.c_str(), std::string(to_string(m)).c_str());
     return 0;
   }
 

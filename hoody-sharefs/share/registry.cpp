@@ -174,7 +174,8 @@ Result<UniqueFd> open_source(int storage_fd, const std::string& path, const std:
 
 // ---- open and migrate -------------------------------------------------------
 
-Result<Registry> Registry::open(const std::string& pool, std::string* why) {
+Result<Registry> Registry::open(const std::string& pool, std::string* why,
+                               const std::string& db_path) {
   Registry r;
   r.pool_ = pool;
   auto fd = sys::open(pool.c_str(), O_PATH | O_DIRECTORY);
@@ -190,10 +191,10 @@ Result<Registry> Registry::open(const std::string& pool, std::string* why) {
     return fail(sig.error());
   }
   r.signal_.emplace(std::move(*sig));
-  auto db = sql::Db::open(pool + "/" + kRegistryFile);
+  const std::string file = db_path.empty() ? pool + "/" + kRegistryFile : db_path;
+  auto db = sql::Db::open(file);
   if (!db) {
-    (void)refuse(why, db.error().value(),
-                 pool + "/" + kRegistryFile + ": " + db.error().message());
+    (void)refuse(why, db.error().value(), file + ": " + db.error().message());
     return fail(db.error());
   }
   r.db_ = std::move(*db);
@@ -574,6 +575,62 @@ Status Registry::revoke(const std::string& owner, const std::string& name, std::
     }
     sql::Stmt u(db_, "UPDATE shares SET state = 'revoked', changed = ? WHERE id = ?");
     u.bind(1, t).bind(2, sid);
+    return u.run();
+  }, &reason));
+}
+
+Status Registry::set_mode(const std::string& owner, const std::string& name, Mode mode,
+                          std::string* why) {
+  std::string what = "mode " + q(name) + ": ";
+  std::string reason;
+  auto done = [&](Status s) -> Status {
+    if (!s && why) *why = what + reason;
+    return s;
+  };
+  if (auto s = validate_share_name(name, &reason); !s) return done(s);
+  if (!owner.empty())
+    if (auto s = check_name("container", owner, &reason); !s) return done(s);
+  return done(write("mode", owner, (owner.empty() ? "" : owner + ":") + name,
+                    [&](std::string& detail, std::string* r, bool& unchanged) -> Status {
+    sql::Stmt f(db_, "SELECT id, owner, mode FROM shares WHERE name = ? AND state = 'offered' "
+                     "ORDER BY owner");
+    f.bind(1, name);
+    struct Live {
+      int64_t id;
+      std::string owner, mode;
+    };
+    std::vector<Live> live;
+    for (;;) {
+      HOODY_TRY(row, f.step());
+      if (!row) break;
+      live.push_back({f.int64(0), f.text(1), f.text(2)});
+    }
+    const Live* hit = nullptr;
+    for (auto& l : live)
+      if (l.owner == owner) hit = &l;
+    if (owner.empty()) {
+      if (live.empty()) return refuse(r, ENOENT, "no container offers a share " + q(name));
+      if (live.size() > 1) {
+        std::string owners;
+        for (auto& l : live) owners += (owners.empty() ? "" : ", ") + l.owner;
+        return refuse(r, EINVAL, "several containers offer " + q(name) + " (" + owners +
+                                     "); say which with --from");
+      }
+      hit = &live[0];
+    } else if (!hit) {
+      HOODY_TRY(have, container(owner));
+      if (!have) return refuse(r, ENOENT, "no such container " + owner);
+      if (!live.empty())
+        return refuse(r, EPERM, "not yours to change: " + live[0].owner + " offers it, not " + owner);
+      return refuse(r, ENOENT, owner + " offers no share " + q(name));
+    }
+    detail = "owner=" + hit->owner + " mode=" + std::string(to_string(mode));
+    if (hit->mode == to_string(mode)) {
+      unchanged = true;
+      return {};
+    }
+    sql::Stmt u(db_, "UPDATE shares SET mode = ?, changed = ? WHERE id = ?");
+    u.bind(1, to_string(mode)).bind(2, now()).bind(3, hit->id);
     return u.run();
   }, &reason));
 }

@@ -115,11 +115,16 @@ Result<UniqueFd> open_source(int storage_fd, const std::string& path, const std:
 
 class Registry {
 public:
-  // Opens (creating, migrating) POOL/shares.db.  `pool` must be a directory.
-  static Result<Registry> open(const std::string& pool, std::string* why = nullptr);
+  // Opens (creating, migrating) POOL/shares.db, or the file `db_path` when
+  // given (the containers' storage is still under POOL).  `pool` must be a
+  // directory.
+  static Result<Registry> open(const std::string& pool, std::string* why = nullptr,
+                               const std::string& db_path = "");
 
   Registry(Registry&&) noexcept = default;
   Registry& operator=(Registry&&) noexcept = default;
+
+  const std::string& pool() const { return pool_; }
 
   // Membership.  add: creates C, or puts it into `project` if it is in none;
   // EEXIST if it is in another project or a join would make a name clash.
@@ -133,6 +138,9 @@ public:
   // `owner` empty: the one live share called `name` (EINVAL if several own one).
   // `owner` given and not the owner of `name`: EPERM "not yours to revoke".
   Status revoke(const std::string& owner, const std::string& name, std::string* why);
+  // The owner changes a live share's mode (ro <-> rw) for every receiver;
+  // `owner` as for revoke.  Running daemons apply it at once.
+  Status set_mode(const std::string& owner, const std::string& name, Mode mode, std::string* why);
   Status accept(const std::string& container, const std::string& name, std::string* why);
   Status reject(const std::string& container, const std::string& name, std::string* why);
   Status leave(const std::string& container, const std::string& name, std::string* why);

@@ -13,11 +13,13 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <chrono>
 #include <thread>
 
 #include "fuse_uring.hpp"
 #include "hoody/log.hpp"
 #include "hoody/mountinfo.hpp"
+#include "hoody/readiness.hpp"
 #include "hoody/sys.hpp"
 
 namespace hoody {
@@ -155,6 +157,9 @@ int run_session(const fuse_lowlevel_ops& ops, void* userdata, const SessionConfi
     std::fprintf(stderr, "%s: cannot install signal handlers\n", cfg.program.c_str());
     return 1;
   }
+  // Resolved before the mount: afterwards resolving the mountpoint could mean
+  // a request to this very mount, whose loop is not running yet.
+  const std::string abs_mountpoint = absolute(cfg.mountpoint);
   if (fuse_session_mount(se, cfg.mountpoint.c_str()) != 0) {
     std::fprintf(stderr, "%s: cannot mount on %s (see the libfuse message above)\n",
                  cfg.program.c_str(), cfg.mountpoint.c_str());
@@ -207,6 +212,18 @@ int run_session(const fuse_lowlevel_ops& ops, void* userdata, const SessionConfi
   }
 
   if (cfg.on_mounted) cfg.on_mounted(se);
+  // After the fork of fuse_daemonize: the thread and the notifications belong
+  // to the process that serves.
+  // Its thread is joined by the destructor when this function returns: after the
+  // unmount has ended the connection, so a stat() still waiting has returned.
+  Readiness ready(cfg.program, abs_mountpoint);
+  ready.start();
+  // HOODY_TEST_LOOP_DELAY_MS is for tests only: the loop starts that much
+  // later, so that a mount that is there but does not answer yet is observable.
+  if (const char* d = std::getenv("HOODY_TEST_LOOP_DELAY_MS"); d && *d) {
+    log->warn("HOODY_TEST_LOOP_DELAY_MS={}: the loop starts late (tests only)", d);
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::atoi(d)));
+  }
   int ret;
   if (cfg.single_thread) {
     ret = fuse_session_loop(se);
@@ -222,6 +239,7 @@ int run_session(const fuse_lowlevel_ops& ops, void* userdata, const SessionConfi
     fuse_loop_cfg_set_idle_threads(lc.get(), threads);
     ret = fuse_session_loop_mt(se, lc.get());
   }
+  ready.stopping();
   fuse_session_unmount(se);
   fuse_uring::stop();
   fuse_remove_signal_handlers(se);

@@ -78,12 +78,15 @@ Trace& Trace::content(std::string_view label, const std::string& path) {
 }
 
 Parity::Parity()
+    : Parity([](BtrfsPool& pool) { return default_mount_setup(pool); }) {}
+
+Parity::Parity(const Setup& setup)
     : capable_((require_mount_capabilities(), true)),
-      backing_(pool_.make_dir("backing")),
-      mnt_(pool_.make_temp_dir("mnt")),
-      daemon_(dbfs_argv(backing_, mnt_), mnt_, pool_.dir() + "/daemon.log"),
+      setup_(setup(pool_)),
+      backing_(setup_.backing),
+      daemon_(setup_.argv, setup_.mountpoint, pool_.dir() + "/daemon.log"),
       native_{"native", pool_.make_dir("native")},
-      mount_{"mount", mnt_} {}
+      mount_{"mount", setup_.root} {}
 
 Parity::~Parity() = default;
 
@@ -96,7 +99,8 @@ void Parity::compare(const std::string& what, const std::string& a, const std::s
     return;
   }
   const char* why = known.fuse;
-  if (!why && dbfs_command().is_bindfs) why = known.bindfs;
+  if (!why && std::strcmp(parity_daemon(), "sharefs") == 0) why = known.sharefs;
+  else if (!why && dbfs_command().is_bindfs) why = known.bindfs;
   if (why) {
     MESSAGE("known divergence (" << std::string(why) << "): " << msg);
     return;

@@ -15,6 +15,7 @@
 #include <functional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "hoody/test/btrfs_pool.hpp"
 #include "hoody/errno_name.hpp"
@@ -53,13 +54,33 @@ std::string summarize(std::string_view data);
 struct Known {
   const char* bindfs = nullptr;  // accepted when the daemon under test is bindfs
   const char* fuse = nullptr;    // accepted for any FUSE daemon: no daemon can do better
+  const char* sharefs = nullptr;  // accepted for hoody-sharefs: its policy (no special files, ...)
 };
 
 using Check = std::function<void(const Tree&, Trace&)>;
 
+// How the mount under test is made.  The default (Parity()) is the dbfs
+// area's daemon on a plain directory of the pool; another area passes its
+// own (hoody-sharefs: the tree is a share under the mount).
+struct MountSetup {
+  std::vector<std::string> argv;  // the daemon
+  std::string mountpoint;         // what Daemon waits for
+  std::string root;               // the tree under test: the mountpoint or a dir below it
+  std::string backing;            // where root's content lives on the pool
+};
+using Setup = std::function<MountSetup(BtrfsPool&)>;
+
+// What Parity() mounts: one definition per binary (posix/dbfs_setup.cpp for
+// the posix area, sharefs-security/parity_setup.cpp for sharefs-parity), so that the
+// same checks run against each daemon.
+MountSetup default_mount_setup(BtrfsPool& pool);
+// "dbfs" or "sharefs": which Known reasons apply.
+const char* parity_daemon();
+
 class Parity {
 public:
   Parity();
+  explicit Parity(const Setup& setup);
   ~Parity();
 
   const Tree& native() const { return native_; }
@@ -79,7 +100,8 @@ private:
 
   bool capable_;  // first: the capability checks run before anything is made
   BtrfsPool pool_;
-  std::string backing_, mnt_;
+  MountSetup setup_;
+  std::string backing_;
   Daemon daemon_;
   Tree native_, mount_;
 };

@@ -357,3 +357,24 @@ TEST_CASE("hoody-share: 8 processes offering and accepting at once, no 'database
   sqlite3_finalize(st);
   sqlite3_close(db);
 }
+
+TEST_CASE("hoody-share mode: --ro and --rw flip a live share; exactly one of them; not yours is refused") {
+  Pool p;
+  for (auto c : {"c1", "c2"}) p.mkdir(c, "data");
+  CHECK_RC(p({"container", "add", "c1"}), 0);
+  CHECK_RC(p({"container", "add", "c2"}), 0);
+  CHECK_RC(p({"offer", "--from", "c1:data", "--to", "c2", "--ro", "x"}), 0);
+  auto m = p({"mode", "x", "--rw"});
+  CHECK_RC(m, 0);
+  CHECK(has(m.out, "x is rw"));
+  auto l = p({"list", "--json"});
+  CHECK_RC(l, 0);
+  CHECK(has(l.out, "\"rw\""));
+  CHECK_RC(p({"mode", "--from", "c1", "x", "--ro"}), 0);
+  CHECK_RC(p({"mode", "x"}), 2);                    // neither
+  CHECK_RC(p({"mode", "x", "--ro", "--rw"}), 2);    // both
+  auto no = p({"mode", "--from", "c2", "x", "--rw"});
+  CHECK_RC(no, 1);
+  CHECK(has(no.err, "not yours"));
+  CHECK_RC(p({"mode", "nosuch", "--rw"}), 1);
+}

@@ -480,3 +480,33 @@ TEST_CASE("add_container again (hoody-up on every start) changes nothing: no eve
   REQUIRE(f.reg.add_container("c3", "p", &why));
   CHECK(*f.reg.generation() == g + 1);
 }
+
+TEST_CASE("set_mode: the owner flips ro <-> rw for every receiver, with a new generation and an event") {
+  Fixture f;
+  std::string why;
+  REQUIRE(f.offer("c1", "data", "", "p", "m", &why, Mode::ro));
+  REQUIRE(f.reg.accept("c2", "m", &why));
+  auto g0 = f.reg.generation();
+  REQUIRE(g0);
+  uint64_t sig0 = f.reg.signal().current();
+  REQUIRE(f.reg.set_mode("c1", "m", Mode::rw, &why));
+  CHECK(received(f.reg, "c2", "m")->mode == Mode::rw);
+  CHECK(*f.reg.generation() == *g0 + 1);
+  CHECK(f.reg.signal().current() > sig0);
+  // The same mode again changes nothing (no generation, no event).
+  REQUIRE(f.reg.set_mode("", "m", Mode::rw, &why));
+  CHECK(*f.reg.generation() == *g0 + 1);
+  auto ev = f.reg.events();
+  REQUIRE(ev);
+  CHECK(ev->back().action == "mode");
+  CHECK(has(ev->back().detail, "mode=rw"));
+  // Not the owner: refused, named.
+  auto s = f.reg.set_mode("c2", "m", Mode::ro, &why);
+  CHECK(s.err() == EPERM);
+  CHECK(has(why, "not yours"));
+  CHECK(f.reg.set_mode("c1", "nosuch", Mode::ro, &why).err() == ENOENT);
+  CHECK(f.reg.set_mode("zz", "m", Mode::ro, &why).err() == ENOENT);
+  // Revoked shares have no mode to change.
+  REQUIRE(f.reg.revoke("c1", "m", &why));
+  CHECK(f.reg.set_mode("c1", "m", Mode::ro, &why).err() == ENOENT);
+}

@@ -10,11 +10,31 @@
 //   with open_by_handle_at on the next use.
 // - Creation runs with the caller's fsuid/fsgid, so new files belong to the
 //   caller and the backing filesystem applies setgid-directory rules.
-// - The source has an epoch: reroot() (a restore exchanged the subvolume at
-//   SOURCE) starts a new one.  Inodes and open files of an older epoch are
-//   stale: the daemon closes its fds into the old tree, requests relative to
-//   a stale inode give ESTALE, changes through a stale file give EIO (logged
-//   once per pid); unlock, flush, release and reads still work.
+// - Real roots: the mount serves one or more backing directories.  SOURCE is
+//   root 0 (it is the mount root, unless Config::virtual_root); add_root()
+//   adds more at run time (hoody-sharefs: one per accepted share).  Every
+//   Inode is tagged with the Root it was found under (inherited on lookup),
+//   and the inode table is keyed by (root, st_dev, st_ino), so one backing
+//   file reached through two roots is two inodes with two policies.
+// - Each root has an epoch: reroot() (a restore exchanged the subvolume at
+//   SOURCE) starts a new one for root 0, remove_root() a last one for any
+//   root (revoke).  Inodes and open files of an older epoch are stale: the
+//   daemon closes its fds into the old tree, requests relative to a stale
+//   inode give ESTALE, changes through a stale file give EIO (logged once per
+//   pid); unlock, flush, release and reads still work.  Of a removed root
+//   nothing works: its open files refuse reads too (EACCES), their backing
+//   fds are replaced by /dev/null at once.
+// - Policy: every operation on a real inode passes check() before it acts:
+//   a removed root gives ESTALE (EACCES for I/O on an open file), a mutating
+//   operation on a read-only mount or root gives EROFS, and then the daemon's
+//   allow() hook decides (it sees the Op, the inode, its root, the name).
+//   Renames and links between two roots give EXDEV.
+// - Virtual nodes: node ids with bit 63 set (and the mount root when
+//   Config::virtual_root) are the daemon's own directories and read-only
+//   files.  Every op on them is routed to the v*() hooks (lookup, attributes,
+//   listing, contents produced at open, mkdir/rmdir/unlink/rename); the core
+//   keeps their open handles, listings and replies.  A lookup in a virtual
+//   directory may answer a real root (root_entry()).
 //
 // Daemons build on it by subclassing PassthroughFs and overriding the hooks at
 // the bottom (lock handling for hoody-dbfs; access policy, read-only and
@@ -61,6 +81,15 @@ struct Config {
   bool splice_read = false;       // receiving WRITE data by splice measured 20% slower
   bool writeback_cache = false;   // buys write() latency, not commit throughput
   bool read_only = false;         // every mutating request gets EROFS
+  // The mount root is a virtual directory (the v*() hooks), not SOURCE; the
+  // real roots are added with add_root() (hoody-sharefs).  source may be "".
+  bool virtual_root = false;
+  // Lookups do not cross into another mount (a mount point inside a root is
+  // hidden: ENOENT).  BTRFS subvolumes are not mounts and are served.
+  bool cross_mounts = true;
+  // The kernel drops cached pages of a file whose size or mtime changed when
+  // it refreshes the attributes (for backing files written by others too).
+  bool auto_inval_data = false;
   size_t fd_budget = 0;           // O_PATH fds kept open; 0: 3/4 of RLIMIT_NOFILE
   // Backing I/O engine, "sync" or "uring": the meson option io_default,
   // chosen by tests/bench/fs_bench (sync won 5 of 6 workloads).
@@ -72,24 +101,64 @@ void add_options(OptionTable& table);
 // Reads them back into a Config (source from the positional argument).
 Config config_from(const MountArgs& args);
 
+// Node ids with this bit are virtual (the daemon's own nodes).  Real node ids
+// are Inode* addresses: user-space pointers never have bit 63 set.
+inline constexpr uint64_t kVirtualBit = 1ull << 63;
+inline constexpr bool is_virtual_id(uint64_t ino) { return (ino & kVirtualBit) != 0; }
+
+using RootId = uint32_t;
+inline constexpr RootId kSourceRoot = 0;  // SOURCE (when not virtual_root)
+
+struct Inode;
+
+// A real root served under the mount.  Never freed while the daemon runs
+// (inodes and files point to it); a removed root stays, revoked.
+struct Root {
+  Root(RootId i, std::string n) : id(i), name(std::move(n)) {}
+  const RootId id;
+  const std::string name;  // for messages
+  // Inodes and files of another epoch are stale.  Changed under the core's mutex_.
+  std::atomic<uint64_t> epoch{0};
+  // Removed (revoked): every request on its inodes gives ESTALE, I/O on its
+  // open files EACCES.  Read without a lock on the I/O path.
+  std::atomic<bool> revoked{false};
+  // Every mutating request on its inodes gives EROFS (set_read_only()).
+  std::atomic<bool> read_only{false};
+  std::atomic<Inode*> inode{nullptr};  // its current root directory
+  int mnt_id = -1;                     // its mount (cross_mounts=false)
+  // For the daemon (hoody-sharefs: the share id).
+  std::atomic<uint64_t> tag{0};
+};
+
+// The inode table's key.
+struct Key {
+  RootId root = 0;
+  dev_t dev = 0;
+  ino_t ino = 0;
+  bool operator==(const Key&) const = default;
+};
+
 // One backing inode.
 struct Inode {
-  Inode(UniqueFd fd, dev_t dev, ino_t ino, mode_t mode, uint64_t epoch_of_source = 0)
-      : src_dev(dev), src_ino(ino), type(mode & S_IFMT), epoch(epoch_of_source),
+  Inode(UniqueFd fd, dev_t dev, ino_t ino, mode_t mode, Root* of_root, uint64_t epoch_of_root)
+      : src_dev(dev), src_ino(ino), type(mode & S_IFMT), root(of_root), epoch(epoch_of_root),
         fd_(std::move(fd)) {}
 
   const dev_t src_dev;
   const ino_t src_ino;
   const mode_t type;  // S_IFMT bits; an inode never changes type
-  // The epoch of the source it was found in (PassthroughFs::epoch()).  An
-  // inode of an older epoch is stale: its fd is closed, requests on it give ESTALE.
+  Root* const root;   // the root it was found under (a lookup's child inherits it)
+  // The epoch of its root when it was found.  An inode of an older epoch is
+  // stale: its fd is closed, requests on it give ESTALE.
   const uint64_t epoch;
+  Key key() const { return {root->id, src_dev, src_ino}; }
 
   // Guarded by PassthroughFs::mutex_.
   uint64_t nlookup = 0;
-  // Where it was last looked up (parent's backing key and the name): for the
-  // paths of holders() and messages only, best effort.
-  std::pair<dev_t, ino_t> parent_key{0, 0};
+  bool is_root = false;  // a root's directory: never leaves memory
+  // Where it was last looked up (parent's key and the name): for the paths
+  // of holders() and messages only, best effort.
+  Key parent_key{};
   std::string name;
 
   // Guards fd_, handle_, pins_, mount_id_.  Lock order: PassthroughFs::mutex_
@@ -123,9 +192,16 @@ struct File {
   UniqueFd fd;
   int flags = 0;  // the open(2) flags the kernel passed
   Inode* inode = nullptr;
-  uint64_t epoch = 0;  // the source epoch it was opened in (stale when older)
+  Root* root = nullptr;  // its inode's root
+  uint64_t epoch = 0;  // the root's epoch it was opened in (stale when older)
   pid_t pid = 0;       // the opener (fuse_req_ctx), for holders()
   std::string path;    // the name it was opened under, relative to the mount
+};
+
+// An open virtual file: fuse_file_info::fh of a virtual node (contents
+// produced at open by vread()).
+struct VirtualFile {
+  std::string content;
 };
 
 // A process with a file open through the mount (holders()).
@@ -133,6 +209,46 @@ struct Holder {
   pid_t pid = 0;
   std::string comm;  // from /proc/PID/comm; "" when the process is gone
   std::string path;  // relative to the mount
+};
+
+// The operations, as the policy hooks see them.
+enum class Op : uint8_t {
+  lookup, getattr, setattr, readlink, mknod, mkdir, symlink, link, unlink, rmdir,
+  rename_from, rename_to, open, create, read, write, flush, release, fsync, fallocate,
+  copy_from, copy_to, lseek, opendir, readdir, fsyncdir, statfs, getxattr, listxattr,
+  setxattr, removexattr, lock,
+};
+// Whether an op changes the backing tree (EROFS on a read-only mount or root).
+// open and create with write access or O_TRUNC mutate too (Access::mutates()).
+bool mutates(Op op);
+const char* op_name(Op op);
+
+// What a policy hook sees: the op, the inode it acts on (for name ops the
+// directory; for link the target directory, with Op::link), the name in it,
+// the open flags (open, create) or setattr's `valid` bits, the open file.
+struct Access {
+  Op op;
+  const Inode& inode;
+  const char* name = nullptr;
+  int flags = 0;
+  const struct File* file = nullptr;
+  const Root& root() const { return *inode.root; }
+  bool mutates() const;
+};
+
+// An entry of a virtual directory (vreaddir).  ino 0: the daemon does not
+// give a node id in the listing (readdirplus then leaves it to a lookup).
+struct VEntry {
+  std::string name;
+  mode_t mode = S_IFDIR | 0555;
+  ino_t shown_ino = 0;  // st_ino in the listing
+};
+
+// What remove_root() did.
+struct Removed {
+  RootId id = 0;
+  std::vector<fuse_ino_t> nodes;  // node ids of the root's inodes the kernel may hold
+  size_t files = 0;               // open files whose backing fd was dropped
 };
 
 // What reroot() did.
@@ -166,9 +282,40 @@ public:
   // dentry invalidated drops its subtree), so the next lookup, open and
   // readdir reach the new tree.  Never call it from a request of this mount.
   void invalidate_kernel(fuse_session* se, const Reroot& r);
-  uint64_t epoch() const { return epoch_.load(); }
-  bool stale(const File& f) const { return f.epoch != epoch_.load(); }
-  bool stale(const Inode& in) const { return in.epoch != epoch_.load(); }
+  // The epoch of root 0 (SOURCE).
+  uint64_t epoch() const;
+  bool stale(const File& f) const { return f.epoch != f.root->epoch.load(std::memory_order_relaxed); }
+  bool stale(const Inode& in) const {
+    return in.epoch != in.root->epoch.load(std::memory_order_relaxed);
+  }
+
+  // ---- roots ------------------------------------------------------------------
+  // Serves the directory `dir` (an O_PATH or O_RDONLY directory fd the daemon
+  // resolved safely, e.g. with openat2 RESOLVE_BENEATH) as a new root.
+  Result<RootId> add_root(UniqueFd dir, std::string name, bool read_only, uint64_t tag = 0);
+  // Revokes a root for good: a new epoch makes every inode of it stale (its
+  // O_PATH fds close, requests give ESTALE), its open files refuse all I/O
+  // (EACCES) and their backing fds are swapped for /dev/null at once (no fd
+  // of the daemon stays in the tree).  Returns the node ids to invalidate in
+  // the kernel (invalidate_nodes); the daemon drops the root's name itself.
+  Result<Removed> remove_root(RootId id);
+  // Every later mutating request on the root gives EROFS, also through files
+  // opened for writing before.
+  Status set_read_only(RootId id, bool ro);
+  Root* root(RootId id);
+  // The root's directory as a lookup answer (one lookup counted): what a
+  // virtual directory's vlookup() returns for a root.
+  Result<fuse_entry_param> root_entry(RootId id);
+  fuse_ino_t root_ino(RootId id);
+  // Drops the kernel's cached attributes and pages of these nodes (after
+  // remove_root or set_read_only).  Never call it from a request of this mount.
+  void invalidate_nodes(fuse_session* se, const std::vector<fuse_ino_t>& nodes);
+  // Node ids the kernel holds of a root's inodes.
+  std::vector<fuse_ino_t> nodes_of(RootId id);
+  // Whether node id `ino` is virtual (bit 63, or the virtual mount root).
+  bool is_vnode(fuse_ino_t ino) const {
+    return is_virtual_id(ino) || (ino == FUSE_ROOT_ID && cfg_.virtual_root);
+  }
   // Processes with files open through the mount (only those opened in an
   // older epoch when stale_only), one row per (pid, path).
   std::vector<Holder> holders(bool stale_only);
@@ -184,7 +331,7 @@ public:
   static fuse_lowlevel_ops make_ops(OpsFeatures f);
 
   const Config& config() const { return cfg_; }
-  int root_fd() const { return root_.load()->fd_.get(); }
+  int root_fd() const { return source_root_.load()->inode.load()->fd_.get(); }
   Inode* inode(fuse_ino_t ino);
   Result<FdRef> pin(Inode* inode);
   size_t inode_count();
@@ -239,12 +386,45 @@ public:
   virtual void flock(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, int op);
 
 protected:
-  // ---- extension points ---------------------------------------------------
-  // Decides whether a request may change anything (EROFS for read-only).
-  virtual Status may_mutate(fuse_req_t req, const char* what);
-  // Decides whether an inode may be opened with these flags (sharefs refuses
-  // device nodes, FIFOs and sockets).
-  virtual Status may_open(fuse_req_t req, Inode& inode, int flags);
+  // ---- policy -----------------------------------------------------------------
+  // Runs before every operation on a real inode: ESTALE for a removed root
+  // (EACCES for read/write/... on an open file of one), EROFS for a mutating
+  // op on a read-only mount or root, then allow().  Lock-free: two atomic
+  // loads and the hook.
+  Status check(fuse_req_t req, const Access& a);
+  // The daemon's policy (default: everything).  hoody-sharefs refuses
+  // special files and mknod; hoody-snapfs refuses every change.
+  virtual Status allow(fuse_req_t /*req*/, const Access& /*a*/) { return {}; }
+
+  // ---- virtual nodes (is_vnode) -------------------------------------------------
+  // Each is called only for a virtual node id; the defaults describe a
+  // daemon without virtual nodes.  Replies are the core's.
+  // A name in virtual directory `parent`: a virtual node's entry (virtual_entry
+  // helps) or a real root's (root_entry).  ENOENT is not cached.
+  virtual Result<fuse_entry_param> vlookup(fuse_req_t, fuse_ino_t, const char*) {
+    return fail(ENOENT);
+  }
+  // The kernel forgot n lookups of a virtual node.
+  virtual void vforget(fuse_ino_t, uint64_t) {}
+  virtual Result<struct stat> vgetattr(fuse_req_t, fuse_ino_t) { return fail(ENOENT); }
+  // The entries of a virtual directory (without "." and ".."), taken at opendir.
+  virtual Result<std::vector<VEntry>> vreaddir(fuse_req_t, fuse_ino_t) { return fail(ENOTDIR); }
+  // The contents of a virtual file, produced at open (read-only: a write
+  // open gives EACCES before this is asked).
+  virtual Result<std::string> vread(fuse_req_t, fuse_ino_t) { return fail(EACCES); }
+  // Name changes in virtual directories (a rename between a virtual and a
+  // real directory never gets here: EXDEV).  Default EPERM.
+  virtual Result<fuse_entry_param> vmkdir(fuse_req_t, fuse_ino_t, const char*, mode_t) {
+    return fail(EPERM);
+  }
+  virtual Status vrmdir(fuse_req_t, fuse_ino_t, const char*) { return fail(EPERM); }
+  virtual Status vunlink(fuse_req_t, fuse_ino_t, const char*) { return fail(EPERM); }
+  virtual Status vrename(fuse_req_t, fuse_ino_t, const char*, fuse_ino_t, const char*, unsigned) {
+    return fail(EPERM);
+  }
+  // A virtual node's entry with attributes from vgetattr; timeouts 0 (the
+  // daemon changes virtual nodes without telling the kernel).
+  Result<fuse_entry_param> virtual_entry(fuse_req_t req, fuse_ino_t ino);
   // A name was looked up or created in a directory (dbfs classifies SQLite files).
   virtual void on_entry(Inode& /*parent*/, Inode& /*child*/, const char* /*name*/) {}
   // A file was opened; fi->fh is set.
@@ -268,15 +448,25 @@ protected:
   // numbers stay as they are.  Keeps du, tar and cp -a from taking files of
   // two snapshots for hard links of each other.
   ino_t shown_ino(dev_t dev, ino_t ino);
-  void show(struct stat& st) { st.st_ino = shown_ino(st.st_dev, st.st_ino); }
+  void show(struct stat& st) {
+    st.st_ino = shown_ino(st.st_dev, st.st_ino);
+    present(st);
+  }
+  // How the attributes of a real inode are shown (after st_ino): hoody-sharefs
+  // shows special files as empty regular files of mode 0000.  Also called on
+  // a listing's entries (only st_mode's type is set then).
+  virtual void present(struct stat& /*st*/) {}
 
   // Looks `name` up in `parent` and returns the entry with its lookup counted.
   Result<fuse_entry_param> do_lookup(fuse_ino_t parent, const char* name);
   void reply_entry(fuse_req_t req, fuse_ino_t parent, const char* name, Status made);
   void forget_one(Inode* inode, uint64_t n);
   static File* file_of(fuse_file_info* fi) { return reinterpret_cast<File*>(fi->fh); }
+  static VirtualFile* virtual_file_of(fuse_file_info* fi) { return reinterpret_cast<VirtualFile*>(fi->fh); }
   fuse_ino_t ino_of(Inode* in) const {
-    return in == root_.load() ? FUSE_ROOT_ID : reinterpret_cast<fuse_ino_t>(in);
+    Root* src = source_root_.load();
+    return src && !cfg_.virtual_root && in == src->inode.load() ? FUSE_ROOT_ID
+                                                                : reinterpret_cast<fuse_ino_t>(in);
   }
 
   Config cfg_;
@@ -287,6 +477,16 @@ protected:
 private:
   void evict_over_budget();
   std::string path_locked(const Inode* in);
+  // Moves every inode of `r` out of the table into stale_ (with mutex_ held);
+  // returns them (and the root's directory) for closing.
+  std::vector<Inode*> retire_locked(Root& r, std::vector<fuse_ino_t>* nodes);
+  void close_retired(const std::vector<Inode*>& retired, size_t* closed);
+  // Virtual-node halves of the ops (ops_virtual.cpp).
+  void vopen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
+  void vopendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
+  void vreaddir_reply(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
+                      bool plus);
+
   void track(File* f, fuse_req_t req);
   void untrack(File* f);
   // open and create: the File of a backing fd, tracked, in fi->fh, on_open
@@ -297,25 +497,29 @@ private:
   // Guards inodes_ and every Inode::nlookup.  Lock order: before any Inode::m.
   std::mutex mutex_;
   struct KeyHash {
-    size_t operator()(const std::pair<dev_t, ino_t>& k) const {
-      return std::hash<uint64_t>()(k.first * 0x9e3779b97f4a7c15ULL ^ k.second);
+    size_t operator()(const Key& k) const {
+      return std::hash<uint64_t>()((k.dev * 0x9e3779b97f4a7c15ULL ^ k.ino) + k.root * 0x85ebca6bULL);
     }
   };
-  std::unordered_map<std::pair<dev_t, ino_t>, std::unique_ptr<Inode>, KeyHash> inodes_;
-  // The root inode.  Atomic because reroot() replaces it while requests run;
-  // replaced roots stay alive (without their fd) in old_roots_ (guarded by
-  // mutex_) for requests that still hold them.
-  std::atomic<Inode*> root_{nullptr};
+  std::unordered_map<Key, std::unique_ptr<Inode>, KeyHash> inodes_;
+  // Every root, by id (never shrinks; guarded by mutex_, the Roots themselves
+  // are stable).  Root 0 is SOURCE unless virtual_root.
+  std::vector<std::unique_ptr<Root>> roots_;
+  std::atomic<Root*> source_root_{nullptr};
+  // The root directories, current and replaced (reroot) or revoked: they
+  // stay alive (without their fd) for requests that still hold them.
+  // Guarded by mutex_.
   std::vector<std::unique_ptr<Inode>> old_roots_;
   // Inodes of older epochs the kernel still knows (until their forget); never
   // found by a lookup.  Guarded by mutex_.
   std::unordered_map<Inode*, std::unique_ptr<Inode>> stale_;
-  std::atomic<uint64_t> epoch_{0};  // changed under mutex_
+  uint64_t next_epoch_ = 1;  // guarded by mutex_: epochs are unique across roots
   // Guards open_files_ and stale_logged_.  Innermost.
   std::mutex files_mu_;
   std::unordered_set<File*> open_files_;
   std::unordered_set<pid_t> stale_logged_;
   std::unordered_map<int, UniqueFd> mount_fds_;  // mount id -> an fd on it; under mutex_
+  std::unordered_map<int, RootId> mount_owner_;  // mount id -> the added root whose dir it is; under mutex_
   std::atomic<size_t> path_fds_{0};
   // Guards dev_index_.  Innermost.
   std::mutex dev_mu_;

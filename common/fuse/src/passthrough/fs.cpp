@@ -1,5 +1,7 @@
 // The inode table, the fd budget and the configuration of the passthrough core.
 #include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/fsuid.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -79,35 +81,76 @@ PassthroughFs::PassthroughFs(Config cfg) : cfg_(std::move(cfg)) {}
 
 PassthroughFs::~PassthroughFs() = default;
 
+namespace {
+// The mount fd that reopens evicted inodes (open_by_handle_at refuses O_PATH
+// fds): a directory fd on the same mount as the O_PATH directory `dir`.
+std::pair<int, UniqueFd> mount_fd_of(int dir) {
+  auto buf = std::make_unique<char[]>(sizeof(file_handle) + MAX_HANDLE_SZ);
+  auto* fh = reinterpret_cast<file_handle*>(buf.get());
+  fh->handle_bytes = MAX_HANDLE_SZ;
+  int mount_id = -1;
+  auto d = sys::reopen(dir, O_RDONLY | O_DIRECTORY);
+  if (d && ::name_to_handle_at(dir, "", fh, &mount_id, AT_EMPTY_PATH) == 0)
+    return {mount_id, std::move(*d)};
+  return {-1, UniqueFd()};
+}
+
+struct stat stat_of(const struct statx& sx) {
+  struct stat st {};
+  st.st_dev = makedev(sx.stx_dev_major, sx.stx_dev_minor);
+  st.st_ino = sx.stx_ino;
+  st.st_mode = sx.stx_mode;
+  st.st_nlink = sx.stx_nlink;
+  st.st_uid = sx.stx_uid;
+  st.st_gid = sx.stx_gid;
+  st.st_rdev = makedev(sx.stx_rdev_major, sx.stx_rdev_minor);
+  st.st_size = static_cast<off_t>(sx.stx_size);
+  st.st_blksize = static_cast<blksize_t>(sx.stx_blksize);
+  st.st_blocks = static_cast<blkcnt_t>(sx.stx_blocks);
+  st.st_atim = {sx.stx_atime.tv_sec, sx.stx_atime.tv_nsec};
+  st.st_mtim = {sx.stx_mtime.tv_sec, sx.stx_mtime.tv_nsec};
+  st.st_ctim = {sx.stx_ctime.tv_sec, sx.stx_ctime.tv_nsec};
+  return st;
+}
+
+int mnt_id_of(int fd) {
+  struct statx sx;
+  if (::statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_MNT_ID, &sx) < 0) return -1;
+  return (sx.stx_mask & STATX_MNT_ID) ? static_cast<int>(sx.stx_mnt_id) : -1;
+}
+}  // namespace
+
 Status PassthroughFs::open_source(std::string* why) {
-  auto fd = sys::open(cfg_.source.c_str(), O_PATH | O_DIRECTORY);
-  if (!fd) {
-    *why = "source " + cfg_.source + ": " + fd.error().message();
-    return fail(fd.error());
-  }
-  auto st = sys::fstat(fd->get());
-  if (!st) {
-    *why = "source " + cfg_.source + ": " + st.error().message();
-    return fail(st.error());
-  }
-  auto* root = new Inode(std::move(*fd), st->st_dev, st->st_ino, st->st_mode, epoch_.load());
-  root->nlookup = 2;  // the kernel never forgets the root
-  old_roots_.emplace_back(root);  // owns every root, current and replaced
-  root_ = root;
-  path_fds_ = 1;
-  {
-    std::lock_guard g(dev_mu_);
-    dev_index_.emplace(st->st_dev, 0);
-  }
-  // The mount fd that reopens evicted inodes (open_by_handle_at refuses O_PATH fds).
-  {
-    auto buf = std::make_unique<char[]>(sizeof(file_handle) + MAX_HANDLE_SZ);
-    auto* fh = reinterpret_cast<file_handle*>(buf.get());
-    fh->handle_bytes = MAX_HANDLE_SZ;
-    int mount_id;
-    auto dir = sys::open(cfg_.source.c_str(), O_RDONLY | O_DIRECTORY);
-    if (dir && ::name_to_handle_at(root->fd_.get(), "", fh, &mount_id, AT_EMPTY_PATH) == 0)
-      mount_fds_.emplace(mount_id, std::move(*dir));
+  if (cfg_.virtual_root) {
+    // No SOURCE root: the roots come with add_root().  Id 0 stays unused.
+    roots_.push_back(nullptr);
+  } else {
+    auto fd = sys::open(cfg_.source.c_str(), O_PATH | O_DIRECTORY);
+    if (!fd) {
+      *why = "source " + cfg_.source + ": " + fd.error().message();
+      return fail(fd.error());
+    }
+    auto st = sys::fstat(fd->get());
+    if (!st) {
+      *why = "source " + cfg_.source + ": " + st.error().message();
+      return fail(st.error());
+    }
+    auto* r = new Root(kSourceRoot, cfg_.source);
+    roots_.emplace_back(r);
+    r->mnt_id = mnt_id_of(fd->get());
+    auto [mount_id, dir] = mount_fd_of(fd->get());
+    auto* root = new Inode(std::move(*fd), st->st_dev, st->st_ino, st->st_mode, r, 0);
+    root->nlookup = 2;  // the kernel never forgets the root
+    root->is_root = true;
+    old_roots_.emplace_back(root);  // owns every root, current and replaced
+    r->inode = root;
+    source_root_ = r;
+    path_fds_ = 1;
+    {
+      std::lock_guard g(dev_mu_);
+      dev_index_.emplace(st->st_dev, 0);
+    }
+    if (dir) mount_fds_.emplace(mount_id, std::move(dir));
   }
 
   // Budget the O_PATH fds: raise the soft limit to the hard one and keep a
@@ -123,8 +166,196 @@ Status PassthroughFs::open_source(std::string* why) {
     budget_ = cfg_.fd_budget ? cfg_.fd_budget : 4096;
   }
   log::get("fuse")->info("source={} fd_budget={} entry_timeout={} attr_timeout={} io={}",
-                         cfg_.source, budget_, cfg_.entry_timeout, cfg_.attr_timeout, cfg_.io);
+                         cfg_.virtual_root ? "(virtual)" : cfg_.source, budget_,
+                         cfg_.entry_timeout, cfg_.attr_timeout, cfg_.io);
   return {};
+}
+
+uint64_t PassthroughFs::epoch() const {
+  Root* r = source_root_.load();
+  return r ? r->epoch.load() : 0;
+}
+
+Root* PassthroughFs::root(RootId id) {
+  std::lock_guard g(mutex_);
+  return id < roots_.size() ? roots_[id].get() : nullptr;
+}
+
+Result<RootId> PassthroughFs::add_root(UniqueFd dir, std::string name, bool read_only,
+                                       uint64_t tag) {
+  HOODY_TRY(st, sys::fstat(dir.get()));
+  if (!S_ISDIR(st.st_mode)) return fail(ENOTDIR);
+  int mnt = mnt_id_of(dir.get());
+  auto [mount_id, mdir] = mount_fd_of(dir.get());
+  std::lock_guard g(mutex_);
+  auto id = static_cast<RootId>(roots_.size());
+  auto* r = new Root(id, std::move(name));
+  roots_.emplace_back(r);
+  r->mnt_id = mnt;
+  r->read_only = read_only;
+  r->tag = tag;
+  r->epoch = next_epoch_++;
+  auto* in = new Inode(std::move(dir), st.st_dev, st.st_ino, st.st_mode, r, r->epoch.load());
+  in->is_root = true;
+  in->last_use_ = clock_.fetch_add(1, std::memory_order_relaxed);
+  old_roots_.emplace_back(in);
+  r->inode = in;
+  ++path_fds_;
+  if (mdir && !mount_fds_.count(mount_id)) {
+    mount_fds_.emplace(mount_id, std::move(mdir));
+    mount_owner_[mount_id] = id;
+  }
+  log::get("fuse")->debug("op=add_root root={} name={} dev={} ino={} ro={}", id, r->name,
+                          st.st_dev, st.st_ino, read_only);
+  return id;
+}
+
+std::vector<Inode*> PassthroughFs::retire_locked(Root& r, std::vector<fuse_ino_t>* nodes) {
+  std::vector<Inode*> retired;
+  for (auto it = inodes_.begin(); it != inodes_.end();) {
+    if (it->second->root != &r) {
+      ++it;
+      continue;
+    }
+    Inode* in = it->second.get();
+    retired.push_back(in);
+    if (nodes) nodes->push_back(reinterpret_cast<fuse_ino_t>(in));
+    stale_.emplace(in, std::move(it->second));
+    it = inodes_.erase(it);
+  }
+  if (Inode* cur = r.inode.load()) retired.push_back(cur);
+  return retired;
+}
+
+void PassthroughFs::close_retired(const std::vector<Inode*>& retired, size_t* closed) {
+  // Called with mutex_ held (the inodes are in stale_ and a FORGET would free
+  // them).  Close what we hold in the old tree (a pinned fd closes with its
+  // last pin); closing an O_PATH fd does not block.
+  for (Inode* in : retired) {
+    std::lock_guard ig(in->m);
+    in->retired_ = true;
+    in->handle_.reset();
+    if (in->fd_.valid()) {
+      --path_fds_;
+      ++*closed;
+      if (in->pins_ == 0) in->fd_.reset();
+    }
+  }
+}
+
+Result<Removed> PassthroughFs::remove_root(RootId id) {
+  Removed out;
+  out.id = id;
+  std::vector<Inode*> retired;
+  size_t closed = 0;
+  Root* r;
+  {
+    std::lock_guard g(mutex_);
+    if (id >= roots_.size() || !roots_[id]) return fail(ENOENT);
+    r = roots_[id].get();
+    if (r->revoked.load()) return out;
+    // Revoked first: from here on no request of this root passes check().
+    r->revoked = true;
+    r->epoch = next_epoch_++;
+    retired = retire_locked(*r, &out.nodes);
+    if (Inode* cur = r->inode.load()) out.nodes.push_back(reinterpret_cast<fuse_ino_t>(cur));
+    // Under mutex_: once it is released, a FORGET may free a retired inode.
+    close_retired(retired, &closed);
+    // The mount fd it gave (a directory in its tree) goes too; another live
+    // root on that mount gives one instead.
+    for (auto it = mount_owner_.begin(); it != mount_owner_.end();) {
+      if (it->second != id) {
+        ++it;
+        continue;
+      }
+      int mount_id = it->first;
+      mount_fds_.erase(mount_id);
+      it = mount_owner_.erase(it);
+      for (auto& other : roots_) {
+        if (!other || other.get() == r || other->revoked.load() || other->mnt_id != mount_id) continue;
+        Inode* oin = other->inode.load();
+        std::lock_guard ig(oin->m);
+        if (!oin->fd_.valid()) continue;
+        auto d = sys::reopen(oin->fd_.get(), O_RDONLY | O_DIRECTORY);
+        if (!d) continue;
+        mount_fds_.emplace(mount_id, std::move(*d));
+        mount_owner_[mount_id] = other->id;
+        break;
+      }
+    }
+  }
+  // Open files: their backing fds go at once.  dup3 over the fd keeps its
+  // number valid for a request that passed check() just before (it reads
+  // /dev/null), so no fd number is ever reused under a running request.
+  auto null = sys::open("/dev/null", O_RDWR);
+  {
+    std::lock_guard g(files_mu_);
+    for (File* f : open_files_) {
+      if (f->root != r || !f->fd.valid()) continue;
+      if (null && ::dup3(null->get(), f->fd.get(), O_CLOEXEC) >= 0) ++out.files;
+    }
+  }
+  log::get("fuse")->info("op=remove_root root={} name={} inodes={} fds_closed={} open_files={}",
+                         id, r->name, retired.size(), closed, out.files);
+  return out;
+}
+
+Status PassthroughFs::set_read_only(RootId id, bool ro) {
+  Root* r = root(id);
+  if (!r) return fail(ENOENT);
+  r->read_only = ro;
+  return {};
+}
+
+fuse_ino_t PassthroughFs::root_ino(RootId id) {
+  Root* r = root(id);
+  if (!r || !r->inode.load()) return 0;
+  return ino_of(r->inode.load());
+}
+
+Result<fuse_entry_param> PassthroughFs::root_entry(RootId id) {
+  Root* r = root(id);
+  if (!r) return fail(ENOENT);
+  if (r->revoked.load()) return fail(ESTALE);
+  Inode* in = r->inode.load();
+  HOODY_TRY(fd, pin(in));
+  HOODY_TRY(st, sys::fstatat(fd.get(), "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW));
+  fuse_entry_param e{};
+  e.attr = st;
+  show(e.attr);
+  e.attr_timeout = cfg_.attr_timeout;
+  e.entry_timeout = cfg_.entry_timeout;
+  {
+    std::lock_guard g(mutex_);
+    if (r->revoked.load()) return fail(ESTALE);
+    ++in->nlookup;
+  }
+  e.ino = ino_of(in);
+  return e;
+}
+
+std::vector<fuse_ino_t> PassthroughFs::nodes_of(RootId id) {
+  std::vector<fuse_ino_t> out;
+  std::lock_guard g(mutex_);
+  if (id >= roots_.size() || !roots_[id]) return out;
+  Root* r = roots_[id].get();
+  for (auto& [key, in] : inodes_)
+    if (in->root == r) out.push_back(reinterpret_cast<fuse_ino_t>(in.get()));
+  if (Inode* cur = r->inode.load()) out.push_back(ino_of(cur));
+  return out;
+}
+
+void PassthroughFs::invalidate_nodes(fuse_session* se, const std::vector<fuse_ino_t>& nodes) {
+  if (!se) return;
+  size_t failed = 0;
+  for (fuse_ino_t n : nodes) {
+    // Attributes and every cached page (mmaps of it are unmapped: the next
+    // touch faults and reads through the daemon).
+    int rc = fuse_lowlevel_notify_inval_inode(se, n, 0, 0);
+    if (rc < 0 && rc != -ENOENT) ++failed;
+  }
+  if (failed)
+    log::get("fuse")->warn("op=inval_inode nodes={} failed={}", nodes.size(), failed);
 }
 
 namespace {
@@ -143,11 +374,13 @@ std::vector<std::string> list_names(int dirfd) {
 }  // namespace
 
 Result<Reroot> PassthroughFs::reroot() {
+  Root* src = source_root_.load();
+  if (!src) return fail(EINVAL);
   HOODY_TRY(fd, sys::open(cfg_.source.c_str(), O_PATH | O_DIRECTORY));
   HOODY_TRY(st, sys::fstat(fd.get()));
-  Inode* cur = root_.load();
+  Inode* cur = src->inode.load();
   Reroot r;
-  r.epoch = epoch_.load();
+  r.epoch = src->epoch.load();
   if (st.st_dev == cur->src_dev && st.st_ino == cur->src_ino) return r;
   // Blocking work first, without mutex_: both listings and the new mount fd.
   {
@@ -155,36 +388,25 @@ Result<Reroot> PassthroughFs::reroot() {
     if (pinned) r.old_names = list_names(pinned->get());
   }
   r.new_names = list_names(fd.get());
-  UniqueFd mount_dir;
-  int mount_id = -1;
-  {
-    auto buf = std::make_unique<char[]>(sizeof(file_handle) + MAX_HANDLE_SZ);
-    auto* fh = reinterpret_cast<file_handle*>(buf.get());
-    fh->handle_bytes = MAX_HANDLE_SZ;
-    auto dir = sys::reopen(fd.get(), O_RDONLY | O_DIRECTORY);
-    if (dir && ::name_to_handle_at(fd.get(), "", fh, &mount_id, AT_EMPTY_PATH) == 0)
-      mount_dir = std::move(*dir);
-  }
+  auto [mount_id, mount_dir] = mount_fd_of(fd.get());
+  int mnt = mnt_id_of(fd.get());
 
   std::vector<Inode*> retired;
   size_t closed = 0;
   {
     std::lock_guard g(mutex_);
-    const uint64_t epoch = epoch_.load() + 1;
-    auto* root = new Inode(std::move(fd), st.st_dev, st.st_ino, st.st_mode, epoch);
+    const uint64_t epoch = next_epoch_++;
+    auto* root = new Inode(std::move(fd), st.st_dev, st.st_ino, st.st_mode, src, epoch);
     root->nlookup = 2;
+    root->is_root = true;
     old_roots_.emplace_back(root);
-    // Every inode known so far belongs to the old tree: out of the table, so
-    // no lookup finds one again (a later subvolume may even reuse its st_dev).
-    for (auto& [key, in] : inodes_) {
-      retired.push_back(in.get());
-      r.stale.push_back(reinterpret_cast<fuse_ino_t>(in.get()));
-      stale_.emplace(in.get(), std::move(in));
-    }
-    inodes_.clear();
-    retired.push_back(cur);
+    // Every inode known so far of the source belongs to the old tree: out of
+    // the table, so no lookup finds one again (a later subvolume may even
+    // reuse its st_dev).
+    retired = retire_locked(*src, &r.stale);
     // The mount fds of the old tree keep it alive: one on the new root instead.
     mount_fds_.clear();
+    mount_owner_.clear();
     if (mount_dir) mount_fds_.emplace(mount_id, std::move(mount_dir));
     {
       // A fresh st_ino prefix for the new tree, even if its st_dev was seen
@@ -193,21 +415,13 @@ Result<Reroot> PassthroughFs::reroot() {
       std::lock_guard dg(dev_mu_);
       dev_index_[st.st_dev] = next_prefix_++;
     }
-    epoch_ = epoch;
-    root_ = root;
+    src->mnt_id = mnt;
+    src->epoch = epoch;
+    src->inode = root;
     ++path_fds_;
     r.epoch = epoch;
-  }
-  // Close what we hold in the old tree (a pinned fd closes with its last pin).
-  for (Inode* in : retired) {
-    std::lock_guard ig(in->m);
-    in->retired_ = true;
-    in->handle_.reset();
-    if (in->fd_.valid()) {
-      --path_fds_;
-      ++closed;
-      if (in->pins_ == 0) in->fd_.reset();
-    }
+    // Under mutex_: once it is released, a FORGET may free a retired inode.
+    close_retired(retired, &closed);
   }
   r.changed = true;
   log::get("fuse")->warn("source {} was replaced (a restore?): serving the new directory "
@@ -240,17 +454,17 @@ void PassthroughFs::invalidate_kernel(fuse_session* se, const Reroot& r) {
 std::string PassthroughFs::path_locked(const Inode* in) {
   // Called with mutex_ held.  Walks the names up to the root (bounded).
   std::string path = in->name;
-  Inode* root = root_.load();
+  Inode* root = in->root->inode.load();
   auto key = in->parent_key;
   for (int depth = 0; depth < 64; ++depth) {
-    if ((key.first == root->src_dev && key.second == root->src_ino) || key.first == 0) break;
+    if ((root && key == root->key()) || key.dev == 0) break;
     auto it = inodes_.find(key);
     const Inode* p = nullptr;
     if (it != inodes_.end()) {
       p = it->second.get();
     } else {
       for (auto& [ptr, st] : stale_)
-        if (st->src_dev == key.first && st->src_ino == key.second) {
+        if (st->key() == key) {
           p = st.get();
           break;
         }
@@ -262,14 +476,17 @@ std::string PassthroughFs::path_locked(const Inode* in) {
     path = p->name + "/" + path;
     key = p->parent_key;
   }
+  if (cfg_.virtual_root && !in->root->name.empty()) path = in->root->name + "/" + path;
   return path;
 }
 
 std::string PassthroughFs::dir_path(dev_t dev, ino_t ino) {
   std::lock_guard g(mutex_);
-  Inode* root = root_.load();
+  Root* src = source_root_.load();
+  if (!src) return "?";
+  Inode* root = src->inode.load();
   if (dev == root->src_dev && ino == root->src_ino) return "";
-  auto it = inodes_.find({dev, ino});
+  auto it = inodes_.find(Key{src->id, dev, ino});
   if (it != inodes_.end()) return path_locked(it->second.get());
   for (auto& [ptr, st] : stale_)
     if (st->src_dev == dev && st->src_ino == ino) return path_locked(st.get());
@@ -282,7 +499,9 @@ void PassthroughFs::track(File* f, fuse_req_t req) {
   f->pid = fuse_req_ctx(req)->pid;
   {
     std::lock_guard g(mutex_);
-    if (f->inode) f->path = f->inode == root_.load() ? "." : path_locked(f->inode);
+    if (f->inode)
+      f->path = f->inode->is_root ? (cfg_.virtual_root ? f->inode->root->name : ".")
+                                  : path_locked(f->inode);
   }
   std::lock_guard g(files_mu_);
   open_files_.insert(f);
@@ -297,9 +516,8 @@ std::vector<Holder> PassthroughFs::holders(bool stale_only) {
   std::set<std::pair<pid_t, std::string>> rows;
   {
     std::lock_guard g(files_mu_);
-    const uint64_t now = epoch_.load();
     for (File* f : open_files_)
-      if (!stale_only || f->epoch != now) rows.emplace(f->pid, f->path);
+      if (!stale_only || stale(*f)) rows.emplace(f->pid, f->path);
   }
   std::vector<Holder> out;
   std::map<pid_t, std::string> comms;
@@ -343,13 +561,13 @@ ino_t PassthroughFs::shown_ino(dev_t dev, ino_t ino) {
 }
 
 Inode* PassthroughFs::inode(fuse_ino_t ino) {
-  if (ino == FUSE_ROOT_ID) return root_.load();
+  if (ino == FUSE_ROOT_ID && !cfg_.virtual_root) return source_root_.load()->inode.load();
   return reinterpret_cast<Inode*>(ino);
 }
 
 size_t PassthroughFs::inode_count() {
   std::lock_guard g(mutex_);
-  return inodes_.size() + 1;
+  return inodes_.size() + (source_root_.load() ? 1 : 0);
 }
 
 Result<FdRef> PassthroughFs::pin(Inode* in) {
@@ -434,9 +652,24 @@ void PassthroughFs::evict_over_budget() {
 
 Result<fuse_entry_param> PassthroughFs::do_lookup(fuse_ino_t parent, const char* name) {
   Inode* dir = inode(parent);
+  Root* r = dir->root;
   HOODY_TRY(dfd, pin(dir));
   HOODY_TRY(fd, sys::openat(dfd.get(), name, O_PATH | O_NOFOLLOW));
-  HOODY_TRY(st, sys::fstatat(fd.get(), "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW));
+  struct stat st;
+  if (cfg_.cross_mounts) {
+    HOODY_TRY(s, sys::fstatat(fd.get(), "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW));
+    st = s;
+  } else {
+    // One statx gives the attributes and the mount: a mount point inside the
+    // root (a directory or a file bind-mounted there) is not crossed: hidden.
+    struct statx sx;
+    if (::statx(fd.get(), "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW,
+                STATX_BASIC_STATS | STATX_MNT_ID, &sx) < 0)
+      return fail(Errno::last());
+    if ((sx.stx_mask & STATX_MNT_ID) && r->mnt_id >= 0 && static_cast<int>(sx.stx_mnt_id) != r->mnt_id)
+      return fail(ENOENT);
+    st = stat_of(sx);
+  }
 
   fuse_entry_param e{};
   e.attr = st;
@@ -446,23 +679,32 @@ Result<fuse_entry_param> PassthroughFs::do_lookup(fuse_ino_t parent, const char*
   Inode* child;
   {
     std::lock_guard g(mutex_);
-    // A lookup in a directory of a replaced tree that raced with reroot():
-    // nothing of the old tree may enter the new table.
-    if (dir->epoch != epoch_.load()) return fail(ESTALE);
-    auto key = std::make_pair(st.st_dev, st.st_ino);
+    // A lookup in a directory of a replaced or removed tree that raced with
+    // reroot() or remove_root(): nothing of the old tree may enter the table.
+    if (dir->epoch != r->epoch.load()) return fail(ESTALE);
+    Key key{r->id, st.st_dev, st.st_ino};
     auto it = inodes_.find(key);
+    Inode* root = r->inode.load();
     if (it != inodes_.end()) {
       child = it->second.get();
-      // An evicted inode takes the fresh fd back; otherwise ours closes at return.
-      std::lock_guard ig(child->m);
-      if (!child->fd_.valid()) {
-        child->fd_ = std::move(fd);
-        ++path_fds_;
+      // An evicted inode takes the fresh fd back; otherwise ours closes at
+      // return.  Taken back, it counts against the budget like a new inode
+      // (a second walk of a tree larger than the budget ran out of fds).
+      bool adopted = false;
+      {
+        std::lock_guard ig(child->m);
+        if (!child->fd_.valid()) {
+          child->fd_ = std::move(fd);
+          child->last_use_ = clock_.fetch_add(1, std::memory_order_relaxed);
+          ++path_fds_;
+          adopted = true;
+        }
       }
-    } else if (Inode* root = root_.load(); root->src_dev == st.st_dev && root->src_ino == st.st_ino) {
+      if (adopted) evict_over_budget();
+    } else if (root && root->src_dev == st.st_dev && root->src_ino == st.st_ino) {
       child = root;  // a bind mount or a ".." back to the root
     } else {
-      auto in = std::make_unique<Inode>(std::move(fd), st.st_dev, st.st_ino, st.st_mode, dir->epoch);
+      auto in = std::make_unique<Inode>(std::move(fd), st.st_dev, st.st_ino, st.st_mode, r, dir->epoch);
       child = in.get();
       in->last_use_ = clock_.fetch_add(1, std::memory_order_relaxed);
       inodes_.emplace(key, std::move(in));
@@ -470,8 +712,8 @@ Result<fuse_entry_param> PassthroughFs::do_lookup(fuse_ino_t parent, const char*
       evict_over_budget();
     }
     ++child->nlookup;
-    if (child != root_.load()) {
-      child->parent_key = {dir->src_dev, dir->src_ino};
+    if (!child->is_root) {
+      child->parent_key = dir->key();
       if (child->name != name) child->name = name;
     }
   }
@@ -482,35 +724,65 @@ Result<fuse_entry_param> PassthroughFs::do_lookup(fuse_ino_t parent, const char*
 
 void PassthroughFs::forget_one(Inode* in, uint64_t n) {
   std::lock_guard g(mutex_);
-  for (auto& r : old_roots_)
-    if (in == r.get()) return;  // roots are never forgotten
   if (n > in->nlookup) {
     log::get("fuse")->error("forget of {} lookups on inode {} that has {}: kernel and daemon disagree",
                             n, in->src_ino, in->nlookup);
     n = in->nlookup;
   }
   in->nlookup -= n;
+  if (in->is_root) return;  // roots stay (with their counts) until the daemon ends
   if (in->nlookup == 0) {
-    auto it = inodes_.find({in->src_dev, in->src_ino});
+    auto it = inodes_.find(in->key());
     if (it != inodes_.end() && it->second.get() == in) {
       on_forget(*in);
       if (in->fd_.valid()) --path_fds_;
       inodes_.erase(it);
     } else if (auto st = stale_.find(in); st != stale_.end()) {
-      on_forget(*in);  // its fd was closed (and counted) by reroot()
+      on_forget(*in);  // its fd was closed (and counted) by reroot() or remove_root()
       stale_.erase(st);
     }
   }
 }
 
-Status PassthroughFs::may_mutate(fuse_req_t, const char*) {
-  if (cfg_.read_only) return fail(EROFS);
-  return {};
+namespace {
+constexpr const char* kOpNames[] = {
+    "lookup", "getattr", "setattr", "readlink", "mknod", "mkdir", "symlink", "link", "unlink",
+    "rmdir", "rename", "rename", "open", "create", "read", "write", "flush", "release", "fsync",
+    "fallocate", "copy_file_range", "copy_file_range", "lseek", "opendir", "readdir", "fsyncdir",
+    "statfs", "getxattr", "listxattr", "setxattr", "removexattr", "lock",
+};
+static_assert(sizeof kOpNames / sizeof kOpNames[0] == static_cast<size_t>(Op::lock) + 1);
+}  // namespace
+
+const char* op_name(Op op) { return kOpNames[static_cast<size_t>(op)]; }
+
+bool mutates(Op op) {
+  switch (op) {
+    case Op::setattr: case Op::mknod: case Op::mkdir: case Op::symlink: case Op::link:
+    case Op::unlink: case Op::rmdir: case Op::rename_from: case Op::rename_to: case Op::create:
+    case Op::write: case Op::fallocate: case Op::copy_to: case Op::setxattr:
+    case Op::removexattr:
+      return true;
+    default:
+      return false;
+  }
 }
 
-Status PassthroughFs::may_open(fuse_req_t req, Inode&, int flags) {
-  if ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC)) return may_mutate(req, "open for writing");
-  return {};
+bool Access::mutates() const {
+  if (op == Op::open) return (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
+  return pt::mutates(op);
+}
+
+Status PassthroughFs::check(fuse_req_t req, const Access& a) {
+  const Root& r = a.root();
+  if (r.revoked.load(std::memory_order_relaxed)) {
+    // I/O through an open file of a removed root: permission is gone.
+    if (a.file) return fail(EACCES);
+    return fail(ESTALE);
+  }
+  if (a.mutates() && (cfg_.read_only || r.read_only.load(std::memory_order_relaxed)))
+    return fail(EROFS);
+  return allow(req, a);
 }
 
 void PassthroughFs::init(fuse_conn_info* conn) {
@@ -531,9 +803,10 @@ void PassthroughFs::init(fuse_conn_info* conn) {
   want(FUSE_CAP_SPLICE_MOVE, false);
   want(FUSE_CAP_SPLICE_READ, cfg_.splice_read);
   want(FUSE_CAP_WRITEBACK_CACHE, cfg_.writeback_cache && !cfg_.read_only);
-  // The daemon is the only writer of its backing files: cached pages stay
-  // valid when attributes are refreshed (fuse-limits.md, sqlite-locking.md 3.7).
-  want(FUSE_CAP_AUTO_INVAL_DATA, false);
+  // dbfs and snapfs: the daemon is the only writer of its backing files, so
+  // cached pages stay valid when attributes are refreshed (fuse-limits.md,
+  // sqlite-locking.md 3.7).  sharefs: the owner writes its storage directly.
+  want(FUSE_CAP_AUTO_INVAL_DATA, cfg_.auto_inval_data);
   want(FUSE_CAP_READDIRPLUS, cfg_.readdirplus);
   want(FUSE_CAP_READDIRPLUS_AUTO, cfg_.readdirplus);
   want(FUSE_CAP_PARALLEL_DIROPS, true);

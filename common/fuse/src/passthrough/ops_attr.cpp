@@ -18,9 +18,18 @@ std::string via_proc(int fd) { return sys::proc_fd(fd); }
 }  // namespace
 
 void PassthroughFs::getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  if (is_vnode(ino)) {
+    auto st = vgetattr(req, ino);
+    if (!st) return reply(req, fail(st.error()));
+    fuse_reply_attr(req, &*st, 0);
+    return;
+  }
   Result<struct stat> st = [&]() -> Result<struct stat> {
-    if (fi) return sys::fstat(file_of(fi)->fd.get());
-    HOODY_TRY(fd, pin(inode(ino)));
+    Inode* in = inode(ino);
+    File* f = fi ? file_of(fi) : nullptr;
+    HOODY_CHECK(check(req, {Op::getattr, f ? *f->inode : *in, nullptr, 0, f}));
+    if (f) return sys::fstat(f->fd.get());
+    HOODY_TRY(fd, pin(in));
     return sys::fstatat(fd.get(), "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
   }();
   if (!st) return reply(req, fail(st.error()));
@@ -30,10 +39,11 @@ void PassthroughFs::getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) 
 
 void PassthroughFs::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int valid,
                             fuse_file_info* fi) {
+  if (is_vnode(ino)) return reply(req, Status(fail(EPERM)));
   Status s = [&]() -> Status {
-    HOODY_CHECK(may_mutate(req, "setattr"));
-    if (fi && stale(*file_of(fi))) return stale_refusal(req, "setattr", *file_of(fi));
     Inode* in = inode(ino);
+    HOODY_CHECK(check(req, {Op::setattr, *in, nullptr, valid, fi ? file_of(fi) : nullptr}));
+    if (fi && stale(*file_of(fi))) return stale_refusal(req, "setattr", *file_of(fi));
     HOODY_TRY(ifd, pin(in));
     int fh = fi ? file_of(fi)->fd.get() : -1;
     if (valid & FUSE_SET_ATTR_MODE) {
@@ -80,7 +90,9 @@ void PassthroughFs::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, i
 }
 
 void PassthroughFs::readlink(fuse_req_t req, fuse_ino_t ino) {
+  if (is_vnode(ino)) return reply(req, Status(fail(EINVAL)));
   auto target = [&]() -> Result<std::string> {
+    HOODY_CHECK(check(req, {Op::readlink, *inode(ino)}));
     HOODY_TRY(fd, pin(inode(ino)));
     return sys::read_link(fd.get(), "");
   }();
@@ -89,7 +101,15 @@ void PassthroughFs::readlink(fuse_req_t req, fuse_ino_t ino) {
 }
 
 void PassthroughFs::statfs(fuse_req_t req, fuse_ino_t ino) {
+  if (is_vnode(ino)) {
+    struct statvfs sv {};
+    sv.f_bsize = sv.f_frsize = 4096;
+    sv.f_namemax = 255;
+    fuse_reply_statfs(req, &sv);
+    return;
+  }
   auto sv = [&]() -> Result<struct statvfs> {
+    HOODY_CHECK(check(req, {Op::statfs, *inode(ino)}));
     HOODY_TRY(fd, pin(inode(ino)));
     return sys::fstatvfs(fd.get());
   }();
@@ -99,8 +119,9 @@ void PassthroughFs::statfs(fuse_req_t req, fuse_ino_t ino) {
 
 void PassthroughFs::setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value,
                              size_t size, int flags) {
+  if (is_vnode(ino)) return reply(req, Status(fail(EPERM)));
   reply(req, [&]() -> Status {
-    HOODY_CHECK(may_mutate(req, "setxattr"));
+    HOODY_CHECK(check(req, {Op::setxattr, *inode(ino), name, flags}));
     HOODY_TRY(fd, pin(inode(ino)));
     if (::setxattr(via_proc(fd.get()).c_str(), name, value, size, flags) < 0)
       return fail(Errno::last());
@@ -109,6 +130,8 @@ void PassthroughFs::setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, c
 }
 
 void PassthroughFs::getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+  if (is_vnode(ino)) return reply(req, Status(fail(ENODATA)));
+  if (auto s = check(req, {Op::getxattr, *inode(ino), name}); !s) return reply(req, s);
   auto fd = pin(inode(ino));
   if (!fd) return reply(req, fail(fd.error()));
   std::string p = via_proc(fd->get());
@@ -125,6 +148,11 @@ void PassthroughFs::getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, s
 }
 
 void PassthroughFs::listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+  if (is_vnode(ino)) {
+    if (size == 0) return (void)fuse_reply_xattr(req, 0);
+    return (void)fuse_reply_buf(req, nullptr, 0);
+  }
+  if (auto s = check(req, {Op::listxattr, *inode(ino)}); !s) return reply(req, s);
   auto fd = pin(inode(ino));
   if (!fd) return reply(req, fail(fd.error()));
   std::string p = via_proc(fd->get());
@@ -141,8 +169,9 @@ void PassthroughFs::listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
 }
 
 void PassthroughFs::removexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
+  if (is_vnode(ino)) return reply(req, Status(fail(EPERM)));
   reply(req, [&]() -> Status {
-    HOODY_CHECK(may_mutate(req, "removexattr"));
+    HOODY_CHECK(check(req, {Op::removexattr, *inode(ino), name}));
     HOODY_TRY(fd, pin(inode(ino)));
     if (::removexattr(via_proc(fd.get()).c_str(), name) < 0) return fail(Errno::last());
     return {};

@@ -17,7 +17,8 @@ namespace {
 // readdir on one open directory, so it needs no lock of its own.
 struct Dir {
   sys::UniqueDir dp;
-  uint64_t epoch = 0;  // of the tree it was opened in
+  Root* root = nullptr;
+  uint64_t epoch = 0;  // of its root when it was opened
   off_t offset = 0;
   struct dirent* entry = nullptr;
 };
@@ -30,13 +31,15 @@ bool is_dot_or_dotdot(const char* name) {
 }  // namespace
 
 void PassthroughFs::opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  if (is_vnode(ino)) return vopendir(req, ino, fi);
   Inode* in = inode(ino);
   auto dp = [&]() -> Result<sys::UniqueDir> {
+    HOODY_CHECK(check(req, {Op::opendir, *in}));
     HOODY_TRY(fd, pin(in));
     return sys::opendir_at(fd.get(), ".");
   }();
   if (!dp) return reply(req, fail(dp.error()));
-  auto* d = new Dir{std::move(*dp), in->epoch};
+  auto* d = new Dir{std::move(*dp), in->root, in->epoch};
   fi->fh = reinterpret_cast<uint64_t>(d);
   fi->keep_cache = cfg_.cache_readdir;
   fi->cache_readdir = cfg_.cache_readdir;
@@ -45,10 +48,11 @@ void PassthroughFs::opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) 
 
 void PassthroughFs::readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                             fuse_file_info* fi, bool plus) {
+  if (is_vnode(ino)) return vreaddir_reply(req, ino, size, off, fi, plus);
   Dir* d = dir_of(fi);
-  // A directory of a replaced tree lists nothing more (its handle may still
-  // be open in a process whose cwd it was).
-  if (d->epoch != epoch()) return reply(req, fail(ESTALE));
+  // A directory of a replaced or removed tree lists nothing more (its handle
+  // may still be open in a process whose cwd it was).
+  if (d->epoch != d->root->epoch.load(std::memory_order_relaxed)) return reply(req, fail(ESTALE));
   std::unique_ptr<char[]> buf(new char[size]);
   char* p = buf.get();
   size_t rem = size;
@@ -102,6 +106,7 @@ void PassthroughFs::readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t o
       struct stat st {};
       st.st_ino = shown_ino(dir_dev, d->entry->d_ino);
       st.st_mode = static_cast<mode_t>(d->entry->d_type) << 12;
+      if (!is_dot_or_dotdot(name)) present(st);
       entsize = fuse_add_direntry(req, p, rem, name, &st, next);
       if (entsize > rem) break;
     }
@@ -115,12 +120,17 @@ void PassthroughFs::readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t o
   fuse_reply_buf(req, buf.get(), size - rem);
 }
 
-void PassthroughFs::releasedir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+void PassthroughFs::releasedir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  if (is_vnode(ino)) {
+    delete reinterpret_cast<std::vector<VEntry>*>(fi->fh);
+    return reply(req, {});
+  }
   delete dir_of(fi);
   reply(req, {});
 }
 
-void PassthroughFs::fsyncdir(fuse_req_t req, fuse_ino_t, int datasync, fuse_file_info* fi) {
+void PassthroughFs::fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) {
+  if (is_vnode(ino)) return reply(req, {});
   int fd = ::dirfd(dir_of(fi)->dp.get());
   reply(req, datasync ? sys::fdatasync(fd) : sys::fsync(fd));
 }

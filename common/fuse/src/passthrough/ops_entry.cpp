@@ -1,4 +1,6 @@
 // Names: lookup, forget, mknod, mkdir, symlink, link, unlink, rmdir, rename.
+// Each checks its directory (and for link and rename both sides) before it
+// acts; names in virtual directories go to the v*() hooks.
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -9,6 +11,9 @@
 namespace hoody::pt {
 
 void PassthroughFs::lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  if (is_vnode(parent)) return reply(req, vlookup(req, parent, name));
+  Inode* dir = inode(parent);
+  if (auto s = check(req, {Op::lookup, *dir, name}); !s) return reply(req, s);
   auto e = do_lookup(parent, name);
   if (!e && e.err() == ENOENT && cfg_.negative_timeout > 0) {
     // A cached negative entry: SQLite's -journal/-wal probes stay in the kernel.
@@ -21,7 +26,10 @@ void PassthroughFs::lookup(fuse_req_t req, fuse_ino_t parent, const char* name) 
   reply(req, e);
 }
 
-void PassthroughFs::forget(fuse_ino_t ino, uint64_t nlookup) { forget_one(inode(ino), nlookup); }
+void PassthroughFs::forget(fuse_ino_t ino, uint64_t nlookup) {
+  if (is_vnode(ino)) return vforget(ino, nlookup);
+  forget_one(inode(ino), nlookup);
+}
 
 void PassthroughFs::reply_entry(fuse_req_t req, fuse_ino_t parent, const char* name, Status made) {
   if (!made) return reply(req, made);
@@ -30,9 +38,11 @@ void PassthroughFs::reply_entry(fuse_req_t req, fuse_ino_t parent, const char* n
 
 void PassthroughFs::mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
                           dev_t rdev) {
+  if (is_vnode(parent)) return reply(req, Status(fail(EPERM)));
   auto made = [&]() -> Status {
-    HOODY_CHECK(may_mutate(req, "mknod"));
-    HOODY_TRY(dfd, pin(inode(parent)));
+    Inode* dir = inode(parent);
+    HOODY_CHECK(check(req, {Op::mknod, *dir, name, static_cast<int>(mode)}));
+    HOODY_TRY(dfd, pin(dir));
     CallerCreds creds(req);
     if (::mknodat(dfd.get(), name, mode, rdev) < 0) return fail(Errno::last());
     return {};
@@ -41,9 +51,11 @@ void PassthroughFs::mknod(fuse_req_t req, fuse_ino_t parent, const char* name, m
 }
 
 void PassthroughFs::mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+  if (is_vnode(parent)) return reply(req, vmkdir(req, parent, name, mode));
   auto made = [&]() -> Status {
-    HOODY_CHECK(may_mutate(req, "mkdir"));
-    HOODY_TRY(dfd, pin(inode(parent)));
+    Inode* dir = inode(parent);
+    HOODY_CHECK(check(req, {Op::mkdir, *dir, name}));
+    HOODY_TRY(dfd, pin(dir));
     CallerCreds creds(req);
     if (::mkdirat(dfd.get(), name, mode) < 0) return fail(Errno::last());
     return {};
@@ -52,9 +64,11 @@ void PassthroughFs::mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, m
 }
 
 void PassthroughFs::symlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* name) {
+  if (is_vnode(parent)) return reply(req, Status(fail(EPERM)));
   auto made = [&]() -> Status {
-    HOODY_CHECK(may_mutate(req, "symlink"));
-    HOODY_TRY(dfd, pin(inode(parent)));
+    Inode* dir = inode(parent);
+    HOODY_CHECK(check(req, {Op::symlink, *dir, name}));
+    HOODY_TRY(dfd, pin(dir));
     CallerCreds creds(req);
     if (::symlinkat(link, dfd.get(), name) < 0) return fail(Errno::last());
     return {};
@@ -63,10 +77,17 @@ void PassthroughFs::symlink(fuse_req_t req, const char* link, fuse_ino_t parent,
 }
 
 void PassthroughFs::link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t parent, const char* name) {
+  if (is_vnode(parent) || is_vnode(ino))
+    return reply(req, Status(fail(is_vnode(parent) && is_vnode(ino) ? EPERM : EXDEV)));
   auto made = [&]() -> Status {
-    HOODY_CHECK(may_mutate(req, "link"));
-    HOODY_TRY(fd, pin(inode(ino)));
-    HOODY_TRY(dfd, pin(inode(parent)));
+    Inode* in = inode(ino);
+    Inode* dir = inode(parent);
+    HOODY_CHECK(check(req, {Op::link, *dir, name}));
+    HOODY_CHECK(check(req, {Op::link, *in, nullptr}));
+    // Two roots are two filesystems.
+    if (in->root != dir->root) return fail(EXDEV);
+    HOODY_TRY(fd, pin(in));
+    HOODY_TRY(dfd, pin(dir));
     // AT_EMPTY_PATH links the O_PATH fd itself (needs CAP_DAC_READ_SEARCH: root).
     if (::linkat(fd.get(), "", dfd.get(), name, AT_EMPTY_PATH) < 0) return fail(Errno::last());
     return {};
@@ -75,27 +96,40 @@ void PassthroughFs::link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t parent, cons
 }
 
 void PassthroughFs::unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  if (is_vnode(parent)) return reply(req, vunlink(req, parent, name));
   reply(req, [&]() -> Status {
-    HOODY_CHECK(may_mutate(req, "unlink"));
-    HOODY_TRY(dfd, pin(inode(parent)));
+    Inode* dir = inode(parent);
+    HOODY_CHECK(check(req, {Op::unlink, *dir, name}));
+    HOODY_TRY(dfd, pin(dir));
     return sys::unlinkat(dfd.get(), name, 0);
   }());
 }
 
 void PassthroughFs::rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  if (is_vnode(parent)) return reply(req, vrmdir(req, parent, name));
   reply(req, [&]() -> Status {
-    HOODY_CHECK(may_mutate(req, "rmdir"));
-    HOODY_TRY(dfd, pin(inode(parent)));
+    Inode* dir = inode(parent);
+    HOODY_CHECK(check(req, {Op::rmdir, *dir, name}));
+    HOODY_TRY(dfd, pin(dir));
     return sys::unlinkat(dfd.get(), name, AT_REMOVEDIR);
   }());
 }
 
 void PassthroughFs::rename(fuse_req_t req, fuse_ino_t parent, const char* name,
                            fuse_ino_t newparent, const char* newname, unsigned flags) {
+  bool vfrom = is_vnode(parent), vto = is_vnode(newparent);
+  if (vfrom && vto) return reply(req, vrename(req, parent, name, newparent, newname, flags));
   reply(req, [&]() -> Status {
-    HOODY_CHECK(may_mutate(req, "rename"));
-    HOODY_TRY(from, pin(inode(parent)));
-    HOODY_TRY(to, pin(inode(newparent)));
+    // Between a virtual directory and a real one: another filesystem, unless
+    // the real side refuses first (a read-only root: EROFS).
+    if (!vfrom) HOODY_CHECK(check(req, {Op::rename_from, *inode(parent), name, static_cast<int>(flags)}));
+    if (!vto) HOODY_CHECK(check(req, {Op::rename_to, *inode(newparent), newname, static_cast<int>(flags)}));
+    if (vfrom || vto) return fail(EXDEV);
+    Inode* from_dir = inode(parent);
+    Inode* to_dir = inode(newparent);
+    if (from_dir->root != to_dir->root) return fail(EXDEV);
+    HOODY_TRY(from, pin(from_dir));
+    HOODY_TRY(to, pin(to_dir));
     return sys::renameat2(from.get(), name, to.get(), newname, flags);
   }());
 }

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <memory>
 
@@ -31,8 +32,9 @@ int backing_flags(int flags) { return flags & ~(O_NOFOLLOW | O_CREAT | O_EXCL | 
 }  // namespace
 
 void PassthroughFs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  if (is_vnode(ino)) return vopen(req, ino, fi);
   Inode* in = inode(ino);
-  auto s = may_open(req, *in, fi->flags);
+  auto s = check(req, {Op::open, *in, nullptr, fi->flags});
   if (!s) return reply(req, s);
   auto fd = [&]() -> Result<UniqueFd> {
     HOODY_TRY(pfd, pin(in));
@@ -55,6 +57,7 @@ File* PassthroughFs::new_file(fuse_req_t req, Inode* in, UniqueFd fd, fuse_file_
   f->fd = std::move(fd);
   f->flags = fi->flags;
   f->inode = in;
+  f->root = in->root;
   f->epoch = in->epoch;
   track(f, req);
   fi->fh = reinterpret_cast<uint64_t>(f);
@@ -71,12 +74,17 @@ void PassthroughFs::drop_file(File* f, fuse_file_info* fi) {
 
 void PassthroughFs::create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
                            fuse_file_info* fi) {
-  auto s = may_mutate(req, "create");
+  if (is_vnode(parent)) return reply(req, Status(fail(EPERM)));
+  auto s = check(req, {Op::create, *inode(parent), name, fi->flags});
   if (!s) return reply(req, s);
   auto fd = [&]() -> Result<UniqueFd> {
     HOODY_TRY(dfd, pin(inode(parent)));
     CallerCreds creds(req);
-    return sys::openat(dfd.get(), name, (fi->flags | O_CREAT) & ~O_NOFOLLOW, mode);
+    // O_NOFOLLOW always: the kernel sends CREATE for a name it believes
+    // missing (maybe from a cached negative entry); if a symlink appeared
+    // there meanwhile, following it as the daemon would create or open its
+    // target, wherever it points (ELOOP instead).
+    return sys::openat(dfd.get(), name, fi->flags | O_CREAT | O_NOFOLLOW, mode);
   }();
   if (!fd) return reply(req, fail(fd.error()));
   auto e = do_lookup(parent, name);
@@ -101,8 +109,16 @@ struct IoBuf {
 };
 }  // namespace
 
-void PassthroughFs::read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
+void PassthroughFs::read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                         fuse_file_info* fi) {
+  if (is_vnode(ino)) {
+    const std::string& c = virtual_file_of(fi)->content;
+    size_t from = std::min(c.size(), static_cast<size_t>(std::max<off_t>(off, 0)));
+    fuse_reply_buf(req, c.data() + from, std::min(size, c.size() - from));
+    return;
+  }
   File* f = file_of(fi);
+  if (auto s = check(req, {Op::read, *f->inode, nullptr, 0, f}); !s) return reply(req, s);
   if (io_) {
     // Replied from the completion (possibly inline, before read() returns).
     auto buf = std::make_shared<IoBuf>(size);
@@ -121,9 +137,11 @@ void PassthroughFs::read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fus
   fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
 }
 
-void PassthroughFs::write_buf(fuse_req_t req, fuse_ino_t, fuse_bufvec* in, off_t off,
+void PassthroughFs::write_buf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* in, off_t off,
                               fuse_file_info* fi) {
+  if (is_vnode(ino)) return reply(req, Status(fail(EBADF)));
   File* f = file_of(fi);
+  if (auto s = check(req, {Op::write, *f->inode, nullptr, 0, f}); !s) return reply(req, s);
   if (stale(*f)) return reply(req, stale_refusal(req, "write", *f));
   size_t size = fuse_buf_size(in);
   if (io_) {
@@ -154,14 +172,19 @@ void PassthroughFs::write_buf(fuse_req_t req, fuse_ino_t, fuse_bufvec* in, off_t
   fuse_reply_write(req, static_cast<size_t>(n));
 }
 
-void PassthroughFs::flush(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+void PassthroughFs::flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  if (is_vnode(ino)) return reply(req, {});
   // Nothing to do on the backing file: BTRFS reports no errors at close, and
   // the locks are the kernel's (or the daemon's, in on_flush).
   on_flush(req, *file_of(fi), fi);
   reply(req, {});
 }
 
-void PassthroughFs::release(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+void PassthroughFs::release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  if (is_vnode(ino)) {
+    delete virtual_file_of(fi);
+    return reply(req, {});
+  }
   File* f = file_of(fi);
   on_release(*f, fi);
   untrack(f);
@@ -169,7 +192,10 @@ void PassthroughFs::release(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
   reply(req, {});
 }
 
-void PassthroughFs::fsync(fuse_req_t req, fuse_ino_t, int datasync, fuse_file_info* fi) {
+void PassthroughFs::fsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) {
+  if (is_vnode(ino)) return reply(req, {});
+  if (auto s = check(req, {Op::fsync, *file_of(fi)->inode, nullptr, 0, file_of(fi)}); !s)
+    return reply(req, s);
   if (stale(*file_of(fi)))
     return reply(req, stale_refusal(req, datasync ? "fdatasync" : "fsync", *file_of(fi)));
   int fd = file_of(fi)->fd.get();
@@ -182,20 +208,27 @@ void PassthroughFs::fsync(fuse_req_t req, fuse_ino_t, int datasync, fuse_file_in
   reply(req, datasync ? sys::fdatasync(fd) : sys::fsync(fd));
 }
 
-void PassthroughFs::fallocate(fuse_req_t req, fuse_ino_t, int mode, off_t off, off_t len,
+void PassthroughFs::fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
                               fuse_file_info* fi) {
+  if (is_vnode(ino)) return reply(req, Status(fail(EBADF)));
   reply(req, [&]() -> Status {
-    HOODY_CHECK(may_mutate(req, "fallocate"));
+    File* f = file_of(fi);
+    HOODY_CHECK(check(req, {Op::fallocate, *f->inode, nullptr, mode, f}));
     if (stale(*file_of(fi))) return stale_refusal(req, "fallocate", *file_of(fi));
     if (::fallocate(file_of(fi)->fd.get(), mode, off, len) < 0) return fail(Errno::last());
     return {};
   }());
 }
 
-void PassthroughFs::copy_file_range(fuse_req_t req, fuse_ino_t, off_t off_in,
-                                    fuse_file_info* fi_in, fuse_ino_t, off_t off_out,
+void PassthroughFs::copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
+                                    fuse_file_info* fi_in, fuse_ino_t ino_out, off_t off_out,
                                     fuse_file_info* fi_out, size_t len, int flags) {
-  auto s = may_mutate(req, "copy_file_range");
+  // The kernel copies from and to a virtual file itself when we refuse.
+  if (is_vnode(ino_in) || is_vnode(ino_out)) return reply(req, Status(fail(EXDEV)));
+  File* fin = file_of(fi_in);
+  File* fout = file_of(fi_out);
+  auto s = check(req, {Op::copy_to, *fout->inode, nullptr, 0, fout});
+  if (s) s = check(req, {Op::copy_from, *fin->inode, nullptr, 0, fin});
   if (!s) return reply(req, s);
   if (stale(*file_of(fi_out)))
     return reply(req, stale_refusal(req, "copy_file_range", *file_of(fi_out)));
@@ -207,7 +240,16 @@ void PassthroughFs::copy_file_range(fuse_req_t req, fuse_ino_t, off_t off_in,
   fuse_reply_write(req, static_cast<size_t>(n));
 }
 
-void PassthroughFs::lseek(fuse_req_t req, fuse_ino_t, off_t off, int whence, fuse_file_info* fi) {
+void PassthroughFs::lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
+                          fuse_file_info* fi) {
+  if (is_vnode(ino)) {
+    auto size = static_cast<off_t>(virtual_file_of(fi)->content.size());
+    if (whence == SEEK_DATA) return off < size ? (void)fuse_reply_lseek(req, off) : reply(req, Status(fail(ENXIO)));
+    if (whence == SEEK_HOLE) return off <= size ? (void)fuse_reply_lseek(req, size) : reply(req, Status(fail(ENXIO)));
+    return reply(req, Status(fail(EINVAL)));
+  }
+  if (auto s = check(req, {Op::lseek, *file_of(fi)->inode, nullptr, 0, file_of(fi)}); !s)
+    return reply(req, s);
   off_t r = ::lseek(file_of(fi)->fd.get(), off, whence);
   if (r < 0) return reply(req, fail(Errno::last()));
   fuse_reply_lseek(req, r);

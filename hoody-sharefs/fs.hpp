@@ -1,0 +1,127 @@
+// hoody-sharefs: the daemon object (the fuse userdata).
+//
+// The passthrough core with a virtual mount root (Config::virtual_root) and
+// one real root per share this container accepted, each resolved from the
+// registry with Registry::open_storage + open_source (openat2
+// RESOLVE_BENEATH from the owner's storage; the registry's string is never
+// used as a path).  On top of the core:
+//  - the root lists the accepted shares, .pending/ (the offers) and .hoody/;
+//  - `mv .pending/NAME NAME` accepts, `rmdir .pending/NAME` rejects and
+//    `rmdir NAME` leaves, through the registry (vrename, vrmdir);
+//  - .hoody/shares.json is produced at open (share/json.hpp);
+//  - a watcher thread waits on the pool's ChangeSignal, rereads shares_for
+//    on a new generation and applies it (sync): new shares are added, ro<->rw
+//    changes set the root's read-only flag, revoked/left shares are removed
+//    (the core's remove_root: ESTALE/EACCES at once) and the kernel's caches
+//    of them dropped -- from the watcher thread only, never from a request;
+//  - policy (allow, present): special files (devices, FIFOs, sockets) show as
+//    empty regular files of mode 0000 and never open; mknod is refused;
+//    mount points inside a share are hidden (Config::cross_mounts=false);
+//    read-only shares give EROFS for every change (the core, per root).
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "hoody/daemon.hpp"
+#include "hoody/passthrough.hpp"
+#include "share/registry.hpp"
+#include "share/view.hpp"
+
+namespace hoody::sharefs {
+
+struct Config {
+  pt::Config core;       // core.source: POOL (for messages and fsname)
+  std::string pool;      // POOL
+  std::string registry;  // POOL/shares.db unless -o registry=
+  std::string container; // C: whose shares
+};
+
+OptionTable options();
+Config config_from(const MountArgs& args);
+
+class Fs final : public pt::PassthroughFs, public DaemonFs {
+public:
+  explicit Fs(Config cfg);
+  ~Fs() override;
+
+  // DaemonFs
+  Status start(std::string* why) override;
+  fuse_lowlevel_ops ops() override;
+  void* userdata() override { return static_cast<pt::PassthroughFs*>(this); }
+  // After fuse_daemonize: the watcher thread starts.
+  void attached(fuse_session* se) override;
+  void destroy() override;
+  // open(O_TMPFILE): EROFS in a read-only share, EPERM at the root and in
+  // .pending/.hoody, EOPNOTSUPP in a read-write share (libfuse 3.14 has no
+  // tmpfile op), ESTALE in a revoked one.
+  std::function<int(uint64_t nodeid)> tmpfile_errno() override;
+
+  // Rereads the registry through `reg` and applies it.  Kernel notifications
+  // for removed shares are queued for the watcher (notify_pending), so a
+  // request may call it.  Serialized.
+  Status sync(Registry& reg);
+  // How many syncs changed something (tests read it in the log).
+  uint64_t applied_generation() const { return applied_gen_.load(); }
+
+protected:
+  Status allow(fuse_req_t req, const pt::Access& a) override;
+  void present(struct stat& st) override;
+
+  Result<fuse_entry_param> vlookup(fuse_req_t req, fuse_ino_t parent, const char* name) override;
+  Result<struct stat> vgetattr(fuse_req_t req, fuse_ino_t ino) override;
+  Result<std::vector<pt::VEntry>> vreaddir(fuse_req_t req, fuse_ino_t ino) override;
+  Result<std::string> vread(fuse_req_t req, fuse_ino_t ino) override;
+  Status vrmdir(fuse_req_t req, fuse_ino_t parent, const char* name) override;
+  Status vrename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
+                 const char* newname, unsigned flags) override;
+
+private:
+  void watch_loop();
+  // Sends the queued kernel notifications (watcher thread only).
+  void notify_pending();
+
+  Config scfg_;
+  fuse_session* se_ = nullptr;
+  int64_t started_ = 0;
+  std::atomic<int64_t> changed_{0};  // the root's mtime: the last change of the view
+
+  // The registry of requests (accept, reject, leave, shares.json).  req_m_
+  // is taken before sync_m_.
+  std::mutex req_m_;
+  std::optional<Registry> req_reg_;
+  // The watcher's own connection (a Registry is used by one thread at a time).
+  std::optional<Registry> watch_reg_;
+
+  // Serializes sync().  Before view_m_ and the core's locks.
+  std::mutex sync_m_;
+  // Guards accepted_, offered_ and pending_.  A leaf lock.
+  std::mutex view_m_;
+  struct Accepted {
+    Received share;
+    pt::RootId root = 0;
+  };
+  std::map<std::string, Accepted> accepted_;  // by name
+  std::map<std::string, Received> offered_;   // by name
+  std::unordered_map<int64_t, std::string> offer_names_;  // share id -> name
+  // Kernel notifications to send: names to drop at the root, nodes to invalidate.
+  struct Notice {
+    std::string name;
+    std::vector<fuse_ino_t> nodes;
+  };
+  std::vector<Notice> pending_;
+  std::atomic<uint64_t> applied_gen_{0};
+
+  std::atomic<bool> stop_{false};
+  std::thread watcher_;
+};
+
+}  // namespace hoody::sharefs

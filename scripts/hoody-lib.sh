@@ -1,0 +1,82 @@
+# shellcheck shell=bash
+# Shared by hoody-up and hoody-down (sourced; PROG names the caller).
+
+say() { printf '%s: %s\n' "$PROG" "$*"; }
+die() { printf '%s: %s\n' "$PROG" "$*" >&2; exit 1; }
+
+# The paths go into fstab lines and mountinfo lookups: no blanks or escapes.
+check_path() {
+  [[ "$1" =~ ^[A-Za-z0-9/._+@:=-]*$ ]] || die "path '$1': use letters, digits and / . _ + @ : = -"
+}
+check_id() {
+  [[ "$1" =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || die "container id '$1': use letters, digits, '.', '_' and '-'"
+  case "$1" in
+    *.fstab|*.host|*.lock) die "container id '$1': the names *.fstab, *.host, *.lock are RUN's own files" ;;
+  esac
+}
+
+# One hoody-up or hoody-down at a time per RUN (a unit per container may
+# start several at once).
+lock_run() {
+  mkdir -p "$RUN"
+  exec 9>"$RUN/.lock"
+  flock -w 120 9 || die "another hoody-up or hoody-down holds $RUN/.lock"
+}
+
+# The mount at exactly $1 in this namespace, from mountinfo (no stat: a dead
+# FUSE mount answers ENOTCONN): "none", else its fstype.
+mounted_type() {
+  awk -v p="$1" '$5 == p { for (i = 7; $i != "-"; i++); t = $(i + 1) } END { print t ? t : "none" }' \
+    /proc/self/mountinfo
+}
+
+# The source of the mount at exactly $1 ("" when none).
+mounted_source() {
+  awk -v p="$1" '$5 == p { for (i = 7; $i != "-"; i++); s = $(i + 2) } END { print s }' \
+    /proc/self/mountinfo
+}
+
+# The mounts an older hoody-up (one container, each path mounted on its own)
+# left at ROOT/hoody and ROOT/ramdisk ($1 = ROOT): printed one a line.
+legacy_mounts() {
+  local root=$1 m
+  [ "$(mounted_type "$root/hoody")" = none ] || return 0  # today's view: one bind of RUN/C
+  for m in .snapshots databases shares storage; do
+    [ "$(mounted_type "$root/hoody/$m")" = none ] || echo "$root/hoody/$m"
+  done
+  [ "$(mounted_source "$root/ramdisk")" != hoody-ramdisk ] || echo "$root/ramdisk"
+}
+
+# A FUSE mount at $1: "none", "live", "dead" (its daemon is gone: ENOTCONN)
+# or "hung" (no answer to statfs within 5 s).
+fuse_state() {
+  [ "$(mounted_type "$1")" != none ] || { echo none; return 0; }
+  local rc=0
+  timeout 5 stat -f "$1" >/dev/null 2>&1 || rc=$?
+  case $rc in
+    0) echo live ;;
+    124) echo hung ;;
+    *) echo dead ;;
+  esac
+}
+
+# Whether process $1 runs (a zombie does not).
+alive() {
+  local st
+  st=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  st=${st##*) }
+  [ "${st%% *}" != Z ]
+}
+
+# The processes serving the FUSE mount at $1: a hoody daemon whose last
+# argument is $1 (hoody-up starts them so).
+daemon_pids() {
+  local p args
+  for p in /proc/[0-9]*; do
+    mapfile -d '' -t args <"$p/cmdline" 2>/dev/null || continue
+    [ ${#args[@]} -ge 2 ] || continue
+    case "${args[0]##*/}" in hoody-dbfs|hoody-snapfs|hoody-sharefs) ;; *) continue ;; esac
+    [ "${args[${#args[@]}-1]}" = "$1" ] && echo "${p#/proc/}"
+  done
+  return 0
+}

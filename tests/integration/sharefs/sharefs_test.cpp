@@ -1,0 +1,763 @@
+// hoody-sharefs, the built daemon, on a real BTRFS pool: the root listing,
+// accept with mv and reject with rmdir, shares.json, what a container sees,
+// changes within 100 ms, revoke at once (new opens, open files, mmaps, page
+// cache, a cwd), ro<->rw, read-only enforcement, special files, symlinks,
+// mount points, nested subvolumes, EXDEV between shares, and the daemon's
+// life cycle.  The registry is driven in-process (hoody::sharefs::Registry),
+// as hoody-share does.
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "hoody/test/btrfs_pool.hpp"
+#include "hoody/test/capability.hpp"
+#include "hoody/test/daemon.hpp"
+#include "hoody/test/guard.hpp"
+#include "hoody/test/process.hpp"
+#include "share/registry.hpp"
+
+using namespace hoody::test;
+using hoody::sharefs::Mode;
+using hoody::sharefs::Offer;
+using hoody::sharefs::Registry;
+using hoody::sharefs::State;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+std::string sharefs_exe() {
+  const char* e = std::getenv("HOODY_SHAREFS");
+  REQUIRE_MESSAGE(e, "HOODY_SHAREFS is not set (meson sets it to the built hoody-sharefs)");
+  return e;
+}
+
+// A pool with containers c1 (the owner), c2 and c3, their storage subvolumes,
+// the registry, and hoody-sharefs mounts for receivers.
+struct Pool {
+  BtrfsPool btrfs;
+  std::string path;
+  std::optional<Registry> reg;
+  std::string shm;
+  std::vector<std::unique_ptr<Daemon>> daemons;
+
+  Pool() : path(btrfs.path()) {
+    btrfs.make_dir("containers");
+    for (auto c : {"c1", "c2", "c3"}) {
+      btrfs.make_dir(std::string("containers/") + c);
+      btrfs.make_subvolume(std::string("containers/") + c + "/storage");
+    }
+    std::string why;
+    auto r = Registry::open(path, &why);
+    REQUIRE_MESSAGE(r, why);
+    reg.emplace(std::move(*r));
+    shm = reg->signal().name();
+    REQUIRE(reg->add_container("c1", "p", &why));
+    REQUIRE(reg->add_container("c2", "p", &why));
+    REQUIRE(reg->add_container("c3", "", &why));
+  }
+  ~Pool() {
+    daemons.clear();
+    reg.reset();
+    hoody::sharefs::ChangeSignal::remove(shm);
+  }
+  std::string storage(const std::string& c) { return path + "/containers/" + c + "/storage"; }
+  // Mounts hoody-sharefs for container c (options after the positionals,
+  // as mount.fuse3 passes them; registry= left to its default).
+  std::string mount(const std::string& c, const std::string& extra = "") {
+    auto mnt = btrfs.make_temp_dir("shares-" + c + std::to_string(daemons.size()));
+    std::string o = "container=" + c + (extra.empty() ? "" : "," + extra);
+    daemons.push_back(std::make_unique<Daemon>(
+        std::vector<std::string>{sharefs_exe(), "-f", path, mnt, "-o", o}, mnt,
+        btrfs.dir() + "/sharefs-" + c + std::to_string(daemons.size()) + ".log"));
+    return mnt;
+  }
+  void offer(const std::string& name, const std::string& source, const std::string& to,
+             Mode mode = Mode::ro, bool project = false) {
+    std::string why;
+    Offer o;
+    o.from = "c1";
+    o.source = source;
+    o.mode = mode;
+    o.name = name;
+    (project ? o.to_project : o.to_container) = to;
+    auto s = reg->offer(o, &why);
+    REQUIRE_MESSAGE(s, why);
+  }
+  State state_of(const std::string& c, const std::string& name) {
+    auto l = reg->shares_for(c, true);
+    REQUIRE(l);
+    State st = State::revoked;
+    for (auto& r : *l)
+      if (r.name == name) st = r.state;
+    return st;
+  }
+};
+
+void write_file(const std::string& path, const std::string& data) {
+  std::ofstream(path) << data;
+}
+std::string read_file(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+bool exists(const std::string& p) {
+  struct stat st;
+  return ::lstat(p.c_str(), &st) == 0;
+}
+int err_of(int rc) { return rc < 0 ? errno : 0; }
+
+// Polls `cond` every millisecond; returns the milliseconds it took, or -1
+// after `limit_ms`.
+double wait_ms(const std::function<bool()>& cond, int limit_ms = 2000) {
+  auto t0 = Clock::now();
+  for (;;) {
+    if (cond()) return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+    if (Clock::now() - t0 > std::chrono::milliseconds(limit_ms)) return -1;
+    std::this_thread::sleep_for(std::chrono::microseconds(500));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("sharefs: the root, accept with mv, reject with rmdir, leave, shares.json, only what is granted") {
+  require_mount_capabilities();
+  Pool p;
+  ::mkdir((p.storage("c1") + "/data").c_str(), 0755);
+  ::mkdir((p.storage("c1") + "/other").c_str(), 0755);
+  write_file(p.storage("c1") + "/data/f", "hello\n");
+  p.offer("ds", "data", "c2");
+  p.offer("rs", "other", "c2");
+  p.offer("c3only", "other", "c3");
+  auto m2 = p.mount("c2");
+
+  // The layout: .pending and .hoody, no accepted share yet.
+  std::vector<std::string> names;
+  for (auto& e : std::filesystem::directory_iterator(m2)) names.push_back(e.path().filename());
+  std::sort(names.begin(), names.end());
+  CHECK(names == std::vector<std::string>{".hoody", ".pending"});
+  CHECK(exists(m2 + "/.pending/ds"));
+  CHECK(exists(m2 + "/.pending/rs"));
+  CHECK_FALSE(exists(m2 + "/.pending/c3only"));  // another container's offer
+  CHECK_FALSE(exists(m2 + "/ds"));
+  // An offer shows nothing before it is accepted.
+  CHECK(std::filesystem::is_empty(m2 + "/.pending/ds"));
+
+  // mv accepts through the registry; the share is served at once.
+  REQUIRE(::rename((m2 + "/.pending/ds").c_str(), (m2 + "/ds").c_str()) == 0);
+  CHECK(p.state_of("c2", "ds") == State::accepted);
+  CHECK(read_file(m2 + "/ds/f") == "hello\n");
+  CHECK_FALSE(exists(m2 + "/.pending/ds"));
+  // Renaming to another name is not an accept.
+  CHECK(err_of(::rename((m2 + "/.pending/rs").c_str(), (m2 + "/zz").c_str())) == EINVAL);
+  // rmdir rejects.
+  REQUIRE(::rmdir((m2 + "/.pending/rs").c_str()) == 0);
+  CHECK(p.state_of("c2", "rs") == State::rejected);
+  CHECK_FALSE(exists(m2 + "/.pending/rs"));
+  CHECK(err_of(::rmdir((m2 + "/.pending").c_str())) == EPERM);
+  CHECK(err_of(::mkdir((m2 + "/new").c_str(), 0755)) == EPERM);
+
+  // shares.json: what c2 receives, with states.
+  auto j = nlohmann::json::parse(read_file(m2 + "/.hoody/shares.json"));
+  CHECK(j["container"] == "c2");
+  bool saw_ds = false, saw_rs = false;
+  for (auto& r : j["receives"]) {
+    if (r["name"] == "ds") saw_ds = r["state"] == "accepted";
+    if (r["name"] == "rs") saw_rs = r["state"] == "rejected";
+  }
+  CHECK(saw_ds);
+  CHECK(saw_rs);
+  CHECK(err_of(::open((m2 + "/.hoody/shares.json").c_str(), O_WRONLY)) == EACCES);
+
+  // c3's mount sees only its own offer.
+  auto m3 = p.mount("c3");
+  CHECK(exists(m3 + "/.pending/c3only"));
+  CHECK_FALSE(exists(m3 + "/.pending/ds"));
+  CHECK_FALSE(exists(m3 + "/ds"));
+
+  // rmdir NAME leaves an accepted share.
+  REQUIRE(::rmdir((m2 + "/ds").c_str()) == 0);
+  CHECK(p.state_of("c2", "ds") == State::left);
+  CHECK_FALSE(exists(m2 + "/ds"));
+  CHECK(exists(p.storage("c1") + "/data/f"));  // the owner's data stays
+
+  // nosuid,nodev are forced, default_permissions too.
+  auto mi = read_file("/proc/self/mountinfo");
+  auto at = mi.find(" " + m2 + " ");
+  REQUIRE(at != std::string::npos);
+  auto line = mi.substr(at, mi.find('\n', at) - at);
+  CHECK(line.find("nosuid") != std::string::npos);
+  CHECK(line.find("nodev") != std::string::npos);
+  CHECK(line.find("default_permissions") != std::string::npos);
+}
+
+TEST_CASE("sharefs: changes reach a running mount within 100 ms; a project share reaches a member that joins later") {
+  require_mount_capabilities();
+  Pool p;
+  ::mkdir((p.storage("c1") + "/data").c_str(), 0755);
+  write_file(p.storage("c1") + "/data/f", "x");
+  auto m2 = p.mount("c2");
+  auto m3 = p.mount("c3");
+
+  // An offer appears under .pending.
+  p.offer("late", "data", "c2");
+  double ms = wait_ms([&] { return exists(m2 + "/.pending/late"); });
+  MESSAGE("offer visible after ", ms, " ms");
+  CHECK(ms >= 0);
+  CHECK(ms < 100);
+
+  // Accepted through the CLI's path (the registry): served without a mv.
+  std::string why;
+  REQUIRE(p.reg->accept("c2", "late", &why));
+  ms = wait_ms([&] { return exists(m2 + "/late/f"); });
+  MESSAGE("accept visible after ", ms, " ms");
+  CHECK(ms >= 0);
+  CHECK(ms < 100);
+
+  // A project-wide share, then c3 joins the project: it gets the offer.
+  p.offer("proj", "data", "p", Mode::ro, true);
+  CHECK(wait_ms([&] { return exists(m2 + "/.pending/proj"); }) >= 0);
+  CHECK_FALSE(exists(m3 + "/.pending/proj"));
+  REQUIRE(p.reg->add_container("c3", "p", &why));
+  ms = wait_ms([&] { return exists(m3 + "/.pending/proj"); });
+  MESSAGE("join visible after ", ms, " ms");
+  CHECK(ms >= 0);
+  CHECK(ms < 100);
+
+  // Revoke: gone from the listing and for an open file within 100 ms.
+  int fd = ::open((m2 + "/late/f").c_str(), O_RDONLY);
+  REQUIRE(fd >= 0);
+  char c;
+  REQUIRE(::pread(fd, &c, 1, 0) == 1);
+  REQUIRE(p.reg->revoke("c1", "late", &why));
+  ms = wait_ms([&] { return ::pread(fd, &c, 1, 0) < 0 && errno == EACCES; });
+  MESSAGE("revoke effective for an open file after ", ms, " ms");
+  CHECK(ms >= 0);
+  CHECK(ms < 100);
+  ms = wait_ms([&] { return !exists(m2 + "/late"); });
+  CHECK(ms >= 0);
+  CHECK(ms < 100);
+  ::close(fd);
+}
+
+TEST_CASE("sharefs: a lost change signal costs at most the watcher's bounded wait, never a change") {
+  require_mount_capabilities();
+  Pool p;
+  ::mkdir((p.storage("c1") + "/data").c_str(), 0755);
+  auto m2 = p.mount("c2");
+  // The shared-memory object is deleted (a reboot of /dev/shm, a careless
+  // admin): the daemon waits on its old mapping, writers publish to a new one.
+  hoody::sharefs::ChangeSignal::remove(p.shm);
+  std::string why;
+  auto other = Registry::open(p.path, &why);
+  REQUIRE_MESSAGE(other, why);
+  Offer o;
+  o.from = "c1";
+  o.source = "data";
+  o.to_container = "c2";
+  o.name = "lost";
+  REQUIRE_MESSAGE(other->offer(o, &why), why);
+  double ms = wait_ms([&] { return exists(m2 + "/.pending/lost"); }, 3000);
+  MESSAGE("offer seen without a signal after ", ms, " ms");
+  CHECK(ms >= 0);
+  CHECK(ms < 1000);
+  hoody::sharefs::ChangeSignal::remove(other->signal().name());
+}
+
+TEST_CASE("sharefs: revoke at once: new opens, open files, mmaps, page-cached data, a cwd inside") {
+  require_mount_capabilities();
+  Pool p;
+  ::mkdir((p.storage("c1") + "/data").c_str(), 0755);
+  ::mkdir((p.storage("c1") + "/data/sub").c_str(), 0755);
+  std::string big(1 << 20, 'a');
+  write_file(p.storage("c1") + "/data/f", big);
+  p.offer("ds", "data", "c2", Mode::rw);
+  auto m2 = p.mount("c2");
+  REQUIRE(::rename((m2 + "/.pending/ds").c_str(), (m2 + "/ds").c_str()) == 0);
+
+  // Everything cached and held before the revoke.
+  CHECK(read_file(m2 + "/ds/f") == big);  // in the page cache (keep_cache)
+  int rfd = ::open((m2 + "/ds/f").c_str(), O_RDONLY);
+  int wfd = ::open((m2 + "/ds/sub/w").c_str(), O_RDWR | O_CREAT, 0644);
+  REQUIRE(rfd >= 0);
+  REQUIRE(wfd >= 0);
+  REQUIRE(::write(wfd, "abc", 3) == 3);
+  void* map = ::mmap(nullptr, 4096, PROT_READ, MAP_SHARED, rfd, 0);
+  REQUIRE(map != MAP_FAILED);
+  CHECK(static_cast<char*>(map)[0] == 'a');
+  Pipe ready, revoked;
+  // A process whose cwd is inside the share.
+  Child cwd_child([&]() -> int {
+    if (::chdir((m2 + "/ds/sub").c_str()) != 0) return 10;
+    ready.signal();
+    if (!revoked.wait_signal(std::chrono::seconds(10))) return 11;
+    struct stat st;
+    int e1 = ::stat(".", &st) < 0 ? errno : 0;
+    int e2 = ::open("w", O_RDONLY) < 0 ? errno : 0;
+    int e3 = ::open("new", O_RDWR | O_CREAT, 0644) < 0 ? errno : 0;
+    std::printf("cwd: stat=%s open=%s create=%s\n", std::strerror(e1), std::strerror(e2), std::strerror(e3));
+    return (e1 == ESTALE || e1 == EACCES) && (e2 == ESTALE || e2 == EACCES || e2 == ENOENT) &&
+                   (e3 == ESTALE || e3 == EACCES || e3 == ENOENT)
+               ? 0
+               : 1;
+  });
+  REQUIRE(ready.wait_signal(std::chrono::seconds(10)));
+
+  std::string why;
+  REQUIRE(p.reg->revoke("c1", "ds", &why));
+  REQUIRE(wait_ms([&] { return !exists(m2 + "/ds"); }) >= 0);
+  revoked.signal();
+
+  // New opens.
+  CHECK(::open((m2 + "/ds/f").c_str(), O_RDONLY) < 0);
+  // Open files: no read, no write, no fstat of the old file.
+  char buf[16];
+  CHECK(err_of(static_cast<int>(::pread(rfd, buf, sizeof buf, 0))) == EACCES);
+  CHECK(err_of(static_cast<int>(::pwrite(wfd, "x", 1, 0))) == EACCES);
+  CHECK(err_of(::fsync(wfd)) != 0);
+  // Page-cached data was dropped: a fresh read of the cached file fails too.
+  CHECK(err_of(static_cast<int>(::pread(rfd, buf, sizeof buf, 4096 * 10))) == EACCES);
+  // The mapping: touching it faults and the read is refused (SIGBUS).
+  auto touched = run_child([&]() -> int {
+    volatile char v = static_cast<char*>(map)[0];
+    (void)v;
+    return 0;
+  });
+  CHECK_MESSAGE(touched.signal == SIGBUS, touched.describe());
+  auto cwd = cwd_child.wait();
+  CHECK_MESSAGE(cwd.exit_code == 0, cwd.describe());
+  ::munmap(map, 4096);
+  ::close(rfd);
+  ::close(wfd);
+  // The owner's data is untouched and nothing was written after the revoke.
+  CHECK(read_file(p.storage("c1") + "/data/sub/w") == "abc");
+  // The daemon keeps no fd into the owner's storage.
+  auto d = p.daemons[0]->pid();
+  int into = 0;
+  for (auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(d) + "/fd")) {
+    std::error_code ec;
+    auto t = std::filesystem::read_symlink(e.path(), ec).string();
+    if (t.rfind(p.storage("c1") + "/data", 0) == 0) ++into;
+  }
+  CHECK(into == 0);
+}
+
+TEST_CASE("sharefs: 10 rounds of accept and revoke under readers, writers and walkers: no crash, no fd left") {
+  require_mount_capabilities();
+  Pool p;
+  std::string d = p.storage("c1") + "/data";
+  ::mkdir(d.c_str(), 0755);
+  for (int i = 0; i < 20; ++i) write_file(d + "/f" + std::to_string(i), std::string(65536, 'x'));
+  auto m = p.mount("c2");
+  pid_t daemon = p.daemons[0]->pid();
+  // The daemon's fds, without the FUSE loop's own (its worker threads come
+  // with a /dev/fuse clone and a splice pipe each, as load needs them) and
+  // the registry's; and how many point into the shared directory.
+  int into = 0;
+  auto fds = [&] {
+    int n = 0;
+    into = 0;
+    for (auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(daemon) + "/fd")) {
+      std::error_code ec;
+      auto t = std::filesystem::read_symlink(e.path(), ec).string();
+      if (t.rfind("pipe:", 0) == 0 || t == "/dev/fuse") continue;
+      // SQLite opens shares.db-wal and -shm when it first needs them.
+      if (t.find("/shares.db") != std::string::npos) continue;
+      if (t.rfind(d, 0) == 0) ++into;
+      ++n;
+    }
+    return n;
+  };
+  int before = fds();
+  std::string why;
+  for (int round = 0; round < 10; ++round) {
+    p.offer("ld", "data", "c2", Mode::rw);
+    REQUIRE(p.reg->accept("c2", "ld", &why));
+    REQUIRE(wait_ms([&] { return exists(m + "/ld/f0"); }) >= 0);
+    std::vector<std::unique_ptr<Child>> kids;
+    for (int k = 0; k < 4; ++k)
+      kids.push_back(std::make_unique<Child>([&, k]() -> int {
+        char buf[4096];
+        std::string base = m + "/ld/";
+        for (int i = 0;; ++i) {
+          std::string f = base + "f" + std::to_string((i + k) % 20);
+          int fd = ::open(f.c_str(), k % 2 ? O_RDWR : O_RDONLY);
+          if (fd < 0) return 0;  // revoked: done
+          bool fail = false;
+          for (int j = 0; j < 16 && !fail; ++j) {
+            if (::pread(fd, buf, sizeof buf, j * 4096) < 0) fail = true;
+            if (k % 2 && ::pwrite(fd, buf, 16, j * 4096) < 0) fail = true;
+          }
+          ::close(fd);
+          if (k == 3) {
+            std::error_code ec;
+            for (auto it = std::filesystem::directory_iterator(base, ec);
+                 !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+            }
+            if (ec) return 0;
+          }
+          if (fail) return 0;
+        }
+      }));
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    REQUIRE(p.reg->revoke("c1", "ld", &why));
+    for (auto& kid : kids) {
+      auto r = kid->wait();
+      CHECK_MESSAGE(r.exit_code == 0, r.describe());
+    }
+  }
+  CHECK(::kill(daemon, 0) == 0);
+  // RELEASE reaches the daemon after the closing process is gone: let it.
+  int after = 0;
+  wait_ms([&] { return (after = fds()) <= before; }, 2000);
+  if (after > before + 2) {
+    std::string what;
+    for (auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(daemon) + "/fd")) {
+      std::error_code ec;
+      what += e.path().filename().string() + " -> " + std::filesystem::read_symlink(e.path(), ec).string() + "\n";
+    }
+    MESSAGE(what);
+  }
+  CHECK(after <= before);
+  CHECK(into == 0);
+}
+
+TEST_CASE("sharefs: ro <-> rw changes apply at once, also to files opened before") {
+  require_mount_capabilities();
+  Pool p;
+  ::mkdir((p.storage("c1") + "/data").c_str(), 0755);
+  write_file(p.storage("c1") + "/data/f", "0123456789");
+  p.offer("ds", "data", "c2", Mode::rw);
+  auto m2 = p.mount("c2");
+  REQUIRE(::rename((m2 + "/.pending/ds").c_str(), (m2 + "/ds").c_str()) == 0);
+  int fd = ::open((m2 + "/ds/f").c_str(), O_RDWR);
+  REQUIRE(fd >= 0);
+  REQUIRE(::pwrite(fd, "A", 1, 0) == 1);
+
+  std::string why;
+  REQUIRE(p.reg->set_mode("c1", "ds", Mode::ro, &why));
+  // Polled with a write that changes nothing (the byte already there): one
+  // that lands before the change is applied must not alter the file.
+  double ms = wait_ms([&] { return ::pwrite(fd, "1", 1, 1) < 0 && errno == EROFS; });
+  MESSAGE("rw->ro effective for an open file after ", ms, " ms");
+  CHECK(ms >= 0);
+  CHECK(ms < 100);
+  CHECK(err_of(::open((m2 + "/ds/f").c_str(), O_RDWR)) == EROFS);
+  CHECK(err_of(::open((m2 + "/ds/new").c_str(), O_RDWR | O_CREAT, 0644)) == EROFS);
+  CHECK(err_of(::ftruncate(fd, 0)) == EROFS);
+  char c;
+  CHECK(::pread(fd, &c, 1, 0) == 1);  // reading goes on
+  CHECK(read_file(p.storage("c1") + "/data/f") == "A123456789");
+
+  REQUIRE(p.reg->set_mode("c1", "ds", Mode::rw, &why));
+  ms = wait_ms([&] { return ::pwrite(fd, "C", 1, 2) == 1; });
+  CHECK(ms >= 0);
+  CHECK(ms < 100);
+  CHECK(read_file(p.storage("c1") + "/data/f") == "A1C3456789");
+  ::close(fd);
+}
+
+TEST_CASE("sharefs: a read-only share refuses every change with EROFS") {
+  require_mount_capabilities();
+  Pool p;
+  std::string d = p.storage("c1") + "/data";
+  ::mkdir(d.c_str(), 0755);
+  ::mkdir((d + "/dir").c_str(), 0755);
+  write_file(d + "/f", "data");
+  REQUIRE(::setxattr((d + "/f").c_str(), "user.k", "v", 1, 0) == 0);
+  p.offer("ro", "data", "c2");
+  ::mkdir((p.storage("c1") + "/w").c_str(), 0755);
+  write_file(p.storage("c1") + "/w/g", "g");
+  p.offer("rw", "w", "c2", Mode::rw);
+  auto m = p.mount("c2");
+  REQUIRE(::rename((m + "/.pending/ro").c_str(), (m + "/ro").c_str()) == 0);
+  REQUIRE(::rename((m + "/.pending/rw").c_str(), (m + "/rw").c_str()) == 0);
+  std::string r = m + "/ro";
+  struct timespec ts[2] = {{0, 0}, {0, 0}};
+  CHECK(err_of(::open((r + "/f").c_str(), O_WRONLY)) == EROFS);
+  CHECK(err_of(::open((r + "/f").c_str(), O_RDONLY | O_TRUNC)) == EROFS);
+  CHECK(err_of(::truncate((r + "/f").c_str(), 0)) == EROFS);
+  CHECK(err_of(::open((r + "/n").c_str(), O_WRONLY | O_CREAT, 0644)) == EROFS);
+  CHECK(err_of(::mkdir((r + "/n").c_str(), 0755)) == EROFS);
+  CHECK(err_of(::mknod((r + "/n").c_str(), S_IFIFO | 0644, 0)) == EROFS);
+  CHECK(err_of(::unlink((r + "/f").c_str())) == EROFS);
+  CHECK(err_of(::rmdir((r + "/dir").c_str())) == EROFS);
+  CHECK(err_of(::rename((r + "/f").c_str(), (r + "/f2").c_str())) == EROFS);
+  CHECK(err_of(::rename((r + "/f").c_str(), (m + "/rw/f").c_str())) == EROFS);   // out
+  CHECK(err_of(::rename((m + "/rw/g").c_str(), (r + "/g").c_str())) == EROFS);   // in
+  CHECK(err_of(::link((r + "/f").c_str(), (r + "/l").c_str())) == EROFS);
+  CHECK(err_of(::symlink("f", (r + "/s").c_str())) == EROFS);
+  CHECK(err_of(::chmod((r + "/f").c_str(), 0600)) == EROFS);
+  CHECK(err_of(::chown((r + "/f").c_str(), 1, 1)) == EROFS);
+  CHECK(err_of(::utimensat(AT_FDCWD, (r + "/f").c_str(), ts, 0)) == EROFS);
+  CHECK(err_of(::setxattr((r + "/f").c_str(), "user.k", "w", 1, 0)) == EROFS);
+  CHECK(err_of(::removexattr((r + "/f").c_str(), "user.k")) == EROFS);
+  CHECK(err_of(::open(r.c_str(), O_TMPFILE | O_RDWR, 0600)) == EROFS);
+  CHECK(err_of(::open(m.c_str(), O_TMPFILE | O_RDWR, 0600)) == EPERM);
+  // A read-only open cannot map shared-writable.
+  int fd = ::open((r + "/f").c_str(), O_RDONLY);
+  REQUIRE(fd >= 0);
+  CHECK(::mmap(nullptr, 4, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) == MAP_FAILED);
+  // copy_file_range into it: the target cannot be opened for writing; from it works.
+  int out = ::open((m + "/rw/copy").c_str(), O_WRONLY | O_CREAT, 0644);
+  REQUIRE(out >= 0);
+  CHECK(::copy_file_range(fd, nullptr, out, nullptr, 4, 0) == 4);
+  ::close(out);
+  ::close(fd);
+  CHECK(read_file(d + "/f") == "data");
+  char v[4];
+  CHECK(::getxattr((r + "/f").c_str(), "user.k", v, sizeof v) == 1);
+}
+
+TEST_CASE("sharefs: special files never open, mknod refused, symlinks verbatim, mount points hidden, nested subvolumes, EXDEV, owners as they are") {
+  require_mount_capabilities();
+  Pool p;
+  std::string d = p.storage("c1") + "/data";
+  ::mkdir(d.c_str(), 0755);
+  REQUIRE(::mkfifo((d + "/fifo").c_str(), 0666) == 0);
+  REQUIRE(::mknod((d + "/null").c_str(), S_IFCHR | 0666, makedev(1, 3)) == 0);
+  {
+    int s = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::string sp = d + "/sock";
+    std::strncpy(a.sun_path, sp.c_str(), sizeof a.sun_path - 1);
+    REQUIRE(::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    ::close(s);
+  }
+  REQUIRE(::symlink("/etc/passwd", (d + "/abs").c_str()) == 0);
+  REQUIRE(::symlink("../../../../../..", (d + "/up").c_str()) == 0);
+  write_file(d + "/owned", "o");
+  REQUIRE(::chown((d + "/owned").c_str(), 1234, 5678) == 0);
+  p.btrfs.make_subvolume("containers/c1/storage/data/nested");
+  write_file(d + "/nested/in", "nested");
+  ::mkdir((d + "/mnt").c_str(), 0755);
+  REQUIRE(::mount("tmpfs", (d + "/mnt").c_str(), "tmpfs", 0, "size=1m") == 0);
+  write_file(d + "/mnt/secret", "s");
+  write_file(d + "/bound", "mine");
+  write_file(p.storage("c3") + "/theirs", "c3's");
+  REQUIRE(::mount((p.storage("c3") + "/theirs").c_str(), (d + "/bound").c_str(), nullptr, MS_BIND, nullptr) == 0);
+  ::mkdir((p.storage("c1") + "/w1").c_str(), 0755);
+  ::mkdir((p.storage("c1") + "/w2").c_str(), 0755);
+  write_file(p.storage("c1") + "/w1/a", "a");
+  p.offer("ds", "data", "c2", Mode::rw);
+  p.offer("w1", "w1", "c2", Mode::rw);
+  p.offer("w2", "w2", "c2", Mode::rw);
+  auto m = p.mount("c2");
+  for (auto n : {"ds", "w1", "w2"})
+    REQUIRE(::rename((m + "/.pending/" + n).c_str(), (m + "/" + n).c_str()) == 0);
+  std::string s = m + "/ds";
+
+  // Devices, FIFOs and sockets: empty regular files of mode 0000 that never open.
+  for (auto n : {"fifo", "null", "sock"}) {
+    struct stat st;
+    REQUIRE(::lstat((s + "/" + n).c_str(), &st) == 0);
+    CHECK_MESSAGE(S_ISREG(st.st_mode), n);
+    CHECK((st.st_mode & 07777) == 0);
+    CHECK(err_of(::open((s + "/" + n).c_str(), O_RDONLY | O_NONBLOCK)) == EACCES);
+    CHECK(err_of(::open((s + "/" + n).c_str(), O_WRONLY | O_NONBLOCK)) == EACCES);
+  }
+  CHECK(err_of(::mkfifo((s + "/f2").c_str(), 0644)) == EPERM);
+  CHECK(err_of(::mknod((s + "/d2").c_str(), S_IFCHR | 0644, makedev(1, 3))) == EPERM);
+  {
+    int sk = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::string sp = s + "/s2";
+    std::strncpy(a.sun_path, sp.c_str(), sizeof a.sun_path - 1);
+    CHECK(err_of(::bind(sk, reinterpret_cast<sockaddr*>(&a), sizeof a)) == EPERM);
+    ::close(sk);
+  }
+  // Symlinks are returned verbatim (the reader's kernel resolves them).
+  char t[256] = {};
+  REQUIRE(::readlink((s + "/abs").c_str(), t, sizeof t - 1) > 0);
+  CHECK(std::string(t) == "/etc/passwd");
+  std::memset(t, 0, sizeof t);
+  REQUIRE(::readlink((s + "/up").c_str(), t, sizeof t - 1) > 0);
+  CHECK(std::string(t) == "../../../../../..");
+  // Owners as they are.
+  struct stat st;
+  REQUIRE(::stat((s + "/owned").c_str(), &st) == 0);
+  CHECK(st.st_uid == 1234u);
+  CHECK(st.st_gid == 5678u);
+  // A nested subvolume is part of the share; a mount point is not crossed.
+  CHECK(read_file(s + "/nested/in") == "nested");
+  CHECK(err_of(::stat((s + "/mnt/secret").c_str(), &st)) == ENOENT);
+  CHECK(err_of(::stat((s + "/mnt").c_str(), &st)) == ENOENT);
+  CHECK(err_of(::stat((s + "/bound").c_str(), &st)) == ENOENT);  // a file bind-mounted there
+  // Renames and links between two shares: EXDEV.
+  CHECK(err_of(::rename((m + "/w1/a").c_str(), (m + "/w2/a").c_str())) == EXDEV);
+  CHECK(err_of(::link((m + "/w1/a").c_str(), (m + "/w2/a").c_str())) == EXDEV);
+  CHECK(err_of(::rename((m + "/w1/a").c_str(), (m + "/a").c_str())) == EXDEV);
+  // Within one share both work.
+  CHECK(::rename((m + "/w1/a").c_str(), (m + "/w1/b").c_str()) == 0);
+  CHECK(::link((m + "/w1/b").c_str(), (m + "/w1/c").c_str()) == 0);
+  ::umount2((d + "/mnt").c_str(), MNT_DETACH);
+  ::umount2((d + "/bound").c_str(), MNT_DETACH);
+}
+
+TEST_CASE("sharefs: a source swapped for a symlink before it is served is not followed") {
+  require_mount_capabilities();
+  Pool p;
+  ::mkdir((p.storage("c1") + "/data").c_str(), 0755);
+  p.offer("ds", "data", "c2");
+  // The owner swaps the offered directory for a symlink to / and to c3's storage.
+  for (std::string target : {std::string("/"), p.storage("c3")}) {
+    write_file(p.storage("c3") + "/secret", "c3");
+    std::filesystem::remove_all(p.storage("c1") + "/data");
+    REQUIRE(::symlink(target.c_str(), (p.storage("c1") + "/data").c_str()) == 0);
+    auto m = p.mount("c2");
+    if (exists(m + "/.pending/ds")) {
+      std::string why;
+      REQUIRE(p.reg->accept("c2", "ds", &why));
+    }
+    // Never served: nothing of / or c3 is reachable.
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    CHECK_FALSE(exists(m + "/ds"));
+    CHECK_FALSE(exists(m + "/ds/etc"));
+    CHECK_FALSE(exists(m + "/ds/secret"));
+    CHECK(p.daemons.back()->log().find("not served") != std::string::npos);
+    std::filesystem::remove(p.storage("c1") + "/data");
+  }
+}
+
+TEST_CASE("sharefs: a create over a name that became a symlink does not follow it") {
+  require_mount_capabilities();
+  Pool p;
+  std::string d = p.storage("c1") + "/data";
+  ::mkdir(d.c_str(), 0755);
+  p.offer("ds", "data", "c2", Mode::rw);
+  auto m = p.mount("c2");
+  REQUIRE(::rename((m + "/.pending/ds").c_str(), (m + "/ds").c_str()) == 0);
+  // The kernel caches "x" as missing; the owner then makes it a symlink to
+  // c3's storage; the receiver's O_CREAT reaches the daemon as a CREATE.
+  struct stat st;
+  REQUIRE(::stat((m + "/ds/x").c_str(), &st) < 0);
+  std::string outside = p.storage("c3") + "/planted";
+  REQUIRE(::symlink(outside.c_str(), (d + "/x").c_str()) == 0);
+  int fd = ::open((m + "/ds/x").c_str(), O_WRONLY | O_CREAT, 0644);
+  int e = fd < 0 ? errno : 0;
+  if (fd >= 0) ::close(fd);
+  CHECK_FALSE(exists(outside));
+  CHECK_MESSAGE((e == ELOOP || e == EEXIST), "open gave ", std::strerror(e));
+}
+
+// As fstab, mount.fuse3, hoody-up and systemd start it: without -f, so the
+// daemon forks (fuse_daemonize).  A SQLite connection opened before the fork
+// and used after it lost the child's view of the registry: accepts by mv were
+// answered but never committed, and a revoke never reached the mount.
+TEST_CASE("sharefs: a daemonized hoody-sharefs commits accepts and follows a revoke") {
+  require_mount_capabilities();
+  Pool p;
+  ::mkdir((p.storage("c1") + "/data").c_str(), 0755);
+  write_file(p.storage("c1") + "/data/f", "hello\n");
+  // As the CLI does: every change through a connection of its own that is
+  // closed again, so no connection of this process keeps the registry's
+  // -shm alive while the daemon runs.
+  p.reg.reset();
+  auto registry = [&] {
+    std::string why;
+    auto r = Registry::open(p.path, &why);
+    REQUIRE_MESSAGE(r, why);
+    return std::move(*r);
+  };
+  auto state_of = [&](const std::string& name) {
+    auto reg = registry();
+    auto l = reg.shares_for("c2", true);
+    REQUIRE(l);
+    State st = State::revoked;
+    for (auto& r : *l)
+      if (r.name == name) st = r.state;
+    return st;
+  };
+  auto mnt = p.btrfs.make_temp_dir("bg");
+  auto id = register_resource(Resource::fuse_mount, mnt);
+  ExitInfo start = run({sharefs_exe(), p.path, mnt, "-o", "container=c2"}, std::chrono::seconds(20));
+  REQUIRE_MESSAGE(start.ok(), start.describe());
+  struct Unmount {
+    std::string m;
+    std::uint64_t id;
+    ~Unmount() {
+      run({"fusermount3", "-u", m});
+      release(id);
+    }
+  } unmount{mnt, id};
+  REQUIRE(is_mounted(mnt, "fuse.hoody-sharefs"));
+
+  // An offer made after the fork reaches the mount.
+  {
+    std::string why;
+    Offer o;
+    o.from = "c1";
+    o.source = "data";
+    o.mode = Mode::rw;
+    o.name = "ds";
+    o.to_container = "c2";
+    auto reg = registry();
+    REQUIRE_MESSAGE(reg.offer(o, &why), why);
+  }
+  CHECK(wait_ms([&] { return exists(mnt + "/.pending/ds"); }) >= 0);
+  // mv accepts, and the registry says so to every other connection.
+  REQUIRE(::rename((mnt + "/.pending/ds").c_str(), (mnt + "/ds").c_str()) == 0);
+  CHECK(state_of("ds") == State::accepted);
+  CHECK(read_file(mnt + "/ds/f") == "hello\n");
+
+  // A revoke by another process's connection reaches a file held open.
+  int fd = ::open((mnt + "/ds/f").c_str(), O_RDONLY);
+  REQUIRE(fd >= 0);
+  {
+    std::string why;
+    auto reg = registry();
+    REQUIRE_MESSAGE(reg.revoke("c1", "ds", &why), why);
+  }
+  char c;
+  CHECK(wait_ms([&] { return ::pread(fd, &c, 1, 0) < 0; }) >= 0);
+  ::close(fd);
+  CHECK(wait_ms([&] { return !exists(mnt + "/ds"); }) >= 0);
+}
+
+TEST_CASE("sharefs: the daemon's life cycle: usage errors, an unknown container, SIGTERM") {
+  require_mount_capabilities();
+  Pool p;
+  auto mnt = p.btrfs.make_temp_dir("lc");
+  auto no_container = run({sharefs_exe(), "-f", p.path, mnt});
+  CHECK(no_container.exit_code == 2);
+  CHECK(no_container.output.find("container") != std::string::npos);
+  auto unknown = run({sharefs_exe(), "-f", p.path, mnt, "-o", "container=zz"});
+  CHECK(unknown.exit_code == 1);
+  CHECK(unknown.output.find("no such container zz") != std::string::npos);
+  CHECK(std::count(unknown.output.begin(), unknown.output.end(), '\n') == 1);
+  auto suid = run({sharefs_exe(), "-f", p.path, mnt, "-o", "container=c2,suid"});
+  CHECK(suid.exit_code == 2);
+  CHECK(suid.output.find("nosuid,nodev") != std::string::npos);
+  auto nopool = run({sharefs_exe(), "-f", p.path + "/nope", mnt, "-o", "container=c2"});
+  CHECK(nopool.exit_code == 1);
+
+  auto m = p.mount("c2");
+  CHECK(is_mounted(m));
+  auto how = p.daemons.back()->terminate(SIGTERM);
+  CHECK(how == "exit 0");
+  CHECK_FALSE(is_mounted(m));
+}
