@@ -142,8 +142,8 @@ OptionTable OptionTable::generic() {
       .add({"noclone_fd", OptKind::flag, "share one /dev/fuse fd between workers"})
       .add({"io", OptKind::choice, "backing I/O engine", {"uring", "sync"}})
       .add({"transport", OptKind::choice,
-            "how requests reach the daemon: FUSE over io_uring where the kernel offers it, "
-            "else /dev/fuse (default uring)",
+            "how requests reach the daemon: uring (FUSE over io_uring where the kernel "
+            "offers it, else /dev/fuse) or dev (/dev/fuse; the default)",
             {"uring", "dev"}})
       .add({"uring_depth", OptKind::uint, "ring entries per CPU queue at start (default 8)"})
       .add({"log_level", OptKind::choice, "log level",

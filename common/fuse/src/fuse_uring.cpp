@@ -35,6 +35,11 @@
 //     (there are >= depth), and its commit fetches the oldest waiting request;
 //     if that one parks too, the next kick follows.  So the token holder's
 //     unlock, queued behind any number of waiters, is always served.
+//  3. A request can also wait in that list while entries are free: the
+//     kernel moves background requests (RELEASE, readahead) into it at a
+//     commit and fetches only one.  The kicker is also a watchdog: while
+//     requests are parked and nothing was committed on its queue for 20 ms
+//     (backing off to 500 ms while that stays so), it kicks.
 //  I/O ops answered later (READ, WRITE, FSYNC, ...) do not kick: their
 //  completion does not depend on another FUSE request, and their commit fetches.
 //
@@ -179,7 +184,7 @@ struct Queue {
   bool kick_wanted = false;
   // Counters (read by fuse_transport_info()).
   std::atomic<std::uint64_t> n_requests{0}, n_entries{0}, n_parked{0}, n_parked_max{0},
-      n_kicks{0};
+      n_kicks{0}, n_commits{0};
   // Time from a request's CQE to its commit SQE for requests answered while
   // dispatched (libfuse's dispatch + the op + the reply copy), per opcode class.
   std::atomic<std::uint64_t> n_sync{0}, sync_ns{0}, n_sync_lock{0}, sync_lock_ns{0};
@@ -372,6 +377,7 @@ bool add_entry(Queue& q) {
 }
 
 void commit(Queue& q, Entry& e) {
+  q.n_commits.fetch_add(1, std::memory_order_relaxed);
   e.state = State::fetching;
   prep_cmd(q, e, kCmdCommitAndFetch, e.unique);
 }
@@ -429,12 +435,31 @@ void pin(unsigned cpu) {
 void kicker_main(Queue* q) {
   pin(q->qid);
   auto& t = *g_transport.load();
+  using namespace std::chrono_literals;
+  auto idle = 20ms;
+  std::uint64_t commits = 0;
   for (;;) {
     {
       std::unique_lock l(q->kick_mu);
-      q->kick_cv.wait(l, [&] { return q->kick_wanted || t.stopping.load(); });
+      bool asked = q->kick_cv.wait_for(l, idle, [&] { return q->kick_wanted || t.stopping.load(); });
       if (t.stopping.load()) break;
-      q->kick_wanted = false;
+      if (asked) {
+        q->kick_wanted = false;
+      } else {
+        // The watchdog: requests are parked and nothing was committed on this
+        // queue for `idle`.  A request can wait in the kernel's list while
+        // entries are free (moved there from the background list at a commit,
+        // or queued while every entry was taken, REGISTER does not fetch it),
+        // and only a commit takes it out: kick, backing off while idle.
+        std::uint64_t now = q->n_commits.load(std::memory_order_relaxed);
+        bool stalled = now == commits && q->n_parked.load(std::memory_order_relaxed) > 0;
+        commits = now;
+        if (!stalled) {
+          idle = 20ms;
+          continue;
+        }
+        idle = std::min<std::chrono::milliseconds>(idle * 2, 500ms);
+      }
     }
     // Opened for each kick: an fd kept open would make the unmount EBUSY.
     int root = ::open(t.opts.mountpoint.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);

@@ -48,7 +48,7 @@ nlohmann::json queue0(const nlohmann::json& st) {
   return nullptr;
 }
 
-bool expect_uring() { return test_transport() != "dev"; }
+bool expect_uring() { return test_transport() == "uring"; }
 
 void on_alarm(int) {}
 

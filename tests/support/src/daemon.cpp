@@ -79,7 +79,7 @@ Daemon::Daemon(std::vector<std::string> argv, std::string mountpoint, std::strin
   if (argv_.empty()) throw std::invalid_argument("Daemon: empty argv");
   // The FUSE transport under test: $HOODY_TEST_TRANSPORT (uring|dev) for every
   // hoody daemon that is not given one; the kernel's ring is turned on unless
-  // dev is asked for (the daemons' default is uring where the kernel offers it).
+  // dev is asked for (so that -o transport=uring works wherever a test names it).
   if (is_hoody_daemon(argv_[0])) {
     bool given = false;
     for (auto& a : argv_) given = given || a.find("transport=") != std::string::npos;

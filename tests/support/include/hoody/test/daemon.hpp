@@ -56,8 +56,7 @@ private:
 };
 
 // $HOODY_TEST_TRANSPORT: the FUSE transport every hoody daemon started by
-// Daemon gets as -o transport= ("" when unset: the daemon's default, uring
-// where the kernel offers it).  The tests run on both (meson suites "X" and
+// Daemon gets as -o transport= ("" when unset: the daemon's default, dev).  The tests run on both (meson suites "X" and
 // "X-dev").
 std::string test_transport();
 
