@@ -21,6 +21,8 @@
 
 namespace hoody::snapfs {
 
+static_assert(vdir::kVirtualBit == pt::kVirtualBit, "vdir's node ids are the core's virtual ids");
+
 namespace {
 // How many of the newest audit rows .hoody/log shows.
 constexpr std::size_t kLogRows = 100000;
@@ -54,6 +56,10 @@ Config config_from(const MountArgs& args) {
   c.source = args.source;
   c.core.source = args.source + "/.snapshots";
   c.core.read_only = true;  // snapshot contents are read-only, whatever -o says
+  // The root (snapshot names and .hoody/) is the daemon's; the store's
+  // directory is root 0 under it (its <uuid> directories are the snapshots).
+  c.core.virtual_root = true;
+  c.core.source_under_virtual_root = true;
   c.default_expiry = args.str("default_expiry");
   c.prune_interval = args.seconds("prune_interval", c.prune_interval);
   if (c.prune_interval <= 0) throw UsageError("option 'prune_interval' must be above 0");
@@ -175,7 +181,9 @@ Status Fs::start(std::string* why) {
 fuse_lowlevel_ops Fs::ops() { return make_ops({}); }
 
 std::function<int(uint64_t)> Fs::tmpfile_errno() {
-  return [](uint64_t nodeid) { return nodeid == FUSE_ROOT_ID || vdir::is_virtual(nodeid) ? EPERM : EROFS; };
+  return [](uint64_t nodeid) {
+    return nodeid == FUSE_ROOT_ID || pt::is_virtual_id(nodeid) ? EPERM : EROFS;
+  };
 }
 
 void Fs::init(fuse_conn_info* conn) {
@@ -410,7 +418,7 @@ Status Fs::allow(fuse_req_t, const pt::Access& a) {
 }
 
 std::optional<Snapshot> Fs::snapshot_of(fuse_ino_t ino) {
-  if (ino == FUSE_ROOT_ID || vdir::is_virtual(ino)) return std::nullopt;
+  if (is_vnode(ino)) return std::nullopt;
   pt::Inode* in = inode(ino);
   if (in->src_dev != store_dev_) return std::nullopt;
   Top top;
@@ -524,7 +532,7 @@ struct stat Fs::snapshot_attr(const Snapshot& s, const struct stat& dir, size_t 
 }
 
 Result<fuse_entry_param> Fs::snapshot_entry(const Snapshot& s) {
-  HOODY_TRY(e, do_lookup(FUSE_ROOT_ID, s.uuid.c_str()));
+  HOODY_TRY(e, do_lookup(root_ino(pt::kSourceRoot), s.uuid.c_str()));
   const ino_t backing = inode(e.ino)->src_ino;
   {
     std::lock_guard g(tops_m_);
@@ -562,9 +570,13 @@ struct stat Fs::root_attr() {
   return st;
 }
 
+ino_t Fs::shown_ino_of(uint64_t ino) {
+  return ino == FUSE_ROOT_ID ? ino : (ino & ~pt::kVirtualBit) | (1ull << 62);
+}
+
 struct stat Fs::virtual_attr(uint64_t ino, const Who* caller) {
   struct stat st {};
-  st.st_ino = (ino & ~vdir::kVirtualBit) | (1ull << 62);
+  st.st_ino = shown_ino_of(ino);
   st.st_mode = vdir::node_mode(ino);
   // The log is for the users allowed to act (open() checks it): each of
   // them sees it as their own, so that the kernel's permission check, which
@@ -577,7 +589,7 @@ struct stat Fs::virtual_attr(uint64_t ino, const Who* caller) {
   return st;
 }
 
-fuse_entry_param Fs::virtual_entry(uint64_t ino, const Who* caller) {
+fuse_entry_param Fs::ctl_entry(uint64_t ino, const Who* caller) {
   fuse_entry_param e{};
   e.ino = ino;
   e.attr = virtual_attr(ino, caller);

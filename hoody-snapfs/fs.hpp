@@ -1,11 +1,13 @@
 // hoody-snapfs: the daemon object (the fuse userdata).
 //
 // The passthrough core serves the snapshot contents read-only from O_PATH fds
-// into SOURCE/.snapshots (the core's root is the store directory; its Inodes
-// are the <uuid> directories and everything beneath them).  On top of it:
-//  - the mount root is virtual: the snapshot names of the store, and .hoody/;
+// into SOURCE/.snapshots (the core's root 0 is the store directory; its
+// Inodes are the <uuid> directories and everything beneath them).  The mount
+// root and .hoody/ are the core's virtual nodes (Config::virtual_root, the
+// v*() hooks; the core routes every op and keeps handles and replies):
+//  - the root lists the snapshot names of the store, and .hoody/;
 //  - a name at the root is the store's <uuid> directory (the core's Inode),
-//    shown with the snapshot's metadata (mode 0555, times = creation);
+//    shown with the snapshot's metadata (mode 0777, times = creation);
 //  - mkdir/rmdir/rename at the root create, delete and rename snapshots;
 //    xattrs user.hoody.* of a snapshot are its metadata;
 //  - .hoody/ holds the control files (vdir/), whose node ids have bit 63 set;
@@ -74,44 +76,13 @@ public:
   // ---- ops (ops/*.cpp) --------------------------------------------------------
   void init(fuse_conn_info* conn) override;
   void destroy() override;
-  // ops/entry.cpp
-  void lookup(fuse_req_t req, fuse_ino_t parent, const char* name) override;
-  void forget(fuse_ino_t ino, uint64_t nlookup) override;
-  void mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) override;
-  void mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) override;
-  void symlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* name) override;
-  void link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t parent, const char* name) override;
-  void unlink(fuse_req_t req, fuse_ino_t parent, const char* name) override;
-  void rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) override;
-  void rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
-              const char* newname, unsigned flags) override;
-  void create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
-              fuse_file_info* fi) override;
-  // ops/attr.cpp
+  // ops/attr.cpp: a snapshot's directory (a real inode) shows its metadata.
   void getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) override;
-  void setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int valid,
-               fuse_file_info* fi) override;
-  void readlink(fuse_req_t req, fuse_ino_t ino) override;
-  void statfs(fuse_req_t req, fuse_ino_t ino) override;
   void setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
                 int flags) override;
   void getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) override;
   void listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) override;
   void removexattr(fuse_req_t req, fuse_ino_t ino, const char* name) override;
-  // ops/control.cpp
-  void open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) override;
-  void read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) override;
-  void write_buf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* in, off_t off,
-                 fuse_file_info* fi) override;
-  void flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) override;
-  void release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) override;
-  void fsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) override;
-  void lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi) override;
-  void opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) override;
-  void readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
-               bool plus) override;
-  void releasedir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) override;
-  void fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) override;
 
   // For tests and the benchmark.
   SnapshotStore& store() { return *store_; }
@@ -156,7 +127,9 @@ public:
   // A control file as `caller` sees it (.hoody/log shows the caller as its
   // owner when the caller may read it: the kernel checks the mode bits).
   struct stat virtual_attr(uint64_t ino, const Who* caller = nullptr);
-  fuse_entry_param virtual_entry(uint64_t ino, const Who* caller = nullptr);
+  // st_ino of a virtual node as attributes and listings show it.
+  static ino_t shown_ino_of(uint64_t ino);
+  fuse_entry_param ctl_entry(uint64_t ino, const Who* caller = nullptr);
   bool is_root(fuse_ino_t ino) const { return ino == FUSE_ROOT_ID; }
 
   // Runs fn (which replies to its request) on a thread of its own: a request
@@ -207,6 +180,32 @@ public:
 protected:
   Status allow(fuse_req_t req, const pt::Access& a) override;
   void on_forget(pt::Inode& inode) override;
+
+  // ---- the virtual nodes: the root and .hoody/ (the core routes to these) -----
+  // ops/entry.cpp: names.  At the root they are the snapshot verbs (mkdir
+  // creates, rmdir deletes, rename renames); in .hoody/ nothing changes.
+  Result<fuse_entry_param> vlookup(fuse_req_t req, fuse_ino_t parent, const char* name) override;
+  void vforget(fuse_ino_t ino, uint64_t n) override;
+  Result<fuse_entry_param> vmkdir(fuse_req_t req, fuse_ino_t parent, const char* name,
+                                  mode_t mode) override;
+  Status vrmdir(fuse_req_t req, fuse_ino_t parent, const char* name) override;
+  Status vrename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
+                 const char* newname, unsigned flags) override;
+  Status vcross(fuse_req_t req, const pt::Access& real) override;
+  // ops/attr.cpp
+  Result<struct stat> vgetattr(fuse_req_t req, fuse_ino_t ino) override;
+  double vattr_timeout(fuse_ino_t ino) override;
+  Result<struct stat> vsetattr(fuse_req_t req, fuse_ino_t ino, const struct stat& attr,
+                               int valid) override;
+  Result<std::string> vgetxattr(fuse_req_t req, fuse_ino_t ino, const char* name) override;
+  // ops/control.cpp: the listings and the control files.
+  Result<std::vector<pt::VEntry>> vreaddir(fuse_req_t req, fuse_ino_t ino) override;
+  Result<fuse_entry_param> vdirentry(fuse_req_t req, fuse_ino_t dir, const pt::VEntry& e) override;
+  Result<std::unique_ptr<pt::VirtualFile>> vopen(fuse_req_t req, fuse_ino_t ino, int flags) override;
+  Result<size_t> vwrite(fuse_req_t req, pt::VirtualFile& f, std::string data, off_t off) override;
+  Result<off_t> vlseek(fuse_req_t req, pt::VirtualFile& f, off_t off, int whence) override;
+  // Snapshot verbs, restores and diffs run on threads of their own (offload).
+  void vdefer(pt::Op op, fuse_ino_t ino, std::function<void()> job) override;
 
 private:
   void prune_loop();

@@ -1,5 +1,5 @@
-// Attributes: getattr, setattr, readlink, statfs and the extended attributes.
-// A snapshot's metadata are the xattrs user.hoody.* of its top directory.
+// Attributes: of the virtual nodes (the root, .hoody/ and its files), and of
+// a snapshot's directory, whose metadata are its xattrs user.hoody.*.
 #include <sys/xattr.h>
 
 #include <cstring>
@@ -12,19 +12,6 @@
 namespace hoody::snapfs {
 
 namespace {
-// An xattr value or list: its size when the caller asks for it (size 0),
-// ERANGE when it does not fit, else the bytes.
-void reply_xattr(fuse_req_t req, const Result<std::string>& v, size_t size) {
-  if (!v) return reply(req, fail(v.error()));
-  if (size == 0) {
-    fuse_reply_xattr(req, v->size());
-  } else if (v->size() > size) {
-    reply(req, fail(ERANGE));
-  } else {
-    fuse_reply_buf(req, v->data(), v->size());
-  }
-}
-
 constexpr std::string_view kPrefix = "user.hoody.";
 const char* const kKeys[] = {"uuid",    "created",     "creator",    "type",
                              "expires", "description", "consistency"};
@@ -37,7 +24,8 @@ Result<std::string> meta_value(const Snapshot& s, std::string_view name) {
   if (key == "created") return vdir::format_rfc3339(s.created);
   if (key == "creator") return std::to_string(s.creator);
   if (key == "type") return s.type;
-  // "transaction", or "crash" with what was not quiesced: "crash databases/app.db"
+  // "transaction", or "crash" with what was not quiesced: "crash
+  // databases/app.db"
   if (key == "consistency") {
     std::string v = s.consistency;
     for (size_t i = 0; i < s.busy.size(); ++i) v += (i ? ", " : " ") + s.busy[i];
@@ -55,21 +43,41 @@ Result<std::string> meta_value(const Snapshot& s, std::string_view name) {
 }
 }  // namespace
 
+Result<struct stat> Fs::vgetattr(fuse_req_t req, fuse_ino_t ino) {
+  if (is_root(ino)) return root_attr();
+  if (!vdir::node_mode(ino)) return fail(ENOENT);
+  auto c = caller_of(req);
+  return virtual_attr(ino, &c);
+}
+
+// The root's count and times may lag by attr_timeout: each path walk checks
+// the root's permission, and asking every time costs a round trip.
+double Fs::vattr_timeout(fuse_ino_t ino) { return is_root(ino) ? cfg_.attr_timeout : 0; }
+
+Result<struct stat> Fs::vsetattr(fuse_req_t, fuse_ino_t ino, const struct stat&, int valid) {
+  // The root is the store's directory, read-only as the snapshots are.
+  if (is_root(ino)) return fail(EROFS);
+  // `echo NAME > .hoody/restore` truncates first (O_TRUNC): nothing to
+  // truncate. The same for `echo off > .hoody/schedule`.
+  constexpr int kTimesAndSize = FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME |
+                                FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW |
+                                FUSE_SET_ATTR_CTIME;
+  if ((ino != vdir::kRestore && ino != vdir::kSchedule) || (valid & ~kTimesAndSize))
+    return fail(EPERM);
+  return virtual_attr(ino);
+}
+
+// The daemon's own nodes (the root, .hoody/, the snapshots' directories)
+// have no security labels: "not supported" rather than "not set", so that
+// `ls -l`, which asks each entry for security.selinux, stops asking for the
+// rest of the mount (coreutils remembers the device that does not support
+// it): one round trip per listing instead of one per snapshot.  The ACL
+// names stay ENODATA ("no ACL"): the kernel reads them for permission checks.
+Result<std::string> Fs::vgetxattr(fuse_req_t, fuse_ino_t, const char* name) {
+  return fail(std::string_view(name).starts_with("security.") ? EOPNOTSUPP : ENODATA);
+}
+
 void Fs::getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-  if (is_root(ino)) {
-    // The root's count and times may lag by attr_timeout: each path walk
-    // checks the root's permission, and asking every time costs a round trip.
-    auto st = root_attr();
-    fuse_reply_attr(req, &st, cfg_.attr_timeout);
-    return;
-  }
-  if (vdir::is_virtual(ino)) {
-    if (!vdir::node_mode(ino)) return reply(req, fail(ENOENT));
-    auto c = caller_of(req);
-    auto st = virtual_attr(ino, &c);
-    fuse_reply_attr(req, &st, 0);
-    return;
-  }
   auto snap = snapshot_of(ino);
   if (!snap) return pt::PassthroughFs::getattr(req, ino, fi);
   auto st = [&]() -> Result<struct stat> {
@@ -83,48 +91,15 @@ void Fs::getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   fuse_reply_attr(req, &shown, kTopTimeout);
 }
 
-void Fs::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int valid, fuse_file_info* fi) {
-  if (!vdir::is_virtual(ino)) return pt::PassthroughFs::setattr(req, ino, attr, valid, fi);
-  // `echo NAME > .hoody/restore` truncates first (O_TRUNC): nothing to truncate.
-  // The same for `echo off > .hoody/schedule`.
-  constexpr int kTimesAndSize = FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME |
-                                FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW |
-                                FUSE_SET_ATTR_CTIME;
-  if ((ino != vdir::kRestore && ino != vdir::kSchedule) || (valid & ~kTimesAndSize))
-    return reply(req, fail(EPERM));
-  auto st = virtual_attr(ino);
-  fuse_reply_attr(req, &st, 0);
-}
-
-void Fs::readlink(fuse_req_t req, fuse_ino_t ino) {
-  if (is_root(ino) || vdir::is_virtual(ino)) return reply(req, fail(EINVAL));
-  pt::PassthroughFs::readlink(req, ino);
-}
-
-void Fs::statfs(fuse_req_t req, fuse_ino_t ino) {
-  pt::PassthroughFs::statfs(req, vdir::is_virtual(ino) ? FUSE_ROOT_ID : ino);
-}
-
 void Fs::getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
-  // The daemon's own nodes (the root, .hoody/, the snapshots' directories)
-  // have no security labels: "not supported" rather than "not set", so that
-  // `ls -l`, which asks each entry for security.selinux, stops asking for the
-  // rest of the mount (coreutils remembers the device that does not support
-  // it): one round trip per listing instead of one per snapshot.  The ACL
-  // names stay ENODATA ("no ACL"): the kernel reads them for permission checks.
-  bool ours = is_root(ino) || vdir::is_virtual(ino);
-  std::optional<Snapshot> snap;
-  if (!ours) {
-    snap = snapshot_of(ino);
-    if (!snap) return pt::PassthroughFs::getxattr(req, ino, name, size);
-  }
+  auto snap = snapshot_of(ino);
+  if (!snap) return pt::PassthroughFs::getxattr(req, ino, name, size);
+  // As vgetxattr: no security labels.
   if (std::string_view(name).starts_with("security.")) return reply(req, fail(EOPNOTSUPP));
-  if (ours) return reply(req, fail(ENODATA));
   reply_xattr(req, meta_value(*snap, name), size);
 }
 
 void Fs::listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
-  if (is_root(ino) || vdir::is_virtual(ino)) return reply_xattr(req, std::string(), size);
   auto snap = snapshot_of(ino);
   if (!snap) return pt::PassthroughFs::listxattr(req, ino, size);
   std::string list;
@@ -137,7 +112,6 @@ void Fs::listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
 
 void Fs::setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
                   int flags) {
-  if (is_root(ino) || vdir::is_virtual(ino)) return reply(req, fail(EPERM));
   auto snap = snapshot_of(ino);
   if (!snap) return pt::PassthroughFs::setxattr(req, ino, name, value, size, flags);
   reply(req, [&]() -> Status {
@@ -146,7 +120,8 @@ void Fs::setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* 
     bool is_expires = n == "user.hoody.expires";
     bool is_desc = n == "user.hoody.description";
     if (!is_expires && !is_desc) {
-      // The other user.hoody.* are facts of the snapshot; other names are not kept.
+      // The other user.hoody.* are facts of the snapshot; other names are not
+      // kept.
       return fail(n.substr(0, kPrefix.size()) == kPrefix ? EPERM : ENOTSUP);
     }
     bool exists = static_cast<bool>(meta_value(*snap, n));
@@ -182,20 +157,20 @@ void Fs::setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* 
 }
 
 void Fs::removexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
-  if (is_root(ino) || vdir::is_virtual(ino)) return reply(req, fail(EPERM));
   auto snap = snapshot_of(ino);
   if (!snap) return pt::PassthroughFs::removexattr(req, ino, name);
   reply(req, [&]() -> Status {
     std::string_view n = name;
     bool is_expires = n == "user.hoody.expires";
     bool is_desc = n == "user.hoody.description";
-    if (!is_expires && !is_desc) return fail(n.substr(0, kPrefix.size()) == kPrefix ? EPERM : ENODATA);
+    if (!is_expires && !is_desc)
+      return fail(n.substr(0, kPrefix.size()) == kPrefix ? EPERM : ENODATA);
     if (!meta_value(*snap, n)) return fail(ENODATA);
     auto c = caller_of(req);
     const char* action = is_expires ? "set_expires" : "set_description";
     if (!allowed(c)) {
-      audit(c, action, snap->name, EPERM, "", "uid " + std::to_string(c.uid) +
-                                                 " is not root nor in allow_users/allow_groups");
+      audit(c, action, snap->name, EPERM, "",
+            "uid " + std::to_string(c.uid) + " is not root nor in allow_users/allow_groups");
       return fail(EPERM);
     }
     Status s = is_expires ? store_->set_expires(snap->name, std::nullopt, c.store())

@@ -29,10 +29,9 @@
 
 namespace hoody::snapfs::vdir {
 
-// FUSE node ids of the passthrough core are Inode* addresses: user-space
-// pointers, which never have bit 63 set (canonical user addresses are below
-// 2^47, or 2^56 with 5-level paging).  Virtual nodes have it set, so the two
-// never collide.
+// The core's virtual-node bit (pt::kVirtualBit: this folder includes no FUSE
+// header; fs.cpp asserts the two are one): the core routes every op on these
+// ids to the daemon's v*() hooks.
 inline constexpr uint64_t kVirtualBit = 1ull << 63;
 inline constexpr uint64_t kCtlDir = kVirtualBit | 1;
 inline constexpr uint64_t kRestore = kVirtualBit | 2;

@@ -1,9 +1,11 @@
 // hoody-snapfs on a real BTRFS loop image with the real daemon mounted.
 #include <doctest/doctest.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <linux/fs.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
@@ -251,6 +253,78 @@ TEST_CASE("every mutating call inside a snapshot gives EROFS") {
   CHECK(err_of(::symlink("x", fs.at("sym").c_str())) == EPERM);
   CHECK(err_of(::rmdir(fs.at(".hoody").c_str())) == EPERM);
   CHECK(err_of(::unlink(fs.at(".hoody/log").c_str())) == EPERM);
+}
+
+// The root and .hoody/ are the passthrough core's virtual nodes: the core
+// routes every op on them to snapfs's v*() hooks (statfs of the store,
+// security xattrs unsupported, links refused, seeks by data unsupported,
+// listings with the parent's number for "..").
+TEST_CASE("the root and .hoody/ through the core's virtual nodes") {
+  require_mount_capabilities();
+  Snapfs fs;
+  REQUIRE(::mkdir(fs.at("s").c_str(), 0755) == 0);
+  // statfs anywhere in the mount is the store's filesystem's (not zeros).
+  struct statvfs in_snap {}, at_root {}, in_ctl {}, store {};
+  REQUIRE(::statvfs(fs.at("s/storage").c_str(), &in_snap) == 0);
+  REQUIRE(::statvfs(fs.mnt.c_str(), &at_root) == 0);
+  REQUIRE(::statvfs(fs.at(".hoody").c_str(), &in_ctl) == 0);
+  REQUIRE(::statvfs((fs.source + "/.snapshots").c_str(), &store) == 0);
+  CHECK(at_root.f_blocks == store.f_blocks);
+  CHECK(in_ctl.f_blocks == store.f_blocks);
+  CHECK(at_root.f_blocks > 0);
+  // No security labels on the daemon's nodes (EOPNOTSUPP, so that ls stops
+  // asking); the ACL names are "not set".
+  char buf[64];
+  for (const char* n : {"", ".hoody", ".hoody/log"}) {
+    CAPTURE(n);
+    CHECK(::lgetxattr(fs.at(n).c_str(), "security.selinux", buf, sizeof buf) < 0);
+    CHECK(errno == EOPNOTSUPP);
+    CHECK(::lgetxattr(fs.at(n).c_str(), "system.posix_acl_access", buf, sizeof buf) < 0);
+    CHECK(errno == ENODATA);
+    CHECK(::llistxattr(fs.at(n).c_str(), buf, sizeof buf) == 0);
+    CHECK(err_of(::lsetxattr(fs.at(n).c_str(), "user.x", "1", 1, 0)) == EPERM);
+  }
+  // Nothing is linked into the root or .hoody/, nor out of .hoody/ (EPERM);
+  // nothing moves between .hoody/ and a snapshot (EXDEV).
+  CHECK(err_of(::link(fs.at("s/storage/hello.txt").c_str(), fs.at("h").c_str())) == EPERM);
+  CHECK(err_of(::link(fs.at("s/storage/hello.txt").c_str(), fs.at(".hoody/h").c_str())) == EPERM);
+  CHECK(err_of(::link(fs.at(".hoody/log").c_str(), fs.at("s/storage/h").c_str())) == EPERM);
+  CHECK(err_of(::rename(fs.at(".hoody/log").c_str(), fs.at("s/storage/h").c_str())) == EXDEV);
+  CHECK(err_of(::rename(fs.at("s/storage/hello.txt").c_str(), fs.at(".hoody/h").c_str())) == EXDEV);
+  CHECK(err_of(::rename(fs.at(".hoody/log").c_str(), fs.at("log").c_str())) == EXDEV);
+  CHECK(err_of(::rename(fs.at(".hoody/log").c_str(), fs.at(".hoody/log2").c_str())) == EPERM);
+  // The root's attributes are the store's directory's: read-only.
+  CHECK(err_of(::chmod(fs.mnt.c_str(), 0700)) == EROFS);
+  CHECK(err_of(::chmod(fs.at(".hoody/restore").c_str(), 0700)) == EPERM);
+  CHECK(err_of(::truncate(fs.at(".hoody/restore").c_str(), 0)) == 0);
+  CHECK(err_of(::truncate(fs.at(".hoody/log").c_str(), 0)) == EPERM);
+  {
+    int fd = ::open(fs.at(".hoody/snapshots.json").c_str(), O_RDONLY);
+    REQUIRE(fd >= 0);
+    CHECK(::lseek(fd, 0, SEEK_DATA) < 0);
+    CHECK(errno == EOPNOTSUPP);
+    CHECK(::lseek(fd, 3, SEEK_SET) == 3);
+    char c = 0;
+    CHECK(::read(fd, &c, 1) == 1);
+    ::close(fd);
+  }
+  // "." and ".." of each virtual directory carry the numbers stat shows.
+  auto dots = [&](const std::string& dir, const std::string& parent) {
+    CAPTURE(dir);
+    struct stat self {}, up {};
+    REQUIRE(::stat(fs.at(dir).c_str(), &self) == 0);
+    REQUIRE(::stat(parent.c_str(), &up) == 0);
+    DIR* d = ::opendir(fs.at(dir).c_str());
+    REQUIRE(d != nullptr);
+    std::map<std::string, ino_t> seen;
+    while (auto* e = ::readdir(d)) seen[e->d_name] = e->d_ino;
+    ::closedir(d);
+    CHECK(seen["."] == self.st_ino);
+    CHECK(seen[".."] == up.st_ino);
+  };
+  dots(".hoody", fs.mnt);
+  dots(".hoody/diff", fs.at(".hoody"));
+  dots("", fs.mnt);
 }
 
 TEST_CASE("non-root users: EPERM for the verbs, original permissions for reading") {

@@ -6,6 +6,7 @@
 #include <fuse_lowlevel.h>
 
 #include <concepts>
+#include <string>
 
 #include "hoody/result.hpp"
 
@@ -23,6 +24,19 @@ void reply(fuse_req_t req, const Result<Entry>& e) {
     fuse_reply_entry(req, &*e);
   else
     fuse_reply_err(req, e.err());
+}
+
+// getxattr/listxattr: the value's size when the caller asks for it (size 0),
+// ERANGE when it does not fit, else the bytes.
+inline void reply_xattr(fuse_req_t req, const Result<std::string>& v, size_t size) {
+  if (!v)
+    fuse_reply_err(req, v.err());
+  else if (size == 0)
+    fuse_reply_xattr(req, v->size());
+  else if (v->size() > size)
+    fuse_reply_err(req, ERANGE);
+  else
+    fuse_reply_buf(req, v->data(), v->size());
 }
 
 }  // namespace hoody

@@ -30,11 +30,14 @@
 //   allow() hook decides (it sees the Op, the inode, its root, the name).
 //   Renames and links between two roots give EXDEV.
 // - Virtual nodes: node ids with bit 63 set (and the mount root when
-//   Config::virtual_root) are the daemon's own directories and read-only
-//   files.  Every op on them is routed to the v*() hooks (lookup, attributes,
-//   listing, contents produced at open, mkdir/rmdir/unlink/rename); the core
-//   keeps their open handles, listings and replies.  A lookup in a virtual
-//   directory may answer a real root (root_entry()).
+//   Config::virtual_root) are the daemon's own directories and files.  Every
+//   op on them is routed to the v*() hooks (lookup, attributes, listing,
+//   open with a per-open VirtualFile, writes, mkdir/rmdir/unlink/rename);
+//   the core keeps their open handles, listings, offsets and replies, and
+//   runs the slow ones where the daemon says (vdefer).  A lookup in a
+//   virtual directory may answer a real inode: a root (root_entry()), or any
+//   entry the daemon looks up under root 0 (do_lookup), e.g. hoody-snapfs's
+//   snapshot directories next to its virtual .hoody/.
 //
 // Daemons build on it by subclassing PassthroughFs and overriding the hooks at
 // the bottom (lock handling for hoody-dbfs; access policy, read-only and
@@ -46,6 +49,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -84,6 +88,11 @@ struct Config {
   // The mount root is a virtual directory (the v*() hooks), not SOURCE; the
   // real roots are added with add_root() (hoody-sharefs).  source may be "".
   bool virtual_root = false;
+  // With virtual_root: SOURCE is served all the same, as root 0, but not as
+  // the mount root: the daemon's vlookup answers its entries (do_lookup from
+  // root_ino(kSourceRoot)).  hoody-snapfs: SOURCE/.snapshots, the <uuid>
+  // directories of its snapshots.  statfs of a virtual node is SOURCE's.
+  bool source_under_virtual_root = false;
   // Lookups do not cross into another mount (a mount point inside a root is
   // hidden: ENOENT).  BTRFS subvolumes are not mounts and are served.
   bool cross_mounts = true;
@@ -198,10 +207,35 @@ struct File {
   std::string path;    // the name it was opened under, relative to the mount
 };
 
-// An open virtual file: fuse_file_info::fh of a virtual node (contents
-// produced at open by vread()).
-struct VirtualFile {
-  std::string content;
+// An open virtual file: fuse_file_info::fh of a virtual node, made by
+// vopen() and deleted at release.  Reads see its contents: a shared buffer
+// (one computed result may serve many opens) that the daemon may replace
+// while the file is open (hoody-snapfs: the result of a write).  A daemon
+// derives from it to keep per-open state.
+class VirtualFile {
+public:
+  explicit VirtualFile(fuse_ino_t node, std::string content = {})
+      : ino(node), contents_(std::make_shared<const std::string>(std::move(content))) {}
+  VirtualFile(fuse_ino_t node, std::shared_ptr<const std::string> content)
+      : ino(node), contents_(content ? std::move(content) : std::make_shared<const std::string>()) {}
+  virtual ~VirtualFile() = default;
+  VirtualFile(const VirtualFile&) = delete;
+  VirtualFile& operator=(const VirtualFile&) = delete;
+
+  const fuse_ino_t ino;
+  std::shared_ptr<const std::string> contents() const {
+    std::lock_guard g(m_);
+    return contents_;
+  }
+  void set_contents(std::string c) {
+    auto p = std::make_shared<const std::string>(std::move(c));
+    std::lock_guard g(m_);
+    contents_ = std::move(p);
+  }
+
+private:
+  mutable std::mutex m_;  // a leaf lock: guards contents_
+  std::shared_ptr<const std::string> contents_;  // never null
 };
 
 // A process with a file open through the mount (holders()).
@@ -236,8 +270,8 @@ struct Access {
   bool mutates() const;
 };
 
-// An entry of a virtual directory (vreaddir).  ino 0: the daemon does not
-// give a node id in the listing (readdirplus then leaves it to a lookup).
+// An entry of a virtual directory (vreaddir).  The listing shows shown_ino
+// and the type of mode; readdirplus asks vdirentry() for its entry.
 struct VEntry {
   std::string name;
   mode_t mode = S_IFDIR | 0555;
@@ -407,13 +441,47 @@ protected:
   // The kernel forgot n lookups of a virtual node.
   virtual void vforget(fuse_ino_t, uint64_t) {}
   virtual Result<struct stat> vgetattr(fuse_req_t, fuse_ino_t) { return fail(ENOENT); }
-  // The entries of a virtual directory (without "." and ".."), taken at opendir.
+  // How long the kernel keeps a virtual node's attributes (getattr).
+  virtual double vattr_timeout(fuse_ino_t) { return 0; }
+  // setattr of a virtual node: its attributes after (timeout 0).  Default EPERM.
+  virtual Result<struct stat> vsetattr(fuse_req_t, fuse_ino_t, const struct stat& /*attr*/,
+                                       int /*valid*/) {
+    return fail(EPERM);
+  }
+  // An extended attribute of a virtual node (listxattr shows none).  Default ENODATA.
+  virtual Result<std::string> vgetxattr(fuse_req_t, fuse_ino_t, const char* /*name*/) {
+    return fail(ENODATA);
+  }
+  // The entries of a virtual directory, taken at opendir.  The core adds "."
+  // and ".." (st_ino of vgetattr, and 1) unless the list begins with "."
+  // (then the daemon gives both, e.g. to show a parent's number).
   virtual Result<std::vector<VEntry>> vreaddir(fuse_req_t, fuse_ino_t) { return fail(ENOTDIR); }
-  // The contents of a virtual file, produced at open (read-only: a write
-  // open gives EACCES before this is asked).
+  // A name of a virtual directory's listing as readdirplus sends it (not for
+  // "." and ".."), asked at readdir time.  Default: no node id (the kernel
+  // looks the name up when used).  An entry with a node id counts a lookup,
+  // which the core gives back if it does not fit the reply; an error leaves
+  // the name out (gone since opendir).
+  virtual Result<fuse_entry_param> vdirentry(fuse_req_t req, fuse_ino_t dir, const VEntry& e);
+  // Opens a virtual file with open(2) flags `flags`; the core keeps the
+  // VirtualFile (fi->fh, direct_io: its size shows as 0, reads go to EOF)
+  // until release.  Default: EISDIR for a directory, EACCES for a write or
+  // O_TRUNC, else a file of the contents vread() produces.  A daemon with
+  // writable files or per-open state overrides it; one whose open waits
+  // (a computation) runs it elsewhere (vdefer) and may arrange for a FUSE
+  // interrupt (fuse_req_interrupt_func) to end the wait.
+  virtual Result<std::unique_ptr<VirtualFile>> vopen(fuse_req_t req, fuse_ino_t ino, int flags);
+  // The contents of a virtual file for the default vopen().
   virtual Result<std::string> vread(fuse_req_t, fuse_ino_t) { return fail(EACCES); }
-  // Name changes in virtual directories (a rename between a virtual and a
-  // real directory never gets here: EXDEV).  Default EPERM.
+  // A write to an open virtual file (the data is copied: any size reaches
+  // here): the bytes taken.  The file stays open until this is answered.
+  // Default EBADF.
+  virtual Result<size_t> vwrite(fuse_req_t, VirtualFile&, std::string /*data*/, off_t) {
+    return fail(EBADF);
+  }
+  // SEEK_DATA/SEEK_HOLE in an open virtual file (the kernel answers the
+  // other whences itself).  Default: by its contents.
+  virtual Result<off_t> vlseek(fuse_req_t, VirtualFile& f, off_t off, int whence);
+  // Name changes in virtual directories.  Default EPERM.
   virtual Result<fuse_entry_param> vmkdir(fuse_req_t, fuse_ino_t, const char*, mode_t) {
     return fail(EPERM);
   }
@@ -422,6 +490,17 @@ protected:
   virtual Status vrename(fuse_req_t, fuse_ino_t, const char*, fuse_ino_t, const char*, unsigned) {
     return fail(EPERM);
   }
+  // A link or rename between a virtual node and a real directory; `real` is
+  // the real side as check() sees it (Op::link, rename_from or rename_to).
+  // Default: EXDEV (another filesystem), for a rename after the real side's
+  // check (a read-only root: EROFS).
+  virtual Status vcross(fuse_req_t req, const Access& real);
+  // Runs `job` (which replies) for a virtual open, write, mkdir, rmdir,
+  // unlink or rename (Op::rename_from) on node `ino` (the file, or the
+  // directory of the name).  Default: here, in the FUSE worker.  A daemon
+  // whose hooks may wait long (hoody-snapfs: a snapshot, a restore, a diff)
+  // runs it on a thread of its own, so that no worker of the loop is pinned.
+  virtual void vdefer(Op /*op*/, fuse_ino_t /*ino*/, std::function<void()> job) { job(); }
   // A virtual node's entry with attributes from vgetattr; timeouts 0 (the
   // daemon changes virtual nodes without telling the kernel).
   Result<fuse_entry_param> virtual_entry(fuse_req_t req, fuse_ino_t ino);
@@ -482,7 +561,8 @@ private:
   std::vector<Inode*> retire_locked(Root& r, std::vector<fuse_ino_t>* nodes);
   void close_retired(const std::vector<Inode*>& retired, size_t* closed);
   // Virtual-node halves of the ops (ops_virtual.cpp).
-  void vopen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
+  void vopen_reply(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
+  void vwrite_reply(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* in, off_t off, fuse_file_info* fi);
   void vopendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
   void vreaddir_reply(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
                       bool plus);

@@ -121,7 +121,7 @@ int mnt_id_of(int fd) {
 }  // namespace
 
 Status PassthroughFs::open_source(std::string* why) {
-  if (cfg_.virtual_root) {
+  if (cfg_.virtual_root && !cfg_.source_under_virtual_root) {
     // No SOURCE root: the roots come with add_root().  Id 0 stays unused.
     roots_.push_back(nullptr);
   } else {
@@ -166,7 +166,7 @@ Status PassthroughFs::open_source(std::string* why) {
     budget_ = cfg_.fd_budget ? cfg_.fd_budget : 4096;
   }
   log::get("fuse")->info("source={} fd_budget={} entry_timeout={} attr_timeout={} io={}",
-                         cfg_.virtual_root ? "(virtual)" : cfg_.source, budget_,
+                         cfg_.virtual_root && !cfg_.source_under_virtual_root ? "(virtual)" : cfg_.source, budget_,
                          cfg_.entry_timeout, cfg_.attr_timeout, cfg_.io);
   return {};
 }

@@ -21,7 +21,7 @@ void PassthroughFs::getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) 
   if (is_vnode(ino)) {
     auto st = vgetattr(req, ino);
     if (!st) return reply(req, fail(st.error()));
-    fuse_reply_attr(req, &*st, 0);
+    fuse_reply_attr(req, &*st, vattr_timeout(ino));
     return;
   }
   Result<struct stat> st = [&]() -> Result<struct stat> {
@@ -39,7 +39,12 @@ void PassthroughFs::getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) 
 
 void PassthroughFs::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int valid,
                             fuse_file_info* fi) {
-  if (is_vnode(ino)) return reply(req, Status(fail(EPERM)));
+  if (is_vnode(ino)) {
+    auto st = vsetattr(req, ino, *attr, valid);
+    if (!st) return reply(req, fail(st.error()));
+    fuse_reply_attr(req, &*st, 0);
+    return;
+  }
   Status s = [&]() -> Status {
     Inode* in = inode(ino);
     HOODY_CHECK(check(req, {Op::setattr, *in, nullptr, valid, fi ? file_of(fi) : nullptr}));
@@ -102,11 +107,16 @@ void PassthroughFs::readlink(fuse_req_t req, fuse_ino_t ino) {
 
 void PassthroughFs::statfs(fuse_req_t req, fuse_ino_t ino) {
   if (is_vnode(ino)) {
-    struct statvfs sv {};
-    sv.f_bsize = sv.f_frsize = 4096;
-    sv.f_namemax = 255;
-    fuse_reply_statfs(req, &sv);
-    return;
+    // SOURCE's, when it is served (Config::source_under_virtual_root).
+    Root* src = source_root_.load();
+    if (!src) {
+      struct statvfs sv {};
+      sv.f_bsize = sv.f_frsize = 4096;
+      sv.f_namemax = 255;
+      fuse_reply_statfs(req, &sv);
+      return;
+    }
+    ino = reinterpret_cast<fuse_ino_t>(src->inode.load());
   }
   auto sv = [&]() -> Result<struct statvfs> {
     HOODY_CHECK(check(req, {Op::statfs, *inode(ino)}));
@@ -130,7 +140,7 @@ void PassthroughFs::setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, c
 }
 
 void PassthroughFs::getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
-  if (is_vnode(ino)) return reply(req, Status(fail(ENODATA)));
+  if (is_vnode(ino)) return reply_xattr(req, vgetxattr(req, ino, name), size);
   if (auto s = check(req, {Op::getxattr, *inode(ino), name}); !s) return reply(req, s);
   auto fd = pin(inode(ino));
   if (!fd) return reply(req, fail(fd.error()));

@@ -51,7 +51,11 @@ void PassthroughFs::mknod(fuse_req_t req, fuse_ino_t parent, const char* name, m
 }
 
 void PassthroughFs::mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
-  if (is_vnode(parent)) return reply(req, vmkdir(req, parent, name, mode));
+  if (is_vnode(parent)) {
+    return vdefer(Op::mkdir, parent, [this, req, parent, mode, n = std::string(name)] {
+      reply(req, vmkdir(req, parent, n.c_str(), mode));
+    });
+  }
   auto made = [&]() -> Status {
     Inode* dir = inode(parent);
     HOODY_CHECK(check(req, {Op::mkdir, *dir, name}));
@@ -77,8 +81,9 @@ void PassthroughFs::symlink(fuse_req_t req, const char* link, fuse_ino_t parent,
 }
 
 void PassthroughFs::link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t parent, const char* name) {
-  if (is_vnode(parent) || is_vnode(ino))
-    return reply(req, Status(fail(is_vnode(parent) && is_vnode(ino) ? EPERM : EXDEV)));
+  if (is_vnode(parent) && is_vnode(ino)) return reply(req, Status(fail(EPERM)));
+  if (is_vnode(parent)) return reply(req, vcross(req, {Op::link, *inode(ino)}));
+  if (is_vnode(ino)) return reply(req, vcross(req, {Op::link, *inode(parent), name}));
   auto made = [&]() -> Status {
     Inode* in = inode(ino);
     Inode* dir = inode(parent);
@@ -96,7 +101,11 @@ void PassthroughFs::link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t parent, cons
 }
 
 void PassthroughFs::unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
-  if (is_vnode(parent)) return reply(req, vunlink(req, parent, name));
+  if (is_vnode(parent)) {
+    return vdefer(Op::unlink, parent, [this, req, parent, n = std::string(name)] {
+      reply(req, vunlink(req, parent, n.c_str()));
+    });
+  }
   reply(req, [&]() -> Status {
     Inode* dir = inode(parent);
     HOODY_CHECK(check(req, {Op::unlink, *dir, name}));
@@ -106,7 +115,11 @@ void PassthroughFs::unlink(fuse_req_t req, fuse_ino_t parent, const char* name) 
 }
 
 void PassthroughFs::rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
-  if (is_vnode(parent)) return reply(req, vrmdir(req, parent, name));
+  if (is_vnode(parent)) {
+    return vdefer(Op::rmdir, parent, [this, req, parent, n = std::string(name)] {
+      reply(req, vrmdir(req, parent, n.c_str()));
+    });
+  }
   reply(req, [&]() -> Status {
     Inode* dir = inode(parent);
     HOODY_CHECK(check(req, {Op::rmdir, *dir, name}));
@@ -118,13 +131,26 @@ void PassthroughFs::rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
 void PassthroughFs::rename(fuse_req_t req, fuse_ino_t parent, const char* name,
                            fuse_ino_t newparent, const char* newname, unsigned flags) {
   bool vfrom = is_vnode(parent), vto = is_vnode(newparent);
-  if (vfrom && vto) return reply(req, vrename(req, parent, name, newparent, newname, flags));
+  if (vfrom && vto) {
+    return vdefer(Op::rename_from, parent,
+                  [this, req, parent, newparent, flags, n = std::string(name),
+                   nn = std::string(newname)] {
+                    reply(req, vrename(req, parent, n.c_str(), newparent, nn.c_str(), flags));
+                  });
+  }
+  // Between a virtual directory and a real one: the daemon's answer (by
+  // default the real side's check, then EXDEV).
+  if (vfrom) {
+    return reply(req, vcross(req, {Op::rename_to, *inode(newparent), newname,
+                                   static_cast<int>(flags)}));
+  }
+  if (vto) {
+    return reply(req, vcross(req, {Op::rename_from, *inode(parent), name,
+                                   static_cast<int>(flags)}));
+  }
   reply(req, [&]() -> Status {
-    // Between a virtual directory and a real one: another filesystem, unless
-    // the real side refuses first (a read-only root: EROFS).
-    if (!vfrom) HOODY_CHECK(check(req, {Op::rename_from, *inode(parent), name, static_cast<int>(flags)}));
-    if (!vto) HOODY_CHECK(check(req, {Op::rename_to, *inode(newparent), newname, static_cast<int>(flags)}));
-    if (vfrom || vto) return fail(EXDEV);
+    HOODY_CHECK(check(req, {Op::rename_from, *inode(parent), name, static_cast<int>(flags)}));
+    HOODY_CHECK(check(req, {Op::rename_to, *inode(newparent), newname, static_cast<int>(flags)}));
     Inode* from_dir = inode(parent);
     Inode* to_dir = inode(newparent);
     if (from_dir->root != to_dir->root) return fail(EXDEV);

@@ -32,7 +32,7 @@ int backing_flags(int flags) { return flags & ~(O_NOFOLLOW | O_CREAT | O_EXCL | 
 }  // namespace
 
 void PassthroughFs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-  if (is_vnode(ino)) return vopen(req, ino, fi);
+  if (is_vnode(ino)) return vopen_reply(req, ino, fi);
   Inode* in = inode(ino);
   auto s = check(req, {Op::open, *in, nullptr, fi->flags});
   if (!s) return reply(req, s);
@@ -112,9 +112,9 @@ struct IoBuf {
 void PassthroughFs::read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                          fuse_file_info* fi) {
   if (is_vnode(ino)) {
-    const std::string& c = virtual_file_of(fi)->content;
-    size_t from = std::min(c.size(), static_cast<size_t>(std::max<off_t>(off, 0)));
-    fuse_reply_buf(req, c.data() + from, std::min(size, c.size() - from));
+    auto c = virtual_file_of(fi)->contents();
+    size_t from = std::min(c->size(), static_cast<size_t>(std::max<off_t>(off, 0)));
+    fuse_reply_buf(req, c->data() + from, std::min(size, c->size() - from));
     return;
   }
   File* f = file_of(fi);
@@ -139,7 +139,7 @@ void PassthroughFs::read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 
 void PassthroughFs::write_buf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* in, off_t off,
                               fuse_file_info* fi) {
-  if (is_vnode(ino)) return reply(req, Status(fail(EBADF)));
+  if (is_vnode(ino)) return vwrite_reply(req, ino, in, off, fi);
   File* f = file_of(fi);
   if (auto s = check(req, {Op::write, *f->inode, nullptr, 0, f}); !s) return reply(req, s);
   if (stale(*f)) return reply(req, stale_refusal(req, "write", *f));
@@ -243,10 +243,10 @@ void PassthroughFs::copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off
 void PassthroughFs::lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
                           fuse_file_info* fi) {
   if (is_vnode(ino)) {
-    auto size = static_cast<off_t>(virtual_file_of(fi)->content.size());
-    if (whence == SEEK_DATA) return off < size ? (void)fuse_reply_lseek(req, off) : reply(req, Status(fail(ENXIO)));
-    if (whence == SEEK_HOLE) return off <= size ? (void)fuse_reply_lseek(req, size) : reply(req, Status(fail(ENXIO)));
-    return reply(req, Status(fail(EINVAL)));
+    auto r = vlseek(req, *virtual_file_of(fi), off, whence);
+    if (!r) return reply(req, fail(r.error()));
+    fuse_reply_lseek(req, *r);
+    return;
   }
   if (auto s = check(req, {Op::lseek, *file_of(fi)->inode, nullptr, 0, file_of(fi)}); !s)
     return reply(req, s);
