@@ -141,6 +141,11 @@ OptionTable OptionTable::generic() {
       .add({"clone_fd", OptKind::flag, "one /dev/fuse fd per worker thread (on by default)"})
       .add({"noclone_fd", OptKind::flag, "share one /dev/fuse fd between workers"})
       .add({"io", OptKind::choice, "backing I/O engine", {"uring", "sync"}})
+      .add({"transport", OptKind::choice,
+            "how requests reach the daemon: uring (FUSE over io_uring where the kernel "
+            "offers it, else /dev/fuse) or dev (/dev/fuse; the default)",
+            {"uring", "dev"}})
+      .add({"uring_depth", OptKind::uint, "ring entries per CPU queue at start (default 8)"})
       .add({"log_level", OptKind::choice, "log level",
             {"trace", "debug", "info", "warn", "error", "critical", "off"}})
       .add({"log", OptKind::choice, "where the log goes", {"stderr", "syslog"}});
