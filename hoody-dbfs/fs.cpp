@@ -46,6 +46,8 @@ OptionTable options() {
 Config config_from(const MountArgs& args) {
   Config c;
   c.core = pt::config_from(args);
+  // nosuid,nodev are forced (main.cpp); a suid or dev given too (mount.fuse3
+  // adds both as root) is dropped: kernel_mount_options.
   c.locks.sqlite_wait = ms(args.seconds("lock_wait", 30));
   c.locks.commit_wait = ms(args.seconds("commit_wait", 30));
   c.locks.lease = ms(args.seconds("lease", 0));
