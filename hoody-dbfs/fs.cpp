@@ -1,5 +1,7 @@
 #include "fs.hpp"
 
+#include "hoody/fuse_transport.hpp"
+
 #include <fcntl.h>
 #include <sys/file.h>
 #include <unistd.h>
@@ -44,6 +46,8 @@ OptionTable options() {
 Config config_from(const MountArgs& args) {
   Config c;
   c.core = pt::config_from(args);
+  // nosuid,nodev are forced (main.cpp); a suid or dev given too (mount.fuse3
+  // adds both as root) is dropped: kernel_mount_options.
   c.locks.sqlite_wait = ms(args.seconds("lock_wait", 30));
   c.locks.commit_wait = ms(args.seconds("commit_wait", 30));
   c.locks.lease = ms(args.seconds("lease", 0));
@@ -199,6 +203,24 @@ std::string Fs::status_json() {
   j["locks"] = nlohmann::json::parse(locks_->stats_json());
   j["state"] = nlohmann::json::parse(locks_->state_json());
   j["threads_started_after_daemonize"] = true;
+  auto tr = fuse_transport_info();
+  nlohmann::json jt;
+  jt["name"] = tr.name;
+  jt["requested"] = tr.requested;
+  if (!tr.reason.empty()) jt["reason"] = tr.reason;
+  if (tr.name == "uring") {
+    jt["depth"] = tr.depth;
+    for (auto& q : tr.queues)
+      jt["queues"].push_back({{"qid", q.qid},
+                              {"requests", q.requests},
+                              {"entries", q.entries},
+                              {"parked", q.parked},
+                              {"parked_max", q.parked_max},
+                              {"kicks", q.kicks},
+                              {"dispatch_ns", q.dispatch_ns},
+                              {"lock_dispatch_ns", q.lock_dispatch_ns}});
+  }
+  j["transport"] = jt;
   return j.dump(2);
 }
 

@@ -1,6 +1,8 @@
 // hoody-dbfs: SQLite databases that many processes and containers write at once.
 #include <cstdio>
 #include <cstring>
+#include <string>
+#include <vector>
 
 #include "fs.hpp"
 #include "status.hpp"
@@ -13,6 +15,12 @@ int main(int argc, char** argv) {
     }
     return hoody::dbfs::status_client(argv[2]);
   }
+  // Databases are never a way to run setuid programs or reach device nodes:
+  // nosuid,nodev always, given first so they are in every mount (a suid or
+  // dev given too is dropped: kernel_mount_options).
+  std::vector<char*> args(argv, argv + argc);
+  std::string o = "-onosuid,nodev";
+  if (argc > 0) args.insert(args.begin() + 1, o.data());
   hoody::DaemonSpec spec{
       "hoody-dbfs",
       "Serves the SQLite databases in SOURCE at MOUNTPOINT so that many processes and\n"
@@ -22,5 +30,5 @@ int main(int argc, char** argv) {
       [](const hoody::MountArgs& args) -> std::unique_ptr<hoody::DaemonFs> {
         return std::make_unique<hoody::dbfs::Fs>(hoody::dbfs::config_from(args));
       }};
-  return hoody::daemon_main(argc, argv, spec);
+  return hoody::daemon_main(static_cast<int>(args.size()), args.data(), spec);
 }

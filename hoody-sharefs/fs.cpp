@@ -58,10 +58,8 @@ Config config_from(const MountArgs& a) {
   // in 0.09 s without, 0.9 s with (bindfs: 0.1 s).  ls -l then looks each
   // name up itself.
   c.core.readdirplus = a.flag("readdirplus");
-  // nosuid,nodev are forced (main.cpp); a later suid or dev would undo them.
-  for (const char* o : {"suid", "dev"})
-    if (a.has(o))
-      throw UsageError(std::string("option '") + o + "': hoody-sharefs always mounts nosuid,nodev");
+  // nosuid,nodev are forced (main.cpp); a suid or dev given too (mount.fuse3
+  // adds both as root) is dropped: kernel_mount_options.
   c.pool = a.source;
   c.container = a.str("container", "");
   if (c.container.empty()) throw UsageError("option 'container' is required: -o container=C");

@@ -53,6 +53,8 @@ OptionTable options() {
 Config config_from(const MountArgs& args) {
   Config c;
   c.core = pt::config_from(args);
+  // nosuid,nodev are forced (main.cpp); a suid or dev given too (mount.fuse3
+  // adds both as root) is dropped: kernel_mount_options.
   c.source = args.source;
   c.core.source = args.source + "/.snapshots";
   c.core.read_only = true;  // snapshot contents are read-only, whatever -o says

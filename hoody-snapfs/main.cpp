@@ -43,7 +43,8 @@ int main(int argc, char** argv) {
   // left 22 MB resident for good.
   ::mallopt(M_MMAP_THRESHOLD, 1 << 20);
   // Snapshot contents are never a way to run setuid programs or reach device
-  // nodes: nosuid,nodev always (given first, so they are in every mount).
+  // nodes: nosuid,nodev always (given first, so they are in every mount; a
+  // suid or dev given too is dropped: kernel_mount_options).
   std::vector<char*> args(argv, argv + argc);
   std::string o = "-onosuid,nodev";
   if (argc > 0) args.insert(args.begin() + 1, o.data());

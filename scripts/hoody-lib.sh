@@ -54,15 +54,28 @@ legacy_mounts() {
 # machine must never be replaced while it still serves.
 fuse_state() {
   [ "$(mounted_type "$1")" != none ] || { echo none; return 0; }
-  local rc=0 err
-  err=$(LC_ALL=C timeout 5 stat -f "$1" 2>&1 >/dev/null) || rc=$?
+  # The probe runs in the background and is not waited for past 5 s: with FUSE
+  # over io_uring a request is handed to the daemon at once, and the caller of a
+  # stopped daemon then waits unkillably (timeout(1) would wait with it).  A late
+  # probe writes its status to the file unlinked below.  It writes "STATUS
+  # ERROR-MESSAGE" in one line.
+  local out line rc err i
+  out=$(mktemp)
+  ( e=$(LC_ALL=C stat -f "$1" 2>&1 >/dev/null); r=$?; echo "$r ${e//$'\n'/ }" >&3 ) 3>"$out" </dev/null >/dev/null 2>&1 &
+  for i in $(seq 50); do
+    [ -s "$out" ] && break
+    sleep 0.1
+  done
+  line=$(cat "$out")
+  rm -f "$out"
+  rc=${line%% *} err=${line#* }
   case $rc in
     0) echo live ;;
-    124) echo hung ;;
+    "") echo hung ;;
     *)
       case "$err" in
         *"not connected"*) echo dead ;;
-        *) echo "error: ${err:-exit $rc}" | head -n 1 ;;
+        *) echo "error: ${err:-exit $rc}" ;;
       esac ;;
   esac
 }

@@ -5,8 +5,11 @@
 //                  user does today; the baseline, 1.00 by definition)
 //   bindfs-bt60    bindfs --multithreaded over the same directory, busy_timeout
 //                  60 s (bindfs cannot schedule locks)
-//   dbfs-sync      hoody-dbfs -o io=sync,  busy_timeout=0
-//   dbfs-uring     hoody-dbfs -o io=uring, busy_timeout=0
+//   dbfs-dev       hoody-dbfs -o io=sync,transport=dev, busy_timeout=0
+//                  (requests through /dev/fuse)
+//   dbfs-ring      hoody-dbfs -o io=sync,transport=uring, busy_timeout=0
+//                  (FUSE over io_uring; the bench turns enable_uring on)
+//   dbfs-ring-iou  the same with -o io=uring (only with HOODY_BENCH_IO_URING=1)
 //
 // Workloads (synchronous=FULL, SQLite's default: fsync on the loop device
 // dominates the write workloads):
@@ -16,6 +19,8 @@
 //       autocommit (one read transaction each: two lock round trips through
 //       FUSE per query), the same on a mode=ro connection, and 100 SELECTs
 //       per read transaction (the round trips amortized)
+//   (d) lock round trip: F_SETLK + F_UNLCK of one byte of a plain file in a
+//       loop (calls/s; the µs per lock call are printed below the table)
 // All candidates stay mounted (each on its own subvolume) and each workload runs
 // on all of them back to back.  Each prints the median of 3 rounds (candidate
 // order rotated per round), the ratio
@@ -147,6 +152,35 @@ Result hot_selects(const std::string& path, int busy_ms, int per_txn, bool ro) {
   return r;
 }
 
+// (d): fcntl lock + unlock of byte 0 of a plain file for 1.5 s; rate = lock calls/s.
+Result lock_round_trip(const std::string& dir) {
+  std::string path = dir + "/lock-rtt.bin";
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  Result r;
+  if (fd < 0) {
+    r.busy = 1;
+    return r;
+  }
+  struct flock l {};
+  l.l_whence = SEEK_SET;
+  l.l_len = 1;
+  long n = 0;
+  auto t0 = Clock::now();
+  while (seconds_since(t0) < 1.5) {
+    for (int i = 0; i < 200; ++i) {
+      l.l_type = F_WRLCK;
+      if (::fcntl(fd, F_SETLK, &l) != 0) ++r.busy;
+      l.l_type = F_UNLCK;
+      if (::fcntl(fd, F_SETLK, &l) != 0) ++r.busy;
+    }
+    n += 400;
+  }
+  r.rate = static_cast<double>(n) / seconds_since(t0);
+  r.ops = n;
+  ::close(fd);
+  return r;
+}
+
 struct Candidate {
   std::string name;
   int busy_ms;
@@ -174,12 +208,17 @@ TEST_CASE("dbfs_bench: 8 writers busy_timeout=0 on hoody-dbfs vs native/bindfs w
     cands.push_back({"bindfs-bt60", 60000, [&](auto& s, auto& m) {
                        return std::vector<std::string>{bindfs, "-f", "--multithreaded", s, m};
                      }});
-  cands.push_back({"dbfs-sync", 0, [&](auto& s, auto& m) {
-                     return std::vector<std::string>{dbfs, "-f", "-o", "io=sync", s, m};
+  cands.push_back({"dbfs-dev", 0, [&](auto& s, auto& m) {
+                     return std::vector<std::string>{dbfs, "-f", "-o", "io=sync,transport=dev", s, m};
                    }});
-  cands.push_back({"dbfs-uring", 0, [&](auto& s, auto& m) {
-                     return std::vector<std::string>{dbfs, "-f", "-o", "io=uring", s, m};
+  enable_fuse_uring();
+  cands.push_back({"dbfs-ring", 0, [&](auto& s, auto& m) {
+                     return std::vector<std::string>{dbfs, "-f", "-o", "io=sync,transport=uring", s, m};
                    }});
+  if (env_int("HOODY_BENCH_IO_URING", 0))
+    cands.push_back({"dbfs-ring-iou", 0, [&](auto& s, auto& m) {
+                       return std::vector<std::string>{dbfs, "-f", "-o", "io=uring,transport=uring", s, m};
+                     }});
 
   const int wal_txns = env_int("HOODY_BENCH_WAL_TXNS", 60);
   const int del_txns = env_int("HOODY_BENCH_DELETE_TXNS", 25);
@@ -200,6 +239,7 @@ TEST_CASE("dbfs_bench: 8 writers busy_timeout=0 on hoody-dbfs vs native/bindfs w
       {"(c) ... mode=ro", "q/s", [&](auto& d, int b) { return hot_selects(d + "/hot.db", b, 1, true); }},
       {"(c) ... 100 per txn", "q/s",
        [&](auto& d, int b) { return hot_selects(d + "/hot.db", b, 100, false); }},
+      {"(d) lock round trip", "l/s", [&](auto& d, int) { return lock_round_trip(d); }},
   };
   if (const char* only = std::getenv("HOODY_BENCH_ONLY"))  // a substring of the workload names
     std::erase_if(loads, [&](const Load& l) { return l.name.find(only) == std::string::npos; });
@@ -235,7 +275,7 @@ TEST_CASE("dbfs_bench: 8 writers busy_timeout=0 on hoody-dbfs vs native/bindfs w
       for (size_t k = 0; k < cands.size(); ++k) {
         auto& c = cands[(k + static_cast<size_t>(round)) % cands.size()];
         Mount& mt = mounts[c.name];
-        bool count = c.name == "dbfs-sync";
+        bool count = c.name == "dbfs-dev";
         long long before = count ? status_of(mt.mnt)["locks"]["requests"].get<long long>() : 0;
         Result r = w.run(mt.dir, c.busy_ms);
         if (count && r.ops > 0)
@@ -247,6 +287,10 @@ TEST_CASE("dbfs_bench: 8 writers busy_timeout=0 on hoody-dbfs vs native/bindfs w
       }
     }
   }
+  std::map<std::string, std::string> transports;
+  for (auto& [name, mt] : mounts)
+    if (!mt.mnt.empty() && name.rfind("dbfs", 0) == 0)
+      transports[name] = status_of(mt.mnt)["transport"]["name"].get<std::string>();
   mounts.clear();
 
   std::printf("\ndbfs_bench: median of %d rounds on a BTRFS loop image (%.0f s); synchronous=FULL;\n"
@@ -267,14 +311,30 @@ TEST_CASE("dbfs_bench: 8 writers busy_timeout=0 on hoody-dbfs vs native/bindfs w
     }
     std::printf("\n");
   }
-  std::printf("io engines: uring/sync ratio per workload:");
+  if (rate.count("(d) lock round trip")) {
+    std::printf("lock round trip, median us per lock call:");
+    for (auto& c : cands)
+      std::printf(" [%s %.2f]", c.name.c_str(), 1e6 / median(rate["(d) lock round trip"][c.name]));
+    std::printf("\n");
+  }
+  std::printf("transports in use:");
+  for (auto& [name, t] : transports) std::printf(" [%s %s]", name.c_str(), t.c_str());
+  std::printf("\ntransport: ring/dev ratio per workload:");
   for (auto& w : loads)
     std::printf(" [%s %.2f]", w.name.c_str(),
-                median(rate[w.name]["dbfs-uring"]) / median(rate[w.name]["dbfs-sync"]));
-  std::printf("\nlock requests (FUSE round trips) per transaction/query on dbfs-sync:");
+                median(rate[w.name]["dbfs-ring"]) / median(rate[w.name]["dbfs-dev"]));
+  if (rate.begin()->second.count("dbfs-ring-iou")) {
+    std::printf("\nio engines: uring/sync ratio per workload (transport=uring):");
+    for (auto& w : loads)
+      std::printf(" [%s %.2f]", w.name.c_str(),
+                  median(rate[w.name]["dbfs-ring-iou"]) / median(rate[w.name]["dbfs-ring"]));
+  }
+  std::printf("\nlock requests (FUSE round trips) per transaction/query on dbfs-dev:");
   for (auto& w : loads)
     if (!lock_reqs[w.name].empty()) std::printf(" [%s %.1f]", w.name.c_str(), median(lock_reqs[w.name]));
   std::printf("\ntargets (issue 4): (a) >= 0.8x, aim > 1x; (b) >= 0.85x; (c) >= 0.9x\n");
+  std::printf("targets (issue 10): lock round trip <= 10 us; hot autocommit SELECT >= 0.2x; "
+              "100 per txn >= 0.9x; (a) >= 1.3x; (b) >= 0.9x\n");
   std::printf("reference (research/fuse-limits.md, passthrough_hp, 1 writer vs native): WAL inserts "
               "0.86-0.93x, DELETE 0.80-0.85x, hot SELECTs 0.93x\n");
   std::fflush(stdout);

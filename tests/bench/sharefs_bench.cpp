@@ -8,6 +8,7 @@
 //   dbfs            hoody-dbfs on storage/data: the same passthrough core
 //                   without the share layer (no roots, no revoke check)
 //   sharefs         hoody-sharefs for c2, the share MNT/data (c1:data, rw)
+//   sharefs-nocheck the same, started with HOODY_BENCH_NO_REVOKE_CHECK=1
 //   sharefs-2k      the same share in a pool whose registry holds 2000 more
 //                   shares (offered, accepted, revoked; 50 containers): a
 //                   second pool dir whose c1 storage is a bind mount of the
@@ -36,15 +37,18 @@
 //
 // HOODY_BENCH_FUSE_RA_KB=N sets the FUSE mounts' readahead window (KiB);
 // HOODY_BENCH_ONLY=sharefs,dbfs keeps some candidates (and bind);
-// HOODY_BENCH_LOADS=find keeps the workloads whose name holds "find".
+// HOODY_BENCH_LOADS=find keeps the workloads whose name holds "find";
+// HOODY_BENCH_HOODY_OPTS=io=uring,max_threads=2 adds -o options to the hoody
+// daemons (dbfs, sharefs, sharefs-2k).
 //
-// The revoke check's cost: on the cached read path (pread on an open fd
-// whose pages are cached) no request reaches the daemon at all, so the check
-// costs nothing there by construction: "cached 4k rand" shows it (sharefs vs
-// bind).  Where a request does reach the daemon (open, O_DIRECT read), the
-// gap sharefs/dbfs bounds the whole share layer's cost (routing plus check)
-// from above, and sharefs-2k/sharefs shows whether the check grows with the
-// registry.  Not a timed test: it prints, it never fails on speed.
+// The revoke check's cost: sharefs-nocheck is the same daemon started with
+// HOODY_BENCH_NO_REVOKE_CHECK=1 (read once at start: the core's check()
+// skips the removed-root test); sharefs/sharefs-nocheck is the check's cost
+// on the cached read path (pread on an open fd whose pages are cached: no
+// request reaches the daemon at all) and where every request reaches the
+// daemon (open+read+close, O_DIRECT reads).  The gap sharefs/dbfs bounds the
+// whole share layer's cost (routing plus check) from above, and
+// sharefs-2k/sharefs shows whether the check grows with the registry.  Not a timed test: it prints, it never fails on speed.
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -408,12 +412,23 @@ TEST_CASE("sharefs_bench: a share vs a bind mount, bindfs, passthrough_ll and ho
     cands.push_back(daemon("passthrough_ll", [&](auto& m) {
       return std::vector<std::string>{ll, "-f", "-o", "source=" + data + ",cache=always", m};
     }, ""));
-  if (dbfs) cands.push_back(daemon("dbfs", [&](auto& m) { return std::vector<std::string>{dbfs, "-f", data, m}; }, ""));
+  // HOODY_BENCH_HOODY_OPTS=a,b: more -o options for the hoody daemons.
+  const std::string more = std::getenv("HOODY_BENCH_HOODY_OPTS") ? std::getenv("HOODY_BENCH_HOODY_OPTS") : "";
+  auto with_more = [&](std::string o) { return more.empty() ? o : o + "," + more; };
+  if (dbfs) cands.push_back(daemon("dbfs", [&](auto& m) {
+    return std::vector<std::string>{dbfs, "-f", "-o", with_more("allow_other"), data, m};
+  }, ""));
   cands.push_back(daemon("sharefs", [&](auto& m) {
-    return std::vector<std::string>{sharefs, "-f", "-o", "container=c2,registry=" + P + "/shares.db", P, m};
+    return std::vector<std::string>{sharefs, "-f", "-o", with_more("container=c2,registry=" + P + "/shares.db"), P, m};
+  }, "/data"));
+  // The same daemon with the revoke check switched off (a benchmark switch
+  // read once at start): sharefs/sharefs-nocheck is the check's cost.
+  cands.push_back(daemon("sharefs-nocheck", [&](auto& m) {
+    return std::vector<std::string>{"env", "HOODY_BENCH_NO_REVOKE_CHECK=1", sharefs, "-f", "-o",
+                                    with_more("container=c2,registry=" + P + "/shares.db"), P, m};
   }, "/data"));
   cands.push_back(daemon("sharefs-2k", [&](auto& m) {
-    return std::vector<std::string>{sharefs, "-f", "-o", "container=c2,registry=" + P2 + "/shares.db", P2, m};
+    return std::vector<std::string>{sharefs, "-f", "-o", with_more("container=c2,registry=" + P2 + "/shares.db"), P2, m};
   }, "/data"));
 
   const std::string big_backing = data + "/big.dat";
@@ -496,7 +511,11 @@ TEST_CASE("sharefs_bench: a share vs a bind mount, bindfs, passthrough_ll and ho
   for (const char* f : {"find 15k (first)", "find 50k (first)", "find 50k (again)"})
     std::printf("  %-17s sharefs/bindfs %.3f  sharefs/passthrough_ll %.3f  (>= 1.00; 0: a find failed)\n", f,
                 ratio(f, "sharefs", "bindfs"), ratio(f, "sharefs", "passthrough_ll"));
-  std::printf("revoke check (requests that reach the daemon; on the cached path above none do):\n");
+  std::printf("revoke check: sharefs with it / sharefs-nocheck (the same daemon without it; < 2%% "
+              "costs means >= 0.98):\n");
+  for (const char* w : {"cached 4k rand read", "open+read4k+close", "O_DIRECT 4k rand"})
+    std::printf("  %-20s sharefs/sharefs-nocheck %.3f\n", w, ratio(w, "sharefs", "sharefs-nocheck"));
+  std::printf("the share layer (requests that reach the daemon; on the cached path none do):\n");
   for (const char* w : {"open+read4k+close", "O_DIRECT 4k rand"})
     std::printf("  %-18s sharefs/dbfs %.3f (the share layer against the same core without it)  "
                 "sharefs-2k/sharefs %.3f (2000 more shares)\n",

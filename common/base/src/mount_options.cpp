@@ -141,6 +141,11 @@ OptionTable OptionTable::generic() {
       .add({"clone_fd", OptKind::flag, "one /dev/fuse fd per worker thread (on by default)"})
       .add({"noclone_fd", OptKind::flag, "share one /dev/fuse fd between workers"})
       .add({"io", OptKind::choice, "backing I/O engine", {"uring", "sync"}})
+      .add({"transport", OptKind::choice,
+            "how requests reach the daemon: uring (FUSE over io_uring where the kernel "
+            "offers it, else /dev/fuse) or dev (/dev/fuse; the default)",
+            {"uring", "dev"}})
+      .add({"uring_depth", OptKind::uint, "ring entries per CPU queue at start (default 8)"})
       .add({"log_level", OptKind::choice, "log level",
             {"trace", "debug", "info", "warn", "error", "critical", "off"}})
       .add({"log", OptKind::choice, "where the log goes", {"stderr", "syslog"}});
@@ -244,8 +249,14 @@ MountArgs parse_mount_args(int argc, const char* const* argv, const OptionTable&
 
 std::vector<std::string> kernel_mount_options(const MountArgs& args, const std::string& subtype) {
   std::vector<std::string> out;
-  for (auto& [name, value] : args.opts)
-    if (is_kernel_flag(name)) out.push_back(name);
+  for (auto& [name, value] : args.opts) {
+    if (!is_kernel_flag(name)) continue;
+    // nosuid and nodev are never undone by a suid or dev given with them, in
+    // any order: the daemons force them first, and mount.fuse3 run as root
+    // adds "suid,dev" to every mount that does not say nosuid, nodev itself.
+    if ((name == "suid" && args.flag("nosuid")) || (name == "dev" && args.flag("nodev"))) continue;
+    out.push_back(name);
+  }
   // allow_other without default_permissions would let every user past the
   // daemon's (root's) own permission checks: never mount that way.
   if (args.flag("allow_other") && !args.flag("default_permissions"))

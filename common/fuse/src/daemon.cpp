@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
@@ -77,6 +78,8 @@ int daemon_main(int argc, char** argv, const DaemonSpec& spec) {
   sc.single_thread = args.single_thread;
   sc.max_threads = static_cast<unsigned>(args.uint("max_threads", 0));
   sc.clone_fd = !args.flag("noclone_fd");
+  sc.transport = args.str("transport", "dev");
+  sc.uring_depth = static_cast<unsigned>(std::max<uint64_t>(1, args.uint("uring_depth", 8)));
   sc.on_mounted = [&fs](fuse_session* se) { fs->attached(se); };
   sc.tmpfile_errno = fs->tmpfile_errno();
   auto ops = fs->ops();

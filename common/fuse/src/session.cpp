@@ -16,6 +16,7 @@
 #include <chrono>
 #include <thread>
 
+#include "fuse_uring.hpp"
 #include "hoody/log.hpp"
 #include "hoody/mountinfo.hpp"
 #include "hoody/readiness.hpp"
@@ -49,6 +50,7 @@ struct OutHeader {
 ssize_t filtered_read(int fd, void* buf, size_t len, void*) {
   for (;;) {
     ssize_t n = ::read(fd, buf, len);
+    if (n > 0) fuse_uring::saw_request(buf, static_cast<size_t>(n));
     if (n < static_cast<ssize_t>(sizeof(InHeader)) || !g_tmpfile_errno) return n;
     InHeader in;
     std::memcpy(&in, buf, sizeof in);
@@ -65,6 +67,15 @@ ssize_t plain_writev(int fd, struct iovec* iov, int count, void*) { return ::wri
 ssize_t plain_splice_send(int fdin, off_t* offin, int fdout, off_t* offout, size_t len,
                           unsigned int flags, void*) {
   return ::splice(fdin, offin, fdout, offout, len, flags);
+}
+// With the io_uring transport every reply passes here: the ones of ring
+// requests go to their ring entry, the rest to /dev/fuse.
+ssize_t routed_writev(int fd, struct iovec* iov, int count, void*) {
+  return fuse_uring::writev(fd, iov, count);
+}
+ssize_t routed_splice_send(int fdin, off_t*, int fdout, off_t*, size_t len, unsigned int flags,
+                           void*) {
+  return fuse_uring::splice_send(fdin, fdout, len, flags);
 }
 
 std::string absolute(const std::string& path) {
@@ -125,6 +136,7 @@ int run_session(const fuse_lowlevel_ops& ops, void* userdata, const SessionConfi
     return 1;
   }
 
+  std::string mountpoint_abs = absolute(cfg.mountpoint);
   std::string opts;
   for (auto& o : cfg.mount_options) opts += (opts.empty() ? "" : ",") + o;
   std::vector<std::string> argv_s = {cfg.program, "-o", opts};
@@ -154,20 +166,49 @@ int run_session(const fuse_lowlevel_ops& ops, void* userdata, const SessionConfi
     fuse_remove_signal_handlers(se);
     return 1;
   }
-  if (cfg.tmpfile_errno) {
-    fuse_custom_io io{};
-    io.read = filtered_read;
-    io.writev = plain_writev;
-    io.splice_send = plain_splice_send;  // replies keep splicing as without custom io
-    g_tmpfile_errno = cfg.tmpfile_errno;
-    if (fuse_session_custom_io(se, &io, fuse_session_fd(se)) != 0)
-      log->warn("op=tmpfile -> cannot filter requests: open(O_TMPFILE) gives EOPNOTSUPP");
-  }
   log->info("mounted on {} options={}", cfg.mountpoint, opts);
   if (fuse_daemonize(cfg.foreground ? 1 : 0) != 0) {
     fuse_session_unmount(se);
     fuse_remove_signal_handlers(se);
     return 1;
+  }
+  // The transport (after daemonize: the ring threads must live in the
+  // process that serves).  Any reason not to use the ring is one info line and
+  // the session runs on /dev/fuse as without it.
+  bool uring = false;
+  if (cfg.transport == "uring") {
+    std::string why;
+    fuse_uring::Options uo;
+    uo.depth = cfg.uring_depth;
+    uo.mountpoint = mountpoint_abs;
+    uo.tmpfile_errno = cfg.tmpfile_errno;
+    if (fuse_uring::available(&why) &&
+        fuse_uring::prepare(se, fuse_session_fd(se), uo, &why)) {
+      uring = true;
+      fuse_uring::set_requested("uring", "");
+    } else {
+      fuse_uring::set_requested("uring", why);
+      log->info("transport=dev reason=\"{}\"", why);
+    }
+  } else {
+    fuse_uring::set_requested("dev", "");
+  }
+  if (cfg.tmpfile_errno || uring) {
+    fuse_custom_io io{};
+    io.read = filtered_read;
+    io.writev = uring ? routed_writev : plain_writev;
+    // replies keep splicing as without custom io
+    io.splice_send = uring ? routed_splice_send : plain_splice_send;
+    g_tmpfile_errno = cfg.tmpfile_errno;
+    if (fuse_session_custom_io(se, &io, fuse_session_fd(se)) != 0) {
+      if (cfg.tmpfile_errno)
+        log->warn("op=tmpfile -> cannot filter requests: open(O_TMPFILE) gives EOPNOTSUPP");
+      if (uring) {
+        fuse_uring::stop();
+        fuse_uring::set_requested("uring", "libfuse refused the custom io");
+        log->info("transport=dev reason=\"libfuse refused the custom io\"");
+      }
+    }
   }
 
   if (cfg.on_mounted) cfg.on_mounted(se);
@@ -200,6 +241,7 @@ int run_session(const fuse_lowlevel_ops& ops, void* userdata, const SessionConfi
   }
   ready.stopping();
   fuse_session_unmount(se);
+  fuse_uring::stop();
   fuse_remove_signal_handlers(se);
   g_tmpfile_errno = nullptr;
   log->info("unmounted {}", cfg.mountpoint);

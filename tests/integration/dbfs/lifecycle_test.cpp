@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <unistd.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #include <cstring>
 
@@ -144,4 +145,19 @@ TEST_CASE("each reason not to start is one line that names it (exit 1, nothing m
     CHECK_MESSAGE(e.output.find("unknown option 'nonsense'") != std::string::npos, e.output);
   }
   CHECK_FALSE(is_mounted(p.mnt));
+}
+
+// nosuid,nodev are forced (given first): an operator's -o suid or -o dev, or
+// the "suid,dev" that mount.fuse3 adds as root, must not undo them.
+TEST_CASE("-o suid or -o dev cannot undo the forced nosuid,nodev") {
+  Pool p;
+  if (dbfs_command().is_bindfs) return;  // hoody's own promise
+  for (const char* extra : {"allow_other,suid", "allow_other,dev", "allow_other,suid,dev,exec"}) {
+    CAPTURE(extra);
+    Daemon d({dbfs_command().program, "-f", "-o", extra, p.backing, p.mnt}, p.mnt, p.log);
+    struct statvfs sv;
+    REQUIRE(::statvfs(p.mnt.c_str(), &sv) == 0);
+    CHECK((sv.f_flag & ST_NOSUID) != 0);
+    CHECK((sv.f_flag & ST_NODEV) != 0);
+  }
 }

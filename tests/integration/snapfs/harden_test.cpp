@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <sqlite3.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -305,4 +306,18 @@ TEST_CASE("item 11: open(O_TMPFILE) gives EROFS inside a snapshot, EPERM at the 
   CHECK(slurp(fs.at("s/storage/hello.txt")) == "hello\n");
   REQUIRE(::mkdir(fs.at("t").c_str(), 0755) == 0);
   CHECK(::rmdir(fs.at("t").c_str()) == 0);
+}
+
+// nosuid,nodev are forced (given first): an operator's -o suid or -o dev, or
+// the "suid,dev" that mount.fuse3 adds as root, must not undo them.
+TEST_CASE("-o suid or -o dev cannot undo the forced nosuid,nodev") {
+  require_mount_capabilities();
+  for (const char* extra : {"allow_other,suid", "allow_other,dev", "allow_other,suid,dev,exec"}) {
+    CAPTURE(extra);
+    Snapfs fs(extra);
+    struct statvfs sv;
+    REQUIRE(::statvfs(fs.mnt.c_str(), &sv) == 0);
+    CHECK((sv.f_flag & ST_NOSUID) != 0);
+    CHECK((sv.f_flag & ST_NODEV) != 0);
+  }
 }

@@ -40,7 +40,32 @@ bool wait_for(pid_t pid, int pidfd, std::chrono::milliseconds limit, int* status
   return r == pid;
 }
 
+bool is_hoody_daemon(const std::string& program) {
+  auto slash = program.rfind('/');
+  std::string base = slash == std::string::npos ? program : program.substr(slash + 1);
+  return base.rfind("hoody-", 0) == 0;
+}
+
 }  // namespace
+
+std::string test_transport() {
+  const char* t = std::getenv("HOODY_TEST_TRANSPORT");
+  return t && *t ? t : "";
+}
+
+void enable_fuse_uring() {
+  const char* param = "/sys/module/fuse/parameters/enable_uring";
+  int fd = ::open(param, O_RDWR | O_CLOEXEC);
+  bool ok = fd >= 0 && ::write(fd, "1", 1) == 1;
+  int e = errno;
+  if (fd >= 0) ::close(fd);
+  if (ok) return;
+  // Asked for by name under CI: a kernel without it is a failure, not a fallback.
+  const char* ci = std::getenv("CI");
+  if (test_transport() == "uring" && ci && std::string(ci) == "true")
+    throw std::runtime_error(std::string("HOODY_TEST_TRANSPORT=uring: cannot turn on ") + param +
+                             ": " + std::strerror(e));
+}
 
 Daemon::Daemon(std::vector<std::string> argv, std::string mountpoint, std::string log_path)
     : Daemon(std::move(argv), std::move(mountpoint), std::move(log_path), Options{}) {}
@@ -52,6 +77,17 @@ Daemon::Daemon(std::vector<std::string> argv, std::string mountpoint, std::strin
       log_path_(std::move(log_path)),
       opts_(opts) {
   if (argv_.empty()) throw std::invalid_argument("Daemon: empty argv");
+  // The FUSE transport under test: $HOODY_TEST_TRANSPORT (uring|dev) for every
+  // hoody daemon that is not given one; the kernel's ring is turned on unless
+  // dev is asked for (so that -o transport=uring works wherever a test names it).
+  if (is_hoody_daemon(argv_[0])) {
+    bool given = false;
+    for (auto& a : argv_) given = given || a.find("transport=") != std::string::npos;
+    std::string t = test_transport();
+    // A test that names the transport itself also sets the parameter itself.
+    if (!given && !t.empty()) argv_.insert(argv_.begin() + 1, {"-o", "transport=" + t});
+    if (!given && t != "dev") enable_fuse_uring();
+  }
   int log_fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (log_fd < 0) throw std::runtime_error("open " + log_path_ + ": " + std::strerror(errno));
   log_id_ = register_resource(Resource::log, log_path_);

@@ -88,3 +88,13 @@ TEST_CASE("help and version need no positionals") {
   CHECK(parse({"--help"}).help);
   CHECK(parse({"-V"}).version);
 }
+
+TEST_CASE("transport=uring|dev and uring_depth= are generic options, not kernel ones") {
+  auto a = parse({"-o", "transport=dev,uring_depth=16", "/s", "/m"});
+  CHECK(a.str("transport") == "dev");
+  CHECK(a.uint("uring_depth", 8) == 16);
+  CHECK(parse({"/s", "/m"}).str("transport", "uring") == "uring");
+  CHECK_FALSE(contains(kernel_mount_options(a, "hoody-dbfs"), "transport=dev"));
+  CHECK_THROWS_WITH_AS(parse({"-o", "transport=ring", "/s", "/m"}),
+                       doctest::Contains("'ring' is not one of uring|dev"), UsageError);
+}

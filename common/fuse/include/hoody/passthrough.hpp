@@ -549,6 +549,10 @@ protected:
   }
 
   Config cfg_;
+  // False only under HOODY_BENCH_NO_REVOKE_CHECK=1 (read once, at start,
+  // logged as a warning): check() then skips the removed-root test, so that
+  // tests/bench/sharefs_bench measures what that test costs.  Never for use.
+  bool revoke_check_ = true;
   // The backing I/O engine; null for io=sync (reads are spliced, writes
   // copied by libfuse, fsyncs done in the worker).
   std::unique_ptr<io::Engine> io_;

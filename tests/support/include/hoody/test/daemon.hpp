@@ -55,6 +55,15 @@ private:
   std::uint64_t log_id_ = 0, pid_id_ = 0, mount_id_ = 0;
 };
 
+// $HOODY_TEST_TRANSPORT: the FUSE transport every hoody daemon started by
+// Daemon gets as -o transport= ("" when unset: the daemon's default, dev).  The tests run on both (meson suites "X" and
+// "X-dev").
+std::string test_transport();
+
+// Turns on FUSE over io_uring (/sys/module/fuse/parameters/enable_uring);
+// throws under CI=true when HOODY_TEST_TRANSPORT=uring and that fails.
+void enable_fuse_uring();
+
 // The daemon under test for the dbfs area: $HOODY_DBFS (set by meson when the
 // hoody-dbfs target exists), else bindfs with a one-time notice on stderr.
 struct DbfsCommand {

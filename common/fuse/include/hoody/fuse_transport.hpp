@@ -1,0 +1,36 @@
+// Which road FUSE requests take between the kernel and this daemon, for
+// --status and logs: "uring" (FUSE over io_uring, Linux 6.14+: one queue per
+// CPU, served by a ring thread pinned to that CPU) or "dev" (read/write on
+// /dev/fuse by the worker pool, as libfuse 3.14 does it).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace hoody {
+
+struct TransportQueueInfo {
+  unsigned qid = 0;
+  std::uint64_t requests = 0;   // served on this queue
+  std::uint64_t entries = 0;    // ring entries registered (grows with parked requests)
+  std::uint64_t parked = 0;     // requests answered later, now
+  std::uint64_t parked_max = 0; // the most parked at once
+  std::uint64_t kicks = 0;      // forced fetches (see fuse_uring.cpp: the kick)
+  // Mean ns from a request's arrival to its commit, for requests answered at
+  // once (libfuse's dispatch, the op, the reply copy); and for GETLK/SETLK.
+  std::uint64_t dispatch_ns = 0, lock_dispatch_ns = 0;
+};
+
+struct TransportInfo {
+  std::string name = "dev";      // what serves requests now: "uring" or "dev"
+  std::string requested = "dev"; // -o transport=
+  std::string reason;            // why "dev" when "uring" was asked for
+  unsigned depth = 0;            // entries per queue at start
+  std::vector<TransportQueueInfo> queues;
+};
+
+// A snapshot of the running session's transport (one session per process).
+TransportInfo fuse_transport_info();
+
+}  // namespace hoody

@@ -1,0 +1,211 @@
+// The FUSE transport (issue 10 items 1-2): FUSE over io_uring where the
+// kernel offers it, /dev/fuse otherwise, and waiting locks that cannot starve
+// a CPU's ring queue.  Runs in both transport suites (dbfs-accept and
+// dbfs-accept-dev); the ring-only checks are made where --status says "uring".
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/time.h>
+
+#include <fstream>
+
+#include "hoody/test/guard.hpp"
+#include "sqlite_harness.hpp"
+
+using namespace hoody::test;
+using namespace hoody::test::sqlh;
+
+namespace {
+
+constexpr int kWriters = 64;
+
+void pin_to_cpu0() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(0, &set);
+  if (::sched_setaffinity(0, sizeof set, &set) != 0) ::_exit(90);
+}
+
+std::string uring_param() {
+  std::ifstream f("/sys/module/fuse/parameters/enable_uring");
+  std::string v;
+  f >> v;
+  return v;
+}
+
+bool set_uring_param(const char* v) {
+  std::ofstream f("/sys/module/fuse/parameters/enable_uring");
+  f << v;
+  f.flush();
+  return static_cast<bool>(f);
+}
+
+// Queue 0's counters (the CPU the test pins its processes to), or null.
+nlohmann::json queue0(const nlohmann::json& st) {
+  if (!st.contains("transport") || st["transport"]["name"] != "uring") return nullptr;
+  for (auto& q : st["transport"]["queues"])
+    if (q["qid"] == 0) return q;
+  return nullptr;
+}
+
+bool expect_uring() { return test_transport() == "uring"; }
+
+void on_alarm(int) {}
+
+}  // namespace
+
+TEST_CASE("transport: --status names the transport in use") {
+  Mounted m;
+  Db db = open_db(m.mnt + "/t.db", 0);
+  exec(db.get(), "CREATE TABLE x(a); INSERT INTO x VALUES (1)");
+  auto st = status_of(m.mnt);
+  REQUIRE(st.contains("transport"));
+  MESSAGE("transport: " << st["transport"].dump());
+  if (!expect_uring()) {
+    CHECK(st["transport"]["name"] == "dev");
+    CHECK(st["transport"]["requested"] == "dev");
+    return;
+  }
+  CHECK(st["transport"]["requested"] == "uring");
+  if (uring_param() != "Y") {
+    // The rig turns it on; a kernel without it can only run on /dev/fuse.
+    if (in_ci()) FAIL("FUSE over io_uring is not available: " << st["transport"].dump());
+    CHECK(st["transport"]["name"] == "dev");
+    return;
+  }
+  REQUIRE(st["transport"]["name"] == "uring");
+  std::uint64_t served = 0;
+  for (auto& q : st["transport"]["queues"]) served += q["requests"].get<std::uint64_t>();
+  CHECK(served > 0);  // the requests above came through the ring
+}
+
+TEST_CASE("transport: with enable_uring off, uring falls back to /dev/fuse with one line") {
+  if (!expect_uring() || uring_param() != "Y") return;  // nothing to switch off
+  REQUIRE(set_uring_param("0"));
+  struct Restore {
+    ~Restore() { set_uring_param("1"); }
+  } restore;
+  Mounted m("allow_other,default_permissions,transport=uring");
+  Db db = open_db(m.mnt + "/t.db", 0);
+  exec(db.get(), "CREATE TABLE x(a); INSERT INTO x VALUES (1)");
+  auto st = status_of(m.mnt);
+  CHECK(st["transport"]["name"] == "dev");
+  CHECK(st["transport"]["reason"].get<std::string>().find("enable_uring") != std::string::npos);
+  std::string log = m.daemon->log();
+  std::size_t lines = 0;
+  for (std::size_t at = log.find("transport=dev"); at != std::string::npos;
+       at = log.find("transport=dev", at + 1))
+    ++lines;
+  CHECK(lines == 1);
+}
+
+TEST_CASE("transport: 64 writers pinned to one CPU, busy_timeout=0: 0 BUSY, no hang") {
+  Mounted m;
+  for (std::string mode : {"wal", "delete"}) {
+    CAPTURE(mode);
+    std::string path = m.mnt + "/pinned-" + mode + ".db";
+    create_db(path, mode);
+    auto sh = make_shared_mem<Shared>();
+    std::vector<Child> kids;
+    // BEGIN IMMEDIATE holds the writer token for a whole transaction: the
+    // other 63 wait for it with their lock request parked in the daemon, all
+    // on CPU 0's queue, and the holder's unlock comes from CPU 0 too.
+    for (int i = 0; i < kWriters; ++i)
+      kids.emplace_back(
+          [&, i] {
+            pin_to_cpu0();
+            return worker(*sh, i, path, Kind::immediate, 6, 0);
+          },
+          ChildOptions{.timeout = 120s});
+    ::usleep(200000);
+    auto t0 = Clock::now();
+    sh->go = 1;
+    for (auto& k : kids) {
+      ExitInfo e = k.wait();
+      CHECK_MESSAGE(e.ok(), "writer: " << e.describe() << " " << sh->first_error());
+    }
+    double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+    CHECK_MESSAGE(sh->busy_total() == 0, sh->busy_report() << "; " << sh->first_error());
+    CHECK_MESSAGE(sh->other_total() == 0, sh->first_error());
+    CHECK(sh->committed_total() == kWriters * 6);
+    Db db = open_db(path, 5000);
+    CHECK(query(db.get(), "PRAGMA integrity_check") == "ok");
+    check_rows(db.get(), *sh, kWriters, rows_per_txn(Kind::immediate));
+    auto st = status_of(m.mnt);
+    MESSAGE(mode << ": " << sh->committed_total() << " transactions in " << secs
+                 << " s; queue 0: " << queue0(st).dump()
+                 << "; lock max_queue_depth=" << st["locks"]["max_queue_depth"]);
+    if (expect_uring() && uring_param() == "Y") {
+      auto q = queue0(st);
+      REQUIRE(q != nullptr);
+      // The waiters outnumbered the queue's first entries: the hazard was
+      // there, and the parked requests got entries of their own.
+      CHECK(q["parked_max"].get<int>() > st["transport"]["depth"].get<int>());
+      CHECK(q["entries"].get<int>() > st["transport"]["depth"].get<int>());
+    }
+  }
+}
+
+TEST_CASE("transport: interrupted F_SETLKW waiters on one CPU get EINTR, the holder unlocks") {
+  Mounted m;
+  std::string path = m.mnt + "/plain.lock";
+  {
+    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    REQUIRE(fd >= 0);
+    ::close(fd);
+  }
+  auto sh = make_shared_mem<Shared>();
+  // The holder: takes byte 0, waits until every waiter gave up, unlocks, and
+  // checks that its unlock and a new lock are answered (all on CPU 0).
+  Child holder(
+      [&] {
+        pin_to_cpu0();
+        int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+        struct flock l {};
+        l.l_type = F_WRLCK;
+        l.l_whence = SEEK_SET;
+        l.l_len = 1;
+        if (::fcntl(fd, F_SETLK, &l) != 0) return 10;
+        sh->flag[0] = 1;
+        while (sh->flag[1].load() < kWriters) ::usleep(1000);
+        l.l_type = F_UNLCK;
+        if (::fcntl(fd, F_SETLK, &l) != 0) return 11;
+        l.l_type = F_WRLCK;
+        if (::fcntl(fd, F_SETLK, &l) != 0) return 12;
+        return 0;
+      },
+      ChildOptions{.timeout = 60s});
+  while (!sh->flag[0].load()) ::usleep(1000);
+  std::vector<Child> waiters;
+  for (int i = 0; i < kWriters; ++i)
+    waiters.emplace_back(
+        [&] {
+          pin_to_cpu0();
+          struct sigaction sa {};
+          sa.sa_handler = on_alarm;  // no SA_RESTART: fcntl returns EINTR
+          ::sigaction(SIGALRM, &sa, nullptr);
+          int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+          struct flock l {};
+          l.l_type = F_WRLCK;
+          l.l_whence = SEEK_SET;
+          l.l_len = 1;
+          itimerval it{};
+          it.it_value.tv_usec = 500000;  // after every waiter is queued
+          ::setitimer(ITIMER_REAL, &it, nullptr);
+          int rc = ::fcntl(fd, F_SETLKW, &l);
+          int e = errno;
+          sh->flag[1].fetch_add(1);
+          return rc == -1 && e == EINTR ? 0 : 20;
+        },
+        ChildOptions{.timeout = 60s});
+  for (auto& w : waiters) {
+    ExitInfo e = w.wait();
+    CHECK_MESSAGE(e.ok(), "waiter: " << e.describe());
+  }
+  ExitInfo h = holder.wait();
+  CHECK_MESSAGE(h.ok(), "holder: " << h.describe());
+  auto st = status_of(m.mnt);
+  MESSAGE("queue 0: " << queue0(st).dump() << "; interrupts=" << st["locks"]["interrupts"]);
+  CHECK(st["locks"]["interrupts"].get<int>() + st["locks"]["interrupts_early"].get<int>() >=
+        kWriters);
+}
