@@ -47,27 +47,36 @@ legacy_mounts() {
   [ "$(mounted_source "$root/ramdisk")" != hoody-ramdisk ] || echo "$root/ramdisk"
 }
 
-# A FUSE mount at $1: "none", "live", "dead" (its daemon is gone: ENOTCONN)
-# or "hung" (no answer to statfs within 5 s).
+# A FUSE mount at $1: "none", "live", "dead" (its daemon is gone: statfs
+# answers ENOTCONN), "hung" (no answer to statfs within 5 s) or "error: WHY"
+# (statfs failed otherwise: the daemon answered, so it is not dead).  Only
+# ENOTCONN is taken for dead: a daemon that is slow or busy on a loaded
+# machine must never be replaced while it still serves.
 fuse_state() {
   [ "$(mounted_type "$1")" != none ] || { echo none; return 0; }
   # The probe runs in the background and is not waited for past 5 s: with FUSE
   # over io_uring a request is handed to the daemon at once, and the caller of a
   # stopped daemon then waits unkillably (timeout(1) would wait with it).  A late
-  # probe writes its status to the file unlinked below.
-  local out rc i
+  # probe writes its status to the file unlinked below.  It writes "STATUS
+  # ERROR-MESSAGE" in one line.
+  local out line rc err i
   out=$(mktemp)
-  ( stat -f "$1" >/dev/null 2>&1; echo $? >&3 ) 3>"$out" </dev/null >/dev/null 2>&1 &
+  ( e=$(LC_ALL=C stat -f "$1" 2>&1 >/dev/null); r=$?; echo "$r ${e//$'\n'/ }" >&3 ) 3>"$out" </dev/null >/dev/null 2>&1 &
   for i in $(seq 50); do
     [ -s "$out" ] && break
     sleep 0.1
   done
-  rc=$(cat "$out")
+  line=$(cat "$out")
   rm -f "$out"
+  rc=${line%% *} err=${line#* }
   case $rc in
     0) echo live ;;
     "") echo hung ;;
-    *) echo dead ;;
+    *)
+      case "$err" in
+        *"not connected"*) echo dead ;;
+        *) echo "error: ${err:-exit $rc}" ;;
+      esac ;;
   esac
 }
 
@@ -90,4 +99,22 @@ daemon_pids() {
     [ "${args[${#args[@]}-1]}" = "$1" ] && echo "${p#/proc/}"
   done
   return 0
+}
+
+# Stop processes $@: SIGTERM, wait up to 10 s for them to exit, then SIGKILL
+# and wait up to 5 s more.  Returns 1 (and says so) when one is still there.
+stop_pids() {
+  local p i left=("$@")
+  [ $# -gt 0 ] || return 0
+  kill -TERM "$@" 2>/dev/null || true
+  kill -CONT "$@" 2>/dev/null || true  # (a stopped one handles its SIGTERM)
+  for i in $(seq 150); do
+    left=()
+    for p in "$@"; do alive "$p" && left+=("$p"); done
+    [ ${#left[@]} = 0 ] && return 0
+    [ "$i" = 100 ] && kill -KILL "${left[@]}" 2>/dev/null
+    sleep 0.1
+  done
+  say "processes still running after SIGKILL: ${left[*]}"
+  return 1
 }

@@ -11,6 +11,7 @@
 #include <sqlite3.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -365,6 +366,43 @@ TEST_CASE("hoody-up twice (also at once) changes nothing; a dead daemon is resta
   CHECK_MESSAGE(contains(e.output, "hoody-dbfs does not answer within 5 s: left alone"), e.output);
   CHECK(daemons_of(host.run_dir + "/c2/databases") == dbfs_c2);
   CHECK(mount_table(host.run_dir + "/c2") == table2);
+}
+
+TEST_CASE("a dead mount whose daemon has not exited yet: hoody-up stops it and waits before it starts the new one") {
+  require_mount_capabilities();
+  Host host;
+  auto e = host.up({"c1"});
+  REQUIRE_MESSAGE(e.ok(), e.describe());
+  const std::string mnt = host.run_dir + "/c1/databases";
+  auto old = daemons_of(mnt);
+  REQUIRE(old.size() == 1);
+  struct stat st;
+  REQUIRE(::stat(mnt.c_str(), &st) == 0);
+  // The connection is aborted (fusectl, mounted in a namespace of its own)
+  // while the daemon is stopped: the mount answers ENOTCONN, its daemon is
+  // still there and holds its source, as one that is slow to exit would.
+  REQUIRE(::kill(old[0], SIGSTOP) == 0);
+  std::string abort = "/sys/fs/fuse/connections/" + std::to_string(minor(st.st_dev)) + "/abort";
+  auto a = run({"unshare", "-m", "sh", "-c",
+                "mount -t fusectl fusectl /sys/fs/fuse/connections && echo 1 >" + abort},
+               std::chrono::seconds(20));
+  if (!a.ok()) ::kill(old[0], SIGCONT);
+  REQUIRE_MESSAGE(a.ok(), a.describe());
+  struct statfs sf;
+  CHECK(::statfs(mnt.c_str(), &sf) != 0);
+  CHECK(errno == ENOTCONN);
+  REQUIRE(alive(old[0]));
+
+  e = host.up({"c1"});
+  ::kill(old[0], SIGCONT);  // (when the script did not)
+  REQUIRE_MESSAGE(e.ok(), e.describe());
+  CHECK_MESSAGE(contains(e.output, "hoody-dbfs is gone: restarting it"), e.output);
+  CHECK_FALSE(alive(old[0]));
+  auto now = daemons_of(mnt);
+  CHECK(now.size() == 1);
+  CHECK(now != old);
+  CHECK(mounts_under(mnt).size() == 1);
+  CHECK(::statfs(mnt.c_str(), &sf) == 0);
 }
 
 TEST_CASE("hoody-down of one container leaves the other running; without names it takes all") {

@@ -18,11 +18,13 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <ctime>
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "hoody/mountinfo.hpp"
@@ -121,6 +123,24 @@ struct ScopedEnv {
   }
 };
 
+// The time stamp (milliseconds since the epoch, the log's clock taken as UTC:
+// only differences matter) of the first line of `log` that contains `what`,
+// or -1.  Lines start "2026-12-01T23:41:07.123 ...".
+long long stamp_ms(const std::string& log, const std::string& what) {
+  auto at = log.find(what);
+  if (at == std::string::npos) return -1;
+  auto bol = log.rfind('\n', at);
+  bol = bol == std::string::npos ? 0 : bol + 1;
+  std::tm tm{};
+  int ms = 0;
+  if (std::sscanf(log.c_str() + bol, "%4d-%2d-%2dT%2d:%2d:%2d.%3d", &tm.tm_year, &tm.tm_mon,
+                  &tm.tm_mday, &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &ms) != 7)
+    return -1;
+  tm.tm_year -= 1900;
+  tm.tm_mon -= 1;
+  return static_cast<long long>(::timegm(&tm)) * 1000 + ms;
+}
+
 // The device of the FUSE mount at `mnt` (0 if none).
 dev_t fuse_dev(const std::string& mnt) {
   auto ms = hoody::mountinfo::read();
@@ -188,12 +208,28 @@ TEST_CASE("readiness: READY=1 arrives from the main pid only once the mount answ
     CHECK(ready->has("STATUS=serving " + s.mnt));
     CHECK(ready->pid == d->pid());
     auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(ready->at - mounted);
-    MESSAGE(s.name << ": mounted -> READY=1 after " << waited.count() << " ms (loop held back "
-                   << kDelay.count() << " ms)");
     // Mounted is not ready: the loop was held back for kDelay after the mount.
-    CHECK(waited >= kDelay - std::chrono::milliseconds(100));
-    // Ready means answering: a stat from another process returns at once,
-    // from the FUSE mount's device.
+    // Measured on the daemon's own clock (its log lines: "mounted on" after the
+    // mount, "ready:" after the readiness stat was answered), not from when
+    // this process noticed the mount: on a loaded machine the rig may notice it
+    // late, and the gap seen here is then shorter than the daemon's.
+    // (The "ready:" line is written just after the datagram is sent.)
+    std::string log = d->log();
+    for (int i = 0; i < 1000 && log.find("ready: mountpoint=" + s.mnt) == std::string::npos; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      log = d->log();
+    }
+    long long t_mounted = stamp_ms(log, "mounted on " + s.mnt);
+    long long t_ready = stamp_ms(log, "ready: mountpoint=" + s.mnt);
+    REQUIRE_MESSAGE(t_mounted >= 0, log);
+    REQUIRE_MESSAGE(t_ready >= 0, log);
+    MESSAGE(s.name << ": mounted -> READY=1 after " << t_ready - t_mounted << " ms in its log, "
+                   << waited.count() << " ms seen here (loop held back " << kDelay.count()
+                   << " ms)");
+    CHECK(t_ready - t_mounted >= kDelay.count() - 1);  // (the stamps are in whole ms)
+    // Ready means answering: a stat from another process returns, from the
+    // FUSE mount's device.  (Its time is printed, not bounded: a fork on a
+    // loaded machine takes what it takes; the order above is the proof.)
     auto t0 = Clock::now();
     dev_t want = fuse_dev(s.mnt);
     std::string mnt = s.mnt;
@@ -206,7 +242,7 @@ TEST_CASE("readiness: READY=1 arrives from the main pid only once the mount answ
         {.timeout = std::chrono::seconds(5)});
     auto stat_ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0);
     CHECK_MESSAGE(st.ok(), st.describe());
-    CHECK(stat_ms < std::chrono::milliseconds(500));
+    MESSAGE(s.name << ": a stat after READY=1 took " << stat_ms.count() << " ms");
     CHECK(d->log().find("ready: mountpoint=" + s.mnt) != std::string::npos);
 
     // Nothing else until it stops; then STOPPING=1, and a clean exit.
@@ -257,7 +293,9 @@ TEST_CASE("readiness: a daemon that fails to start sends no READY=1") {
     return;
   }
   SUBCASE("after the mount: stopped before its loop answered anything") {
-    e.set("HOODY_TEST_LOOP_DELAY_MS", "1500");
+    // Long enough that the rig has noticed the mount (and this SIGTERM is
+    // sent) before the loop starts, also on a loaded machine.
+    e.set("HOODY_TEST_LOOP_DELAY_MS", "5000");
     Daemon d({env("HOODY_DBFS"), "-f", dbs, mnt}, mnt, pool.dir() + "/late.log");
     // Mounted, not answering: SIGTERM now.  The loop starts, sees the exit
     // flag and ends; the readiness stat() gets ENOTCONN at the unmount.
