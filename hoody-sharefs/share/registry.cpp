@@ -29,7 +29,7 @@ int64_t now() { return static_cast<int64_t>(::time(nullptr)); }
 
 std::string q(const std::string& s) { return quote_name(s); }
 
-Status refuse(std::string* why, int err, std::string reason) {
+detail::Unexpected refuse(std::string* why, int err, std::string reason) {
   if (why) *why = std::move(reason);
   return fail(err);
 }
@@ -130,12 +130,12 @@ Result<std::string> normalize_source(const std::string& path, const std::string&
                                      std::string* why) {
   std::string shown = "path " + path;
   if (path.find('\0') != std::string::npos)
-    return fail(refuse(why, EINVAL, shown + " contains a NUL byte").error());
+    return refuse(why, EINVAL, shown + " contains a NUL byte");
   if (!valid_utf8(path))
-    return fail(refuse(why, EILSEQ, shown + " is not valid UTF-8").error());
+    return refuse(why, EILSEQ, shown + " is not valid UTF-8");
   if (!path.empty() && path[0] == '/')
-    return fail(refuse(why, EINVAL, shown + " is absolute; give it relative to " + owner +
-                                        "'s storage").error());
+    return refuse(why, EINVAL, shown + " is absolute; give it relative to " + owner +
+                                   "'s storage");
   std::string out;
   std::size_t i = 0;
   while (i <= path.size()) {
@@ -145,11 +145,11 @@ Result<std::string> normalize_source(const std::string& path, const std::string&
     i = j + 1;
     if (comp.empty() || comp == ".") continue;
     if (comp == "..")
-      return fail(refuse(why, EXDEV, shown + " is outside " + owner + "'s storage").error());
+      return refuse(why, EXDEV, shown + " is outside " + owner + "'s storage");
     if (!out.empty()) out += '/';
     out += comp;
   }
-  if (out.size() > 4096) return fail(refuse(why, ENAMETOOLONG, shown + " is too long").error());
+  if (out.size() > 4096) return refuse(why, ENAMETOOLONG, shown + " is too long");
   return out.empty() ? std::string(".") : out;
 }
 
@@ -519,6 +519,37 @@ Result<Share> Registry::offer(const Offer& o, std::string* why) {
   return sh;
 }
 
+Result<Registry::LiveShare> Registry::live_share(const std::string& owner, const std::string& name,
+                                                 int not_owner_err, const std::string& not_owner,
+                                                 std::string* why) {
+  sql::Stmt f(db_, "SELECT id, owner, mode FROM shares WHERE name = ? AND state = 'offered' "
+                   "ORDER BY owner");
+  f.bind(1, name);
+  std::vector<LiveShare> live;
+  for (;;) {
+    HOODY_TRY(row, f.step());
+    if (!row) break;
+    live.push_back({f.int64(0), f.text(1), f.text(2)});
+  }
+  if (owner.empty()) {
+    if (live.empty()) return refuse(why, ENOENT, "no container offers a share " + q(name));
+    if (live.size() > 1) {
+      std::string owners;
+      for (auto& l : live) owners += (owners.empty() ? "" : ", ") + l.owner;
+      return refuse(why, EINVAL, "several containers offer " + q(name) + " (" + owners +
+                                     "); say which with --from");
+    }
+    return live[0];
+  }
+  for (auto& l : live)
+    if (l.owner == owner) return l;
+  HOODY_TRY(have, container(owner));
+  if (!have) return refuse(why, ENOENT, "no such container " + owner);
+  if (!live.empty())
+    return refuse(why, not_owner_err, not_owner + ": " + live[0].owner + " offers it, not " + owner);
+  return refuse(why, ENOENT, owner + " offers no share " + q(name));
+}
+
 Status Registry::revoke(const std::string& owner, const std::string& name, std::string* why) {
   std::string what = "revoke " + q(name) + ": ";
   std::string reason;
@@ -531,38 +562,11 @@ Status Registry::revoke(const std::string& owner, const std::string& name, std::
     if (auto s = check_name("container", owner, &reason); !s) return done(s);
   return done(write("revoke", owner, (owner.empty() ? "" : owner + ":") + name,
                     [&](std::string& detail, std::string* r, bool&) -> Status {
-    sql::Stmt f(db_, "SELECT id, owner FROM shares WHERE name = ? AND state = 'offered' ORDER BY owner");
-    f.bind(1, name);
-    std::vector<std::pair<int64_t, std::string>> live;
-    for (;;) {
-      HOODY_TRY(row, f.step());
-      if (!row) break;
-      live.emplace_back(f.int64(0), f.text(1));
-    }
-    int64_t sid = 0;
-    std::string actual;
-    for (auto& [id, o] : live)
-      if (o == owner) sid = id, actual = o;
-    if (owner.empty()) {
-      if (live.empty()) return refuse(r, ENOENT, "no container offers a share " + q(name));
-      if (live.size() > 1) {
-        std::string owners;
-        for (auto& [id, o] : live) owners += (owners.empty() ? "" : ", ") + o;
-        return refuse(r, EINVAL, "several containers offer " + q(name) + " (" + owners +
-                                     "); say which with --from");
-      }
-      sid = live[0].first;
-      actual = live[0].second;
-    } else if (sid == 0) {
-      HOODY_TRY(have, container(owner));
-      if (!have) return refuse(r, ENOENT, "no such container " + owner);
-      if (!live.empty()) {
-        // The pure rule, for the message and the errno.
-        auto t = transition(State::offered, Action::revoke, Role::other);
-        return refuse(r, t.err, t.reason + ": " + live[0].second + " offers it, not " + owner);
-      }
-      return refuse(r, ENOENT, owner + " offers no share " + q(name));
-    }
+    // The pure rule, for the message and the errno.
+    auto rule = transition(State::offered, Action::revoke, Role::other);
+    HOODY_TRY(hit, live_share(owner, name, rule.err, rule.reason, r));
+    int64_t sid = hit.id;
+    const std::string& actual = hit.owner;
     detail = "owner=" + actual;
     int64_t t = now();
     HOODY_TRY(receipts, receipts_of(sid));
@@ -592,38 +596,8 @@ Status Registry::set_mode(const std::string& owner, const std::string& name, Mod
     if (auto s = check_name("container", owner, &reason); !s) return done(s);
   return done(write("mode", owner, (owner.empty() ? "" : owner + ":") + name,
                     [&](std::string& detail, std::string* r, bool& unchanged) -> Status {
-    sql::Stmt f(db_, "SELECT id, owner, mode FROM shares WHERE name = ? AND state = 'offered' "
-                     "ORDER BY owner");
-    f.bind(1, name);
-    struct Live {
-      int64_t id;
-      std::string owner, mode;
-    };
-    std::vector<Live> live;
-    for (;;) {
-      HOODY_TRY(row, f.step());
-      if (!row) break;
-      live.push_back({f.int64(0), f.text(1), f.text(2)});
-    }
-    const Live* hit = nullptr;
-    for (auto& l : live)
-      if (l.owner == owner) hit = &l;
-    if (owner.empty()) {
-      if (live.empty()) return refuse(r, ENOENT, "no container offers a share " + q(name));
-      if (live.size() > 1) {
-        std::string owners;
-        for (auto& l : live) owners += (owners.empty() ? "" : ", ") + l.owner;
-        return refuse(r, EINVAL, "several containers offer " + q(name) + " (" + owners +
-                                     "); say which with --from");
-      }
-      hit = &live[0];
-    } else if (!hit) {
-      HOODY_TRY(have, container(owner));
-      if (!have) return refuse(r, ENOENT, "no such container " + owner);
-      if (!live.empty())
-        return refuse(r, EPERM, "not yours to change: " + live[0].owner + " offers it, not " + owner);
-      return refuse(r, ENOENT, owner + " offers no share " + q(name));
-    }
+    HOODY_TRY(found, live_share(owner, name, EPERM, "not yours to change", r));
+    const LiveShare* hit = &found;
     detail = "owner=" + hit->owner + " mode=" + std::string(to_string(mode));
     if (hit->mode == to_string(mode)) {
       unchanged = true;

@@ -175,6 +175,15 @@ private:
   Status migrate();
   Status apply(const std::string& container, const std::string& name, Action action,
                std::string* why);
+  // The live share `owner` means by `name` (owner empty: the one live share
+  // of that name), inside a write transaction.  Refusals in *why: no such
+  // share or container, several owners, or `not_owner` when another owns it.
+  struct LiveShare {
+    int64_t id = 0;
+    std::string owner, mode;
+  };
+  Result<LiveShare> live_share(const std::string& owner, const std::string& name,
+                               int not_owner_err, const std::string& not_owner, std::string* why);
 
   std::string pool_;
   UniqueFd pool_fd_;
