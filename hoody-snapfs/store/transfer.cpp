@@ -486,7 +486,7 @@ Status SnapshotStore::send_to(std::string_view name, const SendOptions& opts, in
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!st) {
     *why = st.err() == EPIPE ? "the receiving end closed the stream" : st.error().message();
-    lg->warn("op=send name={} -> {}", quote_name(name), *why);
+    lg->info("op=send name={} -> {}", quote_name(name), *why);
     return st;
   }
   lg->info("op=send name={} parent={} subvolumes={} bytes={} -> ok in {:.3f} s", quote_name(name),
@@ -767,7 +767,6 @@ Result<Snapshot> SnapshotStore::receive_from(int in_fd, const Caller& caller,
   for (auto& sv : h.subvolumes)
     if (!sv.parent_key.empty()) parent_keys[sv.name] = sv.parent_key;
   std::optional<Snapshot> local_parent;
-  std::map<std::string, std::string> local_parent_uuids;  // subvolume -> its uuid here
   if (!parent_keys.empty()) {
     HOODY_TRY(found, find_by_keys(parent_keys));
     if (!found) {
@@ -778,8 +777,6 @@ Result<Snapshot> SnapshotStore::receive_from(int in_fd, const Caller& caller,
       return fail(ENOENT);
     }
     local_parent = *found;
-    HOODY_TRY(ps, subvolumes_of(found->name));
-    for (auto& s : ps) local_parent_uuids[s.name] = s.info.uuid;
   }
   // ---- staging
   HOODY_CHECK(recover_receives());
@@ -921,7 +918,11 @@ Result<Snapshot> SnapshotStore::receive_from(int in_fd, const Caller& caller,
                ")";
         return fail(EBADMSG);
       }
-      if (!sv.parent_key.empty() && info.parent_uuid != local_parent_uuids[sv.name]) {
+      // btrfs receive snapshots the first subvolume of the filesystem that
+      // carries the parent's key (checked in the stream's first command):
+      // this container's parent, or an equal copy in another container of
+      // the pool.  Either way it must be a snapshot of one.
+      if (!sv.parent_key.empty() && info.parent_uuid.empty()) {
         *why = "subvolume " + sv.name + " was received against another parent than " +
                quote_name(local_parent->name);
         return fail(EBADMSG);
