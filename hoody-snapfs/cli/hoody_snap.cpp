@@ -257,8 +257,12 @@ std::string container_dir(const std::string& pool, const std::string& container,
   return source;
 }
 
-// The store of `dir`: its own when no hoody-snapfs holds it (then recover()
-// runs too), else shared with the daemon.
+// The store of `dir`, shared with a hoody-snapfs that may serve it or start
+// meanwhile (never its lock for longer than a moment: a daemon starting
+// during a long receive must not find the store taken).  For a receive
+// (`create`), the store is first opened as its own when no daemon holds it:
+// that makes .snapshots and index.db for a new container and runs the
+// recovery a daemon runs at its start.
 std::unique_ptr<hoody::snapfs::SnapshotStore> open_store(const std::string& dir,
                                                          const std::string& verb, bool create) {
   auto src = hoody::sys::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
@@ -269,25 +273,25 @@ std::unique_ptr<hoody::snapfs::SnapshotStore> open_store(const std::string& dir,
   std::string probe = dir + "/" + hoody::snapfs::kStoreDir + "/" + hoody::snapfs::kIndexDb;
   if (!create && ::access(probe.c_str(), F_OK) < 0)
     die({verb + ": " + dir, ENOENT, "no snapshot store there (no .snapshots/index.db)"});
-  // A hoody-snapfs holds the store's lock: share the store with it.
-  bool held = false;
-  {
+  if (create) {
+    bool held = false;
     int lfd = ::open((dir + "/" + hoody::snapfs::kStoreDir + "/lock").c_str(),
                      O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (lfd >= 0) {
       held = ::flock(lfd, LOCK_EX | LOCK_NB) < 0 && errno == EWOULDBLOCK;
       ::close(lfd);
     }
-  }
-  if (!held) {
-    auto own = hoody::snapfs::SnapshotStore::open(src->get());
-    if (own) return std::move(*own);
-    if (own.error().value() != EBUSY)
-      die({verb + ": open the snapshot store of " + dir, own.error().value(),
-           own.error().value() == EMEDIUMTYPE ? "the pool must be BTRFS" : "run as root"});
+    if (!held) {
+      auto own = hoody::snapfs::SnapshotStore::open(src->get());
+      if (!own && own.error().value() != EBUSY)
+        die({verb + ": open the snapshot store of " + dir, own.error().value(),
+             own.error().value() == EMEDIUMTYPE ? "the pool must be BTRFS" : "run as root"});
+    }
   }
   auto shared = hoody::snapfs::SnapshotStore::open_shared(src->get());
-  if (!shared) die({verb + ": open the snapshot store of " + dir, shared.error().value(), ""});
+  if (!shared)
+    die({verb + ": open the snapshot store of " + dir, shared.error().value(),
+         shared.error().value() == EACCES ? "run as root" : ""});
   return std::move(*shared);
 }
 
