@@ -13,6 +13,7 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <map>
 #include <optional>
 #include <cerrno>
 #include <cstdio>
@@ -407,6 +408,14 @@ int main(int argc, char** argv) {
     const char* lv = std::getenv("HOODY_LOG");
     hoody::log::init({lv && *lv ? "" : "warn", hoody::log::Sink::stderr_, "hoody-snap"});
   }
+  auto* common = app.add_subcommand(
+      "common-parent", "the newest snapshot of this container that the other side holds too "
+                       "(the parent for an incremental send), from the other side's "
+                       "`list --json --pool ... --container ...`");
+  std::string peer_list = "-";
+  common->add_option("FILE", peer_list, "the other side's list --json (default: stdin)");
+  common->add_flag("--json", json, "print {\"local\": NAME, \"remote\": NAME}");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -555,6 +564,51 @@ int main(int argc, char** argv) {
                     shown(snap->name).c_str());
     }
     return 0;
+  }
+  if (*common) {
+    std::string text;
+    if (peer_list == "-") {
+      std::ostringstream ss;
+      ss << std::cin.rdbuf();
+      text = ss.str();
+    } else {
+      text = read_all(peer_list, "common-parent: read " + peer_list, mount);
+    }
+    auto theirs = nlohmann::json::parse(text, nullptr, false);
+    if (!theirs.is_array())
+      die({"common-parent", EBADMSG, "the other side's list is not the JSON array of "
+                                     "`hoody-snap list --json --pool POOL --container C`"});
+    // name -> key of each subvolume; equal maps: the same snapshot.
+    auto keys_of = [](const nlohmann::json& snap) {
+      std::map<std::string, std::string> k;
+      if (snap.is_object() && snap.contains("subvolumes") && snap["subvolumes"].is_array())
+        for (auto& sv : snap["subvolumes"])
+          if (sv.is_object() && sv.contains("name") && sv["name"].is_string() &&
+              sv.contains("key") && sv["key"].is_string())
+            k[sv["name"].get<std::string>()] = sv["key"].get<std::string>();
+      return k;
+    };
+    std::map<std::map<std::string, std::string>, std::string> remote;
+    for (auto& r : theirs) {
+      auto k = keys_of(r);
+      if (!k.empty() && r.contains("name") && r["name"].is_string())
+        remote[k] = r["name"].get<std::string>();
+    }
+    std::string dir = container_dir(pool, container, mount, "common-parent");
+    auto store = open_store(dir, "common-parent", false);
+    auto all = store->list();
+    if (!all) die({"common-parent", all.error().value(), ""});
+    for (auto it = all->rbegin(); it != all->rend(); ++it) {
+      auto k = keys_of(snapshot_json(*store, *it));
+      auto r = remote.find(k);
+      if (k.empty() || r == remote.end()) continue;
+      if (json)
+        std::printf("%s\n", nlohmann::json{{"local", it->name}, {"remote", r->second}}.dump().c_str());
+      else
+        std::printf("%s\n", shown(it->name).c_str());
+      return 0;
+    }
+    die({"common-parent", ENOENT, "the two sides hold no snapshot in common: send a full stream"});
   }
   if (*list && (!pool.empty() || !container.empty())) {
     std::string dir = container_dir(pool, container, mount, "list");

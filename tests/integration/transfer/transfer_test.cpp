@@ -285,6 +285,16 @@ TEST_CASE("full copy, then incremental: contents identical, read-only, uuids lin
   CHECK(r.output.find("received s2 (incremental from s1") != std::string::npos);
   check_same(a.snapshot_dir("c1", "s2"), b.snapshot_dir("c9", "s2"));
   check_same(a.snapshot_dir("c1", "s1"), b.snapshot_dir("c9", "s1"));
+  // common-parent: the newest snapshot both sides hold, by their keys.
+  auto cp = sh(snap_bin() + " list --json " + b.args("c9") + " | " + snap_bin() +
+               " common-parent " + a.args("c1"));
+  CHECK_MESSAGE(cp.output == "s2\n", cp.describe());
+  cp = sh(snap_bin() + " list --json " + a.args("c1") + " | " + snap_bin() +
+          " common-parent --json " + b.args("c9"));
+  CHECK_MESSAGE(cp.output == "{\"local\":\"s2\",\"remote\":\"s2\"}\n", cp.describe());
+  cp = sh("echo '[]' | " + snap_bin() + " common-parent " + a.args("c1"));
+  CHECK(cp.exit_code == 1);
+  CHECK(cp.output.find("no snapshot in common") != std::string::npos);
   // The copy can be sent back and on: a received snapshot is a parent too.
   Server c;
   r = sh(snap_bin() + " send s1 " + b.args("c9") + " | " + receive_cmd(c, "x"));
