@@ -442,6 +442,18 @@ TEST_CASE("truncated and garbled streams are refused and leave nothing; --max-si
   check_same(a.snapshot_dir("c1", "s1"), b.snapshot_dir("c9", "s1"));
   r = sh(receive_cmd(b, "c9", "--max-size 12Q") + " < /dev/null");
   CHECK(r.exit_code == 2);
+  // Progress on a terminal (script(1) gives stderr a pty): bytes, rate, and
+  // the ETA from the sender's --estimate, redrawn in place.
+  std::string est = b.pool.dir() + "/est.stream";
+  REQUIRE(sh(snap_bin() + " send s1 --estimate " + a.args("c1") + " > " + sh_quote(est)).ok());
+  std::string inner = "{ head -c 300000; sleep 1.2; cat; } < " + sh_quote(est) + " | " +
+                      receive_cmd(b, "c9", "--progress --as with-eta");
+  r = sh("script -qec " + sh_quote("bash -c " + sh_quote(inner)) + " /dev/null");
+  REQUIRE_MESSAGE(r.ok(), r.describe());
+  CHECK_MESSAGE(r.output.find("\r\033[Kreceived ") != std::string::npos, r.output);
+  CHECK_MESSAGE(r.output.find(" of ~4.") != std::string::npos, r.output);
+  CHECK_MESSAGE(r.output.find(", ETA 0:") != std::string::npos, r.output);
+  CHECK(r.output.find("MiB/s") != std::string::npos);
 }
 
 TEST_CASE("kill -9 of the receiver or the sender mid-stream: nothing shown, the garbled "
