@@ -401,6 +401,7 @@ int main(int argc, char** argv) {
   receive->add_option("--as", as_name, "the snapshot's name here (default: the sender's)");
   receive->add_option("--max-size", max_size_text, "refuse a stream larger than this (10G, 500M)");
   receive->add_flag("--progress", progress, "bytes, rate and ETA on stderr");
+  receive->add_flag("--json", json, "print what was received as one JSON object");
 
   // The store's own log lines (recovery of an interrupted receive): warnings
   // and up unless $HOODY_LOG says otherwise.
@@ -550,16 +551,29 @@ int main(int argc, char** argv) {
       die({"receive", snap.error().value(), why});
     }
     prog.done(report.bytes);
-    std::printf("received %s (%s, %s in %.2f s)\n", shown(snap->name).c_str(),
-                report.parent.empty() ? "full" : ("incremental from " + shown(report.parent)).c_str(),
-                hoody::snapfs::xfer::human_bytes(static_cast<double>(report.bytes)).c_str(),
-                report.seconds);
+    std::vector<std::string> made_live;
     if (make_live) {
       auto made = store->make_live(snap->name);
       if (!made)
         die({"receive: make the live subvolumes of " + dir + " from " + q(snap->name),
              made.error().value(), "the snapshot was kept; `hoody-snap clone` makes them by hand"});
-      for (auto& m : *made)
+      made_live = *made;
+    }
+    if (json) {
+      nlohmann::json out{{"name", snap->name},       {"uuid", snap->uuid},
+                         {"parent", report.parent.empty() ? nlohmann::json(nullptr)
+                                                          : nlohmann::json(report.parent)},
+                         {"bytes", report.bytes},    {"seconds", report.seconds},
+                         {"subvolumes", report.subvolumes}, {"created_live", made_live}};
+      std::printf("%s\n", out.dump().c_str());
+      return 0;
+    }
+    std::printf("received %s (%s, %s in %.2f s)\n", shown(snap->name).c_str(),
+                report.parent.empty() ? "full" : ("incremental from " + shown(report.parent)).c_str(),
+                hoody::snapfs::xfer::human_bytes(static_cast<double>(report.bytes)).c_str(),
+                report.seconds);
+    {
+      for (auto& m : made_live)
         std::printf("created %s/%s (a writable copy of %s)\n", shown(dir).c_str(), shown(m).c_str(),
                     shown(snap->name).c_str());
     }

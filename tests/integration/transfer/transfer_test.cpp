@@ -313,9 +313,14 @@ TEST_CASE("a new container made by receive: writable live subvolumes, snapshot i
   Sender a;
   Server b;
   a.snap("s1");
-  auto r = sh(a.send("s1") + " | " + receive_cmd(b, "new1"));
+  auto r = sh(a.send("s1") + " | " + receive_cmd(b, "new1", "--json"));
   REQUIRE_MESSAGE(r.ok(), r.describe());
-  CHECK(r.output.find("a writable copy of s1") != std::string::npos);
+  auto got = json::parse(r.output);
+  CHECK(got["name"] == "s1");
+  CHECK(got["parent"].is_null());
+  CHECK(got["subvolumes"] == 2);
+  CHECK(got["bytes"].get<uint64_t>() > 300000);
+  CHECK(got["created_live"] == json::array({"databases", "storage"}));
   std::string live = b.container("new1");
   check_same(a.snapshot_dir("c1", "s1"), live);
   write_file(live + "/storage/written-here", "ok");  // writable
@@ -329,8 +334,10 @@ TEST_CASE("a new container made by receive: writable live subvolumes, snapshot i
   a.change();
   a.snap("s2");
   auto t0 = std::chrono::steady_clock::now();
-  r = sh(a.send("s2", "s1") + " | " + receive_cmd(b, "new1"));
+  r = sh(a.send("s2", "s1") + " | " + receive_cmd(b, "new1", "--json"));
   REQUIRE_MESSAGE(r.ok(), r.describe());
+  CHECK(json::parse(r.output)["parent"] == "s1");
+  CHECK(json::parse(r.output)["created_live"].empty());
   bool seen = false;
   while (std::chrono::steady_clock::now() - t0 < 5s) {
     if (::access((mnt + "/s2/storage/new/f7").c_str(), F_OK) == 0) {
