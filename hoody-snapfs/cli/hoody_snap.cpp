@@ -324,7 +324,7 @@ nlohmann::json snapshot_json(hoody::snapfs::SnapshotStore& store, const hoody::s
 
 int main(int argc, char** argv) {
   CLI::App app{"hoody-snap: take, list, delete, rename, restore, diff and clone the snapshots of "
-               "a hoody-snapfs mount. See hoody-snap(1)."};
+               "a hoody-snapfs mount; send and receive them between servers. See hoody-snap(1)."};
   app.require_subcommand(1);
   // --mount, --pool and --container go before or after the verb.
   app.fallthrough();
@@ -428,6 +428,11 @@ int main(int argc, char** argv) {
     return kUsageExit;
   }
   while (mount.size() > 1 && mount.back() == '/') mount.pop_back();
+  if ((!pool.empty() || !container.empty()) && !*send && !*receive && !*list && !*common) {
+    std::fprintf(stderr, "hoody-snap: --pool and --container are for send, receive, list and "
+                         "common-parent; the other commands work through the mount (--mount)\n");
+    return kUsageExit;
+  }
 
   if (*create) {
     // Everything is checked before the snapshot is taken; a failure after it
