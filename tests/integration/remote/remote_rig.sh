@@ -104,9 +104,12 @@ rig_pool() {  # rig_pool DIR SIDE SIZE_MB: a BTRFS loop pool mounted in SIDE
 }
 
 rig_daemon() {  # rig_daemon SIDE LOG CMD...: a background process in SIDE
-  local side=$1 log=$2
+  local side=$1 log=$2 pid
   shift 2
-  rig_enter "$side" "$@" >"$log" 2>&1 &
+  if [ "$side" = A ]; then pid=$RIG_PID_A; else pid=$RIG_PID_B; fi
+  # nsenter itself (not a function in a subshell): it execs CMD, so $! is
+  # the daemon's pid.
+  nsenter -t "$pid" -n -m "$@" >"$log" 2>&1 &
   RIG_PIDS+=($!)
 }
 
