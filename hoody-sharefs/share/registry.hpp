@@ -107,7 +107,7 @@ struct Offer {
   std::string to_project;
   Mode mode = Mode::ro;
   std::string name;
-  std::string to_server;  // to_container is on that server (exported over NFS)
+  std::string to_server = {};  // to_container is on that server (exported over NFS)
 };
 
 // A share offered by a container on another server (that server's
