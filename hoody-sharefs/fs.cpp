@@ -13,6 +13,7 @@
 #include "hoody/mount_options.hpp"
 #include "hoody/names.hpp"
 #include "share/json.hpp"
+#include "share/server.hpp"
 #include "share/text.hpp"
 
 namespace hoody::sharefs {
@@ -434,6 +435,36 @@ Result<std::string> Fs::vread(fuse_req_t, fuse_ino_t ino) {
   return j.dump(2) + "\n";
 }
 
+void Fs::tell_owner(const std::string& name, const char* verb) {
+  std::optional<Received> r;
+  {
+    std::lock_guard g(view_m_);
+    if (auto it = accepted_.find(name); it != accepted_.end()) r = it->second.share;
+    if (auto it = offered_.find(name); it != offered_.end()) r = it->second;
+  }
+  if (!r || r->url.empty()) return;
+  // A share from another server: its owner's server is told, as
+  // `hoody-share accept` would, on a thread of its own (the request is
+  // answered at once; the peer command may take long).
+  std::string pool = scfg_.pool, container = scfg_.container, v = verb;
+  std::thread([pool, container, v, r = *r] {
+    std::string why;
+    auto conf = read_server_conf(pool, &why);
+    auto s = conf ? run_peer(*conf, r.peer,
+                             {"state", "--owner", r.owner.substr(0, r.owner.find('@')), "--receiver",
+                              container, "--" + v, "--", r.name},
+                             &why)
+                  : Status(fail(conf.error()));
+    auto lg = log::get("share");
+    if (s)
+      lg->info("op=tell-owner container={} share={} owner={} state={} -> ok", container,
+               quote_name(r.name), r.owner, v);
+    else
+      lg->warn("op=tell-owner container={} share={} owner={} state={} -> {}", container,
+               quote_name(r.name), r.owner, v, escape(why));
+  }).detach();
+}
+
 Status Fs::vrmdir(fuse_req_t, fuse_ino_t parent, const char* name) {
   std::string n(name);
   bool reject;
@@ -458,6 +489,7 @@ Status Fs::vrmdir(fuse_req_t, fuse_ino_t parent, const char* name) {
   log::get("share")->info("op={} container={} share={} -> {}", reject ? "reject" : "leave",
                           scfg_.container, quote_name(n), s ? "ok" : escape(why));
   if (!s) return s;
+  tell_owner(n, reject ? "reject" : "leave");
   // Applied now (the core refuses the share's inodes at once); the kernel is
   // told by the watcher, after this request.
   (void)sync(*req_reg_);
@@ -482,6 +514,7 @@ Status Fs::vrename(fuse_req_t, fuse_ino_t parent, const char* name, fuse_ino_t n
   log::get("share")->info("op=accept container={} share={} -> {}", scfg_.container, quote_name(n),
                           s ? "ok" : escape(why));
   if (!s) return s;
+  tell_owner(n, "accept");
   // Served before the reply: `mv .pending/x x && ls x` sees it.
   return sync(*req_reg_);
 }

@@ -133,6 +133,9 @@ protected:
 
 private:
   void watch_loop();
+  // Accepted, rejected or left through the mount: a share from another
+  // server tells its owner's server (server.conf's peer_command), async.
+  void tell_owner(const std::string& name, const char* verb);
   // Sends the queued kernel notifications (watcher thread only).
   void notify_pending();
 

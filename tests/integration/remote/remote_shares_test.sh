@@ -74,6 +74,8 @@ check "ro export is RO" 'grep -q "Clients = $RIG_B_IP; Access_Type = RO" $EXPORT
 rig_wait 3 inB test -d "$MNT_B/.pending/rodocs"
 inB mv "$MNT_B/.pending/rodocs" "$MNT_B/rodocs"   # accept through the mount
 check "accepted with mv .pending/NAME NAME" 'inB test -f "$MNT_B/rodocs/keep.txt"'
+a_says() { share_a list --all | grep -w "$1" | grep -q "c2@$RIG_B_IP:$2"; }
+check "... and A's registry learns it (the daemon tells the owner's server)" 'rig_wait 5 a_says rodocs accepted'
 pyB "$MNT_B/rodocs" <<'PY'
 import errno, os, sys
 d = sys.argv[1]
@@ -108,6 +110,11 @@ sys.exit(0 if ok else 1)
 PY
 check "ro remote share: EROFS for write, append, create, truncate, mkdir, rmdir, unlink, rename, symlink, link, chmod, chown, utime, setxattr, mknod" "[ $? = 0 ]"
 check "ro: A's storage unchanged" 'inA sh -c "[ \$(cat $S/ro/keep.txt) = keep ] && [ \$(ls $S/ro | wc -l) = 2 ]"'
+
+ID_RO=$(grep -B3 "Path = \"$VIEW_A/" $EXPORTS | grep -o 'Export_Id = [0-9]*' | awk '{print $3}' | sort -n | tail -1)
+inB rmdir "$MNT_B/rodocs"   # leave through the mount
+check "left with rmdir NAME: A's receipt is left and the export removed" \
+  'rig_wait 5 a_says rodocs left && rig_wait 5 eval "! grep -q \"Export_Id = $ID_RO;\" $EXPORTS"'
 
 # ---- mode rw -> ro across servers -------------------------------------------------
 share_a mode --ro docs >/dev/null
@@ -158,11 +165,24 @@ share_b reject --container c2 declined >/dev/null
 check "reject on B: A's receipt is rejected and the export removed" \
   'share_a list --all | grep -q "c2@$RIG_B_IP:rejected" && ! grep -q "Export_Id = $ID_DECL;" $EXPORTS'
 
-# ---- an unreachable peer: the offer is withdrawn --------------------------------------
+# ---- a revoke the receiver's server does not hear of: the export is gone all the same ----
+share_a offer --from c1:docs --to c2@$RIG_B_IP --rw docs2 >/dev/null
+share_b accept --container c2 docs2 >/dev/null
+rig_wait 3 inB test -f "$MNT_B/docs2/hello.txt"
+check "docs2 served on B" '[ "$(inB head -1 $MNT_B/docs2/hello.txt)" = hello ]'
 inA sed -i "s|^peer_command.*|peer_command = false|" "$POOL_A/server.conf"
+check "revoke with B unreachable: refused for the peer, the export removed" \
+  '! share_a revoke docs2 2>/dev/null && [ $(grep -c "^EXPORT" $EXPORTS) = 0 ]'
+T0=$(date +%s.%N)
+rig_wait 1 sh -c "! rig_enter B cat $MNT_B/docs2/owner.txt"
+ERRMSG=$(inB cat "$MNT_B/docs2/owner.txt" 2>&1 >/dev/null)
+echo "# B, not told of the revoke, opens a file of it: $ERRMSG ($(python3 -c "import time; print('%.3f' % (time.time() - $T0))") s)"
+check "... B's next open fails within 1 s (the export is gone)" '[ -n "$ERRMSG" ]'
+
+# ---- an unreachable peer: the offer is withdrawn --------------------------------------
 check "offer to a server that does not answer is refused" '! share_a offer --from c1:docs --to c2@$RIG_B_IP --ro lost 2>/dev/null'
-check "... and withdrawn: revoked, and only the ro share is exported" \
-  'share_a list --all | grep -w lost | grep -q revoked && [ $(grep -c "^EXPORT" $EXPORTS) = 1 ]'
+check "... and withdrawn: revoked, nothing exported" \
+  'share_a list --all | grep -w lost | grep -q revoked && [ $(grep -c "^EXPORT" $EXPORTS) = 0 ]'
 
 if [ $FAILED != 0 ]; then
   echo "--- B's hoody-sharefs log"; tail -30 "$RIG_T/b/sharefs.log"
