@@ -435,13 +435,14 @@ Result<std::string> Fs::vread(fuse_req_t, fuse_ino_t ino) {
   return j.dump(2) + "\n";
 }
 
-void Fs::tell_owner(const std::string& name, const char* verb) {
-  std::optional<Received> r;
-  {
-    std::lock_guard g(view_m_);
-    if (auto it = accepted_.find(name); it != accepted_.end()) r = it->second.share;
-    if (auto it = offered_.find(name); it != offered_.end()) r = it->second;
-  }
+std::optional<Received> Fs::served_or_offered(const std::string& name) {
+  std::lock_guard g(view_m_);
+  if (auto it = accepted_.find(name); it != accepted_.end()) return it->second.share;
+  if (auto it = offered_.find(name); it != offered_.end()) return it->second;
+  return std::nullopt;
+}
+
+void Fs::tell_owner(const std::optional<Received>& r, const char* verb) {
   if (!r || r->url.empty()) return;
   // A share from another server: its owner's server is told, as
   // `hoody-share accept` would, on a thread of its own (the request is
@@ -481,6 +482,8 @@ Status Fs::vrmdir(fuse_req_t, fuse_ino_t parent, const char* name) {
       return fail(EPERM);
     }
   }
+  // Taken before the change: the watcher may apply it first.
+  auto was = served_or_offered(n);
   std::lock_guard g(req_m_);
   if (!req_reg_) return fail(EIO);
   std::string why;
@@ -489,7 +492,7 @@ Status Fs::vrmdir(fuse_req_t, fuse_ino_t parent, const char* name) {
   log::get("share")->info("op={} container={} share={} -> {}", reject ? "reject" : "leave",
                           scfg_.container, quote_name(n), s ? "ok" : escape(why));
   if (!s) return s;
-  tell_owner(n, reject ? "reject" : "leave");
+  tell_owner(was, reject ? "reject" : "leave");
   // Applied now (the core refuses the share's inodes at once); the kernel is
   // told by the watcher, after this request.
   (void)sync(*req_reg_);
@@ -507,6 +510,7 @@ Status Fs::vrename(fuse_req_t, fuse_ino_t parent, const char* name, fuse_ino_t n
     std::lock_guard g(view_m_);
     if (!offered_.count(n)) return fail(ENOENT);
   }
+  auto was = served_or_offered(n);
   std::lock_guard g(req_m_);
   if (!req_reg_) return fail(EIO);
   std::string why;
@@ -514,7 +518,7 @@ Status Fs::vrename(fuse_req_t, fuse_ino_t parent, const char* name, fuse_ino_t n
   log::get("share")->info("op=accept container={} share={} -> {}", scfg_.container, quote_name(n),
                           s ? "ok" : escape(why));
   if (!s) return s;
-  tell_owner(n, "accept");
+  tell_owner(was, "accept");
   // Served before the reply: `mv .pending/x x && ls x` sees it.
   return sync(*req_reg_);
 }

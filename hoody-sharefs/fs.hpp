@@ -135,7 +135,8 @@ private:
   void watch_loop();
   // Accepted, rejected or left through the mount: a share from another
   // server tells its owner's server (server.conf's peer_command), async.
-  void tell_owner(const std::string& name, const char* verb);
+  void tell_owner(const std::optional<Received>& share, const char* verb);
+  std::optional<Received> served_or_offered(const std::string& name);
   // Sends the queued kernel notifications (watcher thread only).
   void notify_pending();
 
