@@ -15,12 +15,18 @@
 // half; `exports` writes the exports again (after a restart of ganesha).
 //
 // Exit status: 0 done, 1 refused or failed (the message says why), 2 usage.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -29,13 +35,6 @@
 #include "share/registry.hpp"
 #include "share/server.hpp"
 #include "share/text.hpp"
-
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <chrono>
-#include <thread>
 
 namespace {
 
