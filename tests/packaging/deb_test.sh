@@ -30,7 +30,7 @@ want=(/usr/sbin/hoody-dbfs /usr/sbin/hoody-snapfs /usr/bin/hoody-snap /usr/bin/h
 units=(hoody@.target hoody-container@.service hoody-dbfs@.service hoody-snapfs@.service)
 if [ -n "$SHAREFS" ]; then
   want+=(/usr/sbin/hoody-sharefs)
-  units+=(hoody-sharefs@.service)
+  units+=(hoody-sharefs@.service hoody-nfs-view.service)
 else
   echo "note: no hoody-sharefs target in this build: the package has no hoody-sharefs yet"
 fi
