@@ -5,7 +5,7 @@
 //   address       this server as the other servers reach it (required to
 //                 offer to another server: it is in the export's url)
 //   view          the export view: a `hoody-sharefs -o exports` mount
-//                 (default /run/hoody/nfs-view)
+//                 (default /run/hoody/nfs/view)
 //   exports       the nfs-ganesha EXPORT blocks hoody writes, %included by
 //                 ganesha.conf (default POOL/nfs-exports.conf)
 //   ganesha_pid   nfs-ganesha's pid file: a SIGHUP reloads the exports
@@ -29,7 +29,7 @@ namespace hoody::sharefs {
 
 struct ServerConf {
   std::string address;
-  std::string view = "/run/hoody/nfs-view";
+  std::string view = "/run/hoody/nfs/view";
   std::string exports;
   std::string ganesha_pid = "/run/ganesha/ganesha.pid";
   int nfs_port = 2049;

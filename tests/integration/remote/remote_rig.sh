@@ -170,7 +170,8 @@ NFSV4 { Graceless = true; RecoveryRoot = "$RIG_T/a/recov"; }
 %include "$RIG_T/a/exports.conf"
 EOF
   # A: the export view, rpcbind, ganesha (private /run/rpcbind, /run/ganesha).
-  rig_daemon A "$RIG_T/a/view.log" "$HOODY_SHAREFS" -f -o exports "$POOL_A" "$VIEW_A"
+  # allow_other: ganesha acts as the squashed uid (the source's owner), not as root.
+  rig_daemon A "$RIG_T/a/view.log" "$HOODY_SHAREFS" -f -o exports,allow_other "$POOL_A" "$VIEW_A"
   rig_wait 10 rig_enter A test -d "$VIEW_A/.hoody" || { cat "$RIG_T/a/view.log" >&2; return 1; }
   rig_enter A sh -c 'mount -t tmpfs tmpfs /run/rpcbind && mount -t tmpfs tmpfs /run/ganesha' || return 1
   rig_daemon A "$RIG_T/a/rpcbind.log" rpcbind -f

@@ -109,12 +109,28 @@ ok = not bad and open(d + "/keep.txt").read() == "keep\n"
 sys.exit(0 if ok else 1)
 PY
 check "ro remote share: EROFS for write, append, create, truncate, mkdir, rmdir, unlink, rename, symlink, link, chmod, chown, utime, setxattr, mknod" "[ $? = 0 ]"
+ID_RO=$(last_export_id)
+check "rw: the export takes a write from B directly (the control of the next case)" \
+  'inB nfs-cp /etc/hostname "nfs://$RIG_A_IP$VIEW_A/$ID_DOCS/direct?nfsport=$RIG_NFS_PORT&mountport=$RIG_MNT_PORT" >/dev/null 2>&1'
+check "ro: the export itself refuses a write (libnfs from B, past hoody-sharefs)" \
+  '! inB nfs-cp /etc/hostname "nfs://$RIG_A_IP$VIEW_A/$ID_RO/direct?nfsport=$RIG_NFS_PORT&mountport=$RIG_MNT_PORT" >/dev/null 2>&1'
 check "ro: A's storage unchanged" 'inA sh -c "[ \$(cat $S/ro/keep.txt) = keep ] && [ \$(ls $S/ro | wc -l) = 2 ]"'
 
-ID_RO=$(grep -B3 "Path = \"$VIEW_A/" $EXPORTS | grep -o 'Export_Id = [0-9]*' | awk '{print $3}' | sort -n | tail -1)
 inB rmdir "$MNT_B/rodocs"   # leave through the mount
 check "left with rmdir NAME: A's receipt is left and the export removed" \
   'rig_wait 5 a_says rodocs left && rig_wait 5 eval "! grep -q \"Export_Id = $ID_RO;\" $EXPORTS"'
+
+# ---- squashed ids: B's root acts as the owner of the shared directory ------------------
+inA sh -c "mkdir -p $S/sq && chown 1234:2345 $S/sq"
+share_a offer --from c1:sq --to c2@$RIG_B_IP --rw sq >/dev/null
+check "the export squashes every caller to the source's owner" \
+  'grep -A12 "Export_Id = $(last_export_id);" $EXPORTS | grep -q "Anonymous_Uid = 1234;"'
+share_b accept --container c2 sq >/dev/null
+rig_wait 3 inB test -d "$MNT_B/sq"
+inB sh -c "echo mine >$MNT_B/sq/by-root-on-b"
+check "a file B's root creates belongs to 1234:2345 on A, not to root" \
+  '[ "$(inA stat -c %u:%g $S/sq/by-root-on-b)" = 1234:2345 ]'
+share_a revoke sq >/dev/null
 
 # ---- mode rw -> ro across servers -------------------------------------------------
 share_a mode --ro docs >/dev/null

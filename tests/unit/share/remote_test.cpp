@@ -216,7 +216,7 @@ TEST_CASE("server.conf: defaults, keys, refusals") {
   auto d = read_server_conf(pool.path, &why);
   REQUIRE(d.ok());
   CHECK(d->exports == pool.path + "/nfs-exports.conf");
-  CHECK(d->view == "/run/hoody/nfs-view");
+  CHECK(d->view == "/run/hoody/nfs/view");
   CHECK(d->address.empty());
   std::ofstream(pool.path + "/server.conf") << "# c\naddress = 10.0.0.1\nview = /v\nnfs_port = 12049\n"
                                               "mount_port = 12050\npeer_command = ssh {server} hoody-share\n";
