@@ -161,7 +161,8 @@ fuse_ino_t RemoteFs::intern(const std::shared_ptr<RemoteShare>& share, const std
 Result<RemoteFs::Node> RemoteFs::node(fuse_ino_t ino) {
   std::lock_guard g(m_);
   auto it = nodes_.find(ino);
-  if (it == nodes_.end() || it->second.share->revoked.load()) return fail(ESTALE);
+  if (it == nodes_.end() || it->second.share->revoked.load() || it->second.path.empty())
+    return fail(ESTALE);
   return it->second;
 }
 
@@ -190,11 +191,13 @@ void RemoteFs::moved(const RemoteShare* share, const std::string& from, const st
     if (p.compare(0, from.size(), from) != 0) break;
     if (p.size() == from.size() || p[from.size()] == '/') hit.push_back({p, it->second});
   }
-  // A node already at the target name (replaced by the rename) keeps its id
-  // but is no longer found by path.
   for (auto& [p, id] : hit) by_path_.erase({share, p});
   for (auto& [p, id] : hit) {
     std::string np = to + p.substr(from.size());
+    // A node at the target name (replaced by the rename) names nothing now:
+    // its requests give ESTALE, not the file that took its name.
+    auto old = by_path_.find({share, np});
+    if (old != by_path_.end() && old->second != id) nodes_[old->second].path.clear();
     by_path_[{share, np}] = id;
     nodes_[id].path = np;
   }

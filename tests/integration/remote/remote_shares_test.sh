@@ -55,13 +55,19 @@ os.symlink("../hello.txt", d + "/dir/link")
 os.chmod(d + "/hello.txt", 0o640)
 with open(d + "/dir/moved.txt", "r+b") as f:
     f.seek(10); f.write(b"ZZ")
+with open(d + "/r1", "w") as f: f.write("one")
+with open(d + "/r2", "w") as f: f.write("two")
+os.stat(d + "/r2")
+os.rename(d + "/r1", d + "/r2")  # over an existing file
+over = open(d + "/r2").read() == "one" and not os.path.exists(d + "/r1")
+os.unlink(d + "/r2")
 st = os.stat(d + "/dir/moved.txt")
 names = sorted(os.listdir(d))
-ok = st.st_size == 50000 and names == ["dir", "hello.txt"] and os.readlink(d + "/dir/link") == "../hello.txt"
+ok = over and st.st_size == 50000 and names == ["dir", "hello.txt"] and os.readlink(d + "/dir/link") == "../hello.txt"
 print("# rw ops:", st.st_size, names)
 sys.exit(0 if ok else 1)
 PY
-check "write, append, mkdir, rename, truncate, unlink, symlink, chmod, readdir on B" "[ $? = 0 ]"
+check "write, append, mkdir, rename (also over a file), truncate, unlink, symlink, chmod, readdir on B" "[ $? = 0 ]"
 check "B's changes are in A's storage" \
   'inA sh -c "[ \$(stat -c %s $S/docs/dir/moved.txt) = 50000 ] && [ \$(head -c 12 $S/docs/dir/moved.txt) = xxxxxxxxxxZZ ] && [ ! -e $S/docs/gone.txt ] && [ \$(stat -c %a $S/docs/hello.txt) = 640 ] && [ \$(readlink $S/docs/dir/link) = ../hello.txt ]"'
 inA sh -c "echo from-owner >$S/docs/owner.txt"
