@@ -59,6 +59,8 @@ rig_enter() {  # rig_enter A|B CMD...
 rig_cleanup() {
   local rc=$?
   set +e
+  # bash reports each killed background job on stderr ("Killed"): noise here.
+  exec 2>/dev/null
   for ((i = ${#RIG_PIDS[@]} - 1; i >= 0; i--)); do kill "${RIG_PIDS[i]}" 2>/dev/null; done
   sleep 0.3
   for ((i = ${#RIG_PIDS[@]} - 1; i >= 0; i--)); do kill -9 "${RIG_PIDS[i]}" 2>/dev/null; done
