@@ -275,9 +275,35 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (*crm) {
+      // What crosses servers is told to the other side after the removal:
+      // C's shares offered out are revoked there (and unexported here), C's
+      // shares from other servers are left (or rejected) there.
+      std::vector<Share> out;
+      std::vector<Received> in;
+      if (auto os = reg->offered_by(container, false))
+        for (auto& s : *os)
+          if (!s.peer.empty() && s.url.empty()) out.push_back(s);
+      if (auto rs = reg->shares_for(container, false))
+        for (auto& r : *rs)
+          if (!r.url.empty()) in.push_back(r);
       if (!reg->remove_container(container, &why)) return refused(why);
+      int rc = 0;
+      if (!out.empty() || !in.empty()) {
+        auto conf = read_server_conf(pool, &why);
+        if (!conf) return refused(why);
+        if (!out.empty() && !publish(*reg, &why)) rc = refused("container remove " + container + ": " + why);
+        for (auto& s : out)
+          if (!run_peer(*conf, s.peer, {"revoke", "--owner", s.owner + "@" + conf->address, "--", s.name}, &why))
+            rc = refused("container remove " + container + ": revoke " + s.name + ": " + why);
+        for (auto& r : in)
+          if (!run_peer(*conf, r.peer,
+                        {"state", "--owner", r.owner.substr(0, r.owner.find('@')), "--receiver", container,
+                         r.state == State::accepted ? "--leave" : "--reject", "--", r.name},
+                        &why))
+            rc = refused("container remove " + container + ": leave " + r.name + ": " + why);
+      }
       std::printf("removed container %s\n", container.c_str());
-      return 0;
+      return rc;
     }
     auto cs = reg->containers();
     if (!cs) return refused("list containers: " + cs.error().message());

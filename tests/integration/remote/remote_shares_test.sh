@@ -187,6 +187,21 @@ share_b reject --container c2 declined >/dev/null
 check "reject on B: A's receipt is rejected and the export removed" \
   'share_a list --all | grep -q "c2@$RIG_B_IP:rejected" && ! grep -q "Export_Id = $ID_DECL;" $EXPORTS'
 
+# ---- container remove, on either side, reaches the other -------------------------------
+inA mkdir -p "$POOL_A/containers/c3/storage"
+share_a container add c3 >/dev/null
+share_a offer --from c3:. --to c2@$RIG_B_IP --rw bye >/dev/null
+share_b accept --container c2 bye >/dev/null
+share_a container remove c3 >/dev/null
+check "container remove on A: its share is revoked on B and unexported" \
+  'share_b list --all | grep -w bye | grep -q revoked && [ $(grep -c "^EXPORT" $EXPORTS) = 0 ]'
+share_b container add c4 >/dev/null
+share_a offer --from c1:docs --to c4@$RIG_B_IP --ro forc4 >/dev/null
+check "an offer to c4@B is exported" '[ $(grep -c "^EXPORT" $EXPORTS) = 1 ]'
+share_b container remove c4 >/dev/null
+check "container remove on B: A's receipt is rejected and the export removed" \
+  'share_a list --all | grep -w forc4 | grep -q "c4@$RIG_B_IP:rejected" && [ $(grep -c "^EXPORT" $EXPORTS) = 0 ]'
+
 # ---- a revoke the receiver's server does not hear of: the export is gone all the same ----
 share_a offer --from c1:docs --to c2@$RIG_B_IP --rw docs2 >/dev/null
 share_b accept --container c2 docs2 >/dev/null
