@@ -175,7 +175,8 @@ EOF
   # allow_other: ganesha acts as the squashed uid (the source's owner), not as root.
   rig_daemon A "$RIG_T/a/view.log" "$HOODY_SHAREFS" -f -o exports,allow_other "$POOL_A" "$VIEW_A"
   rig_wait 10 rig_enter A test -d "$VIEW_A/.hoody" || { cat "$RIG_T/a/view.log" >&2; return 1; }
-  rig_enter A sh -c 'mount -t tmpfs tmpfs /run/rpcbind && mount -t tmpfs tmpfs /run/ganesha' || return 1
+  # (the directories may be missing where no rpcbind or ganesha ever ran)
+  rig_enter A sh -c 'mkdir -p /run/rpcbind /run/ganesha && mount -t tmpfs tmpfs /run/rpcbind && mount -t tmpfs tmpfs /run/ganesha' || return 1
   rig_daemon A "$RIG_T/a/rpcbind.log" rpcbind -f
   rig_wait 10 rig_enter A rpcinfo -p 127.0.0.1 || { rig_note "rpcbind did not come up"; return 1; }
   rig_daemon A "$RIG_T/a/ganesha.out" ganesha.nfsd -F -f "$RIG_T/a/ganesha.conf" -L "$RIG_T/a/ganesha.log" \
