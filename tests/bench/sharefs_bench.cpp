@@ -504,6 +504,14 @@ TEST_CASE("sharefs_bench: a share vs a bind mount, bindfs, passthrough_ll and ho
     }
     std::printf("\n");
   }
+  std::printf("\nper round (in the order run):\n");
+  for (auto& w : loads) {
+    for (auto& c : cands) {
+      std::printf("  %-20s %-16s", w.name, c.name.c_str());
+      for (double v : results[w.name][c.name]) std::printf(" %9.0f", v);
+      std::printf("\n");
+    }
+  }
   std::printf("\ntargets (issue 8 item 8), medians of per-round ratios:\n");
   std::printf("  seq read cold     sharefs/bind  %.3f  (>= 0.90)\n", ratio("seq read cold", "sharefs", "bind"));
   std::printf("  seq read hot      sharefs/bind  %.3f\n", ratio("seq read hot", "sharefs", "bind"));
