@@ -541,7 +541,10 @@ protected:
   virtual void present(struct stat& /*st*/) {}
 
   // Looks `name` up in `parent` and returns the entry with its lookup counted.
-  Result<fuse_entry_param> do_lookup(fuse_ino_t parent, const char* name);
+  // open_first: the name is probably new to the table (skips a statx that
+  // would only tell so); *was_new: whether it was.
+  Result<fuse_entry_param> do_lookup(fuse_ino_t parent, const char* name, bool open_first = false,
+                                     bool* was_new = nullptr);
   // The attributes of `name` in directory fd `dfd` (one component, not
   // followed), or of `dfd` itself for name ""; ENOENT for a mount point
   // inside root `r` unless cross_mounts.

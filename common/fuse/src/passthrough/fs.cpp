@@ -680,7 +680,8 @@ Result<struct stat> PassthroughFs::stat_entry(int dfd, const char* name, const R
   return stat_of(sx);
 }
 
-Result<fuse_entry_param> PassthroughFs::do_lookup(fuse_ino_t parent, const char* name) {
+Result<fuse_entry_param> PassthroughFs::do_lookup(fuse_ino_t parent, const char* name, bool open_first,
+                                                  bool* was_new) {
   Inode* dir = inode(parent);
   Root* r = dir->root;
   HOODY_TRY(dfd, pin(dir));
@@ -688,12 +689,28 @@ Result<fuse_entry_param> PassthroughFs::do_lookup(fuse_ino_t parent, const char*
   // before) costs one statx: no fd is opened, and an evicted inode stays
   // evicted (its file handle reopens it when a request needs its fd), so a
   // walk over more inodes than the fd budget does not churn fds.  Only a new
-  // inode opens its O_PATH fd, and its attributes are taken from that fd
-  // (the name may have been replaced since the statx: the fd is what counts).
-  HOODY_TRY(st, stat_entry(dfd.get(), name, *r));
+  // inode opens its O_PATH fd (one component, not followed), and its
+  // attributes are those of that fd (the name may have been replaced since
+  // the statx: the fd is what counts).  open_first: the caller expects a
+  // new name (readdirplus after a new entry), so the statx by name is skipped.
   UniqueFd fd;
+  struct stat st {};
+  auto open_it = [&]() -> Status {
+    HOODY_TRY(opened, sys::openat(dfd.get(), name, O_PATH | O_NOFOLLOW));
+    HOODY_TRY(fst, stat_entry(opened.get(), "", *r));
+    fd = std::move(opened);
+    st = fst;
+    return {};
+  };
+  if (open_first) {
+    HOODY_CHECK(open_it());
+  } else {
+    HOODY_TRY(s, stat_entry(dfd.get(), name, *r));
+    st = s;
+  }
   Inode* child = nullptr;
-  for (int attempt = 0;; ++attempt) {
+  bool made = false;
+  for (;;) {
     {
       std::lock_guard g(mutex_);
       // A lookup in a directory of a replaced or removed tree that raced with
@@ -703,7 +720,7 @@ Result<fuse_entry_param> PassthroughFs::do_lookup(fuse_ino_t parent, const char*
       auto it = inodes_.find(key);
       Inode* root = r->inode.load();
       if (it != inodes_.end()) {
-        child = it->second.get();
+        child = it->second.get();  // a fresh fd of ours closes at return
       } else if (root && root->src_dev == st.st_dev && root->src_ino == st.st_ino) {
         child = root;  // a bind mount or a ".." back to the root
       } else if (fd.valid()) {
@@ -712,6 +729,7 @@ Result<fuse_entry_param> PassthroughFs::do_lookup(fuse_ino_t parent, const char*
         in->last_use_ = clock_.fetch_add(1, std::memory_order_relaxed);
         inodes_.emplace(key, std::move(in));
         ++path_fds_;
+        made = true;
         evict_over_budget();
       }
       if (child) {
@@ -723,15 +741,11 @@ Result<fuse_entry_param> PassthroughFs::do_lookup(fuse_ino_t parent, const char*
         break;
       }
     }
-    // New: its own O_PATH fd (one component, not followed), and the
-    // attributes of what that fd holds.
-    if (attempt > 0) return fail(ESTALE);  // never twice: the table is checked with the fd's key
-    auto opened = sys::openat(dfd.get(), name, O_PATH | O_NOFOLLOW);
-    if (!opened) return fail(opened.error());
-    fd = std::move(*opened);
-    HOODY_TRY(fst, stat_entry(fd.get(), "", *r));
-    st = fst;
+    // New: open it (once: the table was checked with the fd's own key).
+    if (fd.valid()) return fail(ESTALE);
+    HOODY_CHECK(open_it());
   }
+  if (was_new) *was_new = made;
   fuse_entry_param e{};
   e.attr = st;
   show(e.attr);
