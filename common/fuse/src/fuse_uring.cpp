@@ -81,6 +81,7 @@
 
 #include "hoody/fuse_transport.hpp"
 #include "hoody/log.hpp"
+#include "request_info.hpp"
 
 namespace hoody::fuse_uring {
 
@@ -500,6 +501,7 @@ void dispatch(Queue& q, Entry& e) {
              t.opts.tmpfile_errno(in.nodeid) != 0) {
     reply_direct(e, t.opts.tmpfile_errno(in.nodeid));
   } else {
+    fuse_req::note(in.opcode, e.hdr->op_in, opsz);
     char* start = e.payload - opsz - sizeof in;
     std::memcpy(start, &in, sizeof in);
     std::memcpy(start + sizeof in, e.hdr->op_in, opsz);
