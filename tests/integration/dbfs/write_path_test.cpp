@@ -63,3 +63,38 @@ TEST_CASE("write path: no GETXATTR of security.capability after a WRITE") {
   CHECK(n_of(d, "GETXATTR") == 0);
   CHECK(n_of(d, "SETATTR") == 0);
 }
+
+TEST_CASE("write path: a read-only phase of SELECTs makes no WRITE") {
+  Mounted m;
+  std::string path = m.mnt + "/hot.db";
+  create_db(m.backing + "/hot.db", "wal");
+  {
+    Db w = open_db(m.backing + "/hot.db", 5000);
+    exec(w.get(), "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<100000) "
+                  "INSERT INTO t(rowid, p, s, k, v) SELECT x, 0, x, 0, randomblob(1000) FROM c");
+    exec(w.get(), "PRAGMA wal_checkpoint(TRUNCATE)");
+  }
+  Db db = open_db(path, 0);
+  query(db.get(), "SELECT sum(length(v)) FROM t");
+  sqlite3_stmt* st = nullptr;
+  REQUIRE(sqlite3_prepare_v2(db.get(), "SELECT length(v) FROM t WHERE rowid=?", -1, &st, nullptr) ==
+          SQLITE_OK);
+  Ops before = ops_of(m.mnt);
+  constexpr int kTxns = 50, kPerTxn = 100;
+  unsigned x = 7;
+  for (int t = 0; t < kTxns; ++t) {
+    exec(db.get(), "BEGIN");
+    for (int i = 0; i < kPerTxn; ++i) {
+      x = x * 1103515245u + 12345u;
+      sqlite3_bind_int(st, 1, static_cast<int>(x % 100000) + 1);
+      REQUIRE(sqlite3_step(st) == SQLITE_ROW);
+      sqlite3_reset(st);
+    }
+    exec(db.get(), "COMMIT");
+  }
+  sqlite3_finalize(st);
+  Ops d = delta(before, ops_of(m.mnt));
+  MESSAGE("requests for " << kTxns << " read transactions of " << kPerTxn
+                          << " SELECTs: " << show(d));
+  CHECK(n_of(d, "WRITE") == 0);
+}
