@@ -413,8 +413,8 @@ TEST_CASE("dbfs_bench: 8 writers busy_timeout=0 on hoody-dbfs vs native/bindfs w
             double d = static_cast<double>(v.get<long long>() -
                                            (ops_before.contains(op) ? ops_before[op].get<long long>() : 0));
             if (d <= 0) continue;
-            char cell[64];
-            std::snprintf(cell, sizeof cell, " %s=%.2f", op.c_str(), d / static_cast<double>(r.ops));
+            char cell[80];
+            std::snprintf(cell, sizeof cell, " %s=%.3g(%.0f)", op.c_str(), d / static_cast<double>(r.ops), d);
             line += cell;
           }
           req_trace[w.name][c.name] = line;
@@ -473,7 +473,7 @@ TEST_CASE("dbfs_bench: 8 writers busy_timeout=0 on hoody-dbfs vs native/bindfs w
   std::printf("\nlock requests (FUSE round trips) per transaction/query on dbfs-dev:");
   for (auto& w : loads)
     if (!lock_reqs[w.name].empty()) std::printf(" [%s %.1f]", w.name.c_str(), median(lock_reqs[w.name]));
-  std::printf("\nFUSE requests per transaction/query/call by opcode (first round):\n");
+  std::printf("\nFUSE requests per transaction/query/call by opcode, (total), first round:\n");
   for (auto& w : loads)
     for (auto& [cand, line] : req_trace[w.name])
       std::printf("  %-22s %-10s%s\n", w.name.c_str(), cand.c_str(), line.c_str());
