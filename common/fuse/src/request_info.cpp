@@ -31,6 +31,10 @@ constexpr std::array<const char*, kNames> kOpNames = {
     "SETUPMAPPING", "REMOVEMAPPING", "SYNCFS", "TMPFILE",    "STATX"};
 
 std::array<std::atomic<std::uint64_t>, kNames> g_counts{};
+// WRITEs of the page cache (FUSE_WRITE_CACHE: a shared mapping's dirty
+// pages, e.g. SQLite's -shm, or the writeback cache), also counted in WRITE.
+std::atomic<std::uint64_t> g_cache_writes{0};
+constexpr std::uint32_t kWriteCache = 1u << 0;  // FUSE_WRITE_CACHE
 thread_local bool tls_kill = false;
 
 std::atomic<bool> g_want_v2{false};
@@ -49,7 +53,11 @@ void note(std::uint32_t opcode, const void* op_in, std::size_t n) {
   g_counts[opcode < kNames ? opcode : 0].fetch_add(1, std::memory_order_relaxed);
   bool kill = false;
   // fuse_write_in: fh, offset, size, write_flags; fuse_open_in: flags, open_flags.
-  if (opcode == kOpWrite && n >= 24) kill = u32_at(op_in, 20) & kWriteKillSuidgid;
+  if (opcode == kOpWrite && n >= 24) {
+    std::uint32_t flags = u32_at(op_in, 20);
+    kill = flags & kWriteKillSuidgid;
+    if (flags & kWriteCache) g_cache_writes.fetch_add(1, std::memory_order_relaxed);
+  }
   else if (opcode == kOpOpen && n >= 8) kill = u32_at(op_in, 4) & kOpenKillSuidgid;
   tls_kill = kill;
 }
@@ -98,6 +106,8 @@ std::vector<std::pair<std::string, std::uint64_t>> fuse_request_counts() {
   for (std::size_t i = 0; i < fuse_req::kNames; ++i)
     if (auto n = fuse_req::g_counts[i].load(std::memory_order_relaxed))
       out.emplace_back(fuse_req::kOpNames[i], n);
+  if (auto n = fuse_req::g_cache_writes.load(std::memory_order_relaxed))
+    out.emplace_back("WRITE_PAGECACHE", n);
   return out;
 }
 

@@ -35,7 +35,9 @@ struct TransportInfo {
 TransportInfo fuse_transport_info();
 
 // Requests received so far by opcode name ("WRITE", "GETXATTR", ...), both
-// transports together; opcodes never seen are left out.
+// transports together; opcodes never seen are left out.  "WRITE_PAGECACHE"
+// counts the WRITEs of dirty page-cache pages (FUSE_WRITE_CACHE: a shared
+// mapping such as SQLite's -shm), which WRITE includes.
 std::vector<std::pair<std::string, std::uint64_t>> fuse_request_counts();
 
 // For an op handler: the request this thread is dispatching carries the
