@@ -1,7 +1,9 @@
 // Issue 10 items 3-4: the write path without extra round trips.  Each check
 // counts the requests the daemon received (--status transport.ops, both
 // transports) around a workload.
+#include <dirent.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <map>
@@ -97,4 +99,43 @@ TEST_CASE("write path: a read-only phase of SELECTs makes no WRITE") {
   MESSAGE("requests for " << kTxns << " read transactions of " << kPerTxn
                           << " SELECTs: " << show(d));
   CHECK(n_of(d, "WRITE") == 0);
+}
+
+TEST_CASE("entry path: a listing with stats makes no LOOKUP per entry (readdirplus)") {
+  Mounted m;
+  constexpr int kFiles = 60;
+  for (int i = 0; i < kFiles; ++i) {
+    int fd = ::open((m.backing + "/f" + std::to_string(i)).c_str(), O_WRONLY | O_CREAT | O_CLOEXEC,
+                    0644);
+    REQUIRE(fd >= 0);
+    ::close(fd);
+  }
+  Ops before = ops_of(m.mnt);
+  DIR* d = ::opendir(m.mnt.c_str());
+  REQUIRE(d);
+  int seen = 0;
+  while (dirent* e = ::readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    struct stat st;
+    REQUIRE(::fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0);
+    ++seen;
+  }
+  ::closedir(d);
+  Ops dl = delta(before, ops_of(m.mnt));
+  MESSAGE("requests for a listing of " << seen << " files with a stat each: " << show(dl));
+  CHECK(seen == kFiles);
+  CHECK(n_of(dl, "READDIRPLUS") >= 1);
+  CHECK(n_of(dl, "LOOKUP") < 5);
+  CHECK(n_of(dl, "GETATTR") < 5);
+}
+
+TEST_CASE("entry path: SQLite's probe of a missing -journal stays in the kernel (negative entry)") {
+  Mounted m;
+  std::string j = m.mnt + "/db.sqlite-journal";
+  REQUIRE(::access(j.c_str(), F_OK) != 0);
+  Ops before = ops_of(m.mnt);
+  for (int i = 0; i < 200; ++i) REQUIRE(::access(j.c_str(), F_OK) != 0);
+  Ops dl = delta(before, ops_of(m.mnt));
+  MESSAGE("requests for 200 probes of a missing name: " << show(dl));
+  CHECK(n_of(dl, "LOOKUP") <= 1);  // 1 if the 1 s negative_timeout ran out meanwhile
 }

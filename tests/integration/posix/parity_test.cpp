@@ -1079,6 +1079,10 @@ TEST_CASE("write, truncate and chown clear setuid, setgid and capabilities as na
       o.rc(f.substr(f.rfind('/')), write_at(f)).stat("stat", f);
     }
     o.rc("capn", write_at(t / "capn")).val("cap", cap_of(t / "capn"));
+    // The owner's own setuid/setgid file: cleared too (no CAP_FSETID).
+    std::string own = t / "open/own";
+    o.rc("own", write_file(own, "data", O_TRUNC, 0644)).rc("chmod", ::chmod(own.c_str(), 06775));
+    o.stat("own before", own).rc("own write", write_at(own)).stat("own after", own);
   });
   p.check_as_nobody("truncate by a caller without CAP_FSETID", [&](const Tree& t, Trace& o) {
     for (auto& [name, mode] : kFiles) {
