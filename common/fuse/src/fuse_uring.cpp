@@ -164,6 +164,11 @@ struct Entry {
   State state = State::fetching;  // guarded by Queue::mu
   bool was_parked = false;        // guarded by Queue::mu
   bool registered = false;        // ring thread only
+  // Ring thread only, for Queue::may_queued: the round whose reap saw a CQE
+  // of this entry; waiting for a request since the previous reap (so free in
+  // the kernel all along); committed in the SQEs submitted before this reap.
+  std::uint64_t cqe_round = 0;
+  bool carry = false, committed_now = false;
 };
 
 struct Queue {
@@ -179,6 +184,10 @@ struct Queue {
   std::uint64_t parked = 0;       // entries whose request is parked
   std::uint64_t in_userspace = 0; // entries with a request, not parked, not committed
   bool cap_warned = false;
+  // Whether a request may wait in the kernel's list (arrived while no entry
+  // of this queue was free), so that a park must kick (see update_queued).
+  bool may_queued = false;
+  std::uint64_t round = 0;
   // Replies from other threads, to commit.  Lock order: Transport::map_mu
   // is never held while taking mu.
   std::mutex mu;
@@ -385,6 +394,7 @@ bool add_entry(Queue& q) {
 }
 
 void commit(Queue& q, Entry& e) {
+  e.committed_now = true;
   q.n_commits.fetch_add(1, std::memory_order_relaxed);
   e.state = State::fetching;
   prep_cmd(q, e, kCmdCommitAndFetch, e.unique);
@@ -582,7 +592,7 @@ void dispatch(Queue& q, Entry& e) {
   }
   // After the replacement entry is registered (ring_main): a kick made
   // before would find no free entry and wait in the kernel's list itself.
-  if (!io_op(e.opcode) && q.in_userspace == 0) q.kick_after_submit = true;
+  if (!io_op(e.opcode) && q.in_userspace == 0 && q.may_queued) q.kick_after_submit = true;
 }
 
 void drain_ready(Queue& q) {
@@ -599,6 +609,43 @@ void drain_ready(Queue& q) {
       q.in_userspace--;
     }
     commit(q, *e);
+  }
+}
+
+// Whether a request may be waiting in the kernel's list of this queue, from
+// what this reap saw (before its requests are dispatched).  The kernel lists
+// a request only when no entry is free, and fetches from the list only at a
+// commit.  Between two reaps the free entries only get taken (new ones come
+// only from our submits), so:
+//  - an entry committed in the last submit that got no request: the list was
+//    empty at that commit, and that entry has been free since: nothing waits;
+//  - else, every entry that was free at the last reap got a request: there
+//    may have been a moment with none free: something may wait;
+//  - else one stayed free all along: nothing new waits (what waited before
+//    still may).
+// The kicks are made only while something may wait: a park that kicked
+// every time made a GETATTR per transaction with 8 writers.  The watchdog
+// still kicks after 20 ms without commits (the background requests a commit
+// moves to the list are not seen here).
+void update_queued(Queue& q, const std::vector<std::pair<std::uint64_t, int>>& batch) {
+  ++q.round;
+  for (auto [data, res] : batch)
+    if (data != kEventTag) reinterpret_cast<Entry*>(data)->cqe_round = q.round;
+  bool commit_found_empty = false, carry_all_taken = true;
+  for (auto& up : q.entries) {
+    Entry& x = *up;
+    bool waiting = x.state == State::fetching && x.cqe_round != q.round;
+    if (waiting && x.committed_now) commit_found_empty = true;
+    if (waiting && x.carry) carry_all_taken = false;
+  }
+  if (commit_found_empty)
+    q.may_queued = false;
+  else if (carry_all_taken)
+    q.may_queued = true;
+  for (auto& up : q.entries) {
+    Entry& x = *up;
+    x.carry = x.state == State::fetching && x.cqe_round != q.round;
+    x.committed_now = false;
   }
 }
 
@@ -658,6 +705,7 @@ void ring_main(Queue* qp) {
       ++n;
     }
     io_uring_cq_advance(&q.ring, n);
+    update_queued(q, batch);
     bool exit = false;
     for (auto [data, res] : batch) {
       if (data == kEventTag) {
@@ -671,10 +719,12 @@ void ring_main(Queue* qp) {
         continue;
       }
       if (res == -EINTR || res == -EAGAIN) {  // resubmit as it was
-        if (e.state == State::fetching && e.unique != 0)
+        if (e.state == State::fetching && e.unique != 0) {
           prep_cmd(q, e, kCmdCommitAndFetch, e.unique);
-        else
+          e.committed_now = true;
+        } else {
           prep_cmd(q, e, kCmdRegister, 0);
+        }
         continue;
       }
       if (res == -ENOTCONN || res == -ECANCELED || res == -ECONNABORTED) continue;  // unmount
