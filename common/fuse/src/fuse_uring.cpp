@@ -28,8 +28,9 @@
 //     kernel, so the count is bounded by the threads of the machine);
 //  2. a request that arrived while every entry was taken waits in the
 //     kernel's list, and a new entry does not fetch it: only a commit does.
-//     When a request parks and no other request of the queue is being served
-//     (none will be committed soon), one of the queue's kicker threads,
+//     When a request parks, no other request of the queue is being served
+//     (none will be committed soon) and a request may be waiting in that
+//     list (update_queued tells from each reap), one of the queue's kicker threads,
 //     pinned to the same CPU, makes one GETATTR on the mount root (statx with
 //     AT_STATX_FORCE_SYNC), once the replacement entries of that round are
 //     registered.  It lands on this CPU's queue, takes a free entry (there
