@@ -285,6 +285,12 @@ private:
   bool recover_due_ = false;  // a restore left old live subvolumes to delete
   bool schedule_due_ = false;  // the schedule was set: run it now
   std::thread prune_thread_;
+  // Watches SOURCE/.snapshots for a touch of its attributes: `hoody-snap
+  // receive` (another process, sharing the index) published a snapshot.
+  std::thread watch_thread_;
+  UniqueFd watch_stop_;  // eventfd: written when the daemon stops
+  void watch_loop();
+  void stop_watch();
 };
 
 // The daemon object of a request.
