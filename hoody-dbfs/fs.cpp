@@ -220,6 +220,11 @@ std::string Fs::status_json() {
                               {"dispatch_ns", q.dispatch_ns},
                               {"lock_dispatch_ns", q.lock_dispatch_ns}});
   }
+  // Requests received by opcode, both transports (what a workload costs in
+  // round trips: tests count GETXATTR after WRITE, LOOKUP per transaction).
+  nlohmann::json ops = nlohmann::json::object();
+  for (auto& [name, n] : fuse_request_counts()) ops[name] = n;
+  jt["ops"] = ops;
   j["transport"] = jt;
   return j.dump(2);
 }

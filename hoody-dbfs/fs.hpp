@@ -46,6 +46,9 @@ public:
   Status start(std::string* why) override;
   fuse_lowlevel_ops ops() override;
   void* userdata() override { return static_cast<pt::PassthroughFs*>(this); }
+  // The core clears setuid/setgid itself (pt::kill_suidgid); splice_read
+  // would hide the kill flags from the request hook.
+  bool handle_killpriv_v2() override { return !config().splice_read; }
   // After fuse_daemonize: starts the threads (lock manager timer, status
   // socket, source watch); threads made before the fork would be lost.
   void attached(fuse_session* se) override;

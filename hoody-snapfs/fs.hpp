@@ -69,6 +69,9 @@ public:
   fuse_lowlevel_ops ops() override;
   void attached(fuse_session* se) override;
   void* userdata() override { return static_cast<pt::PassthroughFs*>(this); }
+  // The core clears setuid/setgid itself (pt::kill_suidgid); splice_read
+  // would hide the kill flags from the request hook.
+  bool handle_killpriv_v2() override { return !config().splice_read; }
   // open(O_TMPFILE): EROFS inside a snapshot, EPERM at the root and in .hoody/
   // (as for every other file made there), not libfuse's EOPNOTSUPP.
   std::function<int(uint64_t nodeid)> tmpfile_errno() override;

@@ -10,6 +10,7 @@
 //   dbfs-ring      hoody-dbfs -o io=sync,transport=uring, busy_timeout=0
 //                  (FUSE over io_uring; the bench turns enable_uring on)
 //   dbfs-ring-iou  the same with -o io=uring (only with HOODY_BENCH_IO_URING=1)
+//   dbfs-ring-wb   dbfs-ring with -o writeback_cache (only with HOODY_BENCH_WRITEBACK=1)
 //
 // Workloads (synchronous=FULL, SQLite's default: fsync on the loop device
 // dominates the write workloads):
@@ -29,6 +30,7 @@
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -181,6 +183,121 @@ Result lock_round_trip(const std::string& dir) {
   return r;
 }
 
+// (a2): the plain form of (a): each process opens its own connection inside
+// the timed region (a short-lived writer), sets synchronous=FULL, makes
+// `txns` autocommit INSERTs with sqlite3_exec (no prepared statement) and
+// closes.  The project's (a) opens and prepares before the clock starts.
+Result short_lived_writers(const std::string& dir, const std::string& mode, int writers, int txns,
+                           int busy_ms) {
+  static int serial = 0;
+  std::string path = dir + "/s" + std::to_string(++serial) + "-" + mode + ".db";
+  create_db(path, mode);
+  auto sh = make_shared_mem<Shared>();
+  std::vector<Child> kids;
+  for (int i = 0; i < writers; ++i)
+    kids.emplace_back([&, i] {
+      ProcStats& me = sh->procs[i];
+      if (!wait_go(*sh)) return 3;
+      Db db = open_db(path, busy_ms);
+      exec(db.get(), "PRAGMA synchronous=FULL");
+      for (int s = 0; s < txns; ++s) {
+        int rc = exec_rc(db.get(), insert_sql(i, s, 0));
+        if (rc == SQLITE_OK)
+          me.committed.fetch_add(1);
+        else
+          record_error(me, db.get(), sqlite3_extended_errcode(db.get()), "INSERT");
+      }
+      return 0;
+    }, ChildOptions{.timeout = 240s});
+  ::usleep(100000);
+  auto t0 = Clock::now();
+  sh->go = 1;
+  for (auto& k : kids) k.wait();
+  double secs = seconds_since(t0);
+  Result r{sh->committed_total() / secs, sh->busy_total() + sh->other_total(), sh->committed_total()};
+  for (const char* suffix : {"", "-wal", "-shm", "-journal"}) ::unlink((path + suffix).c_str());
+  return r;
+}
+
+// (e): create (open O_CREAT, write 100 bytes, close), stat, unlink of a small
+// file, for 1.5 s; rate = files/s.
+Result create_stat_unlink(const std::string& dir) {
+  Result r;
+  long n = 0;
+  char buf[100] = {};
+  auto t0 = Clock::now();
+  while (seconds_since(t0) < 1.5) {
+    for (int i = 0; i < 50; ++i) {
+      std::string f = dir + "/csu-" + std::to_string(i);
+      int fd = ::open(f.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      if (fd < 0 || ::write(fd, buf, sizeof buf) != sizeof buf) ++r.busy;
+      if (fd >= 0) ::close(fd);
+      struct stat st;
+      if (::stat(f.c_str(), &st) != 0) ++r.busy;
+      if (::unlink(f.c_str()) != 0) ++r.busy;
+    }
+    n += 50;
+  }
+  r.rate = static_cast<double>(n) / seconds_since(t0);
+  r.ops = n;
+  return r;
+}
+
+// (f): 4 KiB preads at random aligned offsets of a 64 MiB file already in the
+// page cache, for 1.5 s; rate = reads/s.
+Result cached_reads(const std::string& dir) {
+  Result r;
+  std::string f = dir + "/cached.bin";
+  constexpr long kSize = 64l << 20;
+  int fd = ::open(f.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    r.busy = 1;
+    return r;
+  }
+  std::vector<char> buf(1 << 20, 'c');
+  struct stat st;
+  if (::fstat(fd, &st) == 0 && st.st_size < kSize)
+    for (long off = 0; off < kSize; off += static_cast<long>(buf.size()))
+      if (::pwrite(fd, buf.data(), buf.size(), off) < 0) ++r.busy;
+  for (long off = 0; off < kSize; off += static_cast<long>(buf.size()))  // warm
+    if (::pread(fd, buf.data(), buf.size(), off) < 0) ++r.busy;
+  std::mt19937 rng(11);
+  long n = 0;
+  auto t0 = Clock::now();
+  while (seconds_since(t0) < 1.5) {
+    for (int i = 0; i < 1000; ++i)
+      if (::pread(fd, buf.data(), 4096, static_cast<off_t>(rng() % (kSize / 4096)) * 4096) != 4096)
+        ++r.busy;
+    n += 1000;
+  }
+  r.rate = static_cast<double>(n) / seconds_since(t0);
+  r.ops = n;
+  ::close(fd);
+  return r;
+}
+
+// (g): 32 MiB written sequentially in 64 KiB writes, then fsync; rate = MiB/s.
+Result sequential_write_fsync(const std::string& dir) {
+  Result r;
+  std::string f = dir + "/seq.bin";
+  int fd = ::open(f.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    r.busy = 1;
+    return r;
+  }
+  std::vector<char> buf(64 << 10, 's');
+  constexpr int kChunks = 512;
+  auto t0 = Clock::now();
+  for (int i = 0; i < kChunks; ++i)
+    if (::write(fd, buf.data(), buf.size()) != static_cast<ssize_t>(buf.size())) ++r.busy;
+  if (::fsync(fd) != 0) ++r.busy;
+  r.rate = 32.0 / seconds_since(t0);
+  r.ops = kChunks;
+  ::close(fd);
+  ::unlink(f.c_str());
+  return r;
+}
+
 struct Candidate {
   std::string name;
   int busy_ms;
@@ -215,6 +332,13 @@ TEST_CASE("dbfs_bench: 8 writers busy_timeout=0 on hoody-dbfs vs native/bindfs w
   cands.push_back({"dbfs-ring", 0, [&](auto& s, auto& m) {
                      return std::vector<std::string>{dbfs, "-f", "-o", "io=sync,transport=uring", s, m};
                    }});
+  // The writeback cache measured (issue 10 item 4; off by default, see
+  // hoody-dbfs(8) for why).
+  if (env_int("HOODY_BENCH_WRITEBACK", 0))
+    cands.push_back({"dbfs-ring-wb", 0, [&](auto& s, auto& m) {
+                       return std::vector<std::string>{dbfs, "-f", "-o",
+                                                       "io=sync,transport=uring,writeback_cache", s, m};
+                     }});
   if (env_int("HOODY_BENCH_IO_URING", 0))
     cands.push_back({"dbfs-ring-iou", 0, [&](auto& s, auto& m) {
                        return std::vector<std::string>{dbfs, "-f", "-o", "io=uring,transport=uring", s, m};
@@ -223,6 +347,7 @@ TEST_CASE("dbfs_bench: 8 writers busy_timeout=0 on hoody-dbfs vs native/bindfs w
   const int wal_txns = env_int("HOODY_BENCH_WAL_TXNS", 60);
   const int del_txns = env_int("HOODY_BENCH_DELETE_TXNS", 25);
   const int single_txns = env_int("HOODY_BENCH_SINGLE_TXNS", 500);
+  const int short_txns = env_int("HOODY_BENCH_SHORT_TXNS", 300);
   struct Load {
     std::string name, unit;
     std::function<Result(const std::string& dir, int busy_ms)> run;
@@ -240,6 +365,13 @@ TEST_CASE("dbfs_bench: 8 writers busy_timeout=0 on hoody-dbfs vs native/bindfs w
       {"(c) ... 100 per txn", "q/s",
        [&](auto& d, int b) { return hot_selects(d + "/hot.db", b, 100, false); }},
       {"(d) lock round trip", "l/s", [&](auto& d, int) { return lock_round_trip(d); }},
+      {"(a2) 8x300 short WAL", "tx/s",
+       [&](auto& d, int b) { return short_lived_writers(d, "wal", 8, short_txns, b); }},
+      {"(a2) 8x300 short DEL", "tx/s",
+       [&](auto& d, int b) { return short_lived_writers(d, "delete", 8, short_txns, b); }},
+      {"(e) create/stat/unlink", "f/s", [&](auto& d, int) { return create_stat_unlink(d); }},
+      {"(f) cached 4k read", "r/s", [&](auto& d, int) { return cached_reads(d); }},
+      {"(g) seq write+fsync", "MiB/s", [&](auto& d, int) { return sequential_write_fsync(d); }},
   };
   if (const char* only = std::getenv("HOODY_BENCH_ONLY"))  // a substring of the workload names
     std::erase_if(loads, [&](const Load& l) { return l.name.find(only) == std::string::npos; });
@@ -269,6 +401,8 @@ TEST_CASE("dbfs_bench: 8 writers busy_timeout=0 on hoody-dbfs vs native/bindfs w
   std::map<std::string, std::map<std::string, std::vector<double>>> rate;
   std::map<std::string, std::map<std::string, int>> busy;
   std::map<std::string, std::vector<double>> lock_reqs;  // dbfs-sync: lock requests per op
+  // FUSE requests per transaction/query by opcode (first round, dbfs-dev and dbfs-ring).
+  std::map<std::string, std::map<std::string, std::string>> req_trace;
   auto t_all = Clock::now();
   for (int round = 0; round < rounds; ++round) {
     for (auto& w : loads) {
@@ -277,7 +411,22 @@ TEST_CASE("dbfs_bench: 8 writers busy_timeout=0 on hoody-dbfs vs native/bindfs w
         Mount& mt = mounts[c.name];
         bool count = c.name == "dbfs-dev";
         long long before = count ? status_of(mt.mnt)["locks"]["requests"].get<long long>() : 0;
+        bool trace = round == 0 && c.name.rfind("dbfs-", 0) == 0;
+        nlohmann::json ops_before = trace ? status_of(mt.mnt)["transport"]["ops"] : nlohmann::json();
         Result r = w.run(mt.dir, c.busy_ms);
+        if (trace && r.ops > 0) {
+          auto ops_after = status_of(mt.mnt)["transport"]["ops"];
+          std::string line;
+          for (auto& [op, v] : ops_after.items()) {
+            double d = static_cast<double>(v.get<long long>() -
+                                           (ops_before.contains(op) ? ops_before[op].get<long long>() : 0));
+            if (d <= 0) continue;
+            char cell[80];
+            std::snprintf(cell, sizeof cell, " %s=%.3g(%.0f)", op.c_str(), d / static_cast<double>(r.ops), d);
+            line += cell;
+          }
+          req_trace[w.name][c.name] = line;
+        }
         if (count && r.ops > 0)
           lock_reqs[w.name].push_back(
               static_cast<double>(status_of(mt.mnt)["locks"]["requests"].get<long long>() - before) /
@@ -332,7 +481,11 @@ TEST_CASE("dbfs_bench: 8 writers busy_timeout=0 on hoody-dbfs vs native/bindfs w
   std::printf("\nlock requests (FUSE round trips) per transaction/query on dbfs-dev:");
   for (auto& w : loads)
     if (!lock_reqs[w.name].empty()) std::printf(" [%s %.1f]", w.name.c_str(), median(lock_reqs[w.name]));
-  std::printf("\ntargets (issue 4): (a) >= 0.8x, aim > 1x; (b) >= 0.85x; (c) >= 0.9x\n");
+  std::printf("\nFUSE requests per transaction/query/call by opcode, (total), first round:\n");
+  for (auto& w : loads)
+    for (auto& [cand, line] : req_trace[w.name])
+      std::printf("  %-22s %-10s%s\n", w.name.c_str(), cand.c_str(), line.c_str());
+  std::printf("targets (issue 4): (a) >= 0.8x, aim > 1x; (b) >= 0.85x; (c) >= 0.9x\n");
   std::printf("targets (issue 10): lock round trip <= 10 us; hot autocommit SELECT >= 0.2x; "
               "100 per txn >= 0.9x; (a) >= 1.3x; (b) >= 0.9x\n");
   std::printf("reference (research/fuse-limits.md, passthrough_hp, 1 writer vs native): WAL inserts "

@@ -82,6 +82,7 @@ int daemon_main(int argc, char** argv, const DaemonSpec& spec) {
   sc.uring_depth = static_cast<unsigned>(std::max<uint64_t>(1, args.uint("uring_depth", 8)));
   sc.on_mounted = [&fs](fuse_session* se) { fs->attached(se); };
   sc.tmpfile_errno = fs->tmpfile_errno();
+  sc.handle_killpriv_v2 = fs->handle_killpriv_v2();
   auto ops = fs->ops();
   return run_session(ops, fs->userdata(), sc);
 }

@@ -28,18 +28,22 @@
 //     kernel, so the count is bounded by the threads of the machine);
 //  2. a request that arrived while every entry was taken waits in the
 //     kernel's list, and a new entry does not fetch it: only a commit does.
-//     When a request parks and no other request of the queue is being served
-//     (none will be committed soon), the queue's kicker thread, pinned to the
-//     same CPU, makes one GETATTR on the mount root (statx with
-//     AT_STATX_FORCE_SYNC).  It lands on this CPU's queue, takes a free entry
-//     (there are >= depth), and its commit fetches the oldest waiting request;
-//     if that one parks too, the next kick follows.  So the token holder's
-//     unlock, queued behind any number of waiters, is always served.
+//     When a request parks, no other request of the queue is being served
+//     (none will be committed soon) and a request may be waiting in that
+//     list (update_queued tells from each reap), one of the queue's kicker threads,
+//     pinned to the same CPU, makes one GETATTR on the mount root (statx with
+//     AT_STATX_FORCE_SYNC), once the replacement entries of that round are
+//     registered.  It lands on this CPU's queue, takes a free entry (there
+//     are >= depth), and its commit fetches the oldest waiting request; if
+//     that one parks too, the next kick follows.  So the token holder's
+//     unlock, queued behind any number of waiters, is always served.  A kick
+//     whose GETATTR found no free entry waits in that list itself, with its
+//     kicker: hence several kickers (kicker_main).
 //  3. A request can also wait in that list while entries are free: the
 //     kernel moves background requests (RELEASE, readahead) into it at a
-//     commit and fetches only one.  The kicker is also a watchdog: while
+//     commit and fetches only one.  A watchdog thread per queue: while
 //     requests are parked and nothing was committed on its queue for 20 ms
-//     (backing off to 500 ms while that stays so), it kicks.
+//     (backing off to 500 ms while that stays so), it asks for a kick.
 //  I/O ops answered later (READ, WRITE, FSYNC, ...) do not kick: their
 //  completion does not depend on another FUSE request, and their commit fetches.
 //
@@ -81,6 +85,7 @@
 
 #include "hoody/fuse_transport.hpp"
 #include "hoody/log.hpp"
+#include "request_info.hpp"
 
 namespace hoody::fuse_uring {
 
@@ -160,6 +165,11 @@ struct Entry {
   State state = State::fetching;  // guarded by Queue::mu
   bool was_parked = false;        // guarded by Queue::mu
   bool registered = false;        // ring thread only
+  // Ring thread only, for Queue::may_queued: the round whose reap saw a CQE
+  // of this entry; waiting for a request since the previous reap (so free in
+  // the kernel all along); committed in the SQEs submitted before this reap.
+  std::uint64_t cqe_round = 0;
+  bool carry = false, committed_now = false;
 };
 
 struct Queue {
@@ -168,20 +178,28 @@ struct Queue {
   bool ring_ok = false;
   int evfd = -1;
   std::uint64_t ev_buf = 0;
-  std::thread thread, kicker;
+  std::thread thread, watchdog;
+  std::vector<std::thread> kickers;
   // Ring thread only.
   std::vector<std::unique_ptr<Entry>> entries;
   std::uint64_t parked = 0;       // entries whose request is parked
   std::uint64_t in_userspace = 0; // entries with a request, not parked, not committed
   bool cap_warned = false;
+  // Whether a request may wait in the kernel's list (arrived while no entry
+  // of this queue was free), so that a park must kick (see update_queued).
+  bool may_queued = false;
+  std::uint64_t round = 0;
   // Replies from other threads, to commit.  Lock order: Transport::map_mu
   // is never held while taking mu.
   std::mutex mu;
   std::vector<Entry*> ready;
-  // The kicker.
+  // The kickers and the watchdog (see kicker_main).
   std::mutex kick_mu;
-  std::condition_variable kick_cv;
+  std::condition_variable kick_cv, watch_cv;
   bool kick_wanted = false;
+  // Ring thread only: a request parked in this round; the kick is made after
+  // the round's REGISTERs are submitted.
+  bool kick_after_submit = false;
   // Counters (read by fuse_transport_info()).
   std::atomic<std::uint64_t> n_requests{0}, n_entries{0}, n_parked{0}, n_parked_max{0},
       n_kicks{0}, n_commits{0};
@@ -377,6 +395,7 @@ bool add_entry(Queue& q) {
 }
 
 void commit(Queue& q, Entry& e) {
+  e.committed_now = true;
   q.n_commits.fetch_add(1, std::memory_order_relaxed);
   e.state = State::fetching;
   prep_cmd(q, e, kCmdCommitAndFetch, e.unique);
@@ -432,34 +451,26 @@ void pin(unsigned cpu) {
                             std::strerror(errno));
 }
 
+// The kickers: kKickers threads per queue, pinned to its CPU, each making
+// one GETATTR on the mount root per kick (statx with AT_STATX_FORCE_SYNC).
+// Several, because a kick's GETATTR can itself end up in the kernel's list
+// of waiting requests (it arrived while every entry of the queue was taken,
+// and the entries registered afterwards do not fetch it): its kicker then
+// waits with the rest, and only another kicker's GETATTR, taking a free
+// entry, gets a commit that fetches the list again.  With one kicker that
+// was the 30 s stall of issue 10: the kicker, the token holder's next
+// request and every waiter of that CPU waited until the lock-wait bound.
+constexpr unsigned kKickers = 3;
+
 void kicker_main(Queue* q) {
   pin(q->qid);
   auto& t = *g_transport.load();
-  using namespace std::chrono_literals;
-  auto idle = 20ms;
-  std::uint64_t commits = 0;
   for (;;) {
     {
       std::unique_lock l(q->kick_mu);
-      bool asked = q->kick_cv.wait_for(l, idle, [&] { return q->kick_wanted || t.stopping.load(); });
+      q->kick_cv.wait(l, [&] { return q->kick_wanted || t.stopping.load(); });
       if (t.stopping.load()) break;
-      if (asked) {
-        q->kick_wanted = false;
-      } else {
-        // The watchdog: requests are parked and nothing was committed on this
-        // queue for `idle`.  A request can wait in the kernel's list while
-        // entries are free (moved there from the background list at a commit,
-        // or queued while every entry was taken, REGISTER does not fetch it),
-        // and only a commit takes it out: kick, backing off while idle.
-        std::uint64_t now = q->n_commits.load(std::memory_order_relaxed);
-        bool stalled = now == commits && q->n_parked.load(std::memory_order_relaxed) > 0;
-        commits = now;
-        if (!stalled) {
-          idle = 20ms;
-          continue;
-        }
-        idle = std::min<std::chrono::milliseconds>(idle * 2, 500ms);
-      }
+      q->kick_wanted = false;
     }
     // Opened for each kick: an fd kept open would make the unmount EBUSY.
     int root = ::open(t.opts.mountpoint.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -468,6 +479,36 @@ void kicker_main(Queue* q) {
     (void)::statx(root, "", AT_EMPTY_PATH | AT_STATX_FORCE_SYNC, STATX_MODE, &stx);
     ::close(root);
     q->n_kicks.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+// The watchdog: while requests are parked and nothing was committed on its
+// queue for 20 ms (backing off to 500 ms while that stays so), it asks for a
+// kick.  A request can wait in the kernel's list while entries are free
+// (moved there from the background list at a commit, or queued while every
+// entry was taken: REGISTER does not fetch it), and only a commit takes it
+// out.
+void watchdog_main(Queue* q) {
+  pin(q->qid);
+  auto& t = *g_transport.load();
+  using namespace std::chrono_literals;
+  auto idle = 20ms;
+  std::uint64_t commits = 0;
+  for (;;) {
+    {
+      std::unique_lock l(q->kick_mu);
+      q->watch_cv.wait_for(l, idle, [&] { return t.stopping.load(); });
+      if (t.stopping.load()) break;
+    }
+    std::uint64_t now = q->n_commits.load(std::memory_order_relaxed);
+    bool stalled = now == commits && q->n_parked.load(std::memory_order_relaxed) > 0;
+    commits = now;
+    if (!stalled) {
+      idle = 20ms;
+      continue;
+    }
+    kick(*q);
+    idle = std::min<std::chrono::milliseconds>(idle * 2, 500ms);
   }
 }
 
@@ -500,6 +541,7 @@ void dispatch(Queue& q, Entry& e) {
              t.opts.tmpfile_errno(in.nodeid) != 0) {
     reply_direct(e, t.opts.tmpfile_errno(in.nodeid));
   } else {
+    fuse_req::note(in.opcode, e.hdr->op_in, opsz);
     char* start = e.payload - opsz - sizeof in;
     std::memcpy(start, &in, sizeof in);
     std::memcpy(start + sizeof in, e.hdr->op_in, opsz);
@@ -549,7 +591,9 @@ void dispatch(Queue& q, Entry& e) {
                              q.parked, kMaxEntries);
     }
   }
-  if (!io_op(e.opcode) && q.in_userspace == 0) kick(q);
+  // After the replacement entry is registered (ring_main): a kick made
+  // before would find no free entry and wait in the kernel's list itself.
+  if (!io_op(e.opcode) && q.in_userspace == 0 && q.may_queued) q.kick_after_submit = true;
 }
 
 void drain_ready(Queue& q) {
@@ -566,6 +610,43 @@ void drain_ready(Queue& q) {
       q.in_userspace--;
     }
     commit(q, *e);
+  }
+}
+
+// Whether a request may be waiting in the kernel's list of this queue, from
+// what this reap saw (before its requests are dispatched).  The kernel lists
+// a request only when no entry is free, and fetches from the list only at a
+// commit.  Between two reaps the free entries only get taken (new ones come
+// only from our submits), so:
+//  - an entry committed in the last submit that got no request: the list was
+//    empty at that commit, and that entry has been free since: nothing waits;
+//  - else, every entry that was free at the last reap got a request: there
+//    may have been a moment with none free: something may wait;
+//  - else one stayed free all along: nothing new waits (what waited before
+//    still may).
+// The kicks are made only while something may wait: a park that kicked
+// every time made a GETATTR per transaction with 8 writers.  The watchdog
+// still kicks after 20 ms without commits (the background requests a commit
+// moves to the list are not seen here).
+void update_queued(Queue& q, const std::vector<std::pair<std::uint64_t, int>>& batch) {
+  ++q.round;
+  for (auto [data, res] : batch)
+    if (data != kEventTag) reinterpret_cast<Entry*>(data)->cqe_round = q.round;
+  bool commit_found_empty = false, carry_all_taken = true;
+  for (auto& up : q.entries) {
+    Entry& x = *up;
+    bool waiting = x.state == State::fetching && x.cqe_round != q.round;
+    if (waiting && x.committed_now) commit_found_empty = true;
+    if (waiting && x.carry) carry_all_taken = false;
+  }
+  if (commit_found_empty)
+    q.may_queued = false;
+  else if (carry_all_taken)
+    q.may_queued = true;
+  for (auto& up : q.entries) {
+    Entry& x = *up;
+    x.carry = x.state == State::fetching && x.cqe_round != q.round;
+    x.committed_now = false;
   }
 }
 
@@ -601,6 +682,11 @@ void ring_main(Queue* qp) {
       if (t.phase.load() == 3) t.info.name = "uring";
     }
     announced = true;
+    if (q.kick_after_submit) {
+      q.kick_after_submit = false;
+      io_uring_submit(&q.ring);  // the REGISTERs of this round's replacement entries
+      kick(q);
+    }
     // The commits of the last round and the wait for the next requests in
     // one io_uring_enter.
     rc = io_uring_submit_and_wait(&q.ring, 1);
@@ -620,6 +706,7 @@ void ring_main(Queue* qp) {
       ++n;
     }
     io_uring_cq_advance(&q.ring, n);
+    update_queued(q, batch);
     bool exit = false;
     for (auto [data, res] : batch) {
       if (data == kEventTag) {
@@ -633,10 +720,12 @@ void ring_main(Queue* qp) {
         continue;
       }
       if (res == -EINTR || res == -EAGAIN) {  // resubmit as it was
-        if (e.state == State::fetching && e.unique != 0)
+        if (e.state == State::fetching && e.unique != 0) {
           prep_cmd(q, e, kCmdCommitAndFetch, e.unique);
-        else
+          e.committed_now = true;
+        } else {
           prep_cmd(q, e, kCmdRegister, 0);
+        }
         continue;
       }
       if (res == -ENOTCONN || res == -ECANCELED || res == -ECONNABORTED) continue;  // unmount
@@ -743,7 +832,8 @@ bool prepare(fuse_session* se, int fuse_fd, const Options& opts, std::string* wh
   }
   for (auto& q : t.queues) {
     q->thread = std::thread(ring_main, q.get());
-    q->kicker = std::thread(kicker_main, q.get());
+    q->watchdog = std::thread(watchdog_main, q.get());
+    for (unsigned k = 0; k < kKickers; ++k) q->kickers.emplace_back(kicker_main, q.get());
   }
   t.phase.store(1);
   return true;
@@ -859,10 +949,13 @@ void stop() {
       std::lock_guard g(q->kick_mu);
     }
     q->kick_cv.notify_all();
+    q->watch_cv.notify_all();
   }
   for (auto& q : t->queues) {
     if (q->thread.joinable()) q->thread.join();
-    if (q->kicker.joinable()) q->kicker.join();
+    if (q->watchdog.joinable()) q->watchdog.join();
+    for (auto& k : q->kickers)
+      if (k.joinable()) k.join();
   }
   t->offload.stop();
   for (auto& q : t->queues)

@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "fuse_uring.hpp"
+#include "request_info.hpp"
 #include "hoody/log.hpp"
 #include "hoody/mountinfo.hpp"
 #include "hoody/readiness.hpp"
@@ -50,7 +51,12 @@ struct OutHeader {
 ssize_t filtered_read(int fd, void* buf, size_t len, void*) {
   for (;;) {
     ssize_t n = ::read(fd, buf, len);
-    if (n > 0) fuse_uring::saw_request(buf, static_cast<size_t>(n));
+    if (n > 0) {
+      fuse_req::saw_init(buf, static_cast<size_t>(n));
+      fuse_uring::saw_request(buf, static_cast<size_t>(n));
+      // The thread that read a request dispatches it next (libfuse's workers).
+      fuse_req::note_raw(buf, static_cast<size_t>(n));
+    }
     if (n < static_cast<ssize_t>(sizeof(InHeader)) || !g_tmpfile_errno) return n;
     InHeader in;
     std::memcpy(&in, buf, sizeof in);
@@ -63,7 +69,10 @@ ssize_t filtered_read(int fd, void* buf, size_t len, void*) {
       log::get("fuse")->warn("op=tmpfile -> reply failed: {}", std::strerror(errno));
   }
 }
-ssize_t plain_writev(int fd, struct iovec* iov, int count, void*) { return ::writev(fd, iov, count); }
+ssize_t plain_writev(int fd, struct iovec* iov, int count, void*) {
+  fuse_req::patch_init_reply(iov, count);
+  return ::writev(fd, iov, count);
+}
 ssize_t plain_splice_send(int fdin, off_t* offin, int fdout, off_t* offout, size_t len,
                           unsigned int flags, void*) {
   return ::splice(fdin, offin, fdout, offout, len, flags);
@@ -71,6 +80,7 @@ ssize_t plain_splice_send(int fdin, off_t* offin, int fdout, off_t* offout, size
 // With the io_uring transport every reply passes here: the ones of ring
 // requests go to their ring entry, the rest to /dev/fuse.
 ssize_t routed_writev(int fd, struct iovec* iov, int count, void*) {
+  fuse_req::patch_init_reply(iov, count);
   return fuse_uring::writev(fd, iov, count);
 }
 ssize_t routed_splice_send(int fdin, off_t*, int fdout, off_t*, size_t len, unsigned int flags,
@@ -193,7 +203,12 @@ int run_session(const fuse_lowlevel_ops& ops, void* userdata, const SessionConfi
   } else {
     fuse_uring::set_requested("dev", "");
   }
-  if (cfg.tmpfile_errno || uring) {
+  // Always: the read hook notes each request (counts by opcode, the kill
+  // flags libfuse drops) and the writev hook adds FUSE_HANDLE_KILLPRIV_V2 to
+  // the INIT reply.  With splice_read the kernel's requests bypass the read
+  // hook, so the daemon does not ask for killpriv_v2 then (DaemonFs).
+  fuse_req::want_killpriv_v2(cfg.handle_killpriv_v2);
+  {
     fuse_custom_io io{};
     io.read = filtered_read;
     io.writev = uring ? routed_writev : plain_writev;
@@ -201,6 +216,7 @@ int run_session(const fuse_lowlevel_ops& ops, void* userdata, const SessionConfi
     io.splice_send = uring ? routed_splice_send : plain_splice_send;
     g_tmpfile_errno = cfg.tmpfile_errno;
     if (fuse_session_custom_io(se, &io, fuse_session_fd(se)) != 0) {
+      fuse_req::want_killpriv_v2(false);
       if (cfg.tmpfile_errno)
         log->warn("op=tmpfile -> cannot filter requests: open(O_TMPFILE) gives EOPNOTSUPP");
       if (uring) {

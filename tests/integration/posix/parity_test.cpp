@@ -1030,6 +1030,83 @@ TEST_CASE("as a non-root user (allow_other, default_permissions)") {
   });
 }
 
+namespace {
+// A valid file capability (VFS_CAP_REVISION_2: cap_net_bind_service, effective).
+const unsigned char kCap[20] = {0x01, 0x00, 0x00, 0x02, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00,
+                                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00};
+long set_cap(const std::string& path) {
+  return ::setxattr(path.c_str(), "security.capability", kCap, sizeof kCap, 0);
+}
+// "cap" when the file has one, else the errno (ENODATA).
+std::string cap_of(const std::string& path) {
+  unsigned char buf[64];
+  ssize_t n = ::getxattr(path.c_str(), "security.capability", buf, sizeof buf);
+  return n < 0 ? errno_name(errno) : "cap(" + std::to_string(n) + ")";
+}
+long write_at(const std::string& path, int flags = 0) {
+  UniqueFd fd = open_fd(path, O_WRONLY | flags);
+  if (!fd) return -1;
+  return ::pwrite(fd.get(), "w", 1, 0);
+}
+}  // namespace
+
+// Issue 10 item 3: with FUSE_HANDLE_KILLPRIV_V2 the daemon, not the kernel,
+// clears setuid/setgid and capabilities; the results must be the native ones.
+TEST_CASE("write, truncate and chown clear setuid, setgid and capabilities as natively") {
+  Parity p;
+  const std::initializer_list<std::pair<const char*, mode_t>> kFiles = {
+      {"ug", 06777},   // setuid + setgid + group-exec, world-writable
+      {"g", 02777},    // setgid + group-exec
+      {"gnx", 02767},  // setgid without group-exec (the mandatory-locking mark)
+      {"u", 04766}};   // setuid only
+  auto make = [&](const Tree& t, Trace& o, const std::string& prefix) {
+    for (auto& [name, mode] : kFiles) {
+      std::string f = t / (prefix + name);
+      o.rc(prefix + name, write_file(f, "data", O_TRUNC, 0666)).rc("chmod", ::chmod(f.c_str(), mode));
+    }
+  };
+  p.check("setup as root", [&](const Tree& t, Trace& o) {
+    o.rc("mkdir open", ::mkdir((t / "open").c_str(), 0777)).rc("chmod", ::chmod((t / "open").c_str(), 0777));
+    for (const char* prefix : {"w.", "t.", "o.", "r.", "c."}) make(t, o, prefix);
+    for (const char* f : {"capw", "capt", "capc", "capn"}) {
+      o.rc(f, write_file(t / f, "data", O_TRUNC, 0666)).rc("chmod", ::chmod((t / f).c_str(), 0666));
+      o.rc("setcap", set_cap(t / f)).val("cap", cap_of(t / f));
+    }
+  });
+  p.check_as_nobody("write by a caller without CAP_FSETID", [&](const Tree& t, Trace& o) {
+    for (auto& [name, mode] : kFiles) {
+      std::string f = t / (std::string("w.") + name);
+      o.rc(f.substr(f.rfind('/')), write_at(f)).stat("stat", f);
+    }
+    o.rc("capn", write_at(t / "capn")).val("cap", cap_of(t / "capn"));
+    // The owner's own setuid/setgid file: cleared too (no CAP_FSETID).
+    std::string own = t / "open/own";
+    o.rc("own", write_file(own, "data", O_TRUNC, 0644)).rc("chmod", ::chmod(own.c_str(), 06775));
+    o.stat("own before", own).rc("own write", write_at(own)).stat("own after", own);
+  });
+  p.check_as_nobody("truncate by a caller without CAP_FSETID", [&](const Tree& t, Trace& o) {
+    for (auto& [name, mode] : kFiles) {
+      std::string f = t / (std::string("t.") + name);
+      o.rc(name, ::truncate(f.c_str(), 1)).stat("stat", f);
+      std::string g = t / (std::string("o.") + name);
+      o.rc("O_TRUNC", write_at(g, O_TRUNC)).stat("stat", g);
+    }
+  });
+  p.check("write, truncate and chown by root (CAP_FSETID)", [&](const Tree& t, Trace& o) {
+    for (auto& [name, mode] : kFiles) {
+      std::string f = t / (std::string("r.") + name);
+      o.rc(name, write_at(f)).stat("write", f);
+      o.rc("truncate", ::truncate(f.c_str(), 0)).stat("truncate", f);
+      o.rc("O_TRUNC", write_at(f, O_TRUNC)).stat("O_TRUNC", f);
+      std::string c = t / (std::string("c.") + name);
+      o.rc("chown", ::chown(c.c_str(), 1000, 1000)).stat("chown", c);
+    }
+    o.rc("capw", write_at(t / "capw")).val("cap", cap_of(t / "capw"));
+    o.rc("capt", ::truncate((t / "capt").c_str(), 0)).val("cap", cap_of(t / "capt"));
+    o.rc("capc", ::chown((t / "capc").c_str(), 0, 0)).val("cap", cap_of(t / "capc"));
+  });
+}
+
 TEST_CASE("btrfs: subvolume boundaries and reflinks") {
   Parity p;
   make_basic(p);

@@ -33,6 +33,9 @@ public:
   // that knows better than libfuse 3.14's ENOSYS (SessionConfig::tmpfile_errno).
   // Empty (the default): libfuse answers.
   virtual std::function<int(uint64_t nodeid)> tmpfile_errno() { return {}; }
+  // Whether the daemon clears setuid, setgid and file capabilities itself on
+  // write, truncate and chown (SessionConfig::handle_killpriv_v2).
+  virtual bool handle_killpriv_v2() { return false; }
 };
 
 struct DaemonSpec {

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace hoody {
@@ -32,5 +33,19 @@ struct TransportInfo {
 
 // A snapshot of the running session's transport (one session per process).
 TransportInfo fuse_transport_info();
+
+// Requests received so far by opcode name ("WRITE", "GETXATTR", ...), both
+// transports together; opcodes never seen are left out.  "WRITE_PAGECACHE"
+// counts the WRITEs of dirty page-cache pages (FUSE_WRITE_CACHE: a shared
+// mapping such as SQLite's -shm), which WRITE includes.
+std::vector<std::pair<std::string, std::uint64_t>> fuse_request_counts();
+
+// For an op handler: the request this thread is dispatching carries the
+// kernel's FUSE_WRITE_KILL_SUIDGID (WRITE) or FUSE_OPEN_KILL_SUIDGID (OPEN
+// with O_TRUNC): its caller lacks CAP_FSETID, so setuid (and setgid with
+// group-exec) must go, as a write or truncate clears them natively.  Only
+// sent once FUSE_HANDLE_KILLPRIV_V2 was agreed at INIT (SessionConfig);
+// libfuse 3.14 drops both flags, so they are read from the raw request.
+bool fuse_request_kills_suidgid();
 
 }  // namespace hoody

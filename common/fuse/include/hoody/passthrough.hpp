@@ -259,6 +259,15 @@ enum class Op : uint8_t {
 // Whether an op changes the backing tree (EROFS on a read-only mount or root).
 // open and create with write access or O_TRUNC mutate too (Access::mutates()).
 bool mutates(Op op);
+
+// Clears setuid, and setgid where group-exec is set (or the caller of req is
+// not in the file's group), of the file `fd` (a real fd, or an O_PATH fd when
+// `o_path`): what a write or truncate by a caller without CAP_FSETID does
+// natively (the kernel's setattr_should_drop_suidgid).  For the requests that carry the kernel's
+// kill flag (fuse_request_kills_suidgid, FATTR_KILL_SUIDGID); the backing
+// filesystem itself drops security.capability on the daemon's write,
+// truncate and chown.
+Status kill_suidgid(fuse_req_t req, int fd, bool o_path);
 const char* op_name(Op op);
 
 // What a policy hook sees: the op, the inode it acts on (for name ops the

@@ -37,6 +37,11 @@ struct SessionConfig {
   // request to libfuse).  Read through a custom-io filter on /dev/fuse; with
   // splice_read the kernel's requests bypass it and libfuse answers as before.
   std::function<int(uint64_t nodeid)> tmpfile_errno;
+  // Take FUSE_HANDLE_KILLPRIV_V2 where the kernel offers it: the kernel then
+  // stops asking for security.capability (GETXATTR) before every WRITE and
+  // leaves clearing setuid, setgid and capabilities to the daemon
+  // (fuse_request_kills_suidgid() in fuse_transport.hpp).
+  bool handle_killpriv_v2 = false;
 };
 
 // The reason a mount cannot start, as one line for a person ("" if none

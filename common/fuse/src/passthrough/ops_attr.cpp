@@ -4,6 +4,7 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "hoody/fuse_reply.hpp"
@@ -16,6 +17,39 @@ namespace {
 // take no O_PATH fd); the magic link names the inode itself, never a user path.
 std::string via_proc(int fd) { return sys::proc_fd(fd); }
 }  // namespace
+
+namespace {
+// Whether the caller of req is in group gid (its primary group, or one of its
+// supplementary groups as libfuse reads them from /proc).
+bool caller_in_group(fuse_req_t req, gid_t gid) {
+  if (fuse_req_ctx(req)->gid == gid) return true;
+  gid_t groups[64];
+  int n = fuse_req_getgroups(req, 64, groups);
+  if (n > 64) {
+    std::vector<gid_t> all(static_cast<size_t>(n));
+    n = fuse_req_getgroups(req, n, all.data());
+    return n > 0 && std::find(all.begin(), all.begin() + n, gid) != all.begin() + n;
+  }
+  return n > 0 && std::find(groups, groups + n, gid) != groups + n;
+}
+}  // namespace
+
+Status kill_suidgid(fuse_req_t req, int fd, bool o_path) {
+  HOODY_TRY(st, sys::fstatat(fd, "", AT_EMPTY_PATH));
+  if (!S_ISREG(st.st_mode)) return {};
+  mode_t mode = st.st_mode & 07777;
+  mode_t kept = mode & ~S_ISUID;
+  // setgid with group-exec always goes; without group-exec (a mandatory
+  // locking mark) only for a caller outside the file's group, as
+  // setattr_should_drop_sgid decides (the caller lacks CAP_FSETID: that is
+  // what the kill flag says).
+  if ((mode & S_ISGID) && ((mode & S_IXGRP) || !caller_in_group(req, st.st_gid)))
+    kept &= ~S_ISGID;
+  if (kept == mode) return {};
+  int r = o_path ? ::fchmodat(AT_FDCWD, via_proc(fd).c_str(), kept, 0) : ::fchmod(fd, kept);
+  if (r < 0) return fail(Errno::last());
+  return {};
+}
 
 void PassthroughFs::getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if (is_vnode(ino)) {
@@ -67,6 +101,15 @@ void PassthroughFs::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, i
                       : ::truncate(via_proc(ifd.get()).c_str(), attr->st_size);
       if (r < 0) return fail(Errno::last());
     }
+    // FATTR_KILL_SUIDGID (libfuse's FUSE_SET_ATTR_KILL_SUID, bit 11), with
+    // handle_killpriv_v2: a truncate by a caller without CAP_FSETID.  The
+    // kernel also sends it with every chown; there the backing fchownat above
+    // has done what a native chown does (setuid, setgid with group-exec and
+    // capabilities dropped), and a non-group-exec setgid stays, as for a
+    // caller with CAP_FSETID or in the file's group.
+    if ((valid & FUSE_SET_ATTR_KILL_SUID) &&
+        !(valid & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)))
+      HOODY_CHECK(fh >= 0 ? kill_suidgid(req, fh, false) : kill_suidgid(req, ifd.get(), true));
     if (valid & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) {
       struct timespec tv[2];
       tv[0].tv_sec = tv[1].tv_sec = 0;

@@ -10,6 +10,7 @@
 #include <memory>
 
 #include "hoody/fuse_reply.hpp"
+#include "hoody/fuse_transport.hpp"
 #include "hoody/log.hpp"
 #include "hoody/passthrough.hpp"
 
@@ -44,6 +45,9 @@ void PassthroughFs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   // Opened from a tree a restore replaced meanwhile: the kernel retries the
   // open with a fresh lookup on ESTALE.
   if (stale(*in)) return reply(req, fail(ESTALE));
+  // open(O_TRUNC) by a caller without CAP_FSETID (FUSE_OPEN_KILL_SUIDGID).
+  if ((fi->flags & O_TRUNC) && fuse_request_kills_suidgid())
+    if (auto k = kill_suidgid(req, fd->get(), false); !k) return reply(req, k);
   // A read-only open needs no FLUSH unless a daemon answers locks (POSIX locks
   // are dropped at FLUSH); noflush then stays off.
   fi->noflush = 0;
@@ -143,6 +147,10 @@ void PassthroughFs::write_buf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* in, o
   File* f = file_of(fi);
   if (auto s = check(req, {Op::write, *f->inode, nullptr, 0, f}); !s) return reply(req, s);
   if (stale(*f)) return reply(req, stale_refusal(req, "write", *f));
+  // A writer without CAP_FSETID (FUSE_WRITE_KILL_SUIDGID): setuid/setgid go
+  // before the data lands, as in the kernel's file_remove_privs.
+  if (fuse_request_kills_suidgid())
+    if (auto k = kill_suidgid(req, f->fd.get(), false); !k) return reply(req, k);
   size_t size = fuse_buf_size(in);
   if (io_) {
     // libfuse's buffer lives only until we return: the engine gets a copy.
