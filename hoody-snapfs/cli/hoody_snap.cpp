@@ -22,6 +22,7 @@
 #include <string>
 
 #include "../snapshot_name.hpp"
+#include "remote.hpp"
 #include "hoody/btrfs.hpp"
 #include "hoody/mountinfo.hpp"
 #include "hoody/names.hpp"
@@ -150,7 +151,7 @@ std::string mount_source(const std::string& mount) {
 
 int main(int argc, char** argv) {
   CLI::App app{"hoody-snap: take, list, delete, rename, restore, diff and clone the snapshots of "
-               "a hoody-snapfs mount. See hoody-snap(1)."};
+               "a hoody-snapfs mount, and copy or sync them to another server. See hoody-snap(1)."};
   app.require_subcommand(1);
   const char* env = std::getenv("HOODY_SNAPSHOTS");
   std::string mount = env && *env ? env : kDefaultMount;
@@ -203,6 +204,10 @@ int main(int argc, char** argv) {
   clone->add_option("NAME", name, "snapshot name")->required();
   clone->add_option("DEST", other, "directory on the same BTRFS filesystem (made if missing)")->required();
 
+  // copy, sync, serve (cli/remote.cpp).
+  hoody::snapcli::RemoteArgs remote;
+  auto remote_cmds = hoody::snapcli::add_remote_commands(app, remote);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -214,6 +219,13 @@ int main(int argc, char** argv) {
     return kUsageExit;
   }
   while (mount.size() > 1 && mount.back() == '/') mount.pop_back();
+
+  if (*remote_cmds.copy) return hoody::snapcli::run_copy(remote, mount);
+  if (*remote_cmds.sync) return hoody::snapcli::run_sync(remote, mount);
+  if (*remote_cmds.serve) {
+    remote.verb = remote_cmds.serve->remaining();
+    return hoody::snapcli::run_serve(remote);
+  }
 
   if (*create) {
     // Everything is checked before the snapshot is taken; a failure after it
