@@ -99,6 +99,25 @@ std::string utc_stamp() {
   return buf;
 }
 
+// "123", "10K", "100G" (binary units) as bytes; nullopt if malformed.
+std::optional<uint64_t> parse_size(const std::string& text) {
+  size_t digits = text.find_first_not_of("0123456789");
+  if (digits == 0 || text.empty() || digits + 1 < text.size() || (digits == std::string::npos && text.size() > 19))
+    return std::nullopt;
+  uint64_t v = std::stoull(text.substr(0, digits));
+  if (digits == std::string::npos) return v;
+  int shift = 0;
+  switch (text[digits]) {
+    case 'K': shift = 10; break;
+    case 'M': shift = 20; break;
+    case 'G': shift = 30; break;
+    case 'T': shift = 40; break;
+    default: return std::nullopt;
+  }
+  if (digits > 12) return std::nullopt;
+  return v << shift;
+}
+
 void check_container(const std::string& c) {
   std::string why;
   if (!snapfs::check_snapshot_name(c, &why, snapfs::NameUse::existing))
@@ -703,8 +722,7 @@ VerbArgs parse_verb(const std::vector<std::string>& words, const std::string& li
     if (k == "--container") {
       v.container = val;
     } else if (k == "--max-size" && v.verb == "receive") {
-      if (val.empty() || val.find_first_not_of("0123456789") != std::string::npos)
-        refuse(line, "--max-size is a number of bytes");
+      if (!parse_size(val)) refuse(line, "--max-size is a number of bytes (K, M, G, T: binary units)");
       v.max_size = val;
     } else if (k == "--snapshot" && v.verb == "sync-apply") {
       v.snapshot = val;
@@ -765,6 +783,8 @@ RemoteCommands add_remote_commands(CLI::App& app, RemoteArgs& a) {
 int run_copy(const RemoteArgs& a, const std::string& mount) try {
   ::signal(SIGPIPE, SIG_IGN);
   check_snapshot(a.name);
+  if (!a.max_size.empty() && !parse_size(a.max_size))
+    fail("--max-size " + q(a.max_size) + ": a number of bytes (K, M, G, T)", kUsage);
   Local local = local_side(a, mount);
   Target t = parse_target(a.to);
   std::string container = t.container.empty() ? local.container() : t.container;
@@ -890,11 +910,14 @@ int run_serve(const RemoteArgs& a) try {
 
   if (v.verb == "receive") {
     std::vector<std::string> args{self_exe(), "receive", "--pool", pool, "--container", v.container};
-    std::string max = v.max_size;
-    if (!a.max_size.empty() &&
-        (max.empty() || std::stoull(max) > std::stoull(a.max_size)))
-      max = a.max_size;
-    if (!max.empty()) args.insert(args.end(), {"--max-size", max});
+    std::optional<uint64_t> max;
+    if (!v.max_size.empty()) max = parse_size(v.max_size);
+    if (!a.max_size.empty()) {
+      auto cap = parse_size(a.max_size);
+      if (!cap) fail("--max-size " + q(a.max_size) + ": a number of bytes (K, M, G, T)", kUsage);
+      if (!max || *max > *cap) max = cap;
+    }
+    if (max) args.insert(args.end(), {"--max-size", std::to_string(*max)});
     std::vector<char*> argv;
     for (auto& s : args) argv.push_back(s.data());
     argv.push_back(nullptr);
