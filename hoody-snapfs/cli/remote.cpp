@@ -553,11 +553,15 @@ Local local_side(const RemoteArgs& a, const std::string& mount) {
 
 std::vector<std::string> send_args(const RemoteArgs& a, const Local& l, const std::string& name,
                                    const std::string& parent) {
+  // The container before the verb: --mount, --pool and --container are
+  // hoody-snap's global options.
   std::vector<std::string> v{self_exe()};
-  if (a.pool.empty()) v.insert(v.end(), {"--mount", l.mount()});
+  if (a.pool.empty())
+    v.insert(v.end(), {"--mount", l.mount()});
+  else
+    v.insert(v.end(), {"--pool", a.pool, "--container", a.container});
   v.insert(v.end(), {"send", name});
   if (!parent.empty()) v.insert(v.end(), {"--parent", parent});
-  if (!a.pool.empty()) v.insert(v.end(), {"--pool", a.pool, "--container", a.container});
   return v;
 }
 
@@ -909,7 +913,7 @@ int run_serve(const RemoteArgs& a) try {
   if (pool.empty()) pool = kDefaultPool;
 
   if (v.verb == "receive") {
-    std::vector<std::string> args{self_exe(), "receive", "--pool", pool, "--container", v.container};
+    std::vector<std::string> args{self_exe(), "--pool", pool, "--container", v.container, "receive"};
     std::optional<uint64_t> max;
     if (!v.max_size.empty()) max = parse_size(v.max_size);
     if (!a.max_size.empty()) {
