@@ -209,6 +209,9 @@ public:
     return l;
   }
 
+  // Lets go of the store (its lock), so that a `hoody-snap send` child opens it.
+  void release() { store_.reset(); }
+
   const std::string& source() const { return source_; }
   const std::string& mount() const { return mount_; }
   std::string container() const {
@@ -346,7 +349,7 @@ public:
     std::string dir = source_ + "/" + snapfs::kStoreDir + "/" + uuid;
     ::nftw(
         dir.c_str(), [](const char*, const struct stat*, int, struct FTW*) { return ++count, 0; },
-        64, FTW_PHYS | FTW_MOUNT);
+        64, FTW_PHYS);  // not FTW_MOUNT: each subvolume has its own st_dev
     return count > 0 ? count - 1 : 0;
   }
 
@@ -603,6 +606,7 @@ Sent copy_one(const RemoteArgs& a, Local& local, const Peer& peer, const std::st
   if (!a.max_size.empty()) verb.insert(verb.end(), {"--max-size", a.max_size});
   auto ssh = peer.argv(verb);
   auto send = send_args(a, local, name, s.parent);
+  local.release();
 
   int from_send[2], to_ssh[2];
   if (::pipe2(from_send, O_CLOEXEC) < 0 || ::pipe2(to_ssh, O_CLOEXEC) < 0)
@@ -784,8 +788,13 @@ RemoteCommands add_remote_commands(CLI::App& app, RemoteArgs& a) {
   return c;
 }
 
+// The store's info lines (op=open, op=send ...) are for daemons' logs; a
+// command's report is its own output.  HOODY_LOG set by the caller wins.
+void quiet_store_logs() { ::setenv("HOODY_LOG", "warn", 0); }
+
 int run_copy(const RemoteArgs& a, const std::string& mount) try {
   ::signal(SIGPIPE, SIG_IGN);
+  quiet_store_logs();
   check_snapshot(a.name);
   if (!a.max_size.empty() && !parse_size(a.max_size))
     fail("--max-size " + q(a.max_size) + ": a number of bytes (K, M, G, T)", kUsage);
@@ -869,6 +878,7 @@ int sync_round(const RemoteArgs& a, const std::string& mount) {
 
 int run_sync(const RemoteArgs& a, const std::string& mount) {
   ::signal(SIGPIPE, SIG_IGN);
+  quiet_store_logs();
   std::optional<std::chrono::seconds> every;
   try {
     if (!a.every.empty()) every = parse_every(a.every);
@@ -892,6 +902,7 @@ int run_sync(const RemoteArgs& a, const std::string& mount) {
 }
 
 int run_serve(const RemoteArgs& a) try {
+  quiet_store_logs();
   std::string line;
   std::vector<std::string> words;
   // A forced command (authorized_keys command=): the peer's command line is
@@ -940,9 +951,19 @@ int run_serve(const RemoteArgs& a) try {
   // sync-apply: the copy container restored to the received snapshot, the
   // safety snapshot marked, and the oldest sync snapshots beyond --keep gone.
   if (!l.exists()) fail("sync-apply: no container " + q(v.container) + " in " + pool);
-  auto all = l.list();
+  // A running hoody-snapfs learns of a received snapshot from its watch on
+  // the store: give it a moment.
+  std::vector<Snap> all;
+  auto deadline = Clock::now() + std::chrono::seconds(10);
+  for (;;) {
+    all = l.list();
+    if (std::any_of(all.begin(), all.end(), [&](auto& s) { return s.name == v.snapshot; })) break;
+    if (l.mount().empty() || Clock::now() > deadline)
+      fail("sync-apply: no snapshot " + q(v.snapshot) + " in " + q(v.container) +
+           (l.mount().empty() ? "" : " (its hoody-snapfs at " + l.mount() + " does not show it)"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
   auto it = std::find_if(all.begin(), all.end(), [&](auto& s) { return s.name == v.snapshot; });
-  if (it == all.end()) fail("sync-apply: no snapshot " + q(v.snapshot) + " in " + q(v.container));
   std::string safety = l.restore(v.snapshot);
   if (!safety.empty()) l.set_description(safety, kSyncSafety + v.snapshot);
   auto pruned = prune(l, it->description, v.keep, v.snapshot, false);

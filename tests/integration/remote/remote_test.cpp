@@ -56,7 +56,9 @@ uint64_t bytes_of(const std::string& out) {
 json listing(const std::string& pool, const std::string& container = "c1") {
   ExitInfo e = run({snap_bin(), "serve", "--pool", pool, "list", "--container", container});
   REQUIRE_MESSAGE(e.ok(), e.describe());
-  return json::parse(e.output);
+  auto at = e.output.find("{\"container\"");
+  REQUIRE_MESSAGE(at != std::string::npos, e.output);
+  return json::parse(e.output.substr(at, e.output.find('\n', at) - at));
 }
 
 const json* find_snap(const json& l, const std::string& name) {
@@ -275,7 +277,7 @@ TEST_CASE("copy: full, then incremental (far fewer bytes), content identical on 
   CHECK(find_snap(listing(w.b.path()), "s3") == nullptr);
 }
 
-TEST_CASE("copy: kill -9 of ssh or of the sender mid-stream, then a retry succeeds") {
+TEST_CASE("copy: kill -9 of ssh, the sender or the receiver mid-stream, then a retry succeeds") {
   require_mount_capabilities();
   World w(true, false);
   // ~192 MiB of data that does not compress: a stream that lasts.
@@ -284,8 +286,20 @@ TEST_CASE("copy: kill -9 of ssh or of the sender mid-stream, then a retry succee
   REQUIRE(dd.ok());
   w.create_a("big");
 
-  for (const char* victim : {"ssh", "hoody-snap"}) {
+  // Either end killed mid-stream: ssh, the sender, the receiver on B.
+  std::string store_b = w.b.path() + "/containers/c1/.snapshots";
+  auto receiving = [&] {
+    DIR* d = ::opendir(store_b.c_str());
+    if (!d) return false;
+    bool found = false;
+    while (auto* e = ::readdir(d)) found |= std::string(e->d_name).rfind(".receiving", 0) == 0;
+    ::closedir(d);
+    return found;
+  };
+  int round = 0;
+  for (std::string victim : {"ssh", "sender", "receiver"}) {
     CAPTURE(victim);
+    ++round;
     auto argv = w.servers->in_a([&] {
       auto v = w.copy_args("big");
       v.insert(v.begin(), snap_bin());
@@ -300,17 +314,31 @@ TEST_CASE("copy: kill -9 of ssh or of the sender mid-stream, then a retry succee
           return 127;
         },
         {false, 120s});
-    // Wait until the stream flows: the victim is a child of the copy, and
-    // the receiver's staging on B has grown.
+    // The stream flows once B's receive has its staging directory and the
+    // copy has both children: the sender (hoody-snap send) and ssh.
     pid_t target = -1;
     auto deadline = std::chrono::steady_clock::now() + 30s;
     while (target < 0 && std::chrono::steady_clock::now() < deadline) {
-      for (pid_t c : children_of(copy.pid()))
-        if (slurp("/proc/" + std::to_string(c) + "/comm").rfind(victim, 0) == 0) target = c;
-      std::this_thread::sleep_for(10ms);
+      std::this_thread::sleep_for(5ms);
+      if (!receiving()) continue;
+      // A later point each time: 0.2, 0.6, 1 s into the stream.
+      std::this_thread::sleep_for(std::chrono::milliseconds(400 * round - 200));
+      pid_t ssh = -1, send = -1, recv = -1;
+      for (pid_t c : children_of(copy.pid())) {
+        std::string comm = slurp("/proc/" + std::to_string(c) + "/comm");
+        if (comm.rfind("ssh", 0) == 0) ssh = c;
+        if (comm.rfind("hoody-snap", 0) == 0) send = c;
+      }
+      for (pid_t p : processes_in_namespace_of(w.servers->holder_b())) {
+        std::string cmd = slurp("/proc/" + std::to_string(p) + "/cmdline");
+        if (cmd.find(std::string("receive\0", 8)) != std::string::npos &&
+            slurp("/proc/" + std::to_string(p) + "/comm").rfind("hoody-snap", 0) == 0)
+          recv = p;
+      }
+      if (ssh > 0 && send > 0 && recv > 0)
+        target = victim == "ssh" ? ssh : victim == "sender" ? send : recv;
     }
     REQUIRE(target > 0);
-    std::this_thread::sleep_for(700ms);
     ::kill(target, SIGKILL);
     ExitInfo e = copy.wait();
     MESSAGE("interrupted: " << e.describe());
@@ -326,7 +354,6 @@ TEST_CASE("copy: kill -9 of ssh or of the sender mid-stream, then a retry succee
   json la = listing(w.a.path()), lb = listing(w.b.path());
   CHECK(tree_diff(World::tree(w.a.path(), la, "big"), World::tree(w.b.path(), lb, "big")) == "");
   // No staging left behind on B.
-  std::string store_b = w.b.path() + "/containers/c1/.snapshots";
   DIR* d = ::opendir(store_b.c_str());
   REQUIRE(d);
   std::vector<std::string> left;
