@@ -258,14 +258,19 @@ public:
       std::string path = mount_ + "/" + name;
       if (::mkdir(path.c_str(), 0755) < 0)
         fail("create " + q(name) + " in " + mount_ + ": " + errtext(errno));
-      // Through the mount a snapshot's type is "filesystem"; its name and
-      // description mark it as a sync snapshot.
-      if (::setxattr(path.c_str(), "user.hoody.description", description.data(),
-                     description.size(), 0) < 0) {
+      // Taken as "filesystem" by mkdir, then marked (the daemon allows
+      // "filesystem" -> "sync" and nothing else).
+      auto undo = [&](const char* what) {
         int e = errno;
         ::rmdir(path.c_str());
-        fail("create " + q(name) + ": set its description: " + errtext(e));
-      }
+        fail("create " + q(name) + ": " + what + ": " + errtext(e));
+      };
+      if (::setxattr(path.c_str(), "user.hoody.description", description.data(),
+                     description.size(), 0) < 0)
+        undo("set its description");
+      if (type != "filesystem" &&
+          ::setxattr(path.c_str(), "user.hoody.type", type.data(), type.size(), 0) < 0)
+        undo("set its type");
       return;
     }
     snapfs::CreateOptions o;

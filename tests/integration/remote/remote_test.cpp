@@ -5,6 +5,7 @@
 #include <dirent.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -415,6 +416,20 @@ TEST_CASE("sync: three rounds through both mounts, the copy restored each time, 
   MESSAGE("round 3: " << r3.output);
   CHECK(tree_diff(w.storage_a, w.storage_b()) == "");
   CHECK(tree_diff(w.dbs_a, w.dbs_b()) == "");
+
+  // Taken through A's mount, the sync snapshots are of type sync (the
+  // daemon's filesystem -> sync), and so are B's copies of them.
+  for (auto* l : {&w.a, &w.b})
+    for (auto& s : listing(l->path())["snapshots"])
+      if (s["name"].get<std::string>().rfind("sync-", 0) == 0) CHECK(s["type"] == "sync");
+  // Only filesystem -> sync: no other type, and only once.
+  REQUIRE(::mkdir((w.mnt_a + "/manual").c_str(), 0755) == 0);
+  CHECK(::setxattr((w.mnt_a + "/manual").c_str(), "user.hoody.type", "scheduled", 9, 0) < 0);
+  CHECK(errno == EPERM);
+  CHECK(::setxattr((w.mnt_a + "/manual").c_str(), "user.hoody.type", "sync", 4, 0) == 0);
+  CHECK(::setxattr((w.mnt_a + "/manual").c_str(), "user.hoody.type", "sync", 4, 0) < 0);
+  CHECK(errno == EPERM);
+  REQUIRE(::rmdir((w.mnt_a + "/manual").c_str()) == 0);
 
   // Retention: the last 2 sync snapshots on both sides, the same ones.
   auto sa = names_of(listing(w.a.path()), "sync-");
