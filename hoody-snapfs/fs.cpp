@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <stdlib.h>
+#include <poll.h>
+#include <sys/inotify.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -89,6 +91,7 @@ Fs::~Fs() {
   }
   prune_cv_.notify_all();
   if (prune_thread_.joinable()) prune_thread_.join();
+  if (watch_thread_.joinable()) watch_thread_.join();
 }
 
 Status Fs::start(std::string* why) {
@@ -199,6 +202,48 @@ void Fs::init(fuse_conn_info* conn) {
   // Started here, after fuse_daemonize(): a thread started before the fork
   // would not exist in the daemon.
   if (!prune_thread_.joinable()) prune_thread_ = std::thread([this] { prune_loop(); });
+  if (!watch_thread_.joinable()) watch_thread_ = std::thread([this] { watch_loop(); });
+}
+
+// A snapshot received by `hoody-snap receive` (store/transfer.cpp) lands in
+// the index from another process, which then touches .snapshots (futimens):
+// IN_ATTRIB on the directory itself.  The listing is rebuilt and the kernel
+// forgets the root's cached listing, so the snapshot shows at once.
+void Fs::watch_loop() {
+  auto lg = log::get("snap");
+  UniqueFd in(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
+  if (!in) {
+    lg->warn("op=watch -> inotify: {}; received snapshots show after the next change",
+             std::strerror(errno));
+    return;
+  }
+  if (::inotify_add_watch(in.get(), sys::proc_fd(store_fd_.get()).c_str(), IN_ATTRIB | IN_ONLYDIR) < 0) {
+    lg->warn("op=watch -> {}; received snapshots show after the next change", std::strerror(errno));
+    return;
+  }
+  alignas(struct inotify_event) char buf[4096];
+  for (;;) {
+    {
+      std::lock_guard g(prune_m_);
+      if (stop_) return;
+    }
+    struct pollfd p {in.get(), POLLIN, 0};
+    if (::poll(&p, 1, 250) <= 0) continue;
+    bool touched = false;
+    for (;;) {
+      ssize_t n = ::read(in.get(), buf, sizeof buf);
+      if (n <= 0) break;
+      for (ssize_t off = 0; off < n;) {
+        auto* ev = reinterpret_cast<struct inotify_event*>(buf + off);
+        if (ev->len == 0 && (ev->mask & IN_ATTRIB)) touched = true;
+        off += static_cast<ssize_t>(sizeof(struct inotify_event) + ev->len);
+      }
+    }
+    if (!touched) continue;
+    lg->info("op=watch -> the store was touched (a received snapshot): listing re-read");
+    changed();
+    if (se_) (void)fuse_lowlevel_notify_inval_inode(se_, FUSE_ROOT_ID, 0, 0);
+  }
 }
 
 void Fs::offload(std::function<void()> fn) {
@@ -232,6 +277,7 @@ void Fs::destroy() {
   }
   prune_cv_.notify_all();
   if (prune_thread_.joinable()) prune_thread_.join();
+  if (watch_thread_.joinable()) watch_thread_.join();
 }
 
 void Fs::prune_loop() {

@@ -282,6 +282,10 @@ private:
   bool recover_due_ = false;  // a restore left old live subvolumes to delete
   bool schedule_due_ = false;  // the schedule was set: run it now
   std::thread prune_thread_;
+  // Watches SOURCE/.snapshots for a touch of its attributes: `hoody-snap
+  // receive` (another process, sharing the index) published a snapshot.
+  std::thread watch_thread_;
+  void watch_loop();
 };
 
 // The daemon object of a request.

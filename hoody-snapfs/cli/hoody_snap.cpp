@@ -4,6 +4,8 @@
 // Only `clone` reaches past the mount, to the real store (SOURCE/.snapshots,
 // the fsname of the mount), because a writable copy is a btrfs snapshot.
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
 #include <linux/fs.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
@@ -20,14 +22,19 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
+#include <chrono>
+#include <functional>
 
 #include "../snapshot_name.hpp"
 #include "remote.hpp"
 #include "hoody/btrfs.hpp"
+#include "hoody/log.hpp"
 #include "hoody/mountinfo.hpp"
 #include "hoody/names.hpp"
 #include "hoody/sys.hpp"
 #include "store/format.hpp"
+#include "store/snapshot_store.hpp"
+#include "store/transfer.hpp"
 
 namespace {
 
@@ -147,15 +154,183 @@ std::string mount_source(const std::string& mount) {
   return "";
 }
 
+
+// ---- send, receive and the store reached directly (issue 9) ------------------
+
+// "123", "10K", "1.5G" (binary units) as bytes; nullopt if malformed.
+std::optional<uint64_t> parse_size(const std::string& text) {
+  if (text.empty()) return std::nullopt;
+  char* end = nullptr;
+  errno = 0;
+  double v = std::strtod(text.c_str(), &end);
+  if (errno || end == text.c_str() || v < 0) return std::nullopt;
+  std::string unit(end);
+  double mul = 1;
+  if (unit == "" || unit == "B") mul = 1;
+  else if (unit == "K" || unit == "KiB" || unit == "k") mul = 1024.0;
+  else if (unit == "M" || unit == "MiB") mul = 1024.0 * 1024;
+  else if (unit == "G" || unit == "GiB") mul = 1024.0 * 1024 * 1024;
+  else if (unit == "T" || unit == "TiB") mul = 1024.0 * 1024 * 1024 * 1024;
+  else return std::nullopt;
+  double b = v * mul;
+  if (b > 1.8e19) return std::nullopt;
+  return static_cast<uint64_t>(b);
+}
+
+// A container id as hoody-up takes it: one path component, no '.' start.
+bool valid_container(const std::string& c) {
+  if (c.empty() || c.size() > 255 || c[0] == '.' || c[0] == '-') return false;
+  for (char ch : c)
+    if (!(std::isalnum(static_cast<unsigned char>(ch)) || ch == '.' || ch == '_' || ch == '-' ||
+          ch == ':' || ch == '@' || ch == '+'))
+      return false;
+  return true;
+}
+
+// Progress on stderr: on a terminal a line redrawn twice a second (bytes,
+// rate, ETA when the size is known); otherwise one line a minute.
+class Progress {
+public:
+  explicit Progress(const char* verb, bool on) : verb_(verb), on_(on), tty_(::isatty(2)) {
+    t0_ = last_ = std::chrono::steady_clock::now();
+  }
+  void update(uint64_t done, uint64_t expected) {
+    if (!on_) return;
+    auto now = std::chrono::steady_clock::now();
+    auto every = tty_ ? std::chrono::milliseconds(500) : std::chrono::milliseconds(60000);
+    if (now - last_ < every) return;
+    last_ = now;
+    print(done, expected, now, false);
+  }
+  void done(uint64_t bytes) {
+    if (!on_) return;
+    print(bytes, 0, std::chrono::steady_clock::now(), true);
+  }
+
+private:
+  void print(uint64_t done, uint64_t expected, std::chrono::steady_clock::time_point now,
+             bool last) {
+    double secs = std::chrono::duration<double>(now - t0_).count();
+    double rate = secs > 0 ? static_cast<double>(done) / secs : 0;
+    std::string line = std::string(verb_) + " " + hoody::snapfs::xfer::human_bytes(static_cast<double>(done));
+    if (expected > done && !last) {
+      line += " of ~" + hoody::snapfs::xfer::human_bytes(static_cast<double>(expected));
+    }
+    line += ", " + hoody::snapfs::xfer::human_bytes(rate) + "/s";
+    if (expected > done && rate > 0 && !last) {
+      long eta = static_cast<long>(static_cast<double>(expected - done) / rate);
+      char b[32];
+      std::snprintf(b, sizeof b, ", ETA %ld:%02ld", eta / 60, eta % 60);
+      line += b;
+    }
+    if (last) {
+      char b[32];
+      std::snprintf(b, sizeof b, " in %.1f s", secs);
+      line += b;
+    }
+    if (tty_) std::fprintf(stderr, "\r\033[K%s%s", line.c_str(), last ? "\n" : "");
+    else std::fprintf(stderr, "hoody-snap: %s\n", line.c_str());
+    std::fflush(stderr);
+  }
+  const char* verb_;
+  bool on_, tty_;
+  std::chrono::steady_clock::time_point t0_, last_;
+};
+
+// The container directory POOL/containers/C, from --pool/--container, or the
+// SOURCE of the mount.
+std::string container_dir(const std::string& pool, const std::string& container,
+                          const std::string& mount, const std::string& verb) {
+  if (!pool.empty() || !container.empty()) {
+    if (pool.empty() || container.empty()) {
+      std::fprintf(stderr, "hoody-snap: %s: --pool and --container go together\n", verb.c_str());
+      std::exit(kUsageExit);
+    }
+    if (!valid_container(container))
+      die({verb + " --container " + q(container), EINVAL,
+           "a container id is one name of A-Z a-z 0-9 . _ : @ + -, not starting with '.' or '-'"});
+    return pool + "/containers/" + container;
+  }
+  std::string source = mount_source(mount);
+  if (source.empty())
+    die({verb, ENODEV,
+         "no hoody-snapfs mount at " + mount + "; name the container with --pool POOL --container C"});
+  return source;
+}
+
+// The store of `dir`: its own when no hoody-snapfs holds it (then recover()
+// runs too), else shared with the daemon.
+std::unique_ptr<hoody::snapfs::SnapshotStore> open_store(const std::string& dir,
+                                                         const std::string& verb, bool create) {
+  auto src = hoody::sys::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (!src) {
+    int e = src.error().value();
+    die({verb + ": " + dir, e, e == ENOENT ? "no such container" : ""});
+  }
+  std::string probe = dir + "/" + hoody::snapfs::kStoreDir + "/" + hoody::snapfs::kIndexDb;
+  if (!create && ::access(probe.c_str(), F_OK) < 0)
+    die({verb + ": " + dir, ENOENT, "no snapshot store there (no .snapshots/index.db)"});
+  // A hoody-snapfs holds the store's lock: share the store with it.
+  bool held = false;
+  {
+    int lfd = ::open((dir + "/" + hoody::snapfs::kStoreDir + "/lock").c_str(),
+                     O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (lfd >= 0) {
+      held = ::flock(lfd, LOCK_EX | LOCK_NB) < 0 && errno == EWOULDBLOCK;
+      ::close(lfd);
+    }
+  }
+  if (!held) {
+    auto own = hoody::snapfs::SnapshotStore::open(src->get());
+    if (own) return std::move(*own);
+    if (own.error().value() != EBUSY)
+      die({verb + ": open the snapshot store of " + dir, own.error().value(),
+           own.error().value() == EMEDIUMTYPE ? "the pool must be BTRFS" : "run as root"});
+  }
+  auto shared = hoody::snapfs::SnapshotStore::open_shared(src->get());
+  if (!shared) die({verb + ": open the snapshot store of " + dir, shared.error().value(), ""});
+  return std::move(*shared);
+}
+
+nlohmann::json snapshot_json(hoody::snapfs::SnapshotStore& store, const hoody::snapfs::Snapshot& s) {
+  nlohmann::json subs = nlohmann::json::array();
+  if (auto st = store.subvolumes_of(s.name))
+    for (auto& sv : *st)
+      subs.push_back({{"name", sv.name},
+                      {"uuid", sv.info.uuid},
+                      {"received_uuid", sv.info.received_uuid},
+                      {"parent_uuid", sv.info.parent_uuid},
+                      {"key", sv.info.received_uuid.empty() ? sv.info.uuid : sv.info.received_uuid},
+                      {"readonly", sv.info.readonly},
+                      {"ctransid", sv.info.ctransid}});
+  nlohmann::json j{{"name", s.name},
+                   {"uuid", s.uuid},
+                   {"created", hoody::snapfs::format_utc(s.created)},
+                   {"expires", s.expires ? nlohmann::json(hoody::snapfs::format_utc(*s.expires))
+                                         : nlohmann::json(nullptr)},
+                   {"creator", s.creator},
+                   {"type", s.type},
+                   {"description", s.description},
+                   {"consistency", s.consistency},
+                   {"subvolumes", subs}};
+  return j;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"hoody-snap: take, list, delete, rename, restore, diff and clone the snapshots of "
                "a hoody-snapfs mount, and copy or sync them to another server. See hoody-snap(1)."};
   app.require_subcommand(1);
+  // --mount, --pool and --container go before or after the verb.
+  app.fallthrough();
   const char* env = std::getenv("HOODY_SNAPSHOTS");
   std::string mount = env && *env ? env : kDefaultMount;
   app.add_option("--mount", mount, "the hoody-snapfs mount (default $HOODY_SNAPSHOTS or /hoody/.snapshots)");
+
+  std::string pool, container;
+  app.add_option("--pool", pool, "the pool (with --container): reach the store directly, as root");
+  app.add_option("--container", container, "the container id in --pool");
 
   std::string name, other, expire, description;
   bool json = false;
@@ -204,6 +379,32 @@ int main(int argc, char** argv) {
   clone->add_option("NAME", name, "snapshot name")->required();
   clone->add_option("DEST", other, "directory on the same BTRFS filesystem (made if missing)")->required();
 
+  auto* send = app.add_subcommand(
+      "send", "write snapshot NAME (every scope subvolume, with its metadata) to stdout as one "
+              "stream for `hoody-snap receive`");
+  std::string parent;
+  bool estimate = false, progress = false;
+  send->add_option("NAME", name, "snapshot name")->required();
+  send->add_option("--parent,-p", parent, "incremental against this older snapshot, which the "
+                                          "receiving side holds");
+  send->add_flag("--estimate", estimate, "measure the data first, so that the receiver shows an ETA");
+  send->add_flag("--progress", progress, "bytes and rate on stderr");
+
+  auto* receive = app.add_subcommand(
+      "receive", "read one `hoody-snap send` stream from stdin and make it a snapshot of "
+                 "--container (a new container if it does not exist)");
+  std::string as_name, max_size_text;
+  receive->add_option("--as", as_name, "the snapshot's name here (default: the sender's)");
+  receive->add_option("--max-size", max_size_text, "refuse a stream larger than this (10G, 500M)");
+  receive->add_flag("--progress", progress, "bytes, rate and ETA on stderr");
+
+  // The store's own log lines (recovery of an interrupted receive): warnings
+  // and up unless $HOODY_LOG says otherwise.
+  {
+    const char* lv = std::getenv("HOODY_LOG");
+    hoody::log::init({lv && *lv ? "" : "warn", hoody::log::Sink::stderr_, "hoody-snap"});
+  }
+
   // copy, sync, serve (cli/remote.cpp).
   hoody::snapcli::RemoteArgs remote;
   auto remote_cmds = hoody::snapcli::add_remote_commands(app, remote);
@@ -220,6 +421,8 @@ int main(int argc, char** argv) {
   }
   while (mount.size() > 1 && mount.back() == '/') mount.pop_back();
 
+  if (remote.container.empty()) remote.container = container;
+  if (remote.pool.empty()) remote.pool = pool;
   if (*remote_cmds.copy) return hoody::snapcli::run_copy(remote, mount);
   if (*remote_cmds.sync) return hoody::snapcli::run_sync(remote, mount);
   if (*remote_cmds.serve) {
@@ -264,6 +467,122 @@ int main(int argc, char** argv) {
     if (!description.empty())
       if (auto f = set_meta(path, name, "user.hoody.description", description, mount)) undo(*f);
     std::printf("created %s\n", shown(name).c_str());
+    return 0;
+  }
+  if (*send) {
+    check_name("send", name, NameUse::existing);
+    if (!parent.empty()) check_name("send --parent", parent, NameUse::existing);
+    if (::isatty(1))
+      die({"send " + q(name), ENOTTY, "stdout is a terminal: pipe it into `hoody-snap receive` "
+                                      "(or ssh HOST hoody-snap receive ...)"});
+    ::signal(SIGPIPE, SIG_IGN);
+    std::string dir = container_dir(pool, container, mount, "send");
+    auto store = open_store(dir, "send", false);
+    Progress prog("sent", progress);
+    hoody::snapfs::SendOptions o;
+    o.parent = parent;
+    o.estimate = estimate;
+    uint64_t sent = 0;
+    o.sent = &sent;
+    o.progress = [&](uint64_t b) { prog.update(b, 0); };
+    std::string why;
+    auto st = store->send_to(name, o, 1, &why);
+    if (!st) die({"send " + q(name), st.error().value(), why});
+    prog.done(sent);
+    return 0;
+  }
+  if (*receive) {
+    if (pool.empty() || container.empty()) {
+      std::fprintf(stderr, "hoody-snap: receive: --pool POOL --container C are required\n");
+      return kUsageExit;
+    }
+    if (!as_name.empty()) check_name("receive --as", as_name, NameUse::new_name);
+    uint64_t max_size = 0;
+    if (!max_size_text.empty()) {
+      auto m = parse_size(max_size_text);
+      if (!m || *m == 0) {
+        std::fprintf(stderr, "hoody-snap: receive: --max-size %s: give bytes, or a number with "
+                             "K, M, G or T (binary units)\n", shown(max_size_text).c_str());
+        return kUsageExit;
+      }
+      max_size = *m;
+    }
+    if (::isatty(0))
+      die({"receive", ENOTTY, "stdin is a terminal: pipe `hoody-snap send` into it"});
+    ::signal(SIGPIPE, SIG_IGN);
+    std::string dir = container_dir(pool, container, mount, "receive");
+    // A new container: its directory is made here and removed again if the
+    // receive fails.
+    bool made_dir = false;
+    {
+      struct stat st;
+      if (::stat((pool + "/containers").c_str(), &st) < 0) {
+        int e = errno;
+        die({"receive: " + pool, e, "no pool there (POOL/containers is missing)"});
+      }
+      if (::mkdir(dir.c_str(), 0755) == 0) made_dir = true;
+      else if (errno != EEXIST) {
+        int e = errno;
+        die({"receive: make " + dir, e, ""});
+      }
+    }
+    auto store = open_store(dir, "receive", true);
+    auto scope = store->scope();
+    bool make_live = scope && scope->empty();
+    Progress prog("received", progress);
+    hoody::snapfs::ReceiveOptions o;
+    o.as_name = as_name;
+    o.max_size = max_size;
+    if (const char* b = std::getenv("HOODY_BTRFS"); b && *b) o.btrfs = b;
+    hoody::snapfs::ReceiveReport report;
+    o.report = &report;
+    o.progress = [&](uint64_t b, uint64_t e) { prog.update(b, e); };
+    std::string why;
+    hoody::snapfs::Caller caller{::getuid(), ::getpid()};
+    auto snap = store->receive_from(0, caller, o, &why);
+    if (!snap) {
+      if (made_dir) {
+        store.reset();
+        std::string sd = dir + "/" + hoody::snapfs::kStoreDir;
+        for (const char* f : {"index.db", "index.db-wal", "index.db-shm", "lock"})
+          ::unlink((sd + "/" + f).c_str());
+        ::rmdir(sd.c_str());
+        ::rmdir(dir.c_str());
+      }
+      die({"receive", snap.error().value(), why});
+    }
+    prog.done(report.bytes);
+    std::printf("received %s (%s, %s in %.2f s)\n", shown(snap->name).c_str(),
+                report.parent.empty() ? "full" : ("incremental from " + shown(report.parent)).c_str(),
+                hoody::snapfs::xfer::human_bytes(static_cast<double>(report.bytes)).c_str(),
+                report.seconds);
+    if (make_live) {
+      auto made = store->make_live(snap->name);
+      if (!made)
+        die({"receive: make the live subvolumes of " + dir + " from " + q(snap->name),
+             made.error().value(), "the snapshot was kept; `hoody-snap clone` makes them by hand"});
+      for (auto& m : *made)
+        std::printf("created %s/%s (a writable copy of %s)\n", shown(dir).c_str(), shown(m).c_str(),
+                    shown(snap->name).c_str());
+    }
+    return 0;
+  }
+  if (*list && (!pool.empty() || !container.empty())) {
+    std::string dir = container_dir(pool, container, mount, "list");
+    auto store = open_store(dir, "list", false);
+    auto all = store->list();
+    if (!all) die({"list", all.error().value(), ""});
+    nlohmann::json out = nlohmann::json::array();
+    for (auto& s : *all) out.push_back(snapshot_json(*store, s));
+    if (json) {
+      std::printf("%s\n", out.dump(2).c_str());
+      return 0;
+    }
+    std::printf("%-32s %-20s %-10s %s\n", "NAME", "CREATED", "TYPE", "DESCRIPTION");
+    for (auto& s : *all)
+      std::printf("%-32s %-20s %-10s %s\n", shown(s.name).c_str(),
+                  hoody::snapfs::format_utc(s.created).c_str(), shown(s.type).c_str(),
+                  shown(s.description).c_str());
     return 0;
   }
   if (*list) {

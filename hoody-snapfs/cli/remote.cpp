@@ -776,8 +776,8 @@ RemoteCommands add_remote_commands(CLI::App& app, RemoteArgs& a) {
   c.sync->add_option("--keep", a.keep, "sync snapshots kept on both sides (default 3)")
       ->check(CLI::Range(1u, 1000u));
   for (auto* s : {c.copy, c.sync}) {
-    s->add_option("--pool", a.pool, "the local pool (with --container), instead of --mount");
-    s->add_option("--container", a.container, "the local container (with --pool)");
+    // --pool and --container (the local container, instead of --mount) are
+    // hoody-snap's global options.
     s->add_option("--ssh", a.ssh, "the ssh command (default $HOODY_SSH or ssh)");
     s->add_option("--max-size", a.max_size, "refuse a stream above this many bytes on the peer");
     s->add_option("--remote-hoody-snap", a.remote_snap, "hoody-snap on the peer (default hoody-snap)");

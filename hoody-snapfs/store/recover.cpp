@@ -26,6 +26,7 @@ Status SnapshotStore::recover_one(const Journal& j) {
   if (j.op == "create") return undo_create(j);
   if (j.op == "remove") return finish_remove(j.uuid);
   if (j.op == "restore") return recover_restore(j);
+  if (j.op == "receive") return undo_receive(j);
   log::get("snap")->warn("op=recover journal={} kind={} -> unknown, dropped", j.id, j.op);
   return {};
 }
@@ -52,6 +53,7 @@ Status SnapshotStore::recover() {
   Caller self{::geteuid(), ::getpid()};
   for (const auto& j : pending) {
     auto s = recover_one(j);
+    if (!s && s.err() == EINPROGRESS) continue;  // a receive of another process, still running
     std::string what = j.op + " step " + std::to_string(j.step);
     if (s) {
       (void)journal_end(j.id);
@@ -68,6 +70,8 @@ Status SnapshotStore::recover() {
   // Work directories without a journal entry are leftovers (a purge that
   // failed after its entry ended): they hold nothing listed, so they go.  Not
   // while an entry is still pending: its work directory may hold live data.
+  // Interrupted receives (their staging directories are locked while they run).
+  if (auto r = recover_receives(); !r) lg->error("op=recover receives -> {}", r.error().message());
   HOODY_TRY(left, pending_operations());
   if (left > 0) return {};
   HOODY_TRY(dir, sys::opendir_at(store_.get(), "."));

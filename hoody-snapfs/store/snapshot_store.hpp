@@ -49,6 +49,7 @@
 #include <vector>
 
 #include "diff_cache.hpp"
+#include "hoody/btrfs.hpp"
 #include "hoody/result.hpp"
 #include "hoody/send_stream.hpp"
 #include "hoody/unique_fd.hpp"
@@ -100,6 +101,31 @@ struct RestoreReport {
   std::string error;             // why it failed, for a person
   double ms = 0;                 // the whole restore
   double quiesced_ms = 0;        // how long the databases were held
+};
+
+// What a receive did (store/transfer.cpp).
+struct ReceiveReport {
+  uint64_t bytes = 0;      // of the btrfs send streams
+  double seconds = 0;
+  std::string parent;      // the local parent of an incremental stream, "" for a full one
+  std::size_t subvolumes = 0;
+};
+
+struct SendOptions {
+  std::string parent;      // incremental against this snapshot ("" for a full stream)
+  // Measure the file data first (a metadata-only send) so that the receiver
+  // can show an ETA: header estimated_bytes.
+  bool estimate = false;
+  std::function<void(uint64_t bytes)> progress;
+  uint64_t* sent = nullptr;  // the bytes of the btrfs streams, when done
+};
+
+struct ReceiveOptions {
+  std::string as_name;     // "" for the sender's name
+  uint64_t max_size = 0;   // bytes of the whole stream; 0: no bound
+  std::string btrfs = "btrfs";  // btrfs-progs, for `btrfs receive`
+  std::function<void(uint64_t bytes, uint64_t expected)> progress;
+  ReceiveReport* report = nullptr;
 };
 
 // The schedule (store/retention.hpp).
@@ -171,6 +197,45 @@ public:
   // server that did not answer, the processes for an if_idle refusal).
   Status restore(std::string_view name, const Caller& caller, const RestoreOptions& opts,
                  RestoreReport& report);
+
+  // ---- send and receive (store/transfer.cpp, issue 9) ---------------------
+  // The store of `source_fd` without its lock and without recover(): for
+  // send_to(), list(), receive_from() and recover_receives() while a
+  // hoody-snapfs holds the store (no other mutation through it).  ENOENT
+  // without an index.db.
+  static Result<std::unique_ptr<SnapshotStore>> open_shared(int source_fd);
+  // Writes the hoody send stream of snapshot `name` (store/transfer.hpp) to
+  // `out`: the header, a btrfs send stream per scope subvolume (incremental
+  // against opts.parent's subvolume of the same name where it has one), the
+  // trailer.  *why says what failed, for a person.
+  Status send_to(std::string_view name, const SendOptions& opts, int out, std::string* why);
+  // Reads one stream from `in` and makes it a snapshot of this store:
+  // btrfs receive into .snapshots/.receiving-<uuid>/ (0700, flock()ed by
+  // this process and its btrfs receive), checks (the header's subvolumes, and
+  // nothing else, read-only, received_uuid as sent, the parent matched), then
+  // journaled rename to <uuid> and the index row.  Anything else leaves
+  // nothing: a truncated or garbled stream, a missing parent, --max-size.
+  // EEXIST for a taken name, ENOENT for a missing parent, EFBIG above
+  // max_size, EBADMSG for a bad stream.  A running hoody-snapfs is told by a
+  // touch of .snapshots (it watches it).
+  Result<Snapshot> receive_from(int in, const Caller& caller, const ReceiveOptions& opts,
+                                std::string* why);
+  // Deletes what interrupted receives left: .receiving-* directories whose
+  // lock is free and journaled receives without their row.  Run by
+  // receive_from() and recover().
+  Status recover_receives();
+  // Writable snapshots of `name`'s subvolumes as the live subvolumes that do
+  // not exist yet (a container made by a receive); their names.
+  Result<std::vector<std::string>> make_live(std::string_view name);
+  struct SubvolumeState {
+    std::string name;
+    btrfs::SubvolumeInfo info;
+  };
+  // The scope subvolumes of snapshot `name` with their BTRFS identity.
+  Result<std::vector<SubvolumeState>> subvolumes_of(std::string_view name) const;
+  // The newest snapshot whose subvolumes carry these keys (subvolume ->
+  // received_uuid, else uuid): the same snapshot as the sender's.
+  Result<std::optional<Snapshot>> find_by_keys(const std::map<std::string, std::string>& keys) const;
 
   // Finish or undo every journaled operation (see the top of this file), and
   // finish the deletions a restore(..., delete_old_now=false) left.  Run by
@@ -264,6 +329,8 @@ private:
   Status journal_end(int64_t id);
   Status recover_one(const Journal& j);
   Status undo_create(const Journal& j);
+  // EINPROGRESS while its receiver still runs.
+  Status undo_receive(const Journal& j);
   Status finish_remove(std::string_view uuid);
   // roll_back: undo even a restore that began its exchanges (a failure in
   // restore() itself, with the databases still held); else such a restore is
@@ -283,7 +350,8 @@ private:
 
   UniqueFd source_;  // SOURCE, O_RDONLY|O_DIRECTORY
   UniqueFd store_;   // SOURCE/.snapshots
-  UniqueFd lock_;    // .snapshots/lock, flock(LOCK_EX)
+  UniqueFd lock_;    // .snapshots/lock, flock(LOCK_EX); none when shared_
+  bool shared_ = false;  // open_shared(): a daemon may hold the store
   // Lock order: op_mu_ before db_mu_.  db_mu_ is held only for index
   // statements and transactions, never across a BTRFS call.
   mutable std::mutex op_mu_;  // serialises create/remove/rename/restore/prune/recover
