@@ -790,6 +790,8 @@ RemoteCommands add_remote_commands(CLI::App& app, RemoteArgs& a) {
   // VERB ARGS (receive|list|sync-apply ...) when not forced by ssh: left
   // unparsed, as the remaining arguments (main puts them in RemoteArgs::verb).
   c.serve->prefix_command();
+  // Not to hoody-snap's own verbs either (the app falls through for --mount).
+  c.serve->fallthrough(false);
   return c;
 }
 
