@@ -232,7 +232,7 @@ public:
       for (auto& j : all) out.push_back(snap_from_json(j));
     } else {
       if (!exists()) return out;
-      auto snaps = store().list();
+      auto snaps = store(/*read_only=*/true).list();
       if (!snaps) fail("list " + source_ + ": " + errtext(snaps.err()));
       for (auto& s : *snaps) {
         Snap n;
@@ -362,11 +362,19 @@ private:
   static snapfs::Caller caller() {
     return snapfs::Caller{::getuid(), ::getpid()};
   }
-  SnapshotStore& store() {
+  // read_only: a listing, which may share the store with whoever holds it
+  // (a receive still running, a daemon that is not mounted here).
+  SnapshotStore& store(bool read_only = false) {
+    if (store_ && shared_ && !read_only) store_.reset();
     if (!store_) {
       auto fd = sys::open(source_.c_str(), O_RDONLY | O_DIRECTORY);
       if (!fd) fail("open " + source_ + ": " + errtext(fd.err()));
       auto s = SnapshotStore::open(fd->get());
+      shared_ = false;
+      if (!s && s.err() == EBUSY && read_only) {
+        s = SnapshotStore::open_shared(fd->get());
+        shared_ = true;
+      }
       if (!s)
         fail("open the snapshot store of " + source_ + ": " + errtext(s.err()) +
              (s.err() == EBUSY ? "; its hoody-snapfs daemon holds it: pass its --mount" : ""));
@@ -411,6 +419,7 @@ private:
 
   std::string source_, mount_;
   std::unique_ptr<SnapshotStore> store_;
+  bool shared_ = false;  // store_ is open_shared(): for listings only
 };
 
 // btrbk's _is_correlated: the same tree on both sides (one received from

@@ -419,9 +419,11 @@ TEST_CASE("sync: three rounds through both mounts, the copy restored each time, 
 
   // Taken through A's mount, the sync snapshots are of type sync (the
   // daemon's filesystem -> sync), and so are B's copies of them.
-  for (auto* l : {&w.a, &w.b})
-    for (auto& s : listing(l->path())["snapshots"])
+  for (auto* l : {&w.a, &w.b}) {
+    json all = listing(l->path());
+    for (auto& s : all["snapshots"])
       if (s["name"].get<std::string>().rfind("sync-", 0) == 0) CHECK(s["type"] == "sync");
+  }
   // Only filesystem -> sync: no other type, and only once.
   REQUIRE(::mkdir((w.mnt_a + "/manual").c_str(), 0755) == 0);
   CHECK(::setxattr((w.mnt_a + "/manual").c_str(), "user.hoody.type", "scheduled", 9, 0) < 0);
