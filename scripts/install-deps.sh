@@ -12,6 +12,6 @@ apt-get install -y -qq --no-install-recommends \
   liburing-dev libsystemd-dev \
   libspdlog-dev libfmt-dev \
   doctest-dev libcli11-dev nlohmann-json3-dev libboost-dev \
-  util-linux mount kmod procps psmisc attr acl e2fsprogs \
+  util-linux bsdutils mount kmod procps psmisc attr acl e2fsprogs \
   bindfs python3 iproute2 openssh-client openssh-server \
   >/dev/null

@@ -13,6 +13,7 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <map>
 #include <optional>
 #include <cerrno>
 #include <cstdio>
@@ -258,8 +259,12 @@ std::string container_dir(const std::string& pool, const std::string& container,
   return source;
 }
 
-// The store of `dir`: its own when no hoody-snapfs holds it (then recover()
-// runs too), else shared with the daemon.
+// The store of `dir`, shared with a hoody-snapfs that may serve it or start
+// meanwhile (never its lock for longer than a moment: a daemon starting
+// during a long receive must not find the store taken).  For a receive
+// (`create`), the store is first opened as its own when no daemon holds it:
+// that makes .snapshots and index.db for a new container and runs the
+// recovery a daemon runs at its start.
 std::unique_ptr<hoody::snapfs::SnapshotStore> open_store(const std::string& dir,
                                                          const std::string& verb, bool create) {
   auto src = hoody::sys::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
@@ -270,25 +275,25 @@ std::unique_ptr<hoody::snapfs::SnapshotStore> open_store(const std::string& dir,
   std::string probe = dir + "/" + hoody::snapfs::kStoreDir + "/" + hoody::snapfs::kIndexDb;
   if (!create && ::access(probe.c_str(), F_OK) < 0)
     die({verb + ": " + dir, ENOENT, "no snapshot store there (no .snapshots/index.db)"});
-  // A hoody-snapfs holds the store's lock: share the store with it.
-  bool held = false;
-  {
+  if (create) {
+    bool held = false;
     int lfd = ::open((dir + "/" + hoody::snapfs::kStoreDir + "/lock").c_str(),
                      O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (lfd >= 0) {
       held = ::flock(lfd, LOCK_EX | LOCK_NB) < 0 && errno == EWOULDBLOCK;
       ::close(lfd);
     }
-  }
-  if (!held) {
-    auto own = hoody::snapfs::SnapshotStore::open(src->get());
-    if (own) return std::move(*own);
-    if (own.error().value() != EBUSY)
-      die({verb + ": open the snapshot store of " + dir, own.error().value(),
-           own.error().value() == EMEDIUMTYPE ? "the pool must be BTRFS" : "run as root"});
+    if (!held) {
+      auto own = hoody::snapfs::SnapshotStore::open(src->get());
+      if (!own && own.error().value() != EBUSY)
+        die({verb + ": open the snapshot store of " + dir, own.error().value(),
+             own.error().value() == EMEDIUMTYPE ? "the pool must be BTRFS" : "run as root"});
+    }
   }
   auto shared = hoody::snapfs::SnapshotStore::open_shared(src->get());
-  if (!shared) die({verb + ": open the snapshot store of " + dir, shared.error().value(), ""});
+  if (!shared)
+    die({verb + ": open the snapshot store of " + dir, shared.error().value(),
+         shared.error().value() == EACCES ? "run as root" : ""});
   return std::move(*shared);
 }
 
@@ -397,6 +402,7 @@ int main(int argc, char** argv) {
   receive->add_option("--as", as_name, "the snapshot's name here (default: the sender's)");
   receive->add_option("--max-size", max_size_text, "refuse a stream larger than this (10G, 500M)");
   receive->add_flag("--progress", progress, "bytes, rate and ETA on stderr");
+  receive->add_flag("--json", json, "print what was received as one JSON object");
 
   // The store's own log lines (recovery of an interrupted receive): warnings
   // and up unless $HOODY_LOG says otherwise.
@@ -404,6 +410,13 @@ int main(int argc, char** argv) {
     const char* lv = std::getenv("HOODY_LOG");
     hoody::log::init({lv && *lv ? "" : "warn", hoody::log::Sink::stderr_, "hoody-snap"});
   }
+  auto* common = app.add_subcommand(
+      "common-parent", "the newest snapshot of this container that the other side holds too "
+                       "(the parent for an incremental send), from the other side's "
+                       "`list --json --pool ... --container ...`");
+  std::string peer_list = "-";
+  common->add_option("FILE", peer_list, "the other side's list --json (default: stdin)");
+  common->add_flag("--json", json, "print {\"local\": NAME, \"remote\": NAME}");
 
   // copy, sync, serve (cli/remote.cpp).
   hoody::snapcli::RemoteArgs remote;
@@ -552,20 +565,78 @@ int main(int argc, char** argv) {
       die({"receive", snap.error().value(), why});
     }
     prog.done(report.bytes);
-    std::printf("received %s (%s, %s in %.2f s)\n", shown(snap->name).c_str(),
-                report.parent.empty() ? "full" : ("incremental from " + shown(report.parent)).c_str(),
-                hoody::snapfs::xfer::human_bytes(static_cast<double>(report.bytes)).c_str(),
-                report.seconds);
+    std::vector<std::string> made_live;
     if (make_live) {
       auto made = store->make_live(snap->name);
       if (!made)
         die({"receive: make the live subvolumes of " + dir + " from " + q(snap->name),
              made.error().value(), "the snapshot was kept; `hoody-snap clone` makes them by hand"});
-      for (auto& m : *made)
+      made_live = *made;
+    }
+    if (json) {
+      nlohmann::json out{{"name", snap->name},       {"uuid", snap->uuid},
+                         {"parent", report.parent.empty() ? nlohmann::json(nullptr)
+                                                          : nlohmann::json(report.parent)},
+                         {"bytes", report.bytes},    {"seconds", report.seconds},
+                         {"subvolumes", report.subvolumes}, {"created_live", made_live}};
+      std::printf("%s\n", out.dump().c_str());
+      return 0;
+    }
+    std::printf("received %s (%s, %s in %.2f s)\n", shown(snap->name).c_str(),
+                report.parent.empty() ? "full" : ("incremental from " + shown(report.parent)).c_str(),
+                hoody::snapfs::xfer::human_bytes(static_cast<double>(report.bytes)).c_str(),
+                report.seconds);
+    {
+      for (auto& m : made_live)
         std::printf("created %s/%s (a writable copy of %s)\n", shown(dir).c_str(), shown(m).c_str(),
                     shown(snap->name).c_str());
     }
     return 0;
+  }
+  if (*common) {
+    std::string text;
+    if (peer_list == "-") {
+      std::ostringstream ss;
+      ss << std::cin.rdbuf();
+      text = ss.str();
+    } else {
+      text = read_all(peer_list, "common-parent: read " + peer_list, mount);
+    }
+    auto theirs = nlohmann::json::parse(text, nullptr, false);
+    if (!theirs.is_array())
+      die({"common-parent", EBADMSG, "the other side's list is not the JSON array of "
+                                     "`hoody-snap list --json --pool POOL --container C`"});
+    // name -> key of each subvolume; equal maps: the same snapshot.
+    auto keys_of = [](const nlohmann::json& snap) {
+      std::map<std::string, std::string> k;
+      if (snap.is_object() && snap.contains("subvolumes") && snap["subvolumes"].is_array())
+        for (auto& sv : snap["subvolumes"])
+          if (sv.is_object() && sv.contains("name") && sv["name"].is_string() &&
+              sv.contains("key") && sv["key"].is_string())
+            k[sv["name"].get<std::string>()] = sv["key"].get<std::string>();
+      return k;
+    };
+    std::map<std::map<std::string, std::string>, std::string> remote;
+    for (auto& r : theirs) {
+      auto k = keys_of(r);
+      if (!k.empty() && r.contains("name") && r["name"].is_string())
+        remote[k] = r["name"].get<std::string>();
+    }
+    std::string dir = container_dir(pool, container, mount, "common-parent");
+    auto store = open_store(dir, "common-parent", false);
+    auto all = store->list();
+    if (!all) die({"common-parent", all.error().value(), ""});
+    for (auto it = all->rbegin(); it != all->rend(); ++it) {
+      auto k = keys_of(snapshot_json(*store, *it));
+      auto r = remote.find(k);
+      if (k.empty() || r == remote.end()) continue;
+      if (json)
+        std::printf("%s\n", nlohmann::json{{"local", it->name}, {"remote", r->second}}.dump().c_str());
+      else
+        std::printf("%s\n", shown(it->name).c_str());
+      return 0;
+    }
+    die({"common-parent", ENOENT, "the two sides hold no snapshot in common: send a full stream"});
   }
   if (*list && (!pool.empty() || !container.empty())) {
     std::string dir = container_dir(pool, container, mount, "list");

@@ -576,7 +576,8 @@ struct Receiver {
       // The staging lock stays held while btrfs receive runs, even if we die.
       ::fcntl(lock_fd, F_SETFD, 0);
       ::signal(SIGPIPE, SIG_DFL);
-      execlp(btrfs_bin.c_str(), btrfs_bin.c_str(), "receive", dest.c_str(),
+      // --chroot: a path in the stream ("../x") cannot leave the staging directory.
+      execlp(btrfs_bin.c_str(), btrfs_bin.c_str(), "receive", "--chroot", dest.c_str(),
              static_cast<char*>(nullptr));
       std::fprintf(stderr, "cannot run %s: %s\n", btrfs_bin.c_str(), std::strerror(errno));
       ::_exit(127);

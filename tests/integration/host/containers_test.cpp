@@ -460,9 +460,14 @@ TEST_CASE("hoody-down of one container leaves the other running; without names i
   e = n1.run([&] { return sql(T + "/hoody/databases/back.db", "CREATE TABLE t(x)"); });
   CHECK_MESSAGE(e.ok(), "c1's running namespace does not see c1 back up: " << e.describe());
 
-  // Everything.
+  // Everything, with one of c2's daemons stuck (stopped: SIGTERM stays
+  // pending): hoody-down says so and kills it rather than leave it behind.
+  auto stuck = daemons_of(host.run_dir + "/c2/shares");
+  REQUIRE(stuck.size() == 1);
+  REQUIRE(::kill(stuck[0], SIGSTOP) == 0);
   e = host.down();
   CHECK_MESSAGE(e.ok(), e.describe());
+  CHECK_MESSAGE(e.output.find("killing them: " + std::to_string(stuck[0])) != std::string::npos, e.output);
   CHECK(mount_table(host.run_dir).empty());
   CHECK_MESSAGE(gone_within(pids2, 10s), "c2's daemons are still running");
   CHECK(gone_within(daemons_of_container(host, "c1"), 10s));

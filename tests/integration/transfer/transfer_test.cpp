@@ -285,6 +285,16 @@ TEST_CASE("full copy, then incremental: contents identical, read-only, uuids lin
   CHECK(r.output.find("received s2 (incremental from s1") != std::string::npos);
   check_same(a.snapshot_dir("c1", "s2"), b.snapshot_dir("c9", "s2"));
   check_same(a.snapshot_dir("c1", "s1"), b.snapshot_dir("c9", "s1"));
+  // common-parent: the newest snapshot both sides hold, by their keys.
+  auto cp = sh(snap_bin() + " list --json " + b.args("c9") + " | " + snap_bin() +
+               " common-parent " + a.args("c1"));
+  CHECK_MESSAGE(cp.output == "s2\n", cp.describe());
+  cp = sh(snap_bin() + " list --json " + a.args("c1") + " | " + snap_bin() +
+          " common-parent --json " + b.args("c9"));
+  CHECK_MESSAGE(cp.output == "{\"local\":\"s2\",\"remote\":\"s2\"}\n", cp.describe());
+  cp = sh("echo '[]' | " + snap_bin() + " common-parent " + a.args("c1"));
+  CHECK(cp.exit_code == 1);
+  CHECK(cp.output.find("no snapshot in common") != std::string::npos);
   // The copy can be sent back and on: a received snapshot is a parent too.
   Server c;
   r = sh(snap_bin() + " send s1 " + b.args("c9") + " | " + receive_cmd(c, "x"));
@@ -303,9 +313,14 @@ TEST_CASE("a new container made by receive: writable live subvolumes, snapshot i
   Sender a;
   Server b;
   a.snap("s1");
-  auto r = sh(a.send("s1") + " | " + receive_cmd(b, "new1"));
+  auto r = sh(a.send("s1") + " | " + receive_cmd(b, "new1", "--json"));
   REQUIRE_MESSAGE(r.ok(), r.describe());
-  CHECK(r.output.find("a writable copy of s1") != std::string::npos);
+  auto got = json::parse(r.output);
+  CHECK(got["name"] == "s1");
+  CHECK(got["parent"].is_null());
+  CHECK(got["subvolumes"] == 2);
+  CHECK(got["bytes"].get<uint64_t>() > 300000);
+  CHECK(got["created_live"] == json::array({"databases", "storage"}));
   std::string live = b.container("new1");
   check_same(a.snapshot_dir("c1", "s1"), live);
   write_file(live + "/storage/written-here", "ok");  // writable
@@ -319,8 +334,10 @@ TEST_CASE("a new container made by receive: writable live subvolumes, snapshot i
   a.change();
   a.snap("s2");
   auto t0 = std::chrono::steady_clock::now();
-  r = sh(a.send("s2", "s1") + " | " + receive_cmd(b, "new1"));
+  r = sh(a.send("s2", "s1") + " | " + receive_cmd(b, "new1", "--json"));
   REQUIRE_MESSAGE(r.ok(), r.describe());
+  CHECK(json::parse(r.output)["parent"] == "s1");
+  CHECK(json::parse(r.output)["created_live"].empty());
   bool seen = false;
   while (std::chrono::steady_clock::now() - t0 < 5s) {
     if (::access((mnt + "/s2/storage/new/f7").c_str(), F_OK) == 0) {
@@ -432,6 +449,18 @@ TEST_CASE("truncated and garbled streams are refused and leave nothing; --max-si
   check_same(a.snapshot_dir("c1", "s1"), b.snapshot_dir("c9", "s1"));
   r = sh(receive_cmd(b, "c9", "--max-size 12Q") + " < /dev/null");
   CHECK(r.exit_code == 2);
+  // Progress on a terminal (script(1) gives stderr a pty): bytes, rate, and
+  // the ETA from the sender's --estimate, redrawn in place.
+  std::string est = b.pool.dir() + "/est.stream";
+  REQUIRE(sh(snap_bin() + " send s1 --estimate " + a.args("c1") + " > " + sh_quote(est)).ok());
+  std::string inner = "{ head -c 300000; sleep 1.2; cat; } < " + sh_quote(est) + " | " +
+                      receive_cmd(b, "c9", "--progress --as with-eta");
+  r = sh("script -qec " + sh_quote("bash -c " + sh_quote(inner)) + " /dev/null");
+  REQUIRE_MESSAGE(r.ok(), r.describe());
+  CHECK_MESSAGE(r.output.find("\r\033[Kreceived ") != std::string::npos, r.output);
+  CHECK_MESSAGE(r.output.find(" of ~4.") != std::string::npos, r.output);
+  CHECK_MESSAGE(r.output.find(", ETA 0:") != std::string::npos, r.output);
+  CHECK(r.output.find("MiB/s") != std::string::npos);
 }
 
 TEST_CASE("kill -9 of the receiver or the sender mid-stream: nothing shown, the garbled "
