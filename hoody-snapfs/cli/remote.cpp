@@ -764,6 +764,9 @@ VerbArgs parse_verb(const std::vector<std::string>& words, const std::string& li
     if (v.snapshot.empty()) refuse(line, "--snapshot is required");
     if (!snapfs::check_snapshot_name(v.snapshot, &why, snapfs::NameUse::existing))
       refuse(line, "snapshot: " + why);
+    // A peer rolls the copy forward to what sync sent, not to any snapshot.
+    if (v.snapshot.rfind(kSyncPrefix, 0) != 0)
+      refuse(line, "sync-apply restores sync-* snapshots only");
     if (v.keep < 1) refuse(line, "--keep is at least 1");
   }
   return v;

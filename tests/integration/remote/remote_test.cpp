@@ -201,6 +201,10 @@ TEST_CASE("rig: two servers, sshd in B, only the restricted key gets in, and onl
   CHECK(pool.output.find("unknown option") != std::string::npos);
   ExitInfo dots = s.run_a(with(ssh, "hoody-snap serve receive --container ../../etc"), 30s);
   CHECK(dots.exit_code == 2);
+  ExitInfo back = s.run_a(
+      with(ssh, "hoody-snap serve sync-apply --container c1 --snapshot pre-deploy --keep 1"), 30s);
+  CHECK(back.exit_code == 2);
+  CHECK(back.output.find("sync-* snapshots only") != std::string::npos);
   // restrict: no pty (nor forwarding, agent, X11).
   auto tty = ssh;
   tty.insert(tty.begin() + 1, "-tt");
