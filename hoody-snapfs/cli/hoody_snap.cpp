@@ -325,7 +325,8 @@ nlohmann::json snapshot_json(hoody::snapfs::SnapshotStore& store, const hoody::s
 
 int main(int argc, char** argv) {
   CLI::App app{"hoody-snap: take, list, delete, rename, restore, diff and clone the snapshots of "
-               "a hoody-snapfs mount, and copy or sync them to another server. See hoody-snap(1)."};
+               "a hoody-snapfs mount; send and receive them between servers, copy or sync them "
+               "to another one over ssh. See hoody-snap(1)."};
   app.require_subcommand(1);
   // --mount, --pool and --container go before or after the verb.
   app.fallthrough();
@@ -433,6 +434,13 @@ int main(int argc, char** argv) {
     return kUsageExit;
   }
   while (mount.size() > 1 && mount.back() == '/') mount.pop_back();
+  if ((!pool.empty() || !container.empty()) && !*send && !*receive && !*list && !*common &&
+      !*remote_cmds.copy && !*remote_cmds.sync && !*remote_cmds.serve) {
+    std::fprintf(stderr, "hoody-snap: --pool and --container are for send, receive, list, "
+                         "common-parent, copy, sync and serve; the other commands work through "
+                         "the mount (--mount)\n");
+    return kUsageExit;
+  }
 
   if (remote.container.empty()) remote.container = container;
   if (remote.pool.empty()) remote.pool = pool;

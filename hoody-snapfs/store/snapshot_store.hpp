@@ -202,7 +202,10 @@ public:
   // The store of `source_fd` without its lock and without recover(): for
   // send_to(), list(), receive_from() and recover_receives() while a
   // hoody-snapfs holds the store (no other mutation through it).  ENOENT
-  // without an index.db.
+  // without an index.db.  Its connection never checkpoints and deletes the
+  // WAL at close (a daemonized hoody-snapfs holds no POSIX lock on it).
+  // send_to() and receive_from() write to pipes whose other end may go away:
+  // the caller ignores SIGPIPE (then EPIPE says it).
   static Result<std::unique_ptr<SnapshotStore>> open_shared(int source_fd);
   // Writes the hoody send stream of snapshot `name` (store/transfer.hpp) to
   // `out`: the header, a btrfs send stream per scope subvolume (incremental

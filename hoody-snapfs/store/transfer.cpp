@@ -226,6 +226,7 @@ std::string human_bytes(double b) {
 namespace {
 
 constexpr const char* kReceivingPrefix = ".receiving-";
+constexpr const char* kInitPrefix = ".receiving.init-";  // empty, until it is locked
 
 uint32_t get_le32(const unsigned char* p) {
   return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
@@ -665,6 +666,12 @@ Status SnapshotStore::recover_receives() {
     std::string n = e->d_name;
     if (n.rfind(kReceivingPrefix, 0) == 0 && !locked_by_someone(store_.get(), n.c_str()))
       stale.push_back(n);
+    // An empty directory a receive made and was killed before it locked it
+    // (a minute old: a live one is renamed within microseconds).
+    if (n.rfind(kInitPrefix, 0) == 0) {
+      auto st = sys::fstatat(store_.get(), n.c_str(), AT_SYMLINK_NOFOLLOW);
+      if (st && st->st_ctime + 60 < ::time(nullptr)) (void)sys::unlinkat(store_.get(), n.c_str(), AT_REMOVEDIR);
+    }
   }
   for (auto& n : stale) {
     lg->warn("op=recover dir={} -> an interrupted receive, deleted", n);
@@ -783,12 +790,19 @@ Result<Snapshot> SnapshotStore::receive_from(int in_fd, const Caller& caller,
   HOODY_CHECK(recover_receives());
   const std::string uuid = random_uuid();
   const std::string staging = kReceivingPrefix + uuid;
-  HOODY_CHECK(sys::mkdirat(store_.get(), staging.c_str(), 0700));
-  auto sfd = sys::openat(store_.get(), staging.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
-  if (!sfd || ::flock(sfd->get(), LOCK_EX) < 0) {
-    Errno e = sfd ? Errno::last() : sfd.error();
-    (void)sys::unlinkat(store_.get(), staging.c_str(), AT_REMOVEDIR);
-    return fail(e);
+  // Made under another name and locked before it is a .receiving- directory:
+  // another receive's cleanup deletes only those whose lock is free.
+  const std::string init = kInitPrefix + uuid;
+  HOODY_CHECK(sys::mkdirat(store_.get(), init.c_str(), 0700));
+  auto sfd = sys::openat(store_.get(), init.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+  Status locked = !sfd ? Status(fail(sfd.error()))
+                  : ::flock(sfd->get(), LOCK_EX) < 0
+                      ? Status(fail(Errno::last()))
+                      : sys::renameat2(store_.get(), init.c_str(), store_.get(), staging.c_str(),
+                                       RENAME_NOREPLACE);
+  if (!locked) {
+    (void)sys::unlinkat(store_.get(), init.c_str(), AT_REMOVEDIR);
+    return fail(locked.error());
   }
   std::string dest = sys::fd_path(sfd->get());
   auto discard = [&]() {

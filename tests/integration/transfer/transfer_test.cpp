@@ -567,6 +567,20 @@ TEST_CASE("kill -9 of the receiver or the sender mid-stream: nothing shown, the 
   r = sh(a.send("s1") + " | " + receive_cmd(b, "c9", "--as s1-retry"));
   CHECK_MESSAGE(r.ok(), r.describe());
 
+  // Three receives at once into one container: none takes another's staging
+  // directory for a leftover; all land.
+  {
+    size_t listed = b.list("c9").size();
+    std::string cmd;
+    for (int i = 0; i < 3; ++i)
+      cmd += receive_cmd(b, "c9", "--as together" + std::to_string(i)) + " < " + sh_quote(stream) +
+             " & p" + std::to_string(i) + "=$!; ";
+    r = sh(cmd + "wait $p0 && wait $p1 && wait $p2");
+    CHECK_MESSAGE(r.ok(), r.describe());
+    CHECK(b.list("c9").size() == listed + 3);
+    check_consistent(b, "c9");
+  }
+
   // 4. Killed between the rename into place and the index commit
   // (HOODY_CRASH_AT): the journaled receive is undone by the next one.
   int n = 0;
