@@ -232,6 +232,12 @@ public:
       for (auto& j : all) out.push_back(snap_from_json(j));
     } else {
       if (!exists()) return out;
+      // A receive making this container, or undoing a failed one, may have no
+      // .snapshots yet or any more: no snapshots.
+      struct stat st;
+      if (::stat((source_ + "/" + snapfs::kStoreDir + "/" + snapfs::kIndexDb).c_str(), &st) < 0 &&
+          errno == ENOENT)
+        return out;
       auto snaps = store(/*read_only=*/true).list();
       if (!snaps) fail("list " + source_ + ": " + errtext(snaps.err()));
       for (auto& s : *snaps) {

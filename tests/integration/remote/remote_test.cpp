@@ -348,6 +348,16 @@ TEST_CASE("copy: kill -9 of ssh, the sender or the receiver mid-stream, then a r
     ExitInfo e = copy.wait();
     MESSAGE("interrupted: " << e.describe());
     CHECK(e.exit_code == 1);
+    // B's receive ends (its stdin closed by sshd) and undoes what it made.
+    auto receivers = [&] {
+      int n = 0;
+      for (pid_t p : processes_in_namespace_of(w.servers->holder_b()))
+        n += slurp("/proc/" + std::to_string(p) + "/cmdline").find(std::string("receive\0", 8)) !=
+             std::string::npos;
+      return n;
+    };
+    for (int i = 0; i < 1000 && receivers() > 0; ++i) std::this_thread::sleep_for(10ms);
+    CHECK(receivers() == 0);
     // Nothing half-received is shown on B.
     json lb = listing(w.b.path());
     CHECK(find_snap(lb, "big") == nullptr);
