@@ -594,6 +594,7 @@ struct Sent {
   uint64_t bytes = 0;
   double seconds = 0;
   bool already = false;  // the peer held it: nothing sent
+  std::vector<Snap> theirs;  // the peer's snapshots before the copy
 };
 
 // Sends `name` to the peer's `container`: incremental from the newest
@@ -607,7 +608,8 @@ Sent copy_one(const RemoteArgs& a, Local& local, const Peer& peer, const std::st
   auto it = std::find_if(mine.begin(), mine.end(), [&](auto& x) { return x.name == name; });
   if (it == mine.end()) fail("copy " + q(name) + ": no such snapshot in " + local.source());
   bool exists = false;
-  auto theirs = peer.list(container, &exists);
+  s.theirs = peer.list(container, &exists);
+  auto& theirs = s.theirs;
   if (auto r = on_peer(*it, theirs)) {
     s.already = true;
     s.remote_name = r->name;
@@ -880,7 +882,16 @@ int sync_round(const RemoteArgs& a, const std::string& mount) {
   json applied = json::parse(peer.call({"sync-apply", "--container", container, "--snapshot",
                                         s.remote_name, "--keep", std::to_string(a.keep)}),
                              nullptr, false);
-  auto gone = prune(local, description, a.keep, name, false);
+  // A round killed between its snapshot and the peer's receive left a sync
+  // snapshot the peer does not hold: no use as a parent, deleted.
+  std::vector<std::string> gone;
+  for (auto& x : local.list())
+    if (x.name != name && is_sync_snapshot(x, description) && !on_peer(x, s.theirs)) {
+      local.remove(x.name);
+      gone.push_back(x.name);
+    }
+  auto kept_out = prune(local, description, a.keep, name, false);
+  gone.insert(gone.end(), kept_out.begin(), kept_out.end());
   s.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   std::printf("synced %s to %s: %s, %s sent, %s, in %s\n", shown(name).c_str(), shown(where).c_str(),
               s.parent.empty() ? "full" : ("incremental from " + shown(s.parent)).c_str(),
@@ -907,6 +918,8 @@ int run_sync(const RemoteArgs& a, const std::string& mount) {
   std::optional<std::chrono::seconds> every;
   try {
     if (!a.every.empty()) every = parse_every(a.every);
+    if (!a.max_size.empty() && !parse_size(a.max_size))
+      fail("--max-size " + q(a.max_size) + ": a number of bytes (K, M, G, T)", kUsage);
   } catch (const Error& e) {
     std::fprintf(stderr, "hoody-snap: %s\n", escape_control(e.what, false).c_str());
     return e.code;

@@ -139,6 +139,13 @@ pid_t Servers::spawn_holder(const std::vector<std::string>& hide) {
       ::_exit(1);
     }
     if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) < 0) ::_exit(2);
+    // A home of its own: sshd runs the forced command through root's shell,
+    // which would read the machine's dotfiles (a pyenv hook there waited on
+    // a lock for a minute); a server has its own.
+    if (::mount("tmpfs", "/root", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0700,size=16m") < 0) {
+      std::fprintf(stderr, "mount tmpfs on /root: %s\n", std::strerror(errno));
+      ::_exit(4);
+    }
     for (auto& h : hide)
       if (::umount2(h.c_str(), MNT_DETACH) < 0) {
         std::fprintf(stderr, "umount %s: %s\n", h.c_str(), std::strerror(errno));

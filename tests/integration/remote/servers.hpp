@@ -5,7 +5,8 @@
 // namespace: so it sees the test's session dir and the pools and mounts made
 // before it, and the rig unmounts the other server's pool (and whatever else
 // is given as the other's) in it: server A cannot reach B's pool but over
-// ssh, and the other way round.  A veth pair joins them: A is 10.77.0.1, B is
+// ssh, and the other way round; each has an empty /root of its own (tmpfs),
+// so that no dotfile of the machine's root runs in sshd's sessions.  A veth pair joins them: A is 10.77.0.1, B is
 // 10.77.0.2 (private to their network namespaces, so nothing on the host
 // changes).  B runs sshd (Debian's openssh-server) on port 22 with a
 // generated host key; its authorized_keys holds one generated client key,
