@@ -13,6 +13,7 @@
 #include "hoody/mount_options.hpp"
 #include "hoody/names.hpp"
 #include "share/json.hpp"
+#include "share/server.hpp"
 #include "share/text.hpp"
 
 namespace hoody::sharefs {
@@ -41,6 +42,8 @@ OptionTable options() {
       .add({"registry", OptKind::string, "the share registry (default POOL/shares.db)"})
       .add({"readdirplus", OptKind::flag,
             "answer listings with attributes (off by default: find walks 10x faster without)"})
+      .add({"exports", OptKind::flag,
+            "serve every share offered to another server as ID/ (for nfs-ganesha), not a container's"})
       .add({"noauto_inval_data", OptKind::flag,
             "keep cached pages when the owner changes a file (faster, may show stale data)"});
   return t;
@@ -62,6 +65,10 @@ Config config_from(const MountArgs& a) {
   // adds both as root) is dropped: kernel_mount_options.
   c.pool = a.source;
   c.container = a.str("container", "");
+  c.exports = a.flag("exports");
+  if (c.exports && !c.container.empty())
+    throw UsageError("give one of -o container=C and -o exports");
+  if (c.exports) c.container = "exports";  // in log lines only
   if (c.container.empty()) throw UsageError("option 'container' is required: -o container=C");
   c.registry = a.str("registry", "");
   return c;
@@ -78,7 +85,8 @@ Status Fs::start(std::string* why) {
   if (auto s = validate_name("container", scfg_.container, why); !s) return s;
   auto reg = Registry::open(scfg_.pool, why, scfg_.registry);
   if (!reg) return fail(reg.error());
-  auto c = reg->container(scfg_.container);
+  auto c = scfg_.exports ? Result<std::optional<Container>>(std::optional<Container>(Container{}))
+                         : reg->container(scfg_.container);
   if (!c) {
     *why = "registry: " + c.error().message();
     return fail(c.error());
@@ -130,6 +138,7 @@ void Fs::attached(fuse_session* se) {
 
 std::function<int(uint64_t)> Fs::tmpfile_errno() {
   return [this](uint64_t nodeid) -> int {
+    if (RemoteFs::owns(nodeid)) return remote_.tmpfile_errno(nodeid);
     if (is_vnode(nodeid)) return EPERM;
     // The kernel holds the directory's node while the request is in flight.
     const pt::Root& r = *inode(nodeid)->root;
@@ -152,7 +161,7 @@ void Fs::watch_loop() {
   uint64_t gen = UINT64_MAX;
   while (!stop_.load()) {
     auto g = reg.generation();
-    if (g && *g != gen) {
+    if (g && (*g != gen || retry_.load())) {
       auto t0 = std::chrono::steady_clock::now();
       if (auto s = sync(reg); !s) {
         lg->warn("op=sync container={} -> {}", scfg_.container, s.error().message());
@@ -189,10 +198,22 @@ void Fs::notify_pending() {
   }
 }
 
+Result<std::vector<Received>> Fs::wanted(Registry& reg) {
+  if (!scfg_.exports) return reg.shares_for(scfg_.container);
+  // The export view: every share offered to another server, as ID/, served
+  // to whoever nfs-ganesha lets in (the export names the peer).
+  HOODY_TRY(out, reg.exports());
+  std::vector<Received> v;
+  for (auto& s : out)
+    v.push_back({s.id, std::to_string(s.id), s.owner, s.source, s.mode, State::accepted, s.changed, "", ""});
+  return v;
+}
+
 Status Fs::sync(Registry& reg) {
   std::lock_guard sg(sync_m_);
   auto lg = log::get("share");
-  HOODY_TRY(now, reg.shares_for(scfg_.container));
+  HOODY_TRY(now, wanted(reg));
+  bool retry = false;
   std::vector<view::Served> served;
   {
     std::lock_guard g(view_m_);
@@ -210,9 +231,13 @@ Status Fs::sync(Registry& reg) {
   for (auto& s : p.remove) {
     auto it = accepted.find(s.name);
     if (it == accepted.end()) continue;
-    auto r = remove_root(it->second.root);
     Notice n{s.name, {}};
-    if (r) n.nodes = std::move(r->nodes);
+    if (it->second.remote) {
+      n.nodes = remote_.revoke(it->second.remote);
+    } else {
+      auto r = remove_root(it->second.root);
+      if (r) n.nodes = std::move(r->nodes);
+    }
     notices.push_back(std::move(n));
     lg->info("op=unserve container={} share={} owner={} -> revoked for this container",
              scfg_.container, quote_name(s.name), it->second.share.owner);
@@ -221,16 +246,35 @@ Status Fs::sync(Registry& reg) {
   for (auto& r : p.mode) {
     auto it = accepted.find(r.name);
     if (it == accepted.end()) continue;
-    (void)set_read_only(it->second.root, r.mode == Mode::ro);
     it->second.share.mode = r.mode;
-    // Pages (and writable mmaps) of files opened before drop: the next
-    // write-back asks the daemon, which refuses it on a read-only share.
-    if (r.mode == Mode::ro) notices.push_back({"", nodes_of(it->second.root)});
+    if (it->second.remote) {
+      it->second.remote->read_only = r.mode == Mode::ro;
+      if (r.mode == Mode::ro) notices.push_back({"", remote_.nodes_of(it->second.remote.get())});
+    } else {
+      (void)set_read_only(it->second.root, r.mode == Mode::ro);
+      // Pages (and writable mmaps) of files opened before drop: the next
+      // write-back asks the daemon, which refuses it on a read-only share.
+      if (r.mode == Mode::ro) notices.push_back({"", nodes_of(it->second.root)});
+    }
     lg->info("op=mode container={} share={} -> {}", scfg_.container, quote_name(r.name),
              to_string(r.mode));
   }
   for (auto& r : p.add) {
     std::string why;
+    if (!r.url.empty()) {
+      // From another server: reached over NFS (its export names this server).
+      auto rs = RemoteShare::connect(r.name, r.url, r.mode == Mode::ro, &why);
+      if (!rs) {
+        lg->warn("op=serve container={} share={} owner={} url={} -> {}: not served yet, retried",
+                 scfg_.container, quote_name(r.name), r.owner, escape(r.url), escape(why));
+        retry = true;
+        continue;
+      }
+      accepted[r.name] = Accepted{r, 0, std::move(*rs)};
+      lg->info("op=serve container={} share={} owner={} url={} mode={}", scfg_.container,
+               quote_name(r.name), r.owner, escape(r.url), to_string(r.mode));
+      continue;
+    }
     auto storage = reg.open_storage(r.owner, &why);
     Result<UniqueFd> src = storage ? sharefs::open_source(storage->get(), r.source, r.owner, &why)
                                    : Result<UniqueFd>(fail(storage.error()));
@@ -245,7 +289,7 @@ Status Fs::sync(Registry& reg) {
                quote_name(r.name), id.error().message());
       continue;
     }
-    accepted[r.name] = Accepted{r, *id};
+    accepted[r.name] = Accepted{r, *id, nullptr};
     lg->info("op=serve container={} share={} owner={} source={} mode={}", scfg_.container,
              quote_name(r.name), r.owner, escape(r.source), to_string(r.mode));
   }
@@ -265,6 +309,7 @@ Status Fs::sync(Registry& reg) {
     for (auto& n : notices) pending_.push_back(std::move(n));
     if (changed) changed_ = now_s();
   }
+  retry_ = retry;
   applied_gen_.fetch_add(1);
   return {};
 }
@@ -334,12 +379,15 @@ Result<fuse_entry_param> Fs::vlookup(fuse_req_t req, fuse_ino_t parent, const ch
     if (n == view::kPendingName) return virtual_entry(req, view::kPendingDir);
     if (n == view::kCtlName) return virtual_entry(req, view::kCtlDir);
     pt::RootId root = 0;
+    std::shared_ptr<RemoteShare> remote;
     {
       std::lock_guard g(view_m_);
       auto it = accepted_.find(std::string(n));
       if (it == accepted_.end()) return fail(ENOENT);
       root = it->second.root;
+      remote = it->second.remote;
     }
+    if (remote) return remote_.root_entry(remote);
     return root_entry(root);
   }
   if (parent == view::kPendingDir) {
@@ -387,6 +435,37 @@ Result<std::string> Fs::vread(fuse_req_t, fuse_ino_t ino) {
   return j.dump(2) + "\n";
 }
 
+std::optional<Received> Fs::served_or_offered(const std::string& name) {
+  std::lock_guard g(view_m_);
+  if (auto it = accepted_.find(name); it != accepted_.end()) return it->second.share;
+  if (auto it = offered_.find(name); it != offered_.end()) return it->second;
+  return std::nullopt;
+}
+
+void Fs::tell_owner(const std::optional<Received>& r, const char* verb) {
+  if (!r || r->url.empty()) return;
+  // A share from another server: its owner's server is told, as
+  // `hoody-share accept` would, on a thread of its own (the request is
+  // answered at once; the peer command may take long).
+  std::string pool = scfg_.pool, container = scfg_.container, v = verb;
+  std::thread([pool, container, v, r = *r] {
+    std::string why;
+    auto conf = read_server_conf(pool, &why);
+    auto s = conf ? run_peer(*conf, r.peer,
+                             {"state", "--owner", r.owner.substr(0, r.owner.find('@')), "--receiver",
+                              container, "--" + v, "--", r.name},
+                             &why)
+                  : Status(fail(conf.error()));
+    auto lg = log::get("share");
+    if (s)
+      lg->info("op=tell-owner container={} share={} owner={} state={} -> ok", container,
+               quote_name(r.name), r.owner, v);
+    else
+      lg->warn("op=tell-owner container={} share={} owner={} state={} -> {}", container,
+               quote_name(r.name), r.owner, v, escape(why));
+  }).detach();
+}
+
 Status Fs::vrmdir(fuse_req_t, fuse_ino_t parent, const char* name) {
   std::string n(name);
   bool reject;
@@ -403,6 +482,8 @@ Status Fs::vrmdir(fuse_req_t, fuse_ino_t parent, const char* name) {
       return fail(EPERM);
     }
   }
+  // Taken before the change: the watcher may apply it first.
+  auto was = served_or_offered(n);
   std::lock_guard g(req_m_);
   if (!req_reg_) return fail(EIO);
   std::string why;
@@ -411,6 +492,7 @@ Status Fs::vrmdir(fuse_req_t, fuse_ino_t parent, const char* name) {
   log::get("share")->info("op={} container={} share={} -> {}", reject ? "reject" : "leave",
                           scfg_.container, quote_name(n), s ? "ok" : escape(why));
   if (!s) return s;
+  tell_owner(was, reject ? "reject" : "leave");
   // Applied now (the core refuses the share's inodes at once); the kernel is
   // told by the watcher, after this request.
   (void)sync(*req_reg_);
@@ -428,6 +510,7 @@ Status Fs::vrename(fuse_req_t, fuse_ino_t parent, const char* name, fuse_ino_t n
     std::lock_guard g(view_m_);
     if (!offered_.count(n)) return fail(ENOENT);
   }
+  auto was = served_or_offered(n);
   std::lock_guard g(req_m_);
   if (!req_reg_) return fail(EIO);
   std::string why;
@@ -435,8 +518,154 @@ Status Fs::vrename(fuse_req_t, fuse_ino_t parent, const char* name, fuse_ino_t n
   log::get("share")->info("op=accept container={} share={} -> {}", scfg_.container, quote_name(n),
                           s ? "ok" : escape(why));
   if (!s) return s;
+  tell_owner(was, "accept");
   // Served before the reply: `mv .pending/x x && ls x` sees it.
   return sync(*req_reg_);
+}
+
+// ---- routing: a remote share's nodes to RemoteFs ---------------------------------
+// Names between a remote share and anything else: EXDEV (rename, link), as
+// between two local shares.
+
+namespace {
+bool remote(fuse_ino_t ino) { return RemoteFs::owns(ino); }
+}  // namespace
+
+void Fs::lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  if (remote(parent)) return remote_.lookup(req, parent, name);
+  PassthroughFs::lookup(req, parent, name);
+}
+void Fs::forget(fuse_ino_t ino, uint64_t n) {
+  if (remote(ino)) return remote_.forget(ino, n);
+  PassthroughFs::forget(ino, n);
+}
+void Fs::getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  if (remote(ino)) return remote_.getattr(req, ino, fi);
+  PassthroughFs::getattr(req, ino, fi);
+}
+void Fs::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int valid, fuse_file_info* fi) {
+  if (remote(ino)) return remote_.setattr(req, ino, attr, valid, fi);
+  PassthroughFs::setattr(req, ino, attr, valid, fi);
+}
+void Fs::readlink(fuse_req_t req, fuse_ino_t ino) {
+  if (remote(ino)) return remote_.readlink(req, ino);
+  PassthroughFs::readlink(req, ino);
+}
+void Fs::mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
+  if (remote(parent)) return remote_.refuse_change(req, parent, EPERM);
+  PassthroughFs::mknod(req, parent, name, mode, rdev);
+}
+void Fs::mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+  if (remote(parent)) return remote_.mkdir(req, parent, name, mode);
+  PassthroughFs::mkdir(req, parent, name, mode);
+}
+void Fs::symlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* name) {
+  if (remote(parent)) return remote_.symlink(req, link, parent, name);
+  PassthroughFs::symlink(req, link, parent, name);
+}
+void Fs::link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t parent, const char* name) {
+  if (remote(ino) && remote(parent)) return remote_.link(req, ino, parent, name);
+  if (remote(parent)) return remote_.refuse_change(req, parent, EXDEV);
+  if (remote(ino)) return reply(req, fail(EXDEV));
+  PassthroughFs::link(req, ino, parent, name);
+}
+void Fs::unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  if (remote(parent)) return remote_.unlink(req, parent, name);
+  PassthroughFs::unlink(req, parent, name);
+}
+void Fs::rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  if (remote(parent)) return remote_.rmdir(req, parent, name);
+  PassthroughFs::rmdir(req, parent, name);
+}
+void Fs::rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
+                const char* newname, unsigned flags) {
+  if (remote(parent) && remote(newparent))
+    return remote_.rename(req, parent, name, newparent, newname, flags);
+  if (remote(parent)) return remote_.refuse_change(req, parent, EXDEV);
+  if (remote(newparent)) return remote_.refuse_change(req, newparent, EXDEV);
+  PassthroughFs::rename(req, parent, name, newparent, newname, flags);
+}
+void Fs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  if (remote(ino)) return remote_.open(req, ino, fi);
+  PassthroughFs::open(req, ino, fi);
+}
+void Fs::create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi) {
+  if (remote(parent)) return remote_.create(req, parent, name, mode, fi);
+  PassthroughFs::create(req, parent, name, mode, fi);
+}
+void Fs::read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  if (remote(ino)) return remote_.read(req, size, off, fi);
+  PassthroughFs::read(req, ino, size, off, fi);
+}
+void Fs::write_buf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* in, off_t off, fuse_file_info* fi) {
+  if (remote(ino)) return remote_.write_buf(req, in, off, fi);
+  PassthroughFs::write_buf(req, ino, in, off, fi);
+}
+void Fs::flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  if (remote(ino)) return reply(req, Status{});  // writes are sent as they come
+  PassthroughFs::flush(req, ino, fi);
+}
+void Fs::release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  if (remote(ino)) return remote_.release(req, fi);
+  PassthroughFs::release(req, ino, fi);
+}
+void Fs::fsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) {
+  if (remote(ino)) return remote_.fsync(req, fi);
+  PassthroughFs::fsync(req, ino, datasync, fi);
+}
+void Fs::opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  if (remote(ino)) return remote_.opendir(req, ino, fi);
+  PassthroughFs::opendir(req, ino, fi);
+}
+void Fs::readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi, bool plus) {
+  if (remote(ino)) return remote_.readdir(req, size, off, fi, plus);
+  PassthroughFs::readdir(req, ino, size, off, fi, plus);
+}
+void Fs::releasedir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  if (remote(ino)) return remote_.releasedir(req, fi);
+  PassthroughFs::releasedir(req, ino, fi);
+}
+void Fs::fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) {
+  if (remote(ino)) return reply(req, Status{});
+  PassthroughFs::fsyncdir(req, ino, datasync, fi);
+}
+void Fs::statfs(fuse_req_t req, fuse_ino_t ino) {
+  if (remote(ino)) return remote_.statfs(req, ino);
+  PassthroughFs::statfs(req, ino);
+}
+void Fs::setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
+                  int flags) {
+  // NFSv3 has no extended attributes.
+  if (remote(ino)) return remote_.refuse_change(req, ino, EOPNOTSUPP);
+  PassthroughFs::setxattr(req, ino, name, value, size, flags);
+}
+void Fs::getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+  if (remote(ino)) return reply(req, fail(ENODATA));
+  PassthroughFs::getxattr(req, ino, name, size);
+}
+void Fs::listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+  if (remote(ino)) return reply_xattr(req, std::string(), size);
+  PassthroughFs::listxattr(req, ino, size);
+}
+void Fs::removexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
+  if (remote(ino)) return remote_.refuse_change(req, ino, EOPNOTSUPP);
+  PassthroughFs::removexattr(req, ino, name);
+}
+void Fs::fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len, fuse_file_info* fi) {
+  if (remote(ino)) return remote_.refuse_change(req, ino, EOPNOTSUPP);
+  PassthroughFs::fallocate(req, ino, mode, off, len, fi);
+}
+void Fs::copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in, fuse_file_info* fi_in,
+                         fuse_ino_t ino_out, off_t off_out, fuse_file_info* fi_out, size_t len,
+                         int flags) {
+  // Never ENOSYS: the kernel would stop asking for the whole mount.
+  if (remote(ino_out)) return remote_.refuse_change(req, ino_out, EXDEV);
+  if (remote(ino_in)) return reply(req, fail(EXDEV));
+  PassthroughFs::copy_file_range(req, ino_in, off_in, fi_in, ino_out, off_out, fi_out, len, flags);
+}
+void Fs::lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi) {
+  if (remote(ino)) return remote_.lseek(req, off, whence, fi);
+  PassthroughFs::lseek(req, ino, off, whence, fi);
 }
 
 }  // namespace hoody::sharefs

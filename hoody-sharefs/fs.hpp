@@ -18,6 +18,13 @@
 //    empty regular files of mode 0000 and never open; mknod is refused;
 //    mount points inside a share are hidden (Config::cross_mounts=false);
 //    read-only shares give EROFS for every change (the core, per root).
+//  - a share from another server (Received::url) is served by RemoteFs
+//    (remote.hpp: libnfs, its own node ids); the ops below send its nodes
+//    there before the core sees them.
+//  - -o exports: the owner's side of cross-server shares.  Instead of one
+//    container's shares the mount serves every share offered to another
+//    server as ID/ (its registry id), with the same policy; nfs-ganesha
+//    exports MNT/ID to the peer (ganesha cannot export BTRFS subvolumes).
 #pragma once
 
 #include <atomic>
@@ -33,6 +40,7 @@
 
 #include "hoody/daemon.hpp"
 #include "hoody/passthrough.hpp"
+#include "remote.hpp"
 #include "share/registry.hpp"
 #include "share/view.hpp"
 
@@ -43,6 +51,7 @@ struct Config {
   std::string pool;      // POOL
   std::string registry;  // POOL/shares.db unless -o registry=
   std::string container; // C: whose shares
+  bool exports = false;  // the export view of the shares offered to other servers
 };
 
 OptionTable options();
@@ -72,6 +81,44 @@ public:
   // How many syncs changed something (tests read it in the log).
   uint64_t applied_generation() const { return applied_gen_.load(); }
 
+  // The ops, for remote shares' nodes first (RemoteFs), then the core.
+  void lookup(fuse_req_t req, fuse_ino_t parent, const char* name) override;
+  void forget(fuse_ino_t ino, uint64_t nlookup) override;
+  void getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) override;
+  void setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int valid, fuse_file_info* fi) override;
+  void readlink(fuse_req_t req, fuse_ino_t ino) override;
+  void mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) override;
+  void mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) override;
+  void symlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* name) override;
+  void link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t parent, const char* name) override;
+  void unlink(fuse_req_t req, fuse_ino_t parent, const char* name) override;
+  void rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) override;
+  void rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
+              const char* newname, unsigned flags) override;
+  void open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) override;
+  void create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi) override;
+  void read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) override;
+  void write_buf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* in, off_t off, fuse_file_info* fi) override;
+  void flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) override;
+  void release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) override;
+  void fsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) override;
+  void opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) override;
+  void readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
+               bool plus) override;
+  void releasedir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) override;
+  void fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) override;
+  void statfs(fuse_req_t req, fuse_ino_t ino) override;
+  void setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
+                int flags) override;
+  void getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) override;
+  void listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) override;
+  void removexattr(fuse_req_t req, fuse_ino_t ino, const char* name) override;
+  void fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len, fuse_file_info* fi) override;
+  void copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in, fuse_file_info* fi_in,
+                       fuse_ino_t ino_out, off_t off_out, fuse_file_info* fi_out, size_t len,
+                       int flags) override;
+  void lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi) override;
+
 protected:
   Status allow(fuse_req_t req, const pt::Access& a) override;
   void present(struct stat& st) override;
@@ -86,6 +133,10 @@ protected:
 
 private:
   void watch_loop();
+  // Accepted, rejected or left through the mount: a share from another
+  // server tells its owner's server (server.conf's peer_command), async.
+  void tell_owner(const std::optional<Received>& share, const char* verb);
+  std::optional<Received> served_or_offered(const std::string& name);
   // Sends the queued kernel notifications (watcher thread only).
   void notify_pending();
 
@@ -108,7 +159,10 @@ private:
   struct Accepted {
     Received share;
     pt::RootId root = 0;
+    std::shared_ptr<RemoteShare> remote;  // a share from another server (no root)
   };
+  // What this container (or the export view) is given now.
+  Result<std::vector<Received>> wanted(Registry& reg);
   std::map<std::string, Accepted> accepted_;  // by name
   std::map<std::string, Received> offered_;   // by name
   std::unordered_map<int64_t, std::string> offer_names_;  // share id -> name
@@ -118,7 +172,9 @@ private:
     std::vector<fuse_ino_t> nodes;
   };
   std::vector<Notice> pending_;
+  RemoteFs remote_;
   std::atomic<uint64_t> applied_gen_{0};
+  std::atomic<bool> retry_{false};  // a share could not be served: sync again
 
   std::atomic<bool> stop_{false};
   std::thread watcher_;

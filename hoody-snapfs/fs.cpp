@@ -4,6 +4,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -91,7 +92,7 @@ Fs::~Fs() {
   }
   prune_cv_.notify_all();
   if (prune_thread_.joinable()) prune_thread_.join();
-  if (watch_thread_.joinable()) watch_thread_.join();
+  stop_watch();
 }
 
 Status Fs::start(std::string* why) {
@@ -202,7 +203,17 @@ void Fs::init(fuse_conn_info* conn) {
   // Started here, after fuse_daemonize(): a thread started before the fork
   // would not exist in the daemon.
   if (!prune_thread_.joinable()) prune_thread_ = std::thread([this] { prune_loop(); });
-  if (!watch_thread_.joinable()) watch_thread_ = std::thread([this] { watch_loop(); });
+  if (!watch_thread_.joinable()) {
+    watch_stop_ = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    watch_thread_ = std::thread([this] { watch_loop(); });
+  }
+}
+
+void Fs::stop_watch() {
+  if (!watch_thread_.joinable()) return;
+  uint64_t one = 1;
+  if (watch_stop_) (void)!::write(watch_stop_.get(), &one, sizeof one);
+  watch_thread_.join();
 }
 
 // A snapshot received by `hoody-snap receive` (store/transfer.cpp) lands in
@@ -227,8 +238,10 @@ void Fs::watch_loop() {
       std::lock_guard g(prune_m_);
       if (stop_) return;
     }
-    struct pollfd p {in.get(), POLLIN, 0};
-    if (::poll(&p, 1, 250) <= 0) continue;
+    struct pollfd p[2] = {{in.get(), POLLIN, 0}, {watch_stop_.get(), POLLIN, 0}};
+    int n = ::poll(p, watch_stop_ ? 2 : 1, watch_stop_ ? -1 : 250);
+    if (n > 0 && (p[1].revents & POLLIN)) return;
+    if (n <= 0 || !(p[0].revents & POLLIN)) continue;
     bool touched = false;
     for (;;) {
       ssize_t n = ::read(in.get(), buf, sizeof buf);
@@ -277,7 +290,7 @@ void Fs::destroy() {
   }
   prune_cv_.notify_all();
   if (prune_thread_.joinable()) prune_thread_.join();
-  if (watch_thread_.joinable()) watch_thread_.join();
+  stop_watch();
 }
 
 void Fs::prune_loop() {

@@ -285,7 +285,9 @@ private:
   // Watches SOURCE/.snapshots for a touch of its attributes: `hoody-snap
   // receive` (another process, sharing the index) published a snapshot.
   std::thread watch_thread_;
+  UniqueFd watch_stop_;  // eventfd: written when the daemon stops
   void watch_loop();
+  void stop_watch();
 };
 
 // The daemon object of a request.

@@ -12,14 +12,24 @@ json to_json(const Share& s) {
   for (auto& r : s.receipts)
     receivers.push_back({{"container", r.container}, {"state", to_string(r.state)},
                          {"changed", rfc3339(r.changed)}});
-  return {{"name", s.name}, {"owner", s.owner}, {"source", s.source}, {"mode", to_string(s.mode)},
+  json j = {{"name", s.name}, {"owner", s.owner}, {"source", s.source}, {"mode", to_string(s.mode)},
           {"to", to}, {"state", to_string(s.state)}, {"created", rfc3339(s.created)},
           {"changed", rfc3339(s.changed)}, {"receivers", receivers}};
+  if (!s.peer.empty()) {
+    j["server"] = s.peer;  // the other server (the audience's, or the owner's)
+    if (!s.url.empty()) j["url"] = s.url;
+  }
+  return j;
 }
 
 json to_json(const Received& r) {
-  return {{"name", r.name}, {"owner", r.owner}, {"source", r.source}, {"mode", to_string(r.mode)},
+  json j = {{"name", r.name}, {"owner", r.owner}, {"source", r.source}, {"mode", to_string(r.mode)},
           {"state", to_string(r.state)}, {"changed", rfc3339(r.changed)}};
+  if (!r.url.empty()) {
+    j["server"] = r.peer;
+    j["url"] = r.url;
+  }
+  return j;
 }
 
 json to_json(const Event& e) {

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <ctime>
 #include <random>
@@ -87,6 +88,13 @@ CREATE TABLE events(
   detail TEXT NOT NULL,
   result TEXT NOT NULL);
 )sql",
+    // 1 -> 2: shares across servers.  peer: the other server (the audience's
+    // for a share offered out, the owner's for one received in); url: a
+    // received share's NFS export.
+    R"sql(
+ALTER TABLE shares ADD COLUMN peer TEXT;
+ALTER TABLE shares ADD COLUMN url TEXT;
+)sql",
 };
 static_assert(sizeof kMigrations / sizeof kMigrations[0] == kSchemaVersion);
 
@@ -123,6 +131,17 @@ Status check_name(const char* kind, const std::string& name, std::string* why) {
 }
 
 }  // namespace
+
+Status check_server(const std::string& server, std::string* why) {
+  auto bad = [&](const std::string& r) { return refuse(why, EINVAL, "server " + quote_name(server) + ": " + r); };
+  if (server.empty()) return bad("empty");
+  if (server.size() > 253) return bad("longer than 253 bytes");
+  for (unsigned char c : server)
+    if (!std::isalnum(c) && c != '.' && c != '-' && c != ':' && c != '_')
+      return bad("may hold only A-Z a-z 0-9 . - : _ (a host name or an address)");
+  if (server.front() == '-' || server.front() == '.') return bad("may not start with '-' or '.'");
+  return {};
+}
 
 // ---- source paths -----------------------------------------------------------
 
@@ -308,6 +327,9 @@ Result<std::optional<Container>> Registry::container(const std::string& id) {
 
 Status Registry::add_container(const std::string& id, const std::string& project, std::string* why) {
   HOODY_CHECK(check_name("container", id, why));
+  if (id.find('@') != std::string::npos)
+    return refuse(why, EINVAL, "container " + quote_name(id) +
+                                   ": '@' is reserved (C@SERVER names a container on another server)");
   if (!project.empty()) HOODY_CHECK(check_name("project", project, why));
   return write("container-add", "", id, [&](std::string& detail, std::string* reason, bool& unchanged) -> Status {
     detail = project.empty() ? "no project" : "project " + project;
@@ -418,9 +440,14 @@ Result<Share> Registry::offer(const Offer& o, std::string* why) {
   if (auto s = check_name("container", o.from, &reason); !s) return prefixed(s, reason);
   if (o.to_container.empty() == o.to_project.empty())
     return prefixed(fail(EINVAL), "give one audience: a container or a project");
+  if (!o.to_server.empty()) {
+    if (o.to_container.empty())
+      return prefixed(fail(EINVAL), "a share to another server names one container there (C@SERVER)");
+    if (auto s = check_server(o.to_server, &reason); !s) return prefixed(s, reason);
+  }
   if (!o.to_container.empty()) {
     if (auto s = check_name("container", o.to_container, &reason); !s) return prefixed(s, reason);
-    if (o.to_container == o.from)
+    if (o.to_container == o.from && o.to_server.empty())
       return prefixed(fail(EINVAL), o.from + " cannot share with itself");
   }
   if (!o.to_project.empty())
@@ -428,8 +455,9 @@ Result<Share> Registry::offer(const Offer& o, std::string* why) {
   // From here on the names are sound: a refused source path (an attempt to
   // share outside one's storage) is logged as an event, like every refusal.
   std::string subject = o.from + ":" + o.name;
+  std::string to_label = o.to_server.empty() ? o.to_container : o.to_container + "@" + o.to_server;
   std::string attempt = "source=" + o.source + " mode=" + std::string(to_string(o.mode)) + " to=" +
-                        (o.to_container.empty() ? "project:" + o.to_project : o.to_container);
+                        (o.to_container.empty() ? "project:" + o.to_project : to_label);
   auto logged = [&](Errno e, const std::string& r) -> Result<Share> {
     std::string ignored;
     (void)immediate(db_, [&] { return log_event(o.from, "offer", subject, attempt, r); }, &ignored);
@@ -453,11 +481,15 @@ Result<Share> Registry::offer(const Offer& o, std::string* why) {
   Share sh;
   auto s = write("offer", o.from, subject, [&](std::string& detail, std::string* r, bool&) -> Status {
     detail = "source=" + *src + " mode=" + std::string(to_string(o.mode)) + " to=" +
-             (o.to_container.empty() ? "project:" + o.to_project : o.to_container);
+             (o.to_container.empty() ? "project:" + o.to_project : to_label);
     HOODY_TRY(owner, container(o.from));
     if (!owner) return refuse(r, ENOENT, "no such container " + o.from);
     std::vector<std::string> receivers;
-    if (!o.to_container.empty()) {
+    if (!o.to_server.empty()) {
+      // On another server: its registry has the container; here the receipt
+      // is the peer's state as it reports it (hoody-share remote state).
+      receivers.push_back(to_label);
+    } else if (!o.to_container.empty()) {
       HOODY_TRY(to, container(o.to_container));
       if (!to)
         return refuse(r, ENOENT, "no such container " + o.to_container +
@@ -498,11 +530,12 @@ Result<Share> Registry::offer(const Offer& o, std::string* why) {
     }
     int64_t t = now();
     sql::Stmt ins(db_, "INSERT INTO shares(name, owner, source, mode, to_container, to_project, "
-                       "state, created, changed) VALUES(?, ?, ?, ?, ?, ?, 'offered', ?, ?)");
+                       "state, created, changed, peer) VALUES(?, ?, ?, ?, ?, ?, 'offered', ?, ?, ?)");
     ins.bind(1, o.name).bind(2, o.from).bind(3, *src).bind(4, to_string(o.mode));
     if (o.to_container.empty()) ins.bind_null(5); else ins.bind(5, o.to_container);
     if (o.to_project.empty()) ins.bind_null(6); else ins.bind(6, o.to_project);
     ins.bind(7, t).bind(8, t);
+    if (o.to_server.empty()) ins.bind_null(9); else ins.bind(9, o.to_server);
     HOODY_CHECK(ins.run());
     int64_t sid = sqlite3_last_insert_rowid(db_.get());
     for (auto& rc : receivers) {
@@ -511,7 +544,8 @@ Result<Share> Registry::offer(const Offer& o, std::string* why) {
       ri.bind(1, sid).bind(2, rc).bind(3, o.name).bind(4, t);
       HOODY_CHECK(ri.run());
     }
-    sh = Share{sid, o.name, o.from, *src, o.mode, o.to_container, o.to_project, State::offered, t, t, {}};
+    sh = Share{sid, o.name, o.from, *src, o.mode, o.to_container, o.to_project, State::offered, t, t, {},
+               o.to_server, ""};
     for (auto& rc : receivers) sh.receipts.push_back({rc, State::offered, t});
     return {};
   }, &reason);
@@ -652,6 +686,107 @@ Status Registry::apply(const std::string& container_id, const std::string& name,
   }, &reason));
 }
 
+Result<Share> Registry::receive(const Inbound& in, std::string* why) {
+  std::string reason;
+  auto prefixed = [&](Status s) -> Result<Share> {
+    if (why) *why = "receive " + q(in.name) + " from " + in.owner + ": " + reason;
+    return fail(s.error());
+  };
+  if (auto s = validate_share_name(in.name, &reason); !s) return prefixed(s);
+  if (auto s = check_name("container", in.to_container, &reason); !s) return prefixed(s);
+  if (auto s = check_server(in.peer, &reason); !s) return prefixed(s);
+  auto at = in.owner.find('@');
+  if (at == std::string::npos || in.owner.substr(at + 1) != in.peer)
+    return prefixed(refuse(&reason, EINVAL, "owner must be C@" + in.peer));
+  if (auto s = check_name("container", in.owner.substr(0, at), &reason); !s) return prefixed(s);
+  if (in.url.rfind("nfs://" + in.peer + "/", 0) != 0 || in.url.find_first_of(" \n\t\"'\\") != std::string::npos)
+    return prefixed(refuse(&reason, EINVAL, "url must be nfs://" + in.peer + "/PATH"));
+  Share sh;
+  auto s = write("receive", in.owner, in.owner + ":" + in.name,
+                 [&](std::string& detail, std::string* r, bool&) -> Status {
+    detail = "url=" + in.url + " mode=" + std::string(to_string(in.mode)) + " to=" + in.to_container;
+    HOODY_TRY(to, container(in.to_container));
+    if (!to) return refuse(r, ENOENT, "no such container " + in.to_container);
+    {
+      sql::Stmt c(db_, "SELECT 1 FROM shares WHERE owner = ? AND name = ? AND state = 'offered'");
+      c.bind(1, in.owner).bind(2, in.name);
+      HOODY_TRY(clash, c.step());
+      if (clash) return refuse(r, EEXIST, "name taken: " + in.owner + " already offers a share " + q(in.name));
+    }
+    sql::Stmt c(db_, "SELECT s.owner FROM receipts r JOIN shares s ON s.id = r.share "
+                     "WHERE r.container = ? AND r.name = ? AND r.state IN ('offered', 'accepted')");
+    c.bind(1, in.to_container).bind(2, in.name);
+    HOODY_TRY(clash, c.step());
+    if (clash)
+      return refuse(r, EEXIST, "name taken: " + in.to_container + " already receives a share " +
+                                   q(in.name) + " from " + c.text(0));
+    int64_t t = now();
+    sql::Stmt ins(db_, "INSERT INTO shares(name, owner, source, mode, to_container, to_project, "
+                       "state, created, changed, peer, url) VALUES(?, ?, '', ?, ?, NULL, 'offered', ?, ?, ?, ?)");
+    ins.bind(1, in.name).bind(2, in.owner).bind(3, to_string(in.mode)).bind(4, in.to_container)
+        .bind(5, t).bind(6, t).bind(7, in.peer).bind(8, in.url);
+    HOODY_CHECK(ins.run());
+    int64_t sid = sqlite3_last_insert_rowid(db_.get());
+    sql::Stmt ri(db_, "INSERT INTO receipts(share, container, name, state, changed) VALUES(?, ?, ?, 'offered', ?)");
+    ri.bind(1, sid).bind(2, in.to_container).bind(3, in.name).bind(4, t);
+    HOODY_CHECK(ri.run());
+    sh = Share{sid, in.name, in.owner, "", in.mode, in.to_container, "", State::offered, t, t,
+               {{in.to_container, State::offered, t}}, in.peer, in.url};
+    return {};
+  }, &reason);
+  if (!s) return prefixed(s);
+  return sh;
+}
+
+Result<std::vector<Share>> Registry::exports() {
+  HOODY_TRY(all, select_shares("peer IS NOT NULL AND url IS NULL", "", false));
+  std::vector<Share> out;
+  for (auto& s : all) {
+    bool live = false;
+    for (auto& r : s.receipts) live = live || r.state == State::offered || r.state == State::accepted;
+    if (live) out.push_back(std::move(s));
+  }
+  return out;
+}
+
+Status Registry::remote_state(const std::string& owner, const std::string& receiver,
+                              const std::string& name, Action action, std::string* why) {
+  std::string reason;
+  auto done = [&](Status s) -> Status {
+    if (!s && why) *why = std::string(to_string(action)) + " " + q(name) + " by " + receiver + ": " + reason;
+    return s;
+  };
+  if (auto s = validate_share_name(name, &reason); !s) return done(s);
+  if (auto s = check_name("container", owner, &reason); !s) return done(s);
+  if (auto s = check_name("container", receiver, &reason); !s) return done(s);
+  const char* verb = action == Action::accept ? "remote-accept"
+                     : action == Action::reject ? "remote-reject" : "remote-leave";
+  return done(write(verb, receiver, owner + ":" + name, [&](std::string& detail, std::string* r, bool& unchanged) -> Status {
+    // The receipt is "C@SERVER" as the owner named the server; the receiver
+    // knows its container, the share's owner and name.
+    sql::Stmt f(db_, "SELECT r.share, r.state, r.container FROM receipts r JOIN shares s ON s.id = r.share "
+                     "WHERE r.container = s.to_container || '@' || s.peer AND s.to_container = ? "
+                     "AND r.name = ? AND s.owner = ? AND s.peer IS NOT NULL AND s.url IS NULL "
+                     "ORDER BY r.state IN ('offered', 'accepted') DESC, r.share DESC LIMIT 1");
+    f.bind(1, receiver).bind(2, name).bind(3, owner);
+    HOODY_TRY(row, f.step());
+    if (!row) return refuse(r, ENOENT, "no share " + q(name) + " of " + owner + " is offered to " + receiver);
+    int64_t sid = f.int64(0);
+    auto from = parse_state(f.text(1)).value_or(State::revoked);
+    std::string label = f.text(2);
+    detail = "owner=" + owner;
+    auto t = transition(from, action, Role::receiver);
+    if (!t.ok()) return refuse(r, t.err, t.reason);
+    if (t.to == from) {
+      unchanged = true;
+      return {};
+    }
+    sql::Stmt u(db_, "UPDATE receipts SET state = ?, changed = ? WHERE share = ? AND container = ?");
+    u.bind(1, to_string(t.to)).bind(2, now()).bind(3, sid).bind(4, label);
+    return u.run();
+  }, &reason));
+}
+
 Status Registry::accept(const std::string& c, const std::string& name, std::string* why) {
   return apply(c, name, Action::accept, why);
 }
@@ -666,7 +801,8 @@ Status Registry::leave(const std::string& c, const std::string& name, std::strin
 
 Result<std::vector<Received>> Registry::shares_for(const std::string& c, bool all) {
   std::string sql =
-      "SELECT s.id, s.name, s.owner, s.source, s.mode, r.state, r.changed FROM receipts r "
+      "SELECT s.id, s.name, s.owner, s.source, s.mode, r.state, r.changed, coalesce(s.peer, ''), "
+      "coalesce(s.url, '') FROM receipts r "
       "JOIN shares s ON s.id = r.share WHERE r.container = ?";
   if (!all) sql += " AND r.state IN ('offered', 'accepted')";
   sql += " ORDER BY s.name, s.id";
@@ -677,7 +813,7 @@ Result<std::vector<Received>> Registry::shares_for(const std::string& c, bool al
     HOODY_TRY(row, q.step());
     if (!row) return out;
     out.push_back({q.int64(0), q.text(1), q.text(2), q.text(3), parse_mode(q.text(4)).value_or(Mode::ro),
-                   parse_state(q.text(5)).value_or(State::revoked), q.int64(6)});
+                   parse_state(q.text(5)).value_or(State::revoked), q.int64(6), q.text(7), q.text(8)});
   }
 }
 
@@ -696,7 +832,7 @@ Result<std::vector<Share>> Registry::select_shares(const std::string& where, con
                                                    bool all) {
   std::string sql =
       "SELECT id, name, owner, source, mode, coalesce(to_container, ''), coalesce(to_project, ''), "
-      "state, created, changed FROM shares WHERE " + where;
+      "state, created, changed, coalesce(peer, ''), coalesce(url, '') FROM shares WHERE " + where;
   if (!all) sql += " AND state = 'offered'";
   sql += " ORDER BY owner, name, id";
   sql::Stmt q(db_, sql.c_str());
@@ -707,7 +843,7 @@ Result<std::vector<Share>> Registry::select_shares(const std::string& where, con
     if (!row) break;
     out.push_back({q.int64(0), q.text(1), q.text(2), q.text(3), parse_mode(q.text(4)).value_or(Mode::ro),
                    q.text(5), q.text(6), parse_state(q.text(7)).value_or(State::revoked), q.int64(8),
-                   q.int64(9), {}});
+                   q.int64(9), {}, q.text(10), q.text(11)});
   }
   for (auto& s : out) {
     HOODY_TRY(rs, receipts_of(s.id));

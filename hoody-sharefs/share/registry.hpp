@@ -43,7 +43,7 @@
 
 namespace hoody::sharefs {
 
-inline constexpr int kSchemaVersion = 1;
+inline constexpr int kSchemaVersion = 2;
 inline constexpr const char* kRegistryFile = "shares.db";
 
 struct Container {
@@ -70,6 +70,11 @@ struct Share {
   int64_t created = 0;
   int64_t changed = 0;
   std::vector<Receipt> receipts;  // filled by list()
+  // Across servers (schema 2).  Offered out: peer is the audience's server
+  // and the one receipt is "C@SERVER".  Received in: owner is "C@SERVER",
+  // peer that server, url the NFS export (source is empty).
+  std::string peer;
+  std::string url;
 };
 
 // A share as one receiver sees it (what hoody-sharefs of that container serves).
@@ -81,6 +86,8 @@ struct Received {
   Mode mode = Mode::ro;
   State state = State::offered;  // this receiver's state
   int64_t changed = 0;
+  std::string peer;  // a share from another server: that server ...
+  std::string url;   // ... and its NFS export (served with libnfs)
 };
 
 struct Event {
@@ -100,7 +107,22 @@ struct Offer {
   std::string to_project;
   Mode mode = Mode::ro;
   std::string name;
+  std::string to_server = {};  // to_container is on that server (exported over NFS)
 };
+
+// A share offered by a container on another server (that server's
+// `hoody-share offer --to C@SERVER` reports it here).
+struct Inbound {
+  std::string owner;   // "C@SERVER", as the owner's side calls itself
+  std::string peer;    // the owner's server
+  std::string url;     // nfs://SERVER/PATH?nfsport=N&mountport=M
+  std::string to_container;  // here
+  Mode mode = Mode::ro;
+  std::string name;
+};
+
+// A server name as given after '@' (host name, IPv4 or IPv6 address).
+Status check_server(const std::string& server, std::string* why);
 
 // Source path rules, lexical part: relative, no "..", no NUL, valid UTF-8;
 // "." (or empty) is the whole storage.  Returns the path normalised
@@ -141,6 +163,18 @@ public:
   // The owner changes a live share's mode (ro <-> rw) for every receiver;
   // `owner` as for revoke.  Running daemons apply it at once.
   Status set_mode(const std::string& owner, const std::string& name, Mode mode, std::string* why);
+  // A share offered from another server to a container here (its receipt
+  // is `offered`; accept, reject, leave and revoke then work as for a local
+  // one, revoke and mode with owner = "C@SERVER").
+  Result<Share> receive(const Inbound& in, std::string* why);
+  // The live shares offered out to other servers that some receiver still
+  // has (offered or accepted): one NFS export each.
+  Result<std::vector<Share>> exports();
+  // Container `receiver` on another server accepted, rejected or left
+  // `owner`'s share `name` (its server reports it; the receipt is the
+  // "C@SERVER" of the offer).
+  Status remote_state(const std::string& owner, const std::string& receiver, const std::string& name,
+                      Action action, std::string* why);
   Status accept(const std::string& container, const std::string& name, std::string* why);
   Status reject(const std::string& container, const std::string& name, std::string* why);
   Status leave(const std::string& container, const std::string& name, std::string* why);

@@ -30,7 +30,7 @@ want=(/usr/sbin/hoody-dbfs /usr/sbin/hoody-snapfs /usr/bin/hoody-snap /usr/bin/h
 units=(hoody@.target hoody-container@.service hoody-dbfs@.service hoody-snapfs@.service)
 if [ -n "$SHAREFS" ]; then
   want+=(/usr/sbin/hoody-sharefs)
-  units+=(hoody-sharefs@.service)
+  units+=(hoody-sharefs@.service hoody-nfs-view.service)
 else
   echo "note: no hoody-sharefs target in this build: the package has no hoody-sharefs yet"
 fi
@@ -45,8 +45,14 @@ for u in "${units[@]}"; do
 done
 
 deps=$(dpkg-deb -f "$deb" Depends)
-for d in libsystemd0 libfuse3-3 fuse3 btrfs-progs; do
+for d in libsystemd0 libfuse3-3 fuse3 btrfs-progs libnfs13; do
   if grep -qw "$d" <<<"$deps"; then ok "Depends: $d"; else bad "Depends lacks $d ($deps)"; fi
+done
+# Cross-server shares: the owner's side exports through nfs-ganesha, the
+# link between servers is ssh (issue 9).
+recs=$(dpkg-deb -f "$deb" Recommends)
+for d in nfs-ganesha nfs-ganesha-vfs rpcbind openssh-client; do
+  if grep -qw "$d" <<<"$recs"; then ok "Recommends: $d"; else bad "Recommends lacks $d ($recs)"; fi
 done
 
 # The units name binaries the package installs.

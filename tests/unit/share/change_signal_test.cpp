@@ -154,7 +154,7 @@ TEST_CASE("wait_for_change: a committed registry change reaches a waiting proces
     }, 5s);
     std::this_thread::sleep_for(5ms);
     int64_t t0 = mono_ns();
-    Offer o{"c1", "data", "c2", "", Mode::ro, "s" + std::to_string(i)};
+    Offer o{"c1", "data", "c2", "", Mode::ro, "s" + std::to_string(i), ""};
     REQUIRE_MESSAGE(reg->offer(o, &why).ok(), why);
     auto r = w.result();
     CHECK(r[1] != r[2]);
@@ -234,7 +234,7 @@ TEST_CASE("a registry writer killed mid-transaction: waiters return, the next wr
       std::string w;
       auto reg = Registry::open(pool.path, &w);
       if (!reg) ::_exit(3);
-      Offer o{"c1", "data", "c2", "", Mode::rw, "busy"};
+      Offer o{"c1", "data", "c2", "", Mode::rw, "busy", ""};
       for (;;) {
         (void)reg->offer(o, &w);
         (void)reg->revoke("c1", "busy", &w);
@@ -253,7 +253,7 @@ TEST_CASE("a registry writer killed mid-transaction: waiters return, the next wr
     auto g = reg->generation();
     REQUIRE(g.ok());
     std::string name = "after" + std::to_string(delay_ms);
-    Offer o{"c1", "data", "c2", "", Mode::ro, name};
+    Offer o{"c1", "data", "c2", "", Mode::ro, name, ""};
     auto t1 = std::chrono::steady_clock::now();
     REQUIRE_MESSAGE(reg->offer(o, &why).ok(), why);
     CHECK(std::chrono::steady_clock::now() - t1 < 2s);
