@@ -175,6 +175,9 @@ Status Fs::start(std::string* why) {
   }
   HOODY_CHECK(open_source(why));
   auto n = store_->list();
+  // Closed before fuse_daemonize forks, opened again in attached(): see
+  // SnapshotStore::close_index().
+  store_->close_index();
   log::get("snap")->info("source={} snapshots={} prune_interval={}s quiesce_timeout={}s "
                          "default_expiry={} allow_users={} allow_groups={}",
                          scfg_.source, n ? n->size() : 0, scfg_.prune_interval,
@@ -185,6 +188,15 @@ Status Fs::start(std::string* why) {
 }
 
 fuse_lowlevel_ops Fs::ops() { return make_ops({}); }
+
+void Fs::attached(fuse_session* se) {
+  se_ = se;
+  if (auto r = store_->reopen_index(); !r) {
+    log::get("snap")->error("op=open index={}/{}/index.db -> {}: cannot serve without it",
+                            scfg_.source, kStoreDir, r.error().message());
+    fuse_session_exit(se);
+  }
+}
 
 std::function<int(uint64_t)> Fs::tmpfile_errno() {
   return [](uint64_t nodeid) {

@@ -67,7 +67,7 @@ public:
   // DaemonFs
   Status start(std::string* why) override;
   fuse_lowlevel_ops ops() override;
-  void attached(fuse_session* se) override { se_ = se; }
+  void attached(fuse_session* se) override;
   void* userdata() override { return static_cast<pt::PassthroughFs*>(this); }
   // open(O_TMPFILE): EROFS inside a snapshot, EPERM at the root and in .hoody/
   // (as for every other file made there), not libfuse's EOPNOTSUPP.

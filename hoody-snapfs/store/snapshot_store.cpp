@@ -265,6 +265,27 @@ SnapshotStore::~SnapshotStore() = default;
 
 // ---- open ---------------------------------------------------------------------
 
+namespace {
+// SQLite takes a path; the store directory is ours (0700), reached by its fd.
+Result<sql::Db> open_index_db(int store_fd) {
+  HOODY_TRY(db, sql::Db::open(sys::proc_fd(store_fd) + "/" + kIndexDb));
+  HOODY_CHECK(db.exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;"));
+  return db;
+}
+}  // namespace
+
+void SnapshotStore::close_index() {
+  std::lock_guard lock(db_mu_);
+  db_ = sql::Db();
+}
+
+Status SnapshotStore::reopen_index() {
+  HOODY_TRY(db, open_index_db(store_.get()));
+  std::lock_guard lock(db_mu_);
+  db_ = std::move(db);
+  return {};
+}
+
 Result<std::unique_ptr<SnapshotStore>> SnapshotStore::open(int source_fd) {
   auto lg = log::get("snap");
   HOODY_TRY(on_btrfs, btrfs::is_btrfs(source_fd));
@@ -289,9 +310,7 @@ Result<std::unique_ptr<SnapshotStore>> SnapshotStore::open(int source_fd) {
     }
     return fail(e);
   }
-  // SQLite takes a path; the store directory is ours (0700), reached by its fd.
-  HOODY_TRY(db, sql::Db::open(sys::proc_fd(store.get()) + "/" + kIndexDb));
-  HOODY_CHECK(db.exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;"));
+  HOODY_TRY(db, open_index_db(store.get()));
   HOODY_CHECK(db.exec(kSchema));
   HOODY_CHECK(upgrade_index(db));
   HOODY_CHECK(migrate(db));

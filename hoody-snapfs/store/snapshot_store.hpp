@@ -139,6 +139,14 @@ public:
   // BTRFS: EMEDIUMTYPE otherwise), creating .snapshots (0700) and index.db,
   // and runs recover().  EBUSY if another store instance holds it.
   static Result<std::unique_ptr<SnapshotStore>> open(int source_fd);
+  // The index connection closed, and opened again.  A daemon closes it
+  // before fuse_daemonize() forks and opens it again in the child: a SQLite
+  // connection must not cross a fork (the child holds none of the parent's
+  // POSIX locks on index.db, so the next other opener, taking itself for
+  // the last connection, would checkpoint and delete the WAL under it and
+  // the daemon's later rows would be lost).  No other call may run between.
+  void close_index();
+  Status reopen_index();
 
   // A read-only snapshot of every scope subvolume, taken together under
   // `name`.  EINVAL/ENAMETOOLONG for a bad name, EEXIST for a taken one.

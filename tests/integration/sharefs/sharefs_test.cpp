@@ -6,6 +6,7 @@
 // life cycle.  The registry is driven in-process (hoody::sharefs::Registry),
 // as hoody-share does.
 #include <doctest/doctest.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -786,4 +787,73 @@ TEST_CASE("sharefs: the daemon's life cycle: usage errors, an unknown container,
   auto how = p.daemons.back()->terminate(SIGTERM);
   CHECK(how == "exit 0");
   CHECK_FALSE(is_mounted(m));
+}
+
+// A listing carries every entry's attributes, on every chunk of it
+// (readdirplus, not READDIRPLUS_AUTO), and is never served from the
+// kernel's cache: a walk that stats what it lists (find -printf, du, ls -l)
+// then sends no LOOKUP per name.  Seen from outside: after a listing of
+// 3000 files, the owner renames them all; until entry_timeout the stats of
+// the old names are answered by the kernel from the listing's entries (a
+// LOOKUP would find nothing), and a second listing shows the new names.
+// With -o noreaddirplus (plain listings) every stat is a LOOKUP: ENOENT.
+TEST_CASE("sharefs: a listing gives every entry's attributes, so stats after it need no lookup") {
+  require_mount_capabilities();
+  Pool p;
+  constexpr int kFiles = 3000;  // ~500 KiB of readdirplus entries: many chunks
+  const std::string dir = p.storage("c1") + "/data/big";
+  ::mkdir((p.storage("c1") + "/data").c_str(), 0755);
+  ::mkdir(dir.c_str(), 0755);
+  auto name = [](char c, int i) { return std::string(1, c) + "-a-longish-file-name-" + std::to_string(i); };
+  for (int i = 0; i < kFiles; ++i) {
+    int fd = ::open((dir + "/" + name('f', i)).c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+    REQUIRE(fd >= 0);
+    ::close(fd);
+  }
+  p.offer("ds", "data", "c2", Mode::ro);
+  auto listing = [](const std::string& d) {
+    std::vector<std::string> out;
+    DIR* dp = ::opendir(d.c_str());
+    REQUIRE(dp);
+    while (auto* e = ::readdir(dp))
+      if (e->d_name[0] != '.') out.emplace_back(e->d_name);
+    ::closedir(dp);
+    std::sort(out.begin(), out.end());
+    return out;
+  };
+  auto rename_all = [&](char from, char to) {
+    for (int i = 0; i < kFiles; ++i)
+      REQUIRE(::rename((dir + "/" + name(from, i)).c_str(), (dir + "/" + name(to, i)).c_str()) == 0);
+  };
+  auto stats_of = [&](const std::string& d, char c) {
+    int ok = 0;
+    struct stat st;
+    for (int i = 0; i < kFiles; ++i) ok += ::lstat((d + "/" + name(c, i)).c_str(), &st) == 0;
+    return ok;
+  };
+  // Timeouts far above the test's run time: what the kernel holds is
+  // exactly what the listings gave it.
+  const std::string timeouts = "entry_timeout=600,attr_timeout=600";
+  {
+    auto m2 = p.mount("c2", timeouts);
+    REQUIRE(::rename((m2 + "/.pending/ds").c_str(), (m2 + "/ds").c_str()) == 0);
+    const std::string big = m2 + "/ds/big";
+    REQUIRE(listing(big).size() == kFiles);
+    rename_all('f', 'g');
+    CHECK_MESSAGE(stats_of(big, 'f') == kFiles, "stats of listed names answered without a LOOKUP");
+    // Not from a cached listing: the owner's renames show.
+    auto again = listing(big);
+    REQUIRE(again.size() == kFiles);
+    CHECK(std::count_if(again.begin(), again.end(), [](auto& n) { return n[0] == 'g'; }) == kFiles);
+    CHECK(stats_of(big, 'g') == kFiles);
+  }
+  {
+    // Plain listings: each stat is a LOOKUP, which sees the rename.
+    auto m2 = p.mount("c2", timeouts + ",noreaddirplus");
+    const std::string big = m2 + "/ds/big";
+    REQUIRE(listing(big).size() == kFiles);
+    rename_all('g', 'h');
+    CHECK(stats_of(big, 'g') == 0);
+    CHECK(stats_of(big, 'h') == kFiles);
+  }
 }

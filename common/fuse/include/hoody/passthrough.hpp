@@ -81,6 +81,10 @@ struct Config {
   bool keep_cache = true;         // keep the page cache across opens (the daemon is the only writer)
   bool cache_readdir = true;
   bool readdirplus = true;
+  // With readdirplus: let the kernel choose (READDIRPLUS_AUTO: plus for a
+  // listing's first chunk, then only where names were looked up).  false:
+  // every chunk is plus.
+  bool readdirplus_auto = true;
   bool splice_write = true;       // replies to reads spliced from the backing file
   bool splice_read = false;       // receiving WRITE data by splice measured 20% slower
   bool writeback_cache = false;   // buys write() latency, not commit throughput
@@ -537,7 +541,14 @@ protected:
   virtual void present(struct stat& /*st*/) {}
 
   // Looks `name` up in `parent` and returns the entry with its lookup counted.
-  Result<fuse_entry_param> do_lookup(fuse_ino_t parent, const char* name);
+  // open_first: the name is probably new to the table (skips a statx that
+  // would only tell so); *was_new: whether it was.
+  Result<fuse_entry_param> do_lookup(fuse_ino_t parent, const char* name, bool open_first = false,
+                                     bool* was_new = nullptr);
+  // The attributes of `name` in directory fd `dfd` (one component, not
+  // followed), or of `dfd` itself for name ""; ENOENT for a mount point
+  // inside root `r` unless cross_mounts.
+  Result<struct stat> stat_entry(int dfd, const char* name, const Root& r);
   void reply_entry(fuse_req_t req, fuse_ino_t parent, const char* name, Status made);
   void forget_one(Inode* inode, uint64_t n);
   static File* file_of(fuse_file_info* fi) { return reinterpret_cast<File*>(fi->fh); }

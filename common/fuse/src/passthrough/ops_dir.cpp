@@ -21,6 +21,9 @@ struct Dir {
   uint64_t epoch = 0;  // of its root when it was opened
   off_t offset = 0;
   struct dirent* entry = nullptr;
+  // readdirplus: the last entry was new to the inode table, so the next
+  // probably is too (a first walk; a walk again finds every name known).
+  bool names_new = false;
 };
 
 Dir* dir_of(fuse_file_info* fi) { return reinterpret_cast<Dir*>(fi->fh); }
@@ -83,7 +86,7 @@ void PassthroughFs::readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t o
         e.attr.st_ino = shown_ino(dir_dev, d->entry->d_ino);
         e.attr.st_mode = static_cast<mode_t>(d->entry->d_type) << 12;
       } else {
-        auto r = do_lookup(ino, name);
+        auto r = do_lookup(ino, name, d->names_new, &d->names_new);
         if (!r) {
           // The entry vanished between readdir and lookup: skip it.
           if (r.err() == ENOENT) {

@@ -33,7 +33,7 @@ void PassthroughFs::forget(fuse_ino_t ino, uint64_t nlookup) {
 
 void PassthroughFs::reply_entry(fuse_req_t req, fuse_ino_t parent, const char* name, Status made) {
   if (!made) return reply(req, made);
-  reply(req, do_lookup(parent, name));
+  reply(req, do_lookup(parent, name, /*open_first=*/true));
 }
 
 void PassthroughFs::mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,

@@ -87,7 +87,7 @@ void PassthroughFs::create(fuse_req_t req, fuse_ino_t parent, const char* name, 
     return sys::openat(dfd.get(), name, fi->flags | O_CREAT | O_NOFOLLOW, mode);
   }();
   if (!fd) return reply(req, fail(fd.error()));
-  auto e = do_lookup(parent, name);
+  auto e = do_lookup(parent, name, /*open_first=*/true);
   if (!e) return reply(req, fail(e.error()));
   File* f = new_file(req, inode(e->ino), std::move(*fd), fi);
   if (fuse_reply_create(req, &*e, fi) == -ENOENT) {
