@@ -13,6 +13,6 @@ apt-get install -y -qq --no-install-recommends \
   libspdlog-dev libfmt-dev \
   doctest-dev libcli11-dev nlohmann-json3-dev libboost-dev \
   util-linux bsdutils mount kmod procps psmisc attr acl e2fsprogs \
-  bindfs python3 \
+  bindfs python3 openssh-client openssh-server \
   libnfs-dev libnfs-utils nfs-ganesha nfs-ganesha-vfs rpcbind iproute2 \
   >/dev/null

@@ -27,6 +27,7 @@
 #include <functional>
 
 #include "../snapshot_name.hpp"
+#include "remote.hpp"
 #include "hoody/btrfs.hpp"
 #include "hoody/log.hpp"
 #include "hoody/mountinfo.hpp"
@@ -324,7 +325,8 @@ nlohmann::json snapshot_json(hoody::snapfs::SnapshotStore& store, const hoody::s
 
 int main(int argc, char** argv) {
   CLI::App app{"hoody-snap: take, list, delete, rename, restore, diff and clone the snapshots of "
-               "a hoody-snapfs mount; send and receive them between servers. See hoody-snap(1)."};
+               "a hoody-snapfs mount; send and receive them between servers, copy or sync them "
+               "to another one over ssh. See hoody-snap(1)."};
   app.require_subcommand(1);
   // --mount, --pool and --container go before or after the verb.
   app.fallthrough();
@@ -417,6 +419,10 @@ int main(int argc, char** argv) {
   common->add_option("FILE", peer_list, "the other side's list --json (default: stdin)");
   common->add_flag("--json", json, "print {\"local\": NAME, \"remote\": NAME}");
 
+  // copy, sync, serve (cli/remote.cpp).
+  hoody::snapcli::RemoteArgs remote;
+  auto remote_cmds = hoody::snapcli::add_remote_commands(app, remote);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -428,10 +434,21 @@ int main(int argc, char** argv) {
     return kUsageExit;
   }
   while (mount.size() > 1 && mount.back() == '/') mount.pop_back();
-  if ((!pool.empty() || !container.empty()) && !*send && !*receive && !*list && !*common) {
-    std::fprintf(stderr, "hoody-snap: --pool and --container are for send, receive, list and "
-                         "common-parent; the other commands work through the mount (--mount)\n");
+  if ((!pool.empty() || !container.empty()) && !*send && !*receive && !*list && !*common &&
+      !*remote_cmds.copy && !*remote_cmds.sync && !*remote_cmds.serve) {
+    std::fprintf(stderr, "hoody-snap: --pool and --container are for send, receive, list, "
+                         "common-parent, copy, sync and serve; the other commands work through "
+                         "the mount (--mount)\n");
     return kUsageExit;
+  }
+
+  if (remote.container.empty()) remote.container = container;
+  if (remote.pool.empty()) remote.pool = pool;
+  if (*remote_cmds.copy) return hoody::snapcli::run_copy(remote, mount);
+  if (*remote_cmds.sync) return hoody::snapcli::run_sync(remote, mount);
+  if (*remote_cmds.serve) {
+    remote.verb = remote_cmds.serve->remaining();
+    return hoody::snapcli::run_serve(remote);
   }
 
   if (*create) {

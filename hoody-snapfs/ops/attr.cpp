@@ -119,6 +119,21 @@ void Fs::setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* 
     std::string text(value, size);
     bool is_expires = n == "user.hoody.expires";
     bool is_desc = n == "user.hoody.description";
+    // user.hoody.type: only "filesystem" -> "sync" (hoody-snap sync marks the
+    // snapshot it took through the mount); a type is a fact otherwise.
+    bool is_type = n == "user.hoody.type" && text == "sync" && snap->type == "filesystem";
+    if (is_type) {
+      auto c = caller_of(req);
+      if (!allowed(c)) {
+        audit(c, "set_type", snap->name, EPERM, "sync",
+              "uid " + std::to_string(c.uid) + " is not root nor in allow_users/allow_groups");
+        return fail(EPERM);
+      }
+      Status s = store_->set_type_sync(snap->name, c.store());
+      done(c, "set_type", snap->name, s.err(), "sync");
+      if (s) changed();
+      return s;
+    }
     if (!is_expires && !is_desc) {
       // The other user.hoody.* are facts of the snapshot; other names are not
       // kept.

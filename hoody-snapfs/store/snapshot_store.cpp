@@ -544,4 +544,25 @@ Status SnapshotStore::set_description(std::string_view name, std::string_view de
   if (err.value()) return fail(err);
   return {};
 }
+
+Status SnapshotStore::set_type_sync(std::string_view name, const Caller& caller) {
+  std::lock_guard dl(db_mu_);
+  sql::Stmt q(db_, "UPDATE snapshots SET type = 'sync' WHERE name = ? AND type = 'filesystem'");
+  q.bind(1, name);
+  HOODY_CHECK(q.run());
+  Errno err;
+  std::string why;
+  if (db_.changes() == 0) {
+    sql::Stmt e(db_, "SELECT type FROM snapshots WHERE name = ?");
+    e.bind(1, name);
+    auto row = e.step();
+    HOODY_CHECK(row);
+    err = Errno(*row ? EPERM : ENOENT);
+    why = *row ? "only a filesystem snapshot may be marked sync" : "no such snapshot";
+  }
+  (void)audit(caller, "set_type", name, result_text(err, why), "sync");
+  if (err.value()) return fail(err);
+  return {};
+}
+
 }  // namespace hoody::snapfs

@@ -163,6 +163,11 @@ public:
   Status set_description(std::string_view name, std::string_view description,
                          const Caller& caller);
 
+  // Marks a snapshot taken as "filesystem" as a sync snapshot (type "sync",
+  // hoody-snap sync through a mount).  EPERM for any other change of type
+  // (a type says how a snapshot was taken), ENOENT if there is no such one.
+  Status set_type_sync(std::string_view name, const Caller& caller);
+
   // Oldest first (created, then name).
   Result<std::vector<Snapshot>> list() const;
   Result<Snapshot> get(std::string_view name) const;

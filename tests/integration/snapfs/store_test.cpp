@@ -391,6 +391,12 @@ TEST_CASE("metadata, expiry and pruning") {
   CHECK(names(*st->list()) == std::vector<std::string>{"later", "never"});
   REQUIRE(st->set_expires("later", std::nullopt, kRoot).ok());
   CHECK(st->prune_expired(now + hours(48), kRoot)->empty());
+  // A filesystem snapshot may be marked sync (hoody-snap sync through a
+  // mount), once; no other type changes.
+  REQUIRE(st->set_type_sync("never", kRoot).ok());
+  CHECK(st->get("never")->type == "sync");
+  CHECK(st->set_type_sync("never", kRoot).err() == EPERM);
+  CHECK(st->set_type_sync("nope", kRoot).err() == ENOENT);
   check_store_consistent(c, *st);
 }
 

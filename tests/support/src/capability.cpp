@@ -61,4 +61,10 @@ void require_mount_capabilities() {
   require_loop();
 }
 
+std::string require_tool(const std::string& name, const std::string& package) {
+  std::string path = find_tool(name);
+  if (path.empty()) missing(name + " not found (Debian package " + package + ")");
+  return path;
+}
+
 }  // namespace hoody::test
