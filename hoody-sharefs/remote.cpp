@@ -3,10 +3,13 @@
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <nfsc/libnfs.h>
+#include <poll.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/time.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 
@@ -127,7 +130,49 @@ Result<std::shared_ptr<RemoteShare>> RemoteShare::connect(const std::string& nam
     *why = "mount " + url + ": " + nfs_get_error(s->ctx_);
     return fail(-rc);
   }
+  // Read-ahead chunks as large as the server reads in one go, at most kAheadChunk.
+  uint64_t readmax = nfs_get_readmax(s->ctx_);
+  if (readmax > 0) s->chunk_ = static_cast<size_t>(std::min<uint64_t>(readmax, kAheadChunk));
   return s;
+}
+
+namespace {
+void chunk_done(int err, nfs_context*, void* data, void* priv) {
+  std::unique_ptr<std::shared_ptr<RemoteShare::Chunk>> hold(static_cast<std::shared_ptr<RemoteShare::Chunk>*>(priv));
+  auto& c = **hold;
+  if (err > 0 && static_cast<size_t>(err) > c.len) err = -EIO;
+  if (err > 0) c.data.assign(static_cast<char*>(data), static_cast<char*>(data) + err);
+  c.rc = err;
+  c.done = true;
+}
+}  // namespace
+
+Status RemoteShare::send_read(nfsfh* fh, const std::shared_ptr<Chunk>& c) {
+  auto* hold = new std::shared_ptr<Chunk>(c);
+  std::lock_guard g(m_);
+  if (nfs_pread_async(ctx_, fh, c->off, c->len, chunk_done, hold) < 0) {
+    delete hold;
+    return fail(EIO);
+  }
+  return {};
+}
+
+Status RemoteShare::wait(const Chunk& c) {
+  std::lock_guard g(m_);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kNfsTimeoutMs + 1000);
+  while (!c.done.load()) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      log::get("share")->warn("op=read share={} -> no answer to a read-ahead in time", name);
+      return fail(EIO);
+    }
+    pollfd p{nfs_get_fd(ctx_), static_cast<short>(nfs_which_events(ctx_)), 0};
+    if (::poll(&p, 1, 100) < 0 && errno != EINTR) return fail(errno);
+    if (nfs_service(ctx_, p.revents) < 0) {
+      log::get("share")->warn("op=read share={} -> read-ahead failed: {}", name, nfs_get_error(ctx_));
+      return fail(EIO);
+    }
+  }
+  return {};
 }
 
 RemoteShare::~RemoteShare() {
@@ -140,6 +185,18 @@ struct RemoteFs::File {
   std::shared_ptr<RemoteShare> share;
   nfsfh* fh = nullptr;
   bool writable = false;
+  // The reads in flight ahead of a sequential reader (see remote.hpp), under m.
+  std::mutex m;
+  uint64_t next = 0;  // where a sequential read goes on
+  std::deque<std::shared_ptr<RemoteShare::Chunk>> ahead;
+  std::vector<char> spare;  // a used chunk's buffer, for the next (no fresh pages per chunk)
+  // Drops the reads ahead, waiting for those still in flight (the file
+  // handle must outlive them).
+  void drop() {
+    for (auto& c : ahead)
+      if (!c->done.load()) (void)share->wait(*c);
+    ahead.clear();
+  }
 };
 
 fuse_ino_t RemoteFs::intern(const std::shared_ptr<RemoteShare>& share, const std::string& path) {
@@ -263,6 +320,7 @@ void RemoteFs::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int va
         return f && f->fh ? nfs_ftruncate(c, f->fh, static_cast<uint64_t>(attr->st_size))
                           : nfs_truncate(c, p, static_cast<uint64_t>(attr->st_size));
       });
+      s.writes++;
       HOODY_CHECK(from_rc(rc));
     }
     if (valid & FUSE_SET_ATTR_MODE)
@@ -408,6 +466,7 @@ void RemoteFs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     HOODY_CHECK(from_rc(n.share->with([&](nfs_context* c) {
       return nfs_open(c, n.path.c_str(), flags, &file->fh);
     })));
+    if (flags & O_TRUNC) n.share->writes++;
     return file;
   }();
   if (!f) return reply(req, fail(f.error()));
@@ -436,6 +495,7 @@ void RemoteFs::create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_
     HOODY_CHECK(from_rc(p.share->with([&](nfs_context* c) {
       return nfs_create(c, path.c_str(), flags, static_cast<int>(mode & 07777), &file->fh);
     })));
+    p.share->writes++;  // O_TRUNC of a file another handle reads ahead
     auto e = entry(p.share, path);
     if (!e) {
       p.share->with([&](nfs_context* c) { return nfs_close(c, file->fh); });
@@ -457,13 +517,84 @@ void RemoteFs::create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_
 
 void RemoteFs::read(fuse_req_t req, size_t size, off_t off, fuse_file_info* fi) {
   auto* f = reinterpret_cast<File*>(fi->fh);
-  if (f->share->revoked.load()) return reply(req, fail(ESTALE));
-  std::unique_ptr<char[]> buf(new char[size]);
-  int rc = f->share->with([&](nfs_context* c) {
-    return nfs_pread(c, f->fh, static_cast<uint64_t>(off), size, buf.get());
-  });
-  if (rc < 0) return reply(req, fail(-rc));
-  fuse_reply_buf(req, buf.get(), static_cast<size_t>(rc));
+  auto& s = *f->share;
+  std::lock_guard g(f->m);
+  if (s.revoked.load()) {
+    f->drop();
+    return reply(req, fail(ESTALE));
+  }
+  auto at = static_cast<uint64_t>(off);
+  uint64_t writes = s.writes.load();
+  auto& q = f->ahead;
+  // Sequential: inside the reads ahead (the kernel's own read-ahead may come
+  // a little out of order), or where the last read ended.
+  if (!q.empty() && (q.front()->writes != writes || at < q.front()->off ||
+                     at >= q.back()->off + q.back()->len))
+    f->drop();
+  if (q.empty() && at != f->next) {
+    std::unique_ptr<char[]> buf(new char[size]);
+    int rc = s.with([&](nfs_context* c) { return nfs_pread(c, f->fh, at, size, buf.get()); });
+    if (rc < 0) return reply(req, fail(-rc));
+    f->next = at + static_cast<uint64_t>(rc);
+    fuse_reply_buf(req, buf.get(), static_cast<size_t>(rc));
+    return;
+  }
+  // The answer: a slice of one chunk (the usual case: no copy) or pieces of several.
+  struct Answer {
+    std::shared_ptr<RemoteShare::Chunk> chunk;
+    size_t from = 0, n = 0;
+    std::vector<char> pieces;
+  };
+  auto got = [&]() -> Result<Answer> {
+    Answer a;
+    std::vector<char>& out = a.pieces;
+    bool eof = false;
+    while (out.size() < size && !eof) {
+      uint64_t want = at + out.size();
+      while (!q.empty() && q.front()->off + q.front()->len <= want) {
+        if (!q.front()->done.load()) HOODY_CHECK(s.wait(*q.front()));  // in flight until answered
+        if (q.front().use_count() == 1) f->spare.swap(q.front()->data);
+        q.pop_front();
+      }
+      // Keep kAheadChunks reads in flight past `want` (none past the end).
+      bool ended = !q.empty() && q.back()->done.load() && static_cast<size_t>(std::max(q.back()->rc, 0)) < q.back()->len;
+      while (q.size() < kAheadChunks && !ended) {
+        auto c = std::make_shared<RemoteShare::Chunk>();
+        c->data.swap(f->spare);
+        c->off = q.empty() ? want : q.back()->off + q.back()->len;
+        c->len = std::max(size, s.chunk());
+        c->writes = writes;
+        HOODY_CHECK(s.send_read(f->fh, c));
+        q.push_back(std::move(c));
+      }
+      auto& c = *q.front();
+      if (c.off > want || c.off + c.len <= want) return fail(EIO);  // cannot happen: dropped above
+      HOODY_CHECK(s.wait(c));
+      if (c.rc < 0) return fail(-c.rc);
+      size_t from = static_cast<size_t>(want - c.off);
+      size_t have = static_cast<size_t>(c.rc);
+      if (from >= have) break;  // the end of the file
+      size_t n = std::min(size - out.size(), have - from);
+      if (out.empty() && (n == size || have < c.len)) {
+        a.chunk = q.front();
+        a.from = from;
+        a.n = n;
+        return a;
+      }
+      out.insert(out.end(), c.data.begin() + static_cast<std::ptrdiff_t>(from),
+                 c.data.begin() + static_cast<std::ptrdiff_t>(from + n));
+      eof = have < c.len && from + n == have;
+    }
+    return a;
+  }();
+  if (!got) {
+    f->drop();
+    return reply(req, fail(got.error()));
+  }
+  const char* data = got->chunk ? got->chunk->data.data() + got->from : got->pieces.data();
+  size_t n = got->chunk ? got->n : got->pieces.size();
+  f->next = at + n;
+  fuse_reply_buf(req, data, n);
 }
 
 void RemoteFs::write_buf(fuse_req_t req, fuse_bufvec* in, off_t off, fuse_file_info* fi) {
@@ -487,6 +618,7 @@ void RemoteFs::write_buf(fuse_req_t req, fuse_bufvec* in, off_t off, fuse_file_i
       if (rc < 0) return fail(-rc);
       if (rc == 0) return fail(EIO);
       done += static_cast<size_t>(rc);
+      f->share->writes++;
     }
     return done;
   }();
@@ -496,6 +628,10 @@ void RemoteFs::write_buf(fuse_req_t req, fuse_bufvec* in, off_t off, fuse_file_i
 
 void RemoteFs::release(fuse_req_t req, fuse_file_info* fi) {
   auto* f = reinterpret_cast<File*>(fi->fh);
+  {
+    std::lock_guard g(f->m);
+    f->drop();
+  }
   if (f->fh) f->share->with([&](nfs_context* c) { return nfs_close(c, f->fh); });
   delete f;
   reply(req, Status{});

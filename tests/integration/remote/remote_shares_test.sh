@@ -138,6 +138,36 @@ check "a file B's root creates belongs to 1234:2345 on A, not to root" \
   '[ "$(inA stat -c %u:%g $S/sq/by-root-on-b)" = 1234:2345 ]'
 share_a revoke sq >/dev/null
 
+# ---- sequential reads are read ahead; a write makes what was read ahead stale ------
+# O_DIRECT reads reach the daemon at the offsets asked (no page cache between):
+# a sequential run starts the read-ahead past the offset written next, through
+# another descriptor; the read of that offset must give the new bytes.
+inA sh -c "head -c 3158357 /dev/urandom >$S/docs/seq.bin"
+rig_wait 5 inB test -f "$MNT_B/docs/seq.bin"
+check "sequential reads (read ahead) give the file as A has it, to its odd-sized end" \
+  '[ "$(inB sha256sum <$MNT_B/docs/seq.bin)" = "$(inA sha256sum <$S/docs/seq.bin)" ]'
+after_write() {
+  pyB "$MNT_B/docs/seq.bin" <<'PY'
+import mmap, os, sys
+p, K = sys.argv[1], 128 * 1024
+buf = mmap.mmap(-1, K)
+fd = os.open(p, os.O_RDONLY | os.O_DIRECT)
+for i in range(4):  # 0..512K: sequential, the read-ahead runs past 640K
+    assert os.preadv(fd, [buf], i * K) == K
+wfd = os.open(p, os.O_WRONLY)
+os.pwrite(wfd, b"N" * 4096, 5 * K)
+os.close(wfd)
+got = []
+for i in (4, 5):
+    assert os.preadv(fd, [buf], i * K) == K
+    got.append(bytes(buf[:4096]))
+os.close(fd)
+print("# 640K read back after the write:", got[1][:8])
+sys.exit(0 if got[1] == b"N" * 4096 else 1)
+PY
+}
+check "a write after a sequential read started is read back, never data read ahead before it" after_write
+
 # ---- mode rw -> ro across servers -------------------------------------------------
 share_a mode --ro docs >/dev/null
 check "mode --ro on A: the export is RO" 'grep -A12 "Export_Id = $ID_DOCS;" $EXPORTS | grep -q "Access_Type = RO; }"'
