@@ -146,6 +146,9 @@ done < /proc/self/cgroup
   for c in "${CGROUPS[@]}"; do echo $BASHPID > "$c/cgroup.procs" 2>/dev/null; done
   exec unshare --pid --fork --mount --uts --ipc --cgroup --propagation private \
     env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin SYSTEMD_UNIT_PATH="$U" bash -c '
+      # The host may run hoody itself (the README'"'"'s hoody-up): its mounts under
+      # /run/hoody would stay in this namespace'"'"'s mountinfo under the new /run.
+      umount -R -l /run/hoody 2>/dev/null
       mount -t proc proc /proc && mount -t tmpfs -o mode=755 tmpfs /run || exit 1
       # PID 1 raises fs.file-max and fs.nr_open at boot: not on this machine.
       mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys || exit 1

@@ -4,6 +4,7 @@
 #include <sys/uio.h>
 #include <limits.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -101,12 +102,19 @@ bool is_mountpoint(const std::string& path, std::string* fstype) {
   auto mounts = mountinfo::read();
   if (!mounts) return false;
   std::string want = absolute(path);
-  for (auto& m : *mounts) {
-    if (m.mount_point != want) continue;
-    if (fstype) *fstype = m.fstype;
-    return true;
-  }
-  return false;
+  // Only the mount that `path` shows counts: the last one mounted at it, and
+  // only if no later mount over an ancestor hides it (a tmpfs over /run in
+  // a container or a test namespace hides the host's /run/hoody/... mounts,
+  // which stay in mountinfo).  The path's device tells which one it shows.
+  struct stat st;
+  bool have_dev = ::stat(path.c_str(), &st) == 0;
+  const mountinfo::Mount* shown = nullptr;
+  for (auto& m : *mounts)
+    if (m.mount_point == want) shown = &m;
+  if (!shown) return false;
+  if (have_dev && makedev(shown->major, shown->minor) != st.st_dev) return false;
+  if (fstype) *fstype = shown->fstype;
+  return true;
 }
 
 std::string mount_preflight(const std::string& mountpoint) {

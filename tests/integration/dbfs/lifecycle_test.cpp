@@ -139,6 +139,25 @@ TEST_CASE("each reason not to start is one line that names it (exit 1, nothing m
     CHECK(e.exit_code == 1);
     CHECK_MESSAGE(e.output.find("is busy") != std::string::npos, e.output);
   }
+  SUBCASE("a FUSE mount hidden under a later mount (a tmpfs over /run) is not busy") {
+    // The host's /run/hoody/C mounts stay in a container's mountinfo under
+    // its own /run: only what the path shows may make it busy.
+    std::string other = p.pool.make_subvolume("other");
+    std::string hide = p.pool.make_temp_dir("hide");
+    std::string m = hide + "/m";
+    REQUIRE(::mkdir(m.c_str(), 0755) == 0);
+    Daemon first(dbfs_argv(other, m), m, p.log);
+    std::string script =
+        "mount -t tmpfs hide '" + hide + "' && mkdir '" + m + "' && { '" + prog + "' -f '" + p.backing + "' '" +
+        m + "' & pid=$!; i=0; until [ \"$(stat -f -c %T '" + m + "')\" = fuseblk ] || "
+        "grep -q ' " + m + " .* fuse.hoody-dbfs ' /proc/self/mountinfo && [ \"$(stat -c %d '" + m +
+        "')\" != \"$(stat -c %d '" + hide + "')\" ]; do i=$((i+1)); [ $i -lt 100 ] || { kill $pid; exit 3; }; "
+        "kill -0 $pid 2>/dev/null || exit 4; sleep 0.1; done; echo started; fusermount3 -u '" + m + "'; wait $pid; }";
+    auto e = run({"unshare", "-m", "--propagation", "private", "sh", "-c", script}, 20s);
+    CHECK_MESSAGE(e.output.find("started") != std::string::npos, e.describe());
+    CHECK_MESSAGE(e.output.find("is busy") == std::string::npos, e.output);
+    CHECK(is_mounted(m, "fuse"));  // the first one, outside
+  }
   SUBCASE("bad option: exit 2") {
     auto e = run({prog, "-f", "-o", "allow_other,nonsense=3", p.backing, p.mnt}, 10s);
     CHECK(e.exit_code == 2);
