@@ -123,23 +123,7 @@ Result<Snapshot> SnapshotStore::create_locked(std::string_view name, const Calle
     std::lock_guard dl(db_mu_);
     sql::Txn txn(db_);
     HOODY_CHECK(txn.begin());
-    sql::Stmt ins(db_,
-                  "INSERT INTO snapshots(name, uuid, created, expires, creator, type, description, "
-                  "consistency, busy, nested) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
-    ins.bind(1, snap.name)
-        .bind(2, snap.uuid)
-        .bind(3, to_ns(snap.created))
-        .bind(4, to_ns(snap.expires))
-        .bind(5, static_cast<int64_t>(snap.creator))
-        .bind(6, snap.type)
-        .bind(7, snap.description)
-        .bind(8, snap.consistency)
-        .bind(9, to_json_text(snap.busy))
-        .bind(10, to_json_text(snap.nested));
-    HOODY_CHECK(ins.run());
-    sql::Stmt del(db_, "DELETE FROM journal WHERE id = ?");
-    del.bind(1, jid);
-    HOODY_CHECK(del.run());
+    HOODY_CHECK(insert_row_ending_journal(snap, jid));
     HOODY_CHECK(audit(caller, "create", name,
                       snap.consistency == kCrash && !snap.busy.empty()
                           ? "ok; crash-consistent: not quiesced: " + describe_busy(snap.busy)

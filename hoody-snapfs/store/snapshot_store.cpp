@@ -334,6 +334,27 @@ Result<std::optional<Snapshot>> SnapshotStore::find(std::string_view name) const
   return std::optional<Snapshot>(row_to_snapshot(q));
 }
 
+Status SnapshotStore::insert_row_ending_journal(const Snapshot& snap, int64_t jid) {
+  // Called with db_mu_ held, inside a transaction.
+  sql::Stmt ins(db_,
+                "INSERT INTO snapshots(name, uuid, created, expires, creator, type, description, "
+                "consistency, busy, nested) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+  ins.bind(1, snap.name)
+      .bind(2, snap.uuid)
+      .bind(3, to_ns(snap.created))
+      .bind(4, to_ns(snap.expires))
+      .bind(5, static_cast<int64_t>(snap.creator))
+      .bind(6, snap.type)
+      .bind(7, snap.description)
+      .bind(8, snap.consistency)
+      .bind(9, to_json_text(snap.busy))
+      .bind(10, to_json_text(snap.nested));
+  HOODY_CHECK(ins.run());
+  sql::Stmt del(db_, "DELETE FROM journal WHERE id = ?");
+  del.bind(1, jid);
+  return del.run();
+}
+
 Status SnapshotStore::audit(const Caller& caller, std::string_view action, std::string_view name,
                             std::string_view result, std::string_view target) {
   // Called with db_mu_ held.

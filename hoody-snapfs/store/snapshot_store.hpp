@@ -332,6 +332,9 @@ private:
   Result<std::optional<Snapshot>> find(std::string_view name) const;
   Status audit(const Caller& caller, std::string_view action, std::string_view name,
                std::string_view result, std::string_view target = {});
+  // The commit point of a create or receive (db_mu_ held, in a transaction):
+  // the snapshot's row appears and its journal entry `jid` ends together.
+  Status insert_row_ending_journal(const Snapshot& snap, int64_t jid);
   void audit_result(const Caller& caller, std::string_view action, std::string_view name,
                     Errno err, std::string_view reason = {});
   Result<int64_t> journal_begin(std::string_view op, std::string_view name, std::string_view uuid,
