@@ -320,31 +320,41 @@ TEST_CASE("copy: kill -9 of ssh, the sender or the receiver mid-stream, then a r
         },
         {false, 120s});
     // The stream flows once B's receive has its staging directory and the
-    // copy has both children: the sender (hoody-snap send) and ssh.
-    pid_t target = -1;
+    // copy has both children: the sender (hoody-snap send) and ssh. At a
+    // later point each round (0.1, 0.25, 0.4 s in) B's receiver is stopped
+    // (SIGSTOP), which stalls the whole pipe, so the victim is killed
+    // mid-stream however fast the machine is: the 192 MiB may take only
+    // 1.1 s here. The sender itself is never stopped: a stop signal aborts
+    // its BTRFS_IOC_SEND (the kernel's pipe write returns -ERESTARTSYS).
+    pid_t target = -1, recv = -1;
     auto deadline = std::chrono::steady_clock::now() + 30s;
     while (target < 0 && std::chrono::steady_clock::now() < deadline) {
       std::this_thread::sleep_for(5ms);
       if (!receiving()) continue;
-      // A later point each time: 0.2, 0.6, 1 s into the stream.
-      std::this_thread::sleep_for(std::chrono::milliseconds(400 * round - 200));
-      pid_t ssh = -1, send = -1, recv = -1;
-      for (pid_t c : children_of(copy.pid())) {
-        std::string comm = slurp("/proc/" + std::to_string(c) + "/comm");
-        if (comm.rfind("ssh", 0) == 0) ssh = c;
-        if (comm.rfind("hoody-snap", 0) == 0) send = c;
-      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(150 * round - 50));
+      recv = -1;
       for (pid_t p : processes_in_namespace_of(w.servers->holder_b())) {
         std::string cmd = slurp("/proc/" + std::to_string(p) + "/cmdline");
         if (cmd.find(std::string("receive\0", 8)) != std::string::npos &&
             slurp("/proc/" + std::to_string(p) + "/comm").rfind("hoody-snap", 0) == 0)
           recv = p;
       }
-      if (ssh > 0 && send > 0 && recv > 0)
+      if (recv <= 0) continue;
+      ::kill(recv, SIGSTOP);
+      pid_t ssh = -1, send = -1;
+      for (pid_t c : children_of(copy.pid())) {
+        std::string comm = slurp("/proc/" + std::to_string(c) + "/comm");
+        if (comm.rfind("ssh", 0) == 0) ssh = c;
+        if (comm.rfind("hoody-snap", 0) == 0) send = c;
+      }
+      if (ssh > 0 && send > 0 && receiving())
         target = victim == "ssh" ? ssh : victim == "sender" ? send : recv;
+      else
+        ::kill(recv, SIGCONT);
     }
     REQUIRE(target > 0);
     ::kill(target, SIGKILL);
+    if (target != recv) ::kill(recv, SIGCONT);
     ExitInfo e = copy.wait();
     MESSAGE("interrupted: " << e.describe());
     CHECK(e.exit_code == 1);
