@@ -27,6 +27,7 @@
 #include <functional>
 
 #include "../snapshot_name.hpp"
+#include "progress.hpp"
 #include "remote.hpp"
 #include "hoody/btrfs.hpp"
 #include "hoody/log.hpp"
@@ -187,56 +188,6 @@ bool valid_container(const std::string& c) {
       return false;
   return true;
 }
-
-// Progress on stderr: on a terminal a line redrawn twice a second (bytes,
-// rate, ETA when the size is known); otherwise one line a minute.
-class Progress {
-public:
-  explicit Progress(const char* verb, bool on) : verb_(verb), on_(on), tty_(::isatty(2)) {
-    t0_ = last_ = std::chrono::steady_clock::now();
-  }
-  void update(uint64_t done, uint64_t expected) {
-    if (!on_) return;
-    auto now = std::chrono::steady_clock::now();
-    auto every = tty_ ? std::chrono::milliseconds(500) : std::chrono::milliseconds(60000);
-    if (now - last_ < every) return;
-    last_ = now;
-    print(done, expected, now, false);
-  }
-  void done(uint64_t bytes) {
-    if (!on_) return;
-    print(bytes, 0, std::chrono::steady_clock::now(), true);
-  }
-
-private:
-  void print(uint64_t done, uint64_t expected, std::chrono::steady_clock::time_point now,
-             bool last) {
-    double secs = std::chrono::duration<double>(now - t0_).count();
-    double rate = secs > 0 ? static_cast<double>(done) / secs : 0;
-    std::string line = std::string(verb_) + " " + hoody::snapfs::xfer::human_bytes(static_cast<double>(done));
-    if (expected > done && !last) {
-      line += " of ~" + hoody::snapfs::xfer::human_bytes(static_cast<double>(expected));
-    }
-    line += ", " + hoody::snapfs::xfer::human_bytes(rate) + "/s";
-    if (expected > done && rate > 0 && !last) {
-      long eta = static_cast<long>(static_cast<double>(expected - done) / rate);
-      char b[32];
-      std::snprintf(b, sizeof b, ", ETA %ld:%02ld", eta / 60, eta % 60);
-      line += b;
-    }
-    if (last) {
-      char b[32];
-      std::snprintf(b, sizeof b, " in %.1f s", secs);
-      line += b;
-    }
-    if (tty_) std::fprintf(stderr, "\r\033[K%s%s", line.c_str(), last ? "\n" : "");
-    else std::fprintf(stderr, "hoody-snap: %s\n", line.c_str());
-    std::fflush(stderr);
-  }
-  const char* verb_;
-  bool on_, tty_;
-  std::chrono::steady_clock::time_point t0_, last_;
-};
 
 // The container directory POOL/containers/C, from --pool/--container, or the
 // SOURCE of the mount.
@@ -499,7 +450,8 @@ int main(int argc, char** argv) {
     ::signal(SIGPIPE, SIG_IGN);
     std::string dir = container_dir(pool, container, mount, "send");
     auto store = open_store(dir, "send", false);
-    Progress prog("sent", progress);
+    hoody::snapcli::Progress prog("sent", progress);
+    prog.always_last();
     hoody::snapfs::SendOptions o;
     o.parent = parent;
     o.estimate = estimate;
@@ -550,7 +502,8 @@ int main(int argc, char** argv) {
     auto store = open_store(dir, "receive", true);
     auto scope = store->scope();
     bool make_live = scope && scope->empty();
-    Progress prog("received", progress);
+    hoody::snapcli::Progress prog("received", progress);
+    prog.always_last();
     hoody::snapfs::ReceiveOptions o;
     o.as_name = as_name;
     o.max_size = max_size;

@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "../snapshot_name.hpp"
+#include "progress.hpp"
 #include "hoody/btrfs.hpp"
 #include "hoody/mountinfo.hpp"
 #include "hoody/names.hpp"
@@ -588,6 +589,39 @@ std::vector<std::string> send_args(const RemoteArgs& a, const Local& l, const st
   return v;
 }
 
+// Passes the stream's preamble (magic, version, header, crc) from `in` to
+// `out` and reads the sender's estimate from the header, for the ETA.  What
+// is not a well-formed preamble is passed on as it is: the receiver refuses
+// it.  False when `out` is gone (the peer's end closed).
+bool pass_preamble(int in, int out, uint64_t* bytes, uint64_t* expected) {
+  using namespace snapfs::xfer;
+  std::string buf;
+  auto take = [&](std::size_t n) {
+    std::size_t want = buf.size() + n;
+    while (buf.size() < want) {
+      char b[65536];
+      ssize_t r = ::read(in, b, std::min(sizeof b, want - buf.size()));
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) return false;
+      buf.append(b, static_cast<std::size_t>(r));
+    }
+    return true;
+  };
+  if (take(kMagic.size() + 8) && buf.compare(0, kMagic.size(), kMagic) == 0) {
+    uint32_t len = 0;
+    std::memcpy(&len, buf.data() + kMagic.size() + 4, 4);  // little-endian, as x86
+    std::size_t at = buf.size();
+    if (len <= kMaxHeaderBytes && take(len + 4)) {
+      json h = json::parse(buf.substr(at, len), nullptr, false);
+      if (h.is_object() && h.contains("estimated_bytes") && h["estimated_bytes"].is_number_unsigned())
+        *expected = h["estimated_bytes"].get<uint64_t>();
+    }
+  }
+  if (!buf.empty() && !sys::write_all(out, buf)) return false;
+  *bytes += buf.size();
+  return true;
+}
+
 struct Sent {
   std::string name, parent;  // parent "" for a full copy
   std::string remote_name;   // the name it has on the peer
@@ -628,6 +662,10 @@ Sent copy_one(const RemoteArgs& a, Local& local, const Peer& peer, const std::st
   if (!a.max_size.empty()) verb.insert(verb.end(), {"--max-size", a.max_size});
   auto ssh = peer.argv(verb);
   auto send = send_args(a, local, name, s.parent);
+  Progress prog("sent", a.progress);
+  // On a terminal the line has an ETA: the sender measures the data first
+  // (a metadata-only send) and puts the size in the stream's header.
+  if (prog.on_terminal()) send.push_back("--estimate");
   local.release();
 
   int from_send[2], to_ssh[2];
@@ -640,7 +678,12 @@ Sent copy_one(const RemoteArgs& a, Local& local, const Peer& peer, const std::st
   pid_t receiver = Peer::spawn(ssh, to_ssh[0], 2);
   ::close(to_ssh[0]);
   bool broken = false;
-  for (;;) {
+  uint64_t expected = 0;
+  if (prog.on_terminal()) {
+    broken = !pass_preamble(from_send[0], to_ssh[1], &s.bytes, &expected);
+    prog.restart(s.bytes);
+  }
+  while (!broken) {
     ssize_t n = ::splice(from_send[0], nullptr, to_ssh[1], nullptr, 1 << 20, SPLICE_F_MOVE);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) {
@@ -649,9 +692,11 @@ Sent copy_one(const RemoteArgs& a, Local& local, const Peer& peer, const std::st
     }
     if (n == 0) break;
     s.bytes += static_cast<uint64_t>(n);
+    prog.update(s.bytes, expected);
   }
   ::close(to_ssh[1]);
   ::close(from_send[0]);
+  prog.done(s.bytes);
   if (broken) ::kill(sender, SIGTERM);
   int sst = Peer::reap(sender);
   int rst = Peer::reap(receiver);
@@ -801,6 +846,9 @@ RemoteCommands add_remote_commands(CLI::App& app, RemoteArgs& a) {
     s->add_option("--ssh", a.ssh, "the ssh command (default $HOODY_SSH or ssh)");
     s->add_option("--max-size", a.max_size, "refuse a stream above this many bytes on the peer");
     s->add_option("--remote-hoody-snap", a.remote_snap, "hoody-snap on the peer (default hoody-snap)");
+    s->add_flag("!--no-progress", a.progress,
+                "no progress line on stderr (default: bytes, rate and ETA redrawn on a "
+                "terminal, one line a minute otherwise)");
   }
   c.serve = app.add_subcommand(
       "serve", "the peer's side of copy and sync: the forced command of an authorized_keys line");

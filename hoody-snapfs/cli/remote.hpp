@@ -23,6 +23,7 @@ struct RemoteArgs {
   std::vector<std::string> verb;  // serve: VERB ARGS (without a forced command)
   std::vector<std::string> allow;  // serve: containers the peer may name (all when empty)
   std::string remote_snap;    // the peer's hoody-snap (default "hoody-snap")
+  bool progress = true;       // copy, sync: the progress line on stderr
 };
 
 struct RemoteCommands {

@@ -225,9 +225,16 @@ TEST_CASE("copy: full, then incremental (far fewer bytes), content identical on 
   write_file(w.storage_a + "/old.txt", "old\n");
   w.create_a("s1");
 
-  ExitInfo full = w.snap_a(w.copy_args("s1"));
+  // On a terminal (script(1) gives the copy a pty) a progress line is redrawn
+  // in place: bytes, rate, the size the sender estimated, an ETA.
+  std::string cmd = sh_quote(snap_bin());
+  for (auto& x : w.copy_args("s1")) cmd += " " + sh_quote(x);
+  ExitInfo full = w.servers->run_a({"script", "-qec", cmd, "/dev/null"}, 180s);
   REQUIRE_MESSAGE(full.ok(), full.describe() << "\n" << w.servers->sshd_log());
   MESSAGE("full: " << full.output);
+  CHECK(full.output.find("\r\033[Ksent ") != std::string::npos);
+  CHECK(full.output.find(" of ~") != std::string::npos);
+  CHECK(full.output.find(", ETA ") != std::string::npos);
   CHECK(full.output.find("copied s1") != std::string::npos);
   CHECK(full.output.find("full") != std::string::npos);
   uint64_t b1 = bytes_of(full.output);
@@ -259,6 +266,8 @@ TEST_CASE("copy: full, then incremental (far fewer bytes), content identical on 
   REQUIRE_MESSAGE(incr.ok(), incr.describe());
   MESSAGE("incremental: " << incr.output);
   CHECK(incr.output.find("incremental from s1") != std::string::npos);
+  // Not a terminal, and shorter than a minute: no progress line.
+  CHECK(incr.output.find("hoody-snap: sent") == std::string::npos);
   uint64_t b2 = bytes_of(incr.output);
   CHECK(b2 > 0);
   CHECK(b2 * 50 < b1);

@@ -52,14 +52,6 @@ void write_file(const std::string& path, const std::string& data, mode_t mode = 
   ::chmod(path.c_str(), mode);
 }
 
-std::string sh_quote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) {
-    if (c == '\'') out += "'\\''";
-    else out += c;
-  }
-  return out + "'";
-}
 
 // bash -c with pipefail: the first failing command's status.
 ExitInfo sh(const std::string& cmd, std::chrono::milliseconds timeout = 120s) {

@@ -98,6 +98,15 @@ ExitInfo run(const std::vector<std::string>& argv, std::chrono::milliseconds tim
       ChildOptions{false, timeout});
 }
 
+std::string sh_quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) {
+    if (c == '\'') out += "'\\''";
+    else out += c;
+  }
+  return out + "'";
+}
+
 std::string run_checked(const std::vector<std::string>& argv, std::chrono::milliseconds timeout) {
   ExitInfo e = run(argv, timeout);
   if (!e.ok()) {

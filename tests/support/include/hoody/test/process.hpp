@@ -34,6 +34,8 @@ ExitInfo run(const std::vector<std::string>& argv, std::chrono::milliseconds tim
 // run() and throw std::runtime_error with the output when it does not exit 0.
 std::string run_checked(const std::vector<std::string>& argv,
                         std::chrono::milliseconds timeout = 60s);
+// s as one word of a sh command line: 'it'\''s'.
+std::string sh_quote(const std::string& s);
 
 struct ChildOptions {
   bool as_nobody = false;  // setgroups({}), setresgid/setresuid(65534) before fn
