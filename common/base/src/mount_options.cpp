@@ -143,7 +143,7 @@ OptionTable OptionTable::generic() {
       .add({"io", OptKind::choice, "backing I/O engine", {"uring", "sync"}})
       .add({"transport", OptKind::choice,
             "how requests reach the daemon: uring (FUSE over io_uring where the kernel "
-            "offers it, else /dev/fuse) or dev (/dev/fuse; the default)",
+            "offers it, else /dev/fuse; the default) or dev (/dev/fuse only)",
             {"uring", "dev"}})
       .add({"uring_depth", OptKind::uint, "ring entries per CPU queue at start (default 8)"})
       .add({"log_level", OptKind::choice, "log level",

@@ -78,7 +78,7 @@ int daemon_main(int argc, char** argv, const DaemonSpec& spec) {
   sc.single_thread = args.single_thread;
   sc.max_threads = static_cast<unsigned>(args.uint("max_threads", 0));
   sc.clone_fd = !args.flag("noclone_fd");
-  sc.transport = args.str("transport", "dev");
+  sc.transport = args.str("transport", "uring");
   sc.uring_depth = static_cast<unsigned>(std::max<uint64_t>(1, args.uint("uring_depth", 8)));
   sc.on_mounted = [&fs](fuse_session* se) { fs->attached(se); };
   sc.tmpfile_errno = fs->tmpfile_errno();

@@ -80,6 +80,32 @@ TEST_CASE("transport: --status names the transport in use") {
   CHECK(served > 0);  // the requests above came through the ring
 }
 
+TEST_CASE("transport: uring is the default where the kernel offers it") {
+  // The rig names the transport for every daemon from $HOODY_TEST_TRANSPORT;
+  // without it the daemon's own default shows (and the rig turns the
+  // kernel's parameter on, as hoody-up and the units do).
+  std::string saved = test_transport();
+  ::unsetenv("HOODY_TEST_TRANSPORT");
+  struct Back {
+    std::string v;
+    ~Back() {
+      if (!v.empty()) ::setenv("HOODY_TEST_TRANSPORT", v.c_str(), 1);
+    }
+  } back{saved};
+  Mounted m;
+  Db db = open_db(m.mnt + "/t.db", 0);
+  exec(db.get(), "CREATE TABLE x(a); INSERT INTO x VALUES (1)");
+  auto st = status_of(m.mnt);
+  MESSAGE("transport: " << st["transport"].dump());
+  CHECK(st["transport"]["requested"] == "uring");
+  if (uring_param() != "Y") {
+    if (in_ci()) FAIL("FUSE over io_uring is not available: " << st["transport"].dump());
+    CHECK(st["transport"]["name"] == "dev");
+    return;
+  }
+  CHECK(st["transport"]["name"] == "uring");
+}
+
 TEST_CASE("transport: with enable_uring off, uring falls back to /dev/fuse with one line") {
   if (!expect_uring() || uring_param() != "Y") return;  // nothing to switch off
   REQUIRE(set_uring_param("0"));

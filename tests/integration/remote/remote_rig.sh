@@ -47,6 +47,16 @@ rig_require() {
     echo "SKIP: missing ${missing[*]} (scripts/install-deps.sh)" >&2
     exit 77
   fi
+  # The daemons' default transport is FUSE over io_uring: the rig turns the
+  # kernel's parameter on, as hoody-up and tests/support's Daemon do.
+  if [ "${HOODY_TEST_TRANSPORT:-}" = uring ] &&
+     ! echo 1 2>/dev/null >/sys/module/fuse/parameters/enable_uring; then
+    if [ "${CI:-}" = true ]; then
+      echo "FAIL: HOODY_TEST_TRANSPORT=uring: cannot turn on enable_uring" >&2
+      exit 1
+    fi
+    rig_note "FUSE over io_uring is not available: the daemons run on /dev/fuse"
+  fi
 }
 
 rig_enter() {  # rig_enter A|B CMD...

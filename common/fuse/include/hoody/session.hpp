@@ -25,8 +25,8 @@ struct SessionConfig {
   bool clone_fd = true;
   // "uring": FUSE over io_uring where the kernel offers it (one queue per
   // CPU, served by a pinned ring thread; see fuse_uring.hpp), else /dev/fuse
-  // with one info line saying why.  "dev": /dev/fuse only.
-  std::string transport = "dev";
+  // with one info line saying why (the default).  "dev": /dev/fuse only.
+  std::string transport = "uring";
   unsigned uring_depth = 8;                // ring entries per CPU at start
   // Called once the session is mounted, before the loop (optional).
   std::function<void(fuse_session*)> on_mounted;
