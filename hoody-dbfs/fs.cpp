@@ -18,7 +18,6 @@
 #include "hoody/mount_options.hpp"
 #include "hoody/names.hpp"
 #include "hoody/sys.hpp"
-#include "status.hpp"
 
 namespace hoody::dbfs {
 
@@ -63,8 +62,8 @@ Fs::~Fs() = default;
 Status Fs::start(std::string* why) {
   HOODY_CHECK(open_source(why));
   HOODY_CHECK(lock_source(why));
-  // Both sockets listen before the mount appears (their threads start in attached()).
-  status_ = std::make_unique<StatusServer>(dcfg_.mountpoint);
+  // The control socket listens before the mount appears (its thread starts
+  // in attached()); so does daemon_main's status socket.
   control_ = std::make_unique<ControlServer>(dcfg_.core.source);
   return {};
 }
@@ -72,7 +71,6 @@ Status Fs::start(std::string* why) {
 void Fs::attached(fuse_session* se) {
   se_ = se;
   locks_.emplace(dcfg_.locks);
-  status_->run([this] { return status_json(); });
   ControlServer::Target t;
   t.locks = &*locks_;
   t.source_replaced = [this] { return source_replaced(); };
@@ -189,11 +187,10 @@ std::string Fs::database_name(const std::string& domain) {
 
 fuse_lowlevel_ops Fs::ops() { return make_ops({.posix_locks = true, .flock = true}); }
 
-std::string Fs::status_json() {
+nlohmann::json Fs::status() {
   nlohmann::json j;
   j["mountpoint"] = dcfg_.mountpoint;
   j["source"] = dcfg_.core.source;
-  j["pid"] = ::getpid();
   j["io"] = config().io;
   j["epoch"] = epoch();
   j["quiesced"] = locks_->quiesced();
@@ -203,30 +200,7 @@ std::string Fs::status_json() {
   j["locks"] = nlohmann::json::parse(locks_->stats_json());
   j["state"] = nlohmann::json::parse(locks_->state_json());
   j["threads_started_after_daemonize"] = true;
-  auto tr = fuse_transport_info();
-  nlohmann::json jt;
-  jt["name"] = tr.name;
-  jt["requested"] = tr.requested;
-  if (!tr.reason.empty()) jt["reason"] = tr.reason;
-  if (tr.name == "uring") {
-    jt["depth"] = tr.depth;
-    for (auto& q : tr.queues)
-      jt["queues"].push_back({{"qid", q.qid},
-                              {"requests", q.requests},
-                              {"entries", q.entries},
-                              {"parked", q.parked},
-                              {"parked_max", q.parked_max},
-                              {"kicks", q.kicks},
-                              {"dispatch_ns", q.dispatch_ns},
-                              {"lock_dispatch_ns", q.lock_dispatch_ns}});
-  }
-  // Requests received by opcode, both transports (what a workload costs in
-  // round trips: tests count GETXATTR after WRITE, LOOKUP per transaction).
-  nlohmann::json ops = nlohmann::json::object();
-  for (auto& [name, n] : fuse_request_counts()) ops[name] = n;
-  jt["ops"] = ops;
-  j["transport"] = jt;
-  return j.dump(2);
+  return j;
 }
 
 void Fs::on_entry(pt::Inode& parent, pt::Inode& child, const char* name) {

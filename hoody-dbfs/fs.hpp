@@ -3,8 +3,8 @@
 // The passthrough core over the backing directory, plus what makes SQLite
 // safe to share: one daemon per backing directory (a second one refuses to
 // start), the lock manager that answers the POSIX and flock requests
-// (ops/lock.cpp), the classification of SQLite files it needs, and a status
-// socket with the lock counters.
+// (ops/lock.cpp), the classification of SQLite files it needs, and the lock
+// counters that --status shows.
 #pragma once
 
 #include <atomic>
@@ -25,13 +25,12 @@
 
 namespace hoody::dbfs {
 
-class StatusServer;
 class ControlServer;
 
 struct Config {
   pt::Config core;
   lock::Config locks;
-  std::string mountpoint;  // absolute; names the status socket
+  std::string mountpoint;  // absolute
 };
 
 OptionTable options();
@@ -49,7 +48,7 @@ public:
   // The core clears setuid/setgid itself (pt::kill_suidgid); splice_read
   // would hide the kill flags from the request hook.
   bool handle_killpriv_v2() override { return !config().splice_read; }
-  // After fuse_daemonize: starts the threads (lock manager timer, status
+  // After fuse_daemonize: starts the threads (lock manager timer, control
   // socket, source watch); threads made before the fork would be lost.
   void attached(fuse_session* se) override;
   // The session ends: no kernel notification may use it any more.
@@ -62,8 +61,9 @@ public:
   void flock(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, int op) override;
 
   lock::LockManager& locks() { return *locks_; }
-  // Everything --status prints, as JSON text.
-  std::string status_json();
+  // What --status prints beyond every daemon's part (daemon_main adds the
+  // program, pid and transport): the lock counters, tokens and waiters.
+  nlohmann::json status() override;
 
   // The subvolume at SOURCE was replaced (a restore): serve the new one, make
   // every inode and file of the old tree stale, retire their locks, drop the
@@ -123,7 +123,6 @@ private:
   std::mutex meta_mu_;
   std::unordered_map<fuse_ino_t, FileMeta> meta_;
   std::unordered_map<std::string, fuse_ino_t> db_of_domain_;  // domain -> its database file
-  std::unique_ptr<StatusServer> status_;
   std::atomic<fuse_session*> se_{nullptr};
   // Serializes source_replaced() (control thread, watch thread).  Taken by no
   // request handler: the kernel notifications it makes may wait for requests.

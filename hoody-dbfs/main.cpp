@@ -5,16 +5,8 @@
 #include <vector>
 
 #include "fs.hpp"
-#include "status.hpp"
 
 int main(int argc, char** argv) {
-  if (argc >= 2 && std::strcmp(argv[1], "--status") == 0) {
-    if (argc != 3) {
-      std::fprintf(stderr, "usage: hoody-dbfs --status MOUNTPOINT\n");
-      return 2;
-    }
-    return hoody::dbfs::status_client(argv[2]);
-  }
   // Databases are never a way to run setuid programs or reach device nodes:
   // nosuid,nodev always, given first so they are in every mount (a suid or
   // dev given too is dropped: kernel_mount_options).

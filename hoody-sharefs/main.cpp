@@ -15,7 +15,9 @@ int main(int argc, char** argv) {
       "hoody-sharefs",
       "Serves the shares container C received at MOUNTPOINT: NAME/ for each accepted\n"
       "share, .pending/NAME for offers (mv up to accept, rmdir to reject),\n"
-      ".hoody/shares.json. POOL holds shares.db and containers/. See hoody-sharefs(8).",
+      ".hoody/shares.json. POOL holds shares.db and containers/. See hoody-sharefs(8).\n"
+      "`hoody-sharefs --status MOUNTPOINT` prints a running daemon's transport and\n"
+      "request counts.",
       hoody::sharefs::options(),
       [](const hoody::MountArgs& a) -> std::unique_ptr<hoody::DaemonFs> {
         return std::make_unique<hoody::sharefs::Fs>(hoody::sharefs::config_from(a));

@@ -52,7 +52,8 @@ int main(int argc, char** argv) {
       "hoody-snapfs",
       "Serves the BTRFS snapshots of the container directory SOURCE at MOUNTPOINT: mkdir\n"
       "takes a snapshot, rmdir deletes one, mv renames, .hoody/restore restores. See\n"
-      "hoody-snapfs(8).",
+      "hoody-snapfs(8). `hoody-snapfs --status MOUNTPOINT` prints a running daemon's\n"
+      "transport and request counts.",
       hoody::snapfs::options(),
       [](const hoody::MountArgs& a) -> std::unique_ptr<hoody::DaemonFs> {
         return std::make_unique<hoody::snapfs::Fs>(hoody::snapfs::config_from(a));

@@ -243,6 +243,21 @@ TEST_CASE("sharefs: the root, accept with mv, reject with rmdir, leave, shares.j
   CHECK(line.find("default_permissions") != std::string::npos);
 }
 
+TEST_CASE("sharefs: --status names the container's daemon and the transport in use") {
+  require_mount_capabilities();
+  Pool p;
+  auto m2 = p.mount("c2");
+  CHECK(exists(m2 + "/.pending"));
+  ExitInfo e = run({sharefs_exe(), "--status", m2}, 10s);
+  REQUIRE_MESSAGE(e.ok(), e.describe());
+  auto j = nlohmann::json::parse(e.output);
+  CHECK(j["program"] == "hoody-sharefs");
+  CHECK(j["pid"].get<pid_t>() == p.daemons.back()->pid());
+  CHECK(j["mountpoint"] == m2);
+  CHECK(j["transport"]["name"] == expected_transport());
+  CHECK(j["transport"]["ops"]["LOOKUP"].get<std::uint64_t>() > 0);
+}
+
 TEST_CASE("sharefs: changes reach a running mount within 100 ms; a project share reaches a member that joins later") {
   require_mount_capabilities();
   Pool p;

@@ -143,6 +143,26 @@ TEST_CASE("refuses to start on a missing or non-BTRFS source, with one line") {
   CHECK_FALSE(is_mounted(mnt));
 }
 
+TEST_CASE("--status: program, pid, source and the transport in use; one line where none serves") {
+  require_mount_capabilities();
+  Snapfs s;
+  struct stat st;
+  REQUIRE(::stat((s.mnt + "/.hoody").c_str(), &st) == 0);
+  ExitInfo e = run({snapfs_bin(), "--status", s.mnt}, 10s);
+  REQUIRE_MESSAGE(e.ok(), e.describe());
+  auto j = nlohmann::json::parse(e.output);
+  CHECK(j["program"] == "hoody-snapfs");
+  CHECK(j["pid"].get<pid_t>() == s.daemon->pid());
+  CHECK(j["mountpoint"] == s.mnt);
+  CHECK(j["transport"]["name"] == expected_transport());
+  CHECK(j["transport"]["ops"]["LOOKUP"].get<std::uint64_t>() > 0);  // the stat above
+  // A directory no hoody-snapfs serves: exit 1 and one line that says so.
+  ExitInfo none = run({snapfs_bin(), "--status", s.storage}, 10s);
+  CHECK(none.exit_code == 1);
+  CHECK_MESSAGE(none.output.find("no hoody-snapfs serves") != std::string::npos, none.output);
+  CHECK(run({snapfs_bin(), "--status"}, 10s).exit_code == 2);
+}
+
 TEST_CASE("mkdir takes a snapshot that is visible at once; concurrent mkdir: exactly one wins") {
   require_mount_capabilities();
   Snapfs fs;

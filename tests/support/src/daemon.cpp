@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <stdexcept>
 #include <utility>
 #include <thread>
@@ -51,6 +52,14 @@ bool is_hoody_daemon(const std::string& program) {
 std::string test_transport() {
   const char* t = std::getenv("HOODY_TEST_TRANSPORT");
   return t && *t ? t : "";
+}
+
+std::string expected_transport() {
+  if (test_transport() == "dev") return "dev";
+  std::ifstream f("/sys/module/fuse/parameters/enable_uring");
+  std::string v;
+  f >> v;
+  return v == "Y" ? "uring" : "dev";
 }
 
 void enable_fuse_uring() {

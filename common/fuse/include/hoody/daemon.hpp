@@ -10,6 +10,7 @@
 
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "hoody/mount_options.hpp"
@@ -36,6 +37,10 @@ public:
   // Whether the daemon clears setuid, setgid and file capabilities itself on
   // write, truncate and chown (SessionConfig::handle_killpriv_v2).
   virtual bool handle_killpriv_v2() { return false; }
+  // What `--status` shows of this daemon beyond what every daemon shows
+  // (program, pid, source, mountpoint, transport): a JSON object, read on
+  // the status socket's thread while the session runs.
+  virtual nlohmann::json status() { return nlohmann::json::object(); }
 };
 
 struct DaemonSpec {

@@ -56,9 +56,13 @@ private:
 };
 
 // $HOODY_TEST_TRANSPORT: the FUSE transport every hoody daemon started by
-// Daemon gets as -o transport= ("" when unset: the daemon's default, dev).  The tests run on both (meson suites "X" and
-// "X-dev").
+// Daemon gets as -o transport= ("" when unset: the daemon's default, uring).
+// The tests run on both (meson suites "X" on uring and "X-dev").
 std::string test_transport();
+
+// What a hoody daemon started by Daemon serves with: "dev" when dev is asked
+// for or the kernel's enable_uring is off, else "uring".
+std::string expected_transport();
 
 // Turns on FUSE over io_uring (/sys/module/fuse/parameters/enable_uring);
 // throws under CI=true when HOODY_TEST_TRANSPORT=uring and that fails.

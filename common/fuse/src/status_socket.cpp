@@ -1,4 +1,4 @@
-#include "status.hpp"
+#include "hoody/status_socket.hpp"
 
 #include <limits.h>
 #include <poll.h>
@@ -14,14 +14,15 @@
 #include "hoody/log.hpp"
 #include "hoody/sys.hpp"
 
-namespace hoody::dbfs {
+namespace hoody {
 
 namespace {
 
-socklen_t socket_address(const std::string& mountpoint, sockaddr_un* addr) {
+socklen_t socket_address(const std::string& program, const std::string& mountpoint,
+                         sockaddr_un* addr) {
   std::memset(addr, 0, sizeof *addr);
   addr->sun_family = AF_UNIX;
-  std::string name = "hoody-dbfs:" + mountpoint;
+  std::string name = program + ":" + mountpoint;
   if (name.size() > sizeof(addr->sun_path) - 1) name.resize(sizeof(addr->sun_path) - 1);
   // Abstract namespace: sun_path[0] == '\0', no file to clean up after a crash.
   std::memcpy(addr->sun_path + 1, name.data(), name.size());
@@ -35,11 +36,11 @@ std::string absolute(const std::string& p) {
 
 }  // namespace
 
-StatusServer::StatusServer(std::string mountpoint) {
+StatusServer::StatusServer(const std::string& program, const std::string& mountpoint) {
   auto log = log::get("fuse");
   int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_un addr;
-  socklen_t len = socket_address(mountpoint, &addr);
+  socklen_t len = socket_address(program, mountpoint, &addr);
   if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), len) < 0 || ::listen(fd, 8) < 0) {
     log->warn("status socket for {}: {} (--status will not work)", mountpoint, std::strerror(errno));
     if (fd >= 0) ::close(fd);
@@ -86,14 +87,14 @@ void StatusServer::serve() {
   }
 }
 
-int status_client(const std::string& mountpoint_arg) {
+int status_client(const std::string& program, const std::string& mountpoint_arg) {
   std::string mountpoint = absolute(mountpoint_arg);
   UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   sockaddr_un addr;
-  socklen_t len = socket_address(mountpoint, &addr);
+  socklen_t len = socket_address(program, mountpoint, &addr);
   if (!fd || ::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), len) < 0) {
-    std::fprintf(stderr, "hoody-dbfs: no hoody-dbfs serves %s (%s)\n", mountpoint.c_str(),
-                 std::strerror(errno));
+    std::fprintf(stderr, "%s: no %s serves %s (%s)\n", program.c_str(), program.c_str(),
+                 mountpoint.c_str(), std::strerror(errno));
     return 1;
   }
   char buf[65536];
@@ -105,4 +106,4 @@ int status_client(const std::string& mountpoint_arg) {
   return 0;
 }
 
-}  // namespace hoody::dbfs
+}  // namespace hoody
