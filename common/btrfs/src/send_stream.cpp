@@ -1,7 +1,10 @@
 #include "hoody/send_stream.hpp"
 
 #include <endian.h>
+#include <fcntl.h>
 #include <linux/btrfs.h>
+#include <linux/openat2.h>
+#include <sys/stat.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
@@ -436,7 +439,9 @@ public:
     }
   }
 
-  std::vector<Change> changes() {
+  // times_changed(path): whether an entry whose only change is a utimes
+  // command changed more than its atime (unset: every utimes counts).
+  std::vector<Change> changes(const std::function<bool(const std::string&)>& times_changed = {}) {
     std::set<std::tuple<std::string, int, std::string>> out;  // path, kind, to
     auto add = [&](ChangeKind k, const std::string& path, const std::string& to = {}) {
       out.emplace(path, static_cast<int>(k), to);
@@ -457,7 +462,8 @@ public:
         } else if (d->orig_dir != dir.get() || d->orig_name != name) {
           add(ChangeKind::renamed, *d->orig_path, path);
           if (ino.data || ino.meta) add(ChangeKind::modified, path);
-        } else if (ino.data || ino.meta || ino.times) {
+        } else if (ino.data || ino.meta ||
+                   (ino.times && (!times_changed || times_changed(path)))) {
           add(ChangeKind::modified, path);
         }
         if (!d->inode->children.empty()) stack.emplace_back(path, d->inode);
@@ -542,7 +548,26 @@ Result<std::vector<Change>> diff_subvolumes(int old_fd, int new_fd) {
   HOODY_TRY(version, parse_each(bytes, [&](Command&& c) { ns.apply(c); }));
   (void)version;
   bytes = {};
-  return ns.changes();
+  // btrfs send emits utimes for an inode whose atime alone moved (a read on
+  // a relatime mount): that is no change of the file.  Only mtime or ctime
+  // moving makes one; both trees are read beneath their roots, never
+  // through a symlink (the paths are user data).
+  auto times_changed = [&](const std::string& path) {
+    auto stat_in = [&](int root) -> std::optional<struct stat> {
+      auto fd = sys::open_beneath(root, path.c_str(), O_PATH | O_NOFOLLOW, 0, RESOLVE_NO_SYMLINKS);
+      if (!fd) return std::nullopt;
+      auto st = sys::fstatat(fd->get(), "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
+      if (!st) return std::nullopt;
+      return *st;
+    };
+    auto a = stat_in(old_fd), b = stat_in(new_fd);
+    if (!a || !b) return true;  // cannot tell: say it changed
+    auto same = [](const timespec& x, const timespec& y) {
+      return x.tv_sec == y.tv_sec && x.tv_nsec == y.tv_nsec;
+    };
+    return !same(a->st_mtim, b->st_mtim) || !same(a->st_ctim, b->st_ctim);
+  };
+  return ns.changes(times_changed);
 }
 
 }  // namespace hoody::send

@@ -2,6 +2,7 @@
 // readers, interruptible while it waits, bounded in memory, and filtered by
 // what the reader could reach in the trees (issue 7, items 3 and 6).
 #include <doctest/doctest.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -219,6 +220,42 @@ TEST_CASE("diff: each reader sees only the paths it can reach in the tree(s) whe
   CHECK(slurp(fs.at(".hoody/diff/a..b")) == as_root);
   CHECK(fs.computations() == 4);
   CHECK(slurp(fs.at(".hoody/diff/b..b2")) == "");
+}
+
+TEST_CASE("diff: a read (only atime moves) is no change; a write, a chmod and a touch are") {
+  require_mount_capabilities();
+  Snapfs fs;
+  auto s = fs.storage;
+  for (const char* f : {"read", "written", "chmodded", "touched"}) write_file(s + "/" + f, "1\n");
+  ::mkdir((s + "/listed").c_str(), 0755);
+  write_file(s + "/listed/x", "x\n");
+  fs.start();
+  REQUIRE(::mkdir(fs.at("a").c_str(), 0755) == 0);
+  // relatime (the pool's mount): the first read after a write moves atime.
+  struct stat before {}, after {};
+  REQUIRE(::stat((s + "/read").c_str(), &before) == 0);
+  CHECK(slurp(s + "/read") == "1\n");
+  DIR* d = ::opendir((s + "/listed").c_str());
+  REQUIRE(d);
+  while (::readdir(d)) {
+  }
+  ::closedir(d);
+  REQUIRE(::stat((s + "/read").c_str(), &after) == 0);
+  REQUIRE_MESSAGE(after.st_atim.tv_sec * 1000000000L + after.st_atim.tv_nsec >
+                      before.st_atim.tv_sec * 1000000000L + before.st_atim.tv_nsec,
+                  "the read did not move atime: nothing to test");
+  write_file(s + "/written", "2\n");
+  ::chmod((s + "/chmodded").c_str(), 0600);
+  struct timespec mtime[2] = {{0, UTIME_OMIT}, {1000000, 0}};
+  REQUIRE(::utimensat(AT_FDCWD, (s + "/touched").c_str(), mtime, 0) == 0);
+  REQUIRE(::mkdir(fs.at("b").c_str(), 0755) == 0);
+
+  auto diff = slurp(fs.at(".hoody/diff/a..b"));
+  MESSAGE(diff);
+  CHECK(diff.find("storage/read") == std::string::npos);
+  CHECK(diff.find("storage/listed") == std::string::npos);
+  for (const char* l : {"M storage/written\n", "M storage/chmodded\n", "M storage/touched\n"})
+    CHECK_MESSAGE(diff.find(l) != std::string::npos, l, " in:\n", diff);
 }
 
 TEST_CASE("diff: 40 concurrent readers of a large diff share one computation and one buffer") {
