@@ -1072,6 +1072,20 @@ TEST_CASE("write, truncate and chown clear setuid, setgid and capabilities as na
       o.rc(f, write_file(t / f, "data", O_TRUNC, 0666)).rc("chmod", ::chmod((t / f).c_str(), 0666));
       o.rc("setcap", set_cap(t / f)).val("cap", cap_of(t / f));
     }
+    // nobody's files in root's group: its chgrp is by a caller outside the
+    // file's group, without CAP_FSETID.
+    for (auto& [name, mode] : kFiles) {
+      std::string f = t / (std::string("n.") + name);
+      o.rc(name, write_file(f, "data", O_TRUNC, 0666))
+          .rc("chown", ::chown(f.c_str(), kNobodyUid, 0))
+          .rc("chmod", ::chmod(f.c_str(), mode));
+    }
+  });
+  p.check_as_nobody("chgrp by the owner outside the file's group", [&](const Tree& t, Trace& o) {
+    for (auto& [name, mode] : kFiles) {
+      std::string f = t / (std::string("n.") + name);
+      o.stat("before", f).rc(name, ::chown(f.c_str(), static_cast<uid_t>(-1), kNobodyGid)).stat("after", f);
+    }
   });
   p.check_as_nobody("write by a caller without CAP_FSETID", [&](const Tree& t, Trace& o) {
     for (auto& [name, mode] : kFiles) {

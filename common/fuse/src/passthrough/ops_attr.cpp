@@ -5,6 +5,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
 #include <vector>
 
 #include "hoody/fuse_reply.hpp"
@@ -31,6 +35,37 @@ bool caller_in_group(fuse_req_t req, gid_t gid) {
     return n > 0 && std::find(all.begin(), all.begin() + n, gid) != all.begin() + n;
   }
   return n > 0 && std::find(groups, groups + n, gid) != groups + n;
+}
+
+// Whether id (as this daemon sees it) is mapped in the caller's user
+// namespace: /proc/PID/uid_map or gid_map, "inside outside count" lines.
+bool mapped(pid_t pid, const char* map, unsigned id) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/" + map);
+  unsigned long inside, outside, count;
+  while (f >> inside >> outside >> count)
+    if (id >= outside && id - outside < count) return true;
+  return false;
+}
+
+// Whether the caller of req has CAP_FSETID over the file (uid, gid), as the
+// kernel's capable_wrt_inode_uidgid decides: the capability in its
+// effective set, and both ids mapped in its user namespace.  Read from
+// /proc/PID/status; a caller that is gone has nothing.
+bool caller_has_fsetid(fuse_req_t req, uid_t uid, gid_t gid) {
+  pid_t pid = fuse_req_ctx(req)->pid;
+  if (pid <= 0) return false;
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  unsigned long long eff = 0;
+  bool found = false;
+  while (std::getline(f, line))
+    if (line.rfind("CapEff:", 0) == 0) {
+      found = std::sscanf(line.c_str() + 7, "%llx", &eff) == 1;
+      break;
+    }
+  constexpr int kCapFsetid = 4;
+  return found && (eff >> kCapFsetid & 1) && mapped(pid, "uid_map", uid) &&
+         mapped(pid, "gid_map", gid);
 }
 }  // namespace
 
@@ -93,8 +128,22 @@ void PassthroughFs::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, i
     if (valid & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
       uid_t uid = (valid & FUSE_SET_ATTR_UID) ? attr->st_uid : static_cast<uid_t>(-1);
       gid_t gid = (valid & FUSE_SET_ATTR_GID) ? attr->st_gid : static_cast<gid_t>(-1);
+      HOODY_TRY(before, sys::fstatat(ifd.get(), "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW));
       if (::fchownat(ifd.get(), "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
         return fail(Errno::last());
+      // The backing chown is this daemon's (CAP_FSETID): it dropped setuid
+      // and a group-exec setgid, as any chown does.  A setgid without
+      // group-exec (the mandatory-locking mark) goes too when the caller is
+      // outside the file's group and lacks CAP_FSETID (setattr_should_drop_sgid,
+      // on the file as it was).
+      mode_t m = before.st_mode;
+      if (S_ISREG(m) && (m & S_ISGID) && !(m & S_IXGRP) && !caller_in_group(req, before.st_gid) &&
+          !caller_has_fsetid(req, before.st_uid, before.st_gid)) {
+        HOODY_TRY(now, sys::fstatat(ifd.get(), "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW));
+        if ((now.st_mode & S_ISGID) &&
+            ::fchmodat(AT_FDCWD, via_proc(ifd.get()).c_str(), now.st_mode & 07777 & ~S_ISGID, 0) < 0)
+          return fail(Errno::last());
+      }
     }
     if (valid & FUSE_SET_ATTR_SIZE) {
       int r = fh >= 0 ? ::ftruncate(fh, attr->st_size)
@@ -103,10 +152,8 @@ void PassthroughFs::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, i
     }
     // FATTR_KILL_SUIDGID (libfuse's FUSE_SET_ATTR_KILL_SUID, bit 11), with
     // handle_killpriv_v2: a truncate by a caller without CAP_FSETID.  The
-    // kernel also sends it with every chown; there the backing fchownat above
-    // has done what a native chown does (setuid, setgid with group-exec and
-    // capabilities dropped), and a non-group-exec setgid stays, as for a
-    // caller with CAP_FSETID or in the file's group.
+    // kernel also sends it with every chown; there the code above has done
+    // what a native chown does.
     if ((valid & FUSE_SET_ATTR_KILL_SUID) &&
         !(valid & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)))
       HOODY_CHECK(fh >= 0 ? kill_suidgid(req, fh, false) : kill_suidgid(req, ifd.get(), true));
