@@ -171,7 +171,7 @@ void Fs::watch_loop() {
   uint64_t gen = UINT64_MAX;
   while (!stop_.load()) {
     auto g = reg.generation();
-    if (g && (*g != gen || retry_.load())) {
+    if (g && (*g != gen || retry_.load() || !storage_replaced(reg).empty())) {
       auto t0 = std::chrono::steady_clock::now();
       if (auto s = sync(reg); !s) {
         lg->warn("op=sync container={} -> {}", scfg_.container, s.error().message());
@@ -230,6 +230,27 @@ Status Fs::sync(Registry& reg) {
     for (auto& [name, a] : accepted_) served.push_back({a.share.share_id, name, a.share.mode});
   }
   auto p = view::plan(served, now);
+  // The owner's storage was replaced (hoody-snapfs restored it): the share
+  // is served again from the restored subvolume, as a revoke and an accept.
+  // Files opened before fail as after a revoke (EACCES), never reach the
+  // old tree, whose subvolume the restore deletes (a write there would be lost).
+  for (auto& name : storage_replaced(reg)) {
+    auto it = std::find_if(now.begin(), now.end(), [&](auto& r) { return r.name == name; });
+    bool removed = std::any_of(p.remove.begin(), p.remove.end(), [&](auto& s) { return s.name == name; });
+    if (it == now.end() || removed) continue;
+    std::string owner;
+    {
+      std::lock_guard g(view_m_);
+      auto a = accepted_.find(name);
+      if (a == accepted_.end()) continue;
+      owner = a->second.share.owner;
+      p.remove.push_back({a->second.share.share_id, name, a->second.share.mode});
+    }
+    p.add.push_back(*it);
+    lg->warn("op=reserve container={} share={} owner={} -> the owner's storage was replaced (a "
+             "restore): served from the restored storage; files opened before fail (EACCES)",
+             scfg_.container, quote_name(name), owner);
+  }
   std::vector<Notice> notices;
   std::map<std::string, Accepted> accepted;
   {
@@ -293,13 +314,15 @@ Status Fs::sync(Registry& reg) {
                quote_name(r.name), r.owner, escape(why));
       continue;
     }
+    dev_t dev = 0;
+    if (auto st = sys::fstatat(storage->get(), "", AT_EMPTY_PATH)) dev = st->st_dev;
     auto id = add_root(std::move(*src), r.name, r.mode == Mode::ro, static_cast<uint64_t>(r.share_id));
     if (!id) {
       lg->warn("op=serve container={} share={} -> {}: not served", scfg_.container,
                quote_name(r.name), id.error().message());
       continue;
     }
-    accepted[r.name] = Accepted{r, *id, nullptr};
+    accepted[r.name] = Accepted{r, *id, nullptr, dev};
     lg->info("op=serve container={} share={} owner={} source={} mode={}", scfg_.container,
              quote_name(r.name), r.owner, escape(r.source), to_string(r.mode));
   }
@@ -322,6 +345,29 @@ Status Fs::sync(Registry& reg) {
   retry_ = retry;
   applied_gen_.fetch_add(1);
   return {};
+}
+
+std::vector<std::string> Fs::storage_replaced(Registry& reg) {
+  std::vector<std::pair<std::string, std::pair<std::string, dev_t>>> local;
+  {
+    std::lock_guard g(view_m_);
+    for (auto& [name, a] : accepted_)
+      if (!a.remote && a.storage_dev != 0) local.push_back({name, {a.share.owner, a.storage_dev}});
+  }
+  std::vector<std::string> out;
+  std::map<std::string, dev_t> now;  // owner -> its storage's st_dev (one open each)
+  for (auto& [name, od] : local) {
+    auto& [owner, dev] = od;
+    auto at = now.find(owner);
+    if (at == now.end()) {
+      dev_t d = 0;
+      if (auto fd = reg.open_storage(owner, nullptr))
+        if (auto st = sys::fstatat(fd->get(), "", AT_EMPTY_PATH)) d = st->st_dev;
+      at = now.emplace(owner, d).first;
+    }
+    if (at->second != 0 && at->second != dev) out.push_back(name);
+  }
+  return out;
 }
 
 // ---- policy -------------------------------------------------------------------

@@ -163,7 +163,13 @@ private:
     Received share;
     pt::RootId root = 0;
     std::shared_ptr<RemoteShare> remote;  // a share from another server (no root)
+    // The owner's storage subvolume it is served from (st_dev): a restore of
+    // the owner swaps in another one, and the share is served again from it.
+    dev_t storage_dev = 0;
   };
+  // Shares whose owner's storage is no longer the subvolume they are served
+  // from (a restore swapped it): their names.
+  std::vector<std::string> storage_replaced(Registry& reg);
   // What this container (or the export view) is given now.
   Result<std::vector<Received>> wanted(Registry& reg);
   std::map<std::string, Accepted> accepted_;  // by name

@@ -258,6 +258,56 @@ TEST_CASE("sharefs: --status names the container's daemon and the transport in u
   CHECK(j["transport"]["ops"]["LOOKUP"].get<std::uint64_t>() > 0);
 }
 
+TEST_CASE("sharefs: a restore of the owner's storage is served at once; a file open across it fails as after a revoke") {
+  require_mount_capabilities();
+  const char* snapfs = std::getenv("HOODY_SNAPFS");
+  REQUIRE_MESSAGE(snapfs, "HOODY_SNAPFS names hoody-snapfs (meson sets it)");
+  Pool p;
+  ::mkdir((p.storage("c1") + "/data").c_str(), 0755);
+  write_file(p.storage("c1") + "/data/f", "before\n");
+  p.offer("ds", "data", "c2", Mode::rw);
+  auto m2 = p.mount("c2");
+  REQUIRE(::rename((m2 + "/.pending/ds").c_str(), (m2 + "/ds").c_str()) == 0);
+  // c1's snapshots, as hoody-up serves them.
+  std::string snaps = p.btrfs.make_temp_dir("snapshots-c1");
+  Daemon snap({snapfs, "-f", "-o", "allow_other", p.path + "/containers/c1", snaps}, snaps,
+              p.btrfs.dir() + "/snapfs.log");
+  REQUIRE(::mkdir((snaps + "/s1").c_str(), 0755) == 0);
+  // After the snapshot c2 writes through the share, and keeps the file open.
+  write_file(m2 + "/ds/f", "after\n");
+  int held = ::open((m2 + "/ds/f").c_str(), O_RDWR);
+  REQUIRE(held >= 0);
+  CHECK(slurp(p.storage("c1") + "/data/f") == "after\n");
+
+  // c1 restores s1: its storage subvolume is swapped for a clone of s1's.
+  int ctl = ::open((snaps + "/.hoody/restore").c_str(), O_RDWR | O_TRUNC);
+  REQUIRE(ctl >= 0);
+  CHECK(::write(ctl, "s1\n", 3) == 3);
+  char result[4096] = {};
+  CHECK(::pread(ctl, result, sizeof result - 1, 0) > 0);
+  ::close(ctl);
+  // The restore names the daemon that still held the old storage.
+  CHECK_MESSAGE(std::string(result).find("hoody-sharefs") != std::string::npos, result);
+  auto t0 = Clock::now();
+  CHECK(slurp(p.storage("c1") + "/data/f") == "before\n");
+  // The share shows the restored storage within a second (the daemon looks
+  // every 200 ms)...
+  std::string seen;
+  while (Clock::now() - t0 < 2s && (seen = slurp(m2 + "/ds/f")) != "before\n")
+    std::this_thread::sleep_for(20ms);
+  CHECK(seen == "before\n");
+  MESSAGE("restored state shown after "
+          << std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count() << " ms");
+  // ... a file opened before fails (EACCES, as after a revoke) instead of
+  // writing into the old tree, whose subvolume the restore deletes ...
+  CHECK(err_of(static_cast<int>(::pwrite(held, "lost?", 5, 0))) == EACCES);
+  ::close(held);
+  // ... and what c2 writes now lands in c1's restored storage.
+  write_file(m2 + "/ds/g", "new\n");
+  CHECK(slurp(p.storage("c1") + "/data/g") == "new\n");
+  CHECK(slurp(m2 + "/ds/f") == "before\n");
+}
+
 TEST_CASE("sharefs: changes reach a running mount within 100 ms; a project share reaches a member that joins later") {
   require_mount_capabilities();
   Pool p;
