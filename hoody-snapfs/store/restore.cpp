@@ -18,6 +18,7 @@
 #include "hoody/mountinfo.hpp"
 #include "hoody/names.hpp"
 #include "hoody/sys.hpp"
+#include "share/change_signal.hpp"
 #include "store_detail.hpp"
 
 namespace hoody::snapfs {
@@ -50,6 +51,18 @@ bool mounted_beneath(const std::string& dir) {
 // the storage subvolume) shows the restored state, and the old subvolume can
 // go.  Mounts made in other mount namespaces cannot be seen from here: their
 // owner re-attaches them (hoody-up does, when run again).
+// Wakes the hoody-sharefs daemons of the pool (SOURCE/../.., when it has a
+// share registry): a share of this container's storage must be served from
+// the restored subvolume now, not at their next look (every 200 ms), so that
+// as little as possible is written into the old tree.
+void wake_share_daemons(int source_fd) {
+  auto pool = sys::openat(source_fd, "../..", O_PATH | O_DIRECTORY);
+  if (!pool) return;
+  struct stat st;
+  if (::fstatat(pool->get(), "shares.db", &st, 0) != 0) return;
+  if (auto sig = sharefs::ChangeSignal::open_for_pool(pool->get())) sig->publish();
+}
+
 void reattach_mounts(int source_fd, const std::string& work) {
   auto lg = log::get("snap");
   auto mounts = mountinfo::read();
@@ -313,6 +326,7 @@ Status SnapshotStore::restore(std::string_view name, const Caller& caller,
   }
   crash_point("restore", "committed");
   auto t_swap = std::chrono::steady_clock::now();
+  wake_share_daemons(source_.get());
 
   // 6. Each server follows: when replaced() returns it serves the restored
   // subvolume, has dropped every inode of the old tree and what the kernel
