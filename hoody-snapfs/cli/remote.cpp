@@ -608,14 +608,12 @@ bool pass_preamble(int in, int out, uint64_t* bytes, uint64_t* expected) {
     return true;
   };
   if (take(kMagic.size() + 8) && buf.compare(0, kMagic.size(), kMagic) == 0) {
-    uint32_t len = 0;
-    std::memcpy(&len, buf.data() + kMagic.size() + 4, 4);  // little-endian, as x86
+    uint32_t len = get_le32(reinterpret_cast<const unsigned char*>(buf.data()) + kMagic.size() + 4);
     std::size_t at = buf.size();
-    if (len <= kMaxHeaderBytes && take(len + 4)) {
-      json h = json::parse(buf.substr(at, len), nullptr, false);
-      if (h.is_object() && h.contains("estimated_bytes") && h["estimated_bytes"].is_number_unsigned())
-        *expected = h["estimated_bytes"].get<uint64_t>();
-    }
+    std::string why;
+    if (len <= kMaxHeaderBytes && take(len + 4))
+      if (auto h = header_from_json(json::parse(buf.substr(at, len), nullptr, false), &why))
+        *expected = h->estimated_bytes;
   }
   if (!buf.empty() && !sys::write_all(out, buf)) return false;
   *bytes += buf.size();

@@ -207,6 +207,10 @@ std::string encode_preamble(const Header& h) {
 
 std::string encode_trailer(uint64_t bytes) { return std::string(kTrailerMagic) + le64(bytes); }
 
+uint32_t get_le32(const unsigned char* p) {
+  return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
+}
+
 std::string human_bytes(double b) {
   static const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
   int u = 0;
@@ -228,9 +232,7 @@ namespace {
 constexpr const char* kReceivingPrefix = ".receiving-";
 constexpr const char* kInitPrefix = ".receiving.init-";  // empty, until it is locked
 
-uint32_t get_le32(const unsigned char* p) {
-  return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
-}
+using xfer::get_le32;
 uint64_t get_le64(const unsigned char* p) {
   return uint64_t(get_le32(p)) | uint64_t(get_le32(p + 4)) << 32;
 }

@@ -72,6 +72,8 @@ Result<Header> header_from_json(const nlohmann::json& j, std::string* why);
 // The bytes before the first frame.
 std::string encode_preamble(const Header& h);
 std::string encode_trailer(uint64_t bytes);
+// A little-endian u32 of the stream.
+uint32_t get_le32(const unsigned char* p);
 
 // "1.5 GiB", "12.0 MiB/s"
 std::string human_bytes(double bytes);

@@ -4,6 +4,9 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <climits>
+#include <cstdlib>
+
 #include <cstdio>
 
 namespace hoody::sys {
@@ -134,6 +137,11 @@ Result<UniqueDir> opendir_at(int dirfd, const char* name) {
   if (!d) return fail(Errno::last());
   fd.release();
   return UniqueDir(d);
+}
+
+std::string absolute(const std::string& path) {
+  char buf[PATH_MAX];
+  return ::realpath(path.c_str(), buf) ? std::string(buf) : path;
 }
 
 Result<UniqueFd> open_beneath(int rootfd, const char* path, int flags, mode_t mode,

@@ -15,6 +15,7 @@
 #include "hoody/log.hpp"
 #include "hoody/session.hpp"
 #include "hoody/status_socket.hpp"
+#include "hoody/sys.hpp"
 #include "hoody_config.h"
 
 namespace hoody {
@@ -46,11 +47,6 @@ nlohmann::json transport_status() {
   for (auto& [name, n] : fuse_request_counts()) ops[name] = n;
   jt["ops"] = ops;
   return jt;
-}
-
-std::string absolute_path(const std::string& p) {
-  char buf[PATH_MAX];
-  return ::realpath(p.c_str(), buf) ? std::string(buf) : p;
 }
 
 }  // namespace
@@ -133,7 +129,7 @@ int daemon_main(int argc, char** argv, const DaemonSpec& spec) {
   sc.uring_depth = static_cast<unsigned>(std::max<uint64_t>(1, args.uint("uring_depth", 8)));
   // --status: listens before the mount appears (a client that sees the mount
   // can connect and waits in the backlog); answers once the session runs.
-  std::string mountpoint_abs = absolute_path(args.mountpoint);
+  std::string mountpoint_abs = sys::absolute(args.mountpoint);
   StatusServer status(spec.name, mountpoint_abs);
   auto render = [&]() {
     nlohmann::json j = fs->status();

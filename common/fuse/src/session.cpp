@@ -89,19 +89,12 @@ ssize_t routed_splice_send(int fdin, off_t*, int fdout, off_t*, size_t len, unsi
   return fuse_uring::splice_send(fdin, fdout, len, flags);
 }
 
-std::string absolute(const std::string& path) {
-  char buf[PATH_MAX];
-  // The mountpoint is the operator's configuration, not content a user controls.
-  if (::realpath(path.c_str(), buf)) return buf;
-  return path;
-}
-
 }  // namespace
 
 bool is_mountpoint(const std::string& path, std::string* fstype) {
   auto mounts = mountinfo::read();
   if (!mounts) return false;
-  std::string want = absolute(path);
+  std::string want = sys::absolute(path);
   // Only the mount that `path` shows counts: the last one mounted at it, and
   // only if no later mount over an ancestor hides it (a tmpfs over /run in
   // a container or a test namespace hides the host's /run/hoody/... mounts,
@@ -154,7 +147,9 @@ int run_session(const fuse_lowlevel_ops& ops, void* userdata, const SessionConfi
     return 1;
   }
 
-  std::string mountpoint_abs = absolute(cfg.mountpoint);
+  // Resolved before the mount: afterwards resolving the mountpoint could mean
+  // a request to this very mount, whose loop is not running yet.
+  const std::string mountpoint_abs = sys::absolute(cfg.mountpoint);
   std::string opts;
   for (auto& o : cfg.mount_options) opts += (opts.empty() ? "" : ",") + o;
   std::vector<std::string> argv_s = {cfg.program, "-o", opts};
@@ -175,9 +170,6 @@ int run_session(const fuse_lowlevel_ops& ops, void* userdata, const SessionConfi
     std::fprintf(stderr, "%s: cannot install signal handlers\n", cfg.program.c_str());
     return 1;
   }
-  // Resolved before the mount: afterwards resolving the mountpoint could mean
-  // a request to this very mount, whose loop is not running yet.
-  const std::string abs_mountpoint = absolute(cfg.mountpoint);
   if (fuse_session_mount(se, cfg.mountpoint.c_str()) != 0) {
     std::fprintf(stderr, "%s: cannot mount on %s (see the libfuse message above)\n",
                  cfg.program.c_str(), cfg.mountpoint.c_str());
@@ -240,7 +232,7 @@ int run_session(const fuse_lowlevel_ops& ops, void* userdata, const SessionConfi
   // to the process that serves.
   // Its thread is joined by the destructor when this function returns: after the
   // unmount has ended the connection, so a stat() still waiting has returned.
-  Readiness ready(cfg.program, abs_mountpoint);
+  Readiness ready(cfg.program, mountpoint_abs);
   ready.start();
   // HOODY_TEST_LOOP_DELAY_MS is for tests only: the loop starts that much
   // later, so that a mount that is there but does not answer yet is observable.

@@ -29,11 +29,6 @@ socklen_t socket_address(const std::string& program, const std::string& mountpoi
   return static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
 }
 
-std::string absolute(const std::string& p) {
-  char buf[PATH_MAX];
-  return ::realpath(p.c_str(), buf) ? std::string(buf) : p;
-}
-
 }  // namespace
 
 StatusServer::StatusServer(const std::string& program, const std::string& mountpoint) {
@@ -88,7 +83,7 @@ void StatusServer::serve() {
 }
 
 int status_client(const std::string& program, const std::string& mountpoint_arg) {
-  std::string mountpoint = absolute(mountpoint_arg);
+  std::string mountpoint = sys::absolute(mountpoint_arg);
   UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   sockaddr_un addr;
   socklen_t len = socket_address(program, mountpoint, &addr);

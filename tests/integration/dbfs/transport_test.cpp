@@ -27,13 +27,6 @@ void pin_to_cpu0() {
   if (::sched_setaffinity(0, sizeof set, &set) != 0) ::_exit(90);
 }
 
-std::string uring_param() {
-  std::ifstream f("/sys/module/fuse/parameters/enable_uring");
-  std::string v;
-  f >> v;
-  return v;
-}
-
 bool set_uring_param(const char* v) {
   std::ofstream f("/sys/module/fuse/parameters/enable_uring");
   f << v;
@@ -68,7 +61,7 @@ TEST_CASE("transport: --status names the transport in use") {
     return;
   }
   CHECK(st["transport"]["requested"] == "uring");
-  if (uring_param() != "Y") {
+  if (!fuse_uring_enabled()) {
     // The rig turns it on; a kernel without it can only run on /dev/fuse.
     if (in_ci()) FAIL("FUSE over io_uring is not available: " << st["transport"].dump());
     CHECK(st["transport"]["name"] == "dev");
@@ -98,7 +91,7 @@ TEST_CASE("transport: uring is the default where the kernel offers it") {
   auto st = status_of(m.mnt);
   MESSAGE("transport: " << st["transport"].dump());
   CHECK(st["transport"]["requested"] == "uring");
-  if (uring_param() != "Y") {
+  if (!fuse_uring_enabled()) {
     if (in_ci()) FAIL("FUSE over io_uring is not available: " << st["transport"].dump());
     CHECK(st["transport"]["name"] == "dev");
     return;
@@ -107,7 +100,7 @@ TEST_CASE("transport: uring is the default where the kernel offers it") {
 }
 
 TEST_CASE("transport: with enable_uring off, uring falls back to /dev/fuse with one line") {
-  if (!expect_uring() || uring_param() != "Y") return;  // nothing to switch off
+  if (!expect_uring() || !fuse_uring_enabled()) return;  // nothing to switch off
   REQUIRE(set_uring_param("0"));
   struct Restore {
     ~Restore() { set_uring_param("1"); }
@@ -162,7 +155,7 @@ TEST_CASE("transport: 64 writers pinned to one CPU, busy_timeout=0: 0 BUSY, no h
     MESSAGE(mode << ": " << sh->committed_total() << " transactions in " << secs
                  << " s; queue 0: " << queue0(st).dump()
                  << "; lock max_queue_depth=" << st["locks"]["max_queue_depth"]);
-    if (expect_uring() && uring_param() == "Y") {
+    if (expect_uring() && fuse_uring_enabled()) {
       auto q = queue0(st);
       REQUIRE(q != nullptr);
       // The waiters outnumbered the queue's first entries: the hazard was

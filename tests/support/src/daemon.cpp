@@ -54,12 +54,16 @@ std::string test_transport() {
   return t && *t ? t : "";
 }
 
-std::string expected_transport() {
-  if (test_transport() == "dev") return "dev";
+bool fuse_uring_enabled() {
   std::ifstream f("/sys/module/fuse/parameters/enable_uring");
   std::string v;
   f >> v;
-  return v == "Y" ? "uring" : "dev";
+  return v == "Y";
+}
+
+std::string expected_transport() {
+  if (test_transport() == "dev") return "dev";
+  return fuse_uring_enabled() ? "uring" : "dev";
 }
 
 void enable_fuse_uring() {

@@ -17,15 +17,10 @@
 
 using namespace hoody::sharefs;
 using share_test::TempPool;
+using share_test::open_reg;
 
 namespace {
 
-Registry open_reg(const TempPool& p) {
-  std::string why;
-  auto r = Registry::open(p.path, &why);
-  REQUIRE_MESSAGE(r.ok(), why);
-  return std::move(*r);
-}
 
 // A pool with c1, c2 in project p, c3 in none, each with storage/data.
 struct Fixture {

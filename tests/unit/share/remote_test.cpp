@@ -14,15 +14,10 @@
 
 using namespace hoody::sharefs;
 using share_test::TempPool;
+using share_test::open_reg;
 
 namespace {
 
-Registry open_reg(const TempPool& p) {
-  std::string why;
-  auto r = Registry::open(p.path, &why);
-  REQUIRE_MESSAGE(r.ok(), why);
-  return std::move(*r);
-}
 
 void exec(const std::string& db, const char* sql) {
   sqlite3* h = nullptr;

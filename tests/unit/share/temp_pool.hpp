@@ -7,11 +7,14 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <doctest/doctest.h>
+
 #include <filesystem>
 #include <stdexcept>
 #include <string>
 
 #include "share/change_signal.hpp"
+#include "share/registry.hpp"
 
 namespace share_test {
 
@@ -42,5 +45,13 @@ struct TempPool {
     return p;
   }
 };
+
+// The pool's registry, opened (the test stops with the reason if it cannot).
+inline hoody::sharefs::Registry open_reg(const TempPool& p) {
+  std::string why;
+  auto r = hoody::sharefs::Registry::open(p.path, &why);
+  REQUIRE_MESSAGE(r.ok(), why);
+  return std::move(*r);
+}
 
 }  // namespace share_test

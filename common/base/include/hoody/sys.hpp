@@ -61,6 +61,9 @@ Result<std::string> read_link(int dirfd, const char* name);
 std::string fd_path(int fd);
 // "/proc/self/fd/N", for calls that only take a path (the passthrough_hp trick).
 std::string proc_fd(int fd);
+// realpath(path), or path itself when it does not resolve.  For an operator's
+// configuration (a mountpoint), never for content a user controls.
+std::string absolute(const std::string& path);
 
 struct DirDeleter {
   void operator()(DIR* d) const;

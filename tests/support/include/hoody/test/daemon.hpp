@@ -60,6 +60,10 @@ private:
 // The tests run on both (meson suites "X" on uring and "X-dev").
 std::string test_transport();
 
+// Whether the kernel's FUSE over io_uring is on
+// (/sys/module/fuse/parameters/enable_uring reads Y).
+bool fuse_uring_enabled();
+
 // What a hoody daemon started by Daemon serves with: "dev" when dev is asked
 // for or the kernel's enable_uring is off, else "uring".
 std::string expected_transport();
