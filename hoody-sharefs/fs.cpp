@@ -167,13 +167,20 @@ void Fs::destroy() {
 void Fs::watch_loop() {
   auto lg = log::get("share");
   Registry& reg = *watch_reg_;
+  // Writers that wait for their change to be in force (hoody-share, a
+  // restore) wait for this slot's acknowledgement.
+  const int slot = reg.signal().claim_slot();
   uint64_t seen = reg.signal().current();
   uint64_t gen = UINT64_MAX;
   while (!stop_.load()) {
+    // Everything published up to `seen` was committed before it was
+    // published, so what is read from here on includes it.
+    bool applied = true;
     auto g = reg.generation();
     if (g && (*g != gen || retry_.load() || !storage_replaced(reg).empty())) {
       auto t0 = std::chrono::steady_clock::now();
       if (auto s = sync(reg); !s) {
+        applied = false;
         lg->warn("op=sync container={} -> {}", scfg_.container, s.error().message());
       } else {
         gen = *g;
@@ -181,12 +188,20 @@ void Fs::watch_loop() {
                   std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
       }
     } else if (!g) {
+      applied = false;
       lg->warn("op=generation container={} -> {}", scfg_.container, g.error().message());
     }
     notify_pending();
+    // In force: served as the registry and the owners' storage say, and the
+    // kernel's caches of what went away dropped.
+    if (applied)
+      reg.signal().ack(slot, seen);
+    else
+      reg.signal().beat(slot);
     // Bounded: a writer that died never leaves us waiting.
     seen = reg.signal().wait_for_change(seen, kWatchTimeout);
   }
+  reg.signal().release_slot(slot);
 }
 
 void Fs::notify_pending() {

@@ -86,6 +86,8 @@ void row(const std::vector<std::string>& cols, const std::vector<int>& widths) {
 // How long an export's VIEW/ID may take to appear (the view daemon follows
 // the registry within 100 ms).
 constexpr auto kViewWait = std::chrono::seconds(5);
+// How long a change waits for the running daemons to confirm it.
+constexpr auto kApplyBound = std::chrono::milliseconds(2000);
 
 // Writes one nfs-ganesha export per live share offered to another server and
 // makes ganesha reload them.  An export whose VIEW/ID is not there (the view
@@ -266,6 +268,22 @@ int main(int argc, char** argv) {
   std::string why;
   auto reg = Registry::open(pool, &why);
   if (!reg) return refused(why);
+  // A change is in force when the command returns: every running
+  // hoody-sharefs of the pool has applied it (a revoked share is gone, also
+  // for open files).  A daemon that does not confirm in time is named.
+  struct WaitApplied {
+    Registry& reg;
+    ~WaitApplied() {
+      auto behind = reg.wait_applied(kApplyBound);
+      if (behind.empty()) return;
+      std::string pids;
+      for (pid_t p : behind) pids += (pids.empty() ? "" : ", ") + std::to_string(p);
+      std::fprintf(stderr,
+                   "hoody-share: warning: hoody-sharefs (pid %s) did not confirm the change within "
+                   "%lld ms; it applies it at its next look\n",
+                   pids.c_str(), static_cast<long long>(kApplyBound.count()));
+    }
+  } wait_applied{*reg};
 
   if (*cont) {
     if (*cadd) {

@@ -10,6 +10,7 @@
 #include <boost/interprocess/shared_memory_object.hpp>
 #include <cerrno>
 #include <climits>
+#include <cstddef>
 #include <ctime>
 
 #include "hoody/log.hpp"
@@ -20,15 +21,38 @@ namespace bip = boost::interprocess;
 
 namespace {
 
-// The layout of the shared object; all-zero bytes are its initial state.
+// One daemon's acknowledgement slot; all-zero is a free slot.
+struct Slot {
+  std::atomic<uint64_t> acked;   // the counter it last applied
+  std::atomic<int64_t> beat_ms;  // CLOCK_MONOTONIC of its last look, ms
+  std::atomic<int32_t> pid;      // 0: free
+  uint32_t unused;
+};
+
+constexpr std::size_t kSize = 4096;
+constexpr std::size_t kHeader = 16;
+constexpr std::size_t kSlots = (kSize - kHeader) / sizeof(Slot);
+
+// The layout of the shared object; all-zero bytes are its initial state.  The
+// first 12 bytes are those of the object before acknowledgements existed
+// (counter, seq), which was 64 bytes long: open() grows it, with zero pages.
 struct Shared {
   std::atomic<uint64_t> counter;
   std::atomic<uint32_t> seq;
+  std::atomic<uint32_t> ack_seq;  // futex word: +1 per ack
+  Slot slots[kSlots];
 };
 static_assert(std::atomic<uint64_t>::is_always_lock_free);
 static_assert(std::atomic<uint32_t>::is_always_lock_free);
+static_assert(std::atomic<int64_t>::is_always_lock_free);
 static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t), "futex word must be 32 bits");
-constexpr std::size_t kSize = 64;
+static_assert(offsetof(Shared, slots) == kHeader && sizeof(Shared) <= kSize);
+
+int64_t now_ms() {
+  struct timespec ts {};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
 
 long futex(std::atomic<uint32_t>* word, int op, uint32_t val, const struct timespec* ts) {
   return ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), op, val, ts, nullptr, 0);
@@ -114,6 +138,74 @@ uint64_t ChangeSignal::wait_for_change(uint64_t last_seen, std::chrono::millisec
     ts.tv_nsec = static_cast<long>(ns % 1000000000);
     // EAGAIN (seq moved), EINTR, ETIMEDOUT and a wake all mean: look again.
     futex(&s->seq, FUTEX_WAIT, seq, &ts);
+  }
+}
+
+int ChangeSignal::claim_slot() {
+  Shared* s = impl_->shared();
+  const int32_t self = static_cast<int32_t>(::getpid());
+  for (std::size_t i = 0; i < kSlots; ++i) {
+    Slot& sl = s->slots[i];
+    int32_t p = sl.pid.load(std::memory_order_acquire);
+    if (p != 0 && now_ms() - sl.beat_ms.load(std::memory_order_acquire) <= kStale.count()) continue;
+    // Free, or its daemon stopped beating: take it (one claimer wins).
+    if (!sl.pid.compare_exchange_strong(p, self, std::memory_order_acq_rel)) continue;
+    sl.acked.store(0, std::memory_order_release);  // waited for until its first look
+    sl.beat_ms.store(now_ms(), std::memory_order_release);
+    return static_cast<int>(i);
+  }
+  log::get("share")->warn("op=change_signal shm={} -> all {} acknowledgement slots are taken by "
+                          "running daemons: changes will not wait for this one",
+                          name_, kSlots);
+  return -1;
+}
+
+void ChangeSignal::release_slot(int slot) {
+  if (slot < 0 || static_cast<std::size_t>(slot) >= kSlots) return;
+  Slot& sl = impl_->shared()->slots[slot];
+  int32_t self = static_cast<int32_t>(::getpid());
+  sl.pid.compare_exchange_strong(self, 0, std::memory_order_acq_rel);
+}
+
+void ChangeSignal::beat(int slot) {
+  if (slot < 0 || static_cast<std::size_t>(slot) >= kSlots) return;
+  impl_->shared()->slots[slot].beat_ms.store(now_ms(), std::memory_order_release);
+}
+
+void ChangeSignal::ack(int slot, uint64_t counter) {
+  if (slot < 0 || static_cast<std::size_t>(slot) >= kSlots) return;
+  Shared* s = impl_->shared();
+  Slot& sl = s->slots[slot];
+  sl.beat_ms.store(now_ms(), std::memory_order_release);
+  if (sl.acked.load(std::memory_order_acquire) == counter) return;
+  sl.acked.store(counter, std::memory_order_release);
+  s->ack_seq.fetch_add(1, std::memory_order_acq_rel);
+  futex(&s->ack_seq, FUTEX_WAKE, INT_MAX, nullptr);
+}
+
+std::vector<pid_t> ChangeSignal::wait_applied(uint64_t counter,
+                                              std::chrono::milliseconds timeout) const {
+  using clock = std::chrono::steady_clock;
+  Shared* s = impl_->shared();
+  auto deadline = clock::now() + timeout;
+  for (;;) {
+    uint32_t seq = s->ack_seq.load(std::memory_order_acquire);
+    std::vector<pid_t> behind;
+    for (auto& sl : s->slots) {
+      pid_t p = sl.pid.load(std::memory_order_acquire);
+      if (p == 0 || now_ms() - sl.beat_ms.load(std::memory_order_acquire) > kStale.count()) continue;
+      if (sl.acked.load(std::memory_order_acquire) < counter) behind.push_back(p);
+    }
+    if (behind.empty()) return behind;
+    auto left = deadline - clock::now();
+    if (left <= clock::duration::zero()) return behind;
+    // Bounded, so that a daemon that stops beating is let go of in time.
+    auto ns = std::min<int64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(left).count(),
+                                100'000'000);
+    struct timespec ts {};
+    ts.tv_sec = static_cast<time_t>(ns / 1000000000);
+    ts.tv_nsec = static_cast<long>(ns % 1000000000);
+    futex(&s->ack_seq, FUTEX_WAIT, seq, &ts);
   }
 }
 

@@ -27,6 +27,19 @@
 // the truth.  The name uses the pool's st_dev/st_ino rather than a hash of
 // its path, so no path spelling (symlinks, trailing slashes) splits a pool.
 //
+// Acknowledgements: a writer that must know its change is in force (a revoke,
+// a restore of shared storage) waits until every running daemon has applied
+// it.  Each daemon's watcher holds one slot of the object (claim_slot): the
+// counter value it last applied (ack) and a heartbeat it renews at every look
+// (at least every 200 ms).  wait_applied(counter) waits, on a second futex
+// word, until every slot with a fresh heartbeat (renewed within kStale) has
+// acknowledged `counter`, up to a bound, and names the daemons that had not.
+// A daemon that was killed or hangs stops beating and is no longer waited
+// for after kStale: a slot never blocks a writer for longer than that, and a
+// stale slot is taken over by the next daemon that starts.  The heartbeat is
+// CLOCK_MONOTONIC, which every pid namespace shares; the pid in a slot is only
+// for messages.
+//
 // The counter is a hint, not the truth: the registry's own generation (a row
 // in shares.db, bumped in the same transaction as the change) is.  A daemon
 // waits with a timeout of about a second and rereads the registry's
@@ -38,6 +51,9 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
+
+#include <sys/types.h>
 
 #include "hoody/result.hpp"
 
@@ -65,6 +81,21 @@ public:
   // Returns the counter once it differs from `last_seen`, or when `timeout`
   // has passed (then the counter may still equal last_seen).
   uint64_t wait_for_change(uint64_t last_seen, std::chrono::milliseconds timeout) const;
+
+  // A slot without a heartbeat for this long belongs to no running daemon.
+  static constexpr std::chrono::milliseconds kStale{3000};
+  // Claims a slot for this process's watcher (-1: every slot is taken by a
+  // live daemon; then this daemon is never waited for).
+  int claim_slot();
+  // Gives the slot back (a daemon that stops).
+  void release_slot(int slot);
+  // The daemon in `slot` is alive (renews its heartbeat).
+  void beat(int slot);
+  // The daemon in `slot` has applied every change up to `counter` (and beats).
+  void ack(int slot, uint64_t counter);
+  // Waits until every live daemon has acknowledged `counter`, at most
+  // `timeout`; returns the pids of those that had not (empty: all had).
+  std::vector<pid_t> wait_applied(uint64_t counter, std::chrono::milliseconds timeout) const;
 
 private:
   struct Impl;

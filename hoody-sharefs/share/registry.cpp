@@ -311,7 +311,7 @@ Status Registry::write(const char* action, const std::string& actor, const std::
     return s;
   }
   if (unchanged) return {};
-  signal_->publish();
+  published_ = signal_->publish();
   log::get("share")->debug("op={} actor={} subject={} {} -> ok", action, actor, escape(subject),
                            escape(detail));
   return {};

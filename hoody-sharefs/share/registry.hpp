@@ -192,6 +192,12 @@ public:
   Result<uint64_t> generation();
   // The pool's change signal (wait on it, then reread generation()).
   ChangeSignal& signal() { return *signal_; }
+  // Waits until every running hoody-sharefs of the pool has applied the
+  // changes this object made (none made: returns at once), at most `timeout`;
+  // the pids of the daemons that had not (see ChangeSignal::wait_applied).
+  std::vector<pid_t> wait_applied(std::chrono::milliseconds timeout) const {
+    return published_ ? signal_->wait_applied(published_, timeout) : std::vector<pid_t>{};
+  }
 
   // The owner's storage directory POOL/containers/<owner>/storage (O_PATH).
   Result<UniqueFd> open_storage(const std::string& owner, std::string* why);
@@ -222,6 +228,7 @@ private:
   std::string pool_;
   UniqueFd pool_fd_;
   std::optional<ChangeSignal> signal_;
+  uint64_t published_ = 0;  // the counter of this object's last change
   sql::Db db_;  // declared last: closed first
 };
 

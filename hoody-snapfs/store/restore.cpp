@@ -44,6 +44,49 @@ bool mounted_beneath(const std::string& dir) {
   return false;
 }
 
+// Wakes the hoody-sharefs daemons of the pool (SOURCE/../.., when it has a
+// share registry) and waits until each has looked again: a share of this
+// container's storage is then served from the restored subvolume, so nothing
+// written through a share after the restore returns reaches the old tree.  A
+// daemon that does not answer within the bound is named in the log (and, as
+// it still holds the old storage, among the report's holders); it follows at
+// its next look (every 200 ms).
+constexpr auto kShareFollowBound = std::chrono::milliseconds(2000);
+
+struct ShareWake {
+  std::optional<sharefs::ChangeSignal> sig;
+  uint64_t counter = 0;
+};
+
+ShareWake wake_share_daemons(int source_fd) {
+  auto pool = sys::openat(source_fd, "../..", O_PATH | O_DIRECTORY);
+  if (!pool) return {};
+  struct stat st;
+  if (::fstatat(pool->get(), "shares.db", &st, 0) != 0) return {};
+  auto sig = sharefs::ChangeSignal::open_for_pool(pool->get());
+  if (!sig) return {};
+  ShareWake w{std::move(*sig), 0};
+  w.counter = w.sig->publish();
+  return w;
+}
+
+void wait_share_daemons(ShareWake& w, std::string_view name) {
+  if (!w.sig) return;
+  auto t0 = std::chrono::steady_clock::now();
+  auto behind = w.sig->wait_applied(w.counter, kShareFollowBound);
+  double waited = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  auto lg = log::get("snap");
+  if (behind.empty()) {
+    lg->debug("op=restore name={} -> share daemons follow ({:.1f} ms)", quote_name(name), waited);
+    return;
+  }
+  std::string pids;
+  for (pid_t p : behind) pids += (pids.empty() ? "" : ",") + std::to_string(p);
+  lg->warn("op=restore name={} -> hoody-sharefs pid {} did not confirm within {} ms that it serves "
+           "the restored storage; it will at its next look",
+           quote_name(name), pids, kShareFollowBound.count());
+}
+
 // Re-attach the mounts visible here whose root lies inside an old live
 // subvolume that a restore swapped out to .snapshots/<work>/<sv>: each is
 // detached and bound again to the same place inside the restored SOURCE/<sv>,
@@ -51,18 +94,6 @@ bool mounted_beneath(const std::string& dir) {
 // the storage subvolume) shows the restored state, and the old subvolume can
 // go.  Mounts made in other mount namespaces cannot be seen from here: their
 // owner re-attaches them (hoody-up does, when run again).
-// Wakes the hoody-sharefs daemons of the pool (SOURCE/../.., when it has a
-// share registry): a share of this container's storage must be served from
-// the restored subvolume now, not at their next look (every 200 ms), so that
-// as little as possible is written into the old tree.
-void wake_share_daemons(int source_fd) {
-  auto pool = sys::openat(source_fd, "../..", O_PATH | O_DIRECTORY);
-  if (!pool) return;
-  struct stat st;
-  if (::fstatat(pool->get(), "shares.db", &st, 0) != 0) return;
-  if (auto sig = sharefs::ChangeSignal::open_for_pool(pool->get())) sig->publish();
-}
-
 void reattach_mounts(int source_fd, const std::string& work) {
   auto lg = log::get("snap");
   auto mounts = mountinfo::read();
@@ -326,7 +357,7 @@ Status SnapshotStore::restore(std::string_view name, const Caller& caller,
   }
   crash_point("restore", "committed");
   auto t_swap = std::chrono::steady_clock::now();
-  wake_share_daemons(source_.get());
+  ShareWake shares = wake_share_daemons(source_.get());
 
   // 6. Each server follows: when replaced() returns it serves the restored
   // subvolume, has dropped every inode of the old tree and what the kernel
@@ -352,6 +383,7 @@ Status SnapshotStore::restore(std::string_view name, const Caller& caller,
   hold.release();  // 7. resume
   report.quiesced_ms = q ? ms(tq, std::chrono::steady_clock::now()) : 0;
   crash_point("restore", "resumed");
+  wait_share_daemons(shares, name);
   reattach_mounts(source_.get(), work);
   // The processes still in the old live subvolumes (a file, a cwd or a root
   // through a bind mount such as /hoody/storage), as the servers' lists do

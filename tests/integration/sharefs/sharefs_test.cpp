@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -306,6 +307,110 @@ TEST_CASE("sharefs: a restore of the owner's storage is served at once; a file o
   write_file(m2 + "/ds/g", "new\n");
   CHECK(slurp(p.storage("c1") + "/data/g") == "new\n");
   CHECK(slurp(m2 + "/ds/f") == "before\n");
+}
+
+TEST_CASE("sharefs: a restore and a revoke return only once every running daemon serves the change; a stopped daemon holds them back at most 2 s") {
+  require_mount_capabilities();
+  const char* snapfs = std::getenv("HOODY_SNAPFS");
+  REQUIRE_MESSAGE(snapfs, "HOODY_SNAPFS names hoody-snapfs (meson sets it)");
+  const char* share = std::getenv("HOODY_SHARE");
+  REQUIRE_MESSAGE(share, "HOODY_SHARE names hoody-share (meson sets it)");
+  Pool p;
+  ::mkdir((p.storage("c1") + "/data").c_str(), 0755);
+  write_file(p.storage("c1") + "/data/f", "before\n");
+  p.offer("ds", "data", "c2", Mode::rw);
+  auto m2 = p.mount("c2");
+  REQUIRE(::rename((m2 + "/.pending/ds").c_str(), (m2 + "/ds").c_str()) == 0);
+  pid_t d2 = p.daemons.back()->pid();
+  std::string snaps = p.btrfs.make_temp_dir("snapshots-c1");
+  Daemon snap({snapfs, "-f", "-o", "allow_other", p.path + "/containers/c1", snaps}, snaps,
+              p.btrfs.dir() + "/snapfs.log");
+  REQUIRE(::mkdir((snaps + "/s1").c_str(), 0755) == 0);
+  write_file(m2 + "/ds/f", "after\n");
+  CHECK(slurp(p.storage("c1") + "/data/f") == "after\n");
+
+  auto restore = [&](const char* name) {
+    int ctl = ::open((snaps + "/.hoody/restore").c_str(), O_RDWR | O_TRUNC);
+    if (ctl < 0) return std::string("open: ") + std::strerror(errno);
+    std::string line = std::string(name) + "\n";
+    if (::write(ctl, line.data(), line.size()) != static_cast<ssize_t>(line.size()))
+      return std::string("write: ") + std::strerror(errno);
+    char result[4096] = {};
+    (void)::pread(ctl, result, sizeof result - 1, 0);
+    ::close(ctl);
+    return std::string(result);
+  };
+  auto since = [](Clock::time_point t0) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
+  };
+
+  // 1. c2's daemon is stopped (busy, descheduled): the restore waits for it.
+  REQUIRE(::kill(d2, SIGSTOP) == 0);
+  std::atomic<bool> done{false};
+  std::string result;
+  auto t0 = Clock::now();
+  std::thread t([&] {
+    result = restore("s1");
+    done = true;
+  });
+  std::this_thread::sleep_for(400ms);
+  CHECK_FALSE_MESSAGE(done.load(), "the restore returned while a share daemon had not followed it");
+  REQUIRE(::kill(d2, SIGCONT) == 0);
+  t.join();
+  MESSAGE("restore returned " << since(t0) << " ms after it started (daemon stopped for 400 ms): " << result);
+  CHECK(result.find("\"ok\":true") != std::string::npos);
+  // No polling: when the restore has returned, the share serves the
+  // restored state, and a write lands in the restored storage.
+  CHECK(slurp(m2 + "/ds/f") == "before\n");
+  write_file(m2 + "/ds/g", "new\n");
+  CHECK(slurp(p.storage("c1") + "/data/g") == "new\n");
+
+  // 2. Stopped for good: the restore goes on after the bound (2 s), and says so.
+  REQUIRE(::kill(d2, SIGSTOP) == 0);
+  t0 = Clock::now();
+  result = restore("s1");
+  auto took = since(t0);
+  REQUIRE(::kill(d2, SIGCONT) == 0);
+  MESSAGE("restore with the daemon stopped: " << took << " ms");
+  CHECK(result.find("\"ok\":true") != std::string::npos);
+  CHECK(took >= 1500);
+  CHECK(took < 5000);
+  CHECK(slurp(p.btrfs.dir() + "/snapfs.log").find("did not confirm within 2000 ms") != std::string::npos);
+  CHECK(wait_ms([&] { return slurp(m2 + "/ds/f") == "before\n" && !exists(m2 + "/ds/g"); }, 5000) >= 0);
+
+  // 3. hoody-share revoke returns once the share is gone, also for a file
+  // held open: no window in which the receiver still reads.  The file is held
+  // by a child: a process that shares it would block in the FLUSH of its
+  // close (hoody-share's fork and exec) while the daemon is stopped.
+  Pipe ready, go;
+  Child holder([&] {
+    int fd = ::open((m2 + "/ds/f").c_str(), O_RDONLY | O_CLOEXEC);
+    char c;
+    if (fd < 0 || ::pread(fd, &c, 1, 0) != 1) return 2;
+    ready.signal();
+    if (!go.wait_signal(30s)) return 3;
+    return ::pread(fd, &c, 1, 0) < 0 && errno == EACCES ? 0 : 1;
+  });
+  REQUIRE(ready.wait_signal());
+  REQUIRE(::kill(d2, SIGSTOP) == 0);
+  std::atomic<bool> revoked{false};
+  ExitInfo rv;
+  t0 = Clock::now();
+  std::thread r([&] {
+    rv = run({share, "--pool", p.path, "revoke", "--from", "c1", "ds"}, 30s);
+    revoked = true;
+  });
+  std::this_thread::sleep_for(400ms);
+  CHECK_FALSE_MESSAGE(revoked.load(), "hoody-share revoke returned before the daemon applied it");
+  REQUIRE(::kill(d2, SIGCONT) == 0);
+  r.join();
+  MESSAGE("revoke returned after " << since(t0) << " ms: " << rv.describe());
+  CHECK(rv.ok());
+  go.signal();
+  auto held = holder.wait();
+  CHECK_MESSAGE(held.ok(), "a file held open across the revoke, read right after it: " << held.describe()
+                                                                                      << " (exit 1: not EACCES)");
+  CHECK_FALSE(exists(m2 + "/ds"));
 }
 
 TEST_CASE("sharefs: changes reach a running mount within 100 ms; a project share reaches a member that joins later") {

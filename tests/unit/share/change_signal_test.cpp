@@ -260,3 +260,71 @@ TEST_CASE("a registry writer killed mid-transaction: waiters return, the next wr
     CHECK(*reg->generation() == *g + 1);
   }
 }
+
+TEST_CASE("wait_applied: waits for every live daemon's acknowledgement; a daemon killed -9 is let go of after kStale") {
+  SignalName n;
+  auto sig = ChangeSignal::open(n.name);
+  REQUIRE(sig.ok());
+  // Nobody listens: nothing to wait for.
+  auto t0 = std::chrono::steady_clock::now();
+  CHECK(sig->wait_applied(sig->publish(), 2s).empty());
+  CHECK(std::chrono::steady_clock::now() - t0 < 100ms);
+
+  // A daemon in another process: it acknowledges each change 50 ms after it
+  // sees it, and beats every 20 ms meanwhile, as the watcher does.
+  int ready[2];
+  REQUIRE(::pipe(ready) == 0);
+  pid_t d = ::fork();
+  REQUIRE(d >= 0);
+  if (d == 0) {
+    auto s = ChangeSignal::open(n.name);
+    if (!s) ::_exit(3);
+    int slot = s->claim_slot();
+    if (slot < 0) ::_exit(4);
+    uint64_t seen = s->current();
+    s->ack(slot, seen);
+    char c = 1;
+    if (::write(ready[1], &c, 1) != 1) ::_exit(5);
+    for (;;) {
+      uint64_t now = s->wait_for_change(seen, 20ms);
+      s->beat(slot);
+      if (now != seen) {
+        std::this_thread::sleep_for(50ms);
+        s->ack(slot, now);
+        seen = now;
+      }
+    }
+  }
+  char c;
+  REQUIRE(::read(ready[0], &c, 1) == 1);
+  for (int i = 0; i < 3; ++i) {
+    t0 = std::chrono::steady_clock::now();
+    auto behind = sig->wait_applied(sig->publish(), 2s);
+    auto took = std::chrono::steady_clock::now() - t0;
+    CHECK(behind.empty());
+    CHECK(took >= 45ms);  // it waited for the acknowledgement...
+    CHECK(took < 1s);     // ... and no longer
+  }
+  // Stopped: named after the bound.
+  ::kill(d, SIGSTOP);
+  auto behind = sig->wait_applied(sig->publish(), 300ms);
+  CHECK(behind == std::vector<pid_t>{d});
+  // Killed: still waited for while its heartbeat is fresh, then let go of.
+  ::kill(d, SIGKILL);
+  int st = 0;
+  ::waitpid(d, &st, 0);
+  std::this_thread::sleep_for(ChangeSignal::kStale + 100ms);
+  t0 = std::chrono::steady_clock::now();
+  CHECK(sig->wait_applied(sig->publish(), 2s).empty());
+  CHECK(std::chrono::steady_clock::now() - t0 < 100ms);
+  // Its slot is taken over by the next daemon (the first free one).
+  int again = sig->claim_slot();
+  CHECK(again == 0);
+  sig->ack(again, sig->current());
+  CHECK(sig->wait_applied(sig->current(), 100ms).empty());
+  CHECK(sig->wait_applied(sig->publish(), 100ms) == std::vector<pid_t>{::getpid()});
+  sig->release_slot(again);
+  CHECK(sig->wait_applied(sig->publish(), 100ms).empty());
+  ::close(ready[0]);
+  ::close(ready[1]);
+}
