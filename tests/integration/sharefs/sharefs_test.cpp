@@ -259,35 +259,56 @@ TEST_CASE("sharefs: --status names the container's daemon and the transport in u
   CHECK(j["transport"]["ops"]["LOOKUP"].get<std::uint64_t>() > 0);
 }
 
+// c1 offers data/ (f = "before\n") read-write to c2, which accepts it as ds;
+// c1's snapshots are served as hoody-up serves them; snapshot s1 is taken,
+// then c2 writes "after\n" into f through the share.
+struct RestoreRig {
+  std::string m2;     // c2's shares
+  std::string snaps;  // c1's snapshots
+  std::unique_ptr<Daemon> snapfs;
+
+  explicit RestoreRig(Pool& p) {
+    const char* exe = std::getenv("HOODY_SNAPFS");
+    REQUIRE_MESSAGE(exe, "HOODY_SNAPFS names hoody-snapfs (meson sets it)");
+    ::mkdir((p.storage("c1") + "/data").c_str(), 0755);
+    write_file(p.storage("c1") + "/data/f", "before\n");
+    p.offer("ds", "data", "c2", Mode::rw);
+    m2 = p.mount("c2");
+    REQUIRE(::rename((m2 + "/.pending/ds").c_str(), (m2 + "/ds").c_str()) == 0);
+    snaps = p.btrfs.make_temp_dir("snapshots-c1");
+    snapfs = std::make_unique<Daemon>(
+        std::vector<std::string>{exe, "-f", "-o", "allow_other", p.path + "/containers/c1", snaps},
+        snaps, p.btrfs.dir() + "/snapfs.log");
+    REQUIRE(::mkdir((snaps + "/s1").c_str(), 0755) == 0);
+    write_file(m2 + "/ds/f", "after\n");
+    CHECK(slurp(p.storage("c1") + "/data/f") == "after\n");
+  }
+  // Restores `name` through the control file; its answer.
+  std::string restore(const char* name) const {
+    int ctl = ::open((snaps + "/.hoody/restore").c_str(), O_RDWR | O_TRUNC | O_CLOEXEC);
+    if (ctl < 0) return std::string("open: ") + std::strerror(errno);
+    std::string line = std::string(name) + "\n";
+    if (::write(ctl, line.data(), line.size()) != static_cast<ssize_t>(line.size()))
+      return std::string("write: ") + std::strerror(errno);
+    char result[4096] = {};
+    (void)::pread(ctl, result, sizeof result - 1, 0);
+    ::close(ctl);
+    return std::string(result);
+  }
+};
+
 TEST_CASE("sharefs: a restore of the owner's storage is served at once; a file open across it fails as after a revoke") {
   require_mount_capabilities();
-  const char* snapfs = std::getenv("HOODY_SNAPFS");
-  REQUIRE_MESSAGE(snapfs, "HOODY_SNAPFS names hoody-snapfs (meson sets it)");
   Pool p;
-  ::mkdir((p.storage("c1") + "/data").c_str(), 0755);
-  write_file(p.storage("c1") + "/data/f", "before\n");
-  p.offer("ds", "data", "c2", Mode::rw);
-  auto m2 = p.mount("c2");
-  REQUIRE(::rename((m2 + "/.pending/ds").c_str(), (m2 + "/ds").c_str()) == 0);
-  // c1's snapshots, as hoody-up serves them.
-  std::string snaps = p.btrfs.make_temp_dir("snapshots-c1");
-  Daemon snap({snapfs, "-f", "-o", "allow_other", p.path + "/containers/c1", snaps}, snaps,
-              p.btrfs.dir() + "/snapfs.log");
-  REQUIRE(::mkdir((snaps + "/s1").c_str(), 0755) == 0);
-  // After the snapshot c2 writes through the share, and keeps the file open.
-  write_file(m2 + "/ds/f", "after\n");
+  RestoreRig rig(p);
+  const std::string& m2 = rig.m2;
+  // c2 keeps the file it wrote after the snapshot open.
   int held = ::open((m2 + "/ds/f").c_str(), O_RDWR);
   REQUIRE(held >= 0);
-  CHECK(slurp(p.storage("c1") + "/data/f") == "after\n");
 
   // c1 restores s1: its storage subvolume is swapped for a clone of s1's.
-  int ctl = ::open((snaps + "/.hoody/restore").c_str(), O_RDWR | O_TRUNC);
-  REQUIRE(ctl >= 0);
-  CHECK(::write(ctl, "s1\n", 3) == 3);
-  char result[4096] = {};
-  CHECK(::pread(ctl, result, sizeof result - 1, 0) > 0);
-  ::close(ctl);
-  CHECK(std::string(result).find("\"ok\":true") != std::string::npos);
+  std::string result = rig.restore("s1");
+  CHECK(result.find("\"ok\":true") != std::string::npos);
   MESSAGE("restore: " << result);
   auto t0 = Clock::now();
   CHECK(slurp(p.storage("c1") + "/data/f") == "before\n");
@@ -311,35 +332,12 @@ TEST_CASE("sharefs: a restore of the owner's storage is served at once; a file o
 
 TEST_CASE("sharefs: a restore and a revoke return only once every running daemon serves the change; a stopped daemon holds them back at most 2 s") {
   require_mount_capabilities();
-  const char* snapfs = std::getenv("HOODY_SNAPFS");
-  REQUIRE_MESSAGE(snapfs, "HOODY_SNAPFS names hoody-snapfs (meson sets it)");
   const char* share = std::getenv("HOODY_SHARE");
   REQUIRE_MESSAGE(share, "HOODY_SHARE names hoody-share (meson sets it)");
   Pool p;
-  ::mkdir((p.storage("c1") + "/data").c_str(), 0755);
-  write_file(p.storage("c1") + "/data/f", "before\n");
-  p.offer("ds", "data", "c2", Mode::rw);
-  auto m2 = p.mount("c2");
-  REQUIRE(::rename((m2 + "/.pending/ds").c_str(), (m2 + "/ds").c_str()) == 0);
+  RestoreRig rig(p);
+  const std::string& m2 = rig.m2;
   pid_t d2 = p.daemons.back()->pid();
-  std::string snaps = p.btrfs.make_temp_dir("snapshots-c1");
-  Daemon snap({snapfs, "-f", "-o", "allow_other", p.path + "/containers/c1", snaps}, snaps,
-              p.btrfs.dir() + "/snapfs.log");
-  REQUIRE(::mkdir((snaps + "/s1").c_str(), 0755) == 0);
-  write_file(m2 + "/ds/f", "after\n");
-  CHECK(slurp(p.storage("c1") + "/data/f") == "after\n");
-
-  auto restore = [&](const char* name) {
-    int ctl = ::open((snaps + "/.hoody/restore").c_str(), O_RDWR | O_TRUNC);
-    if (ctl < 0) return std::string("open: ") + std::strerror(errno);
-    std::string line = std::string(name) + "\n";
-    if (::write(ctl, line.data(), line.size()) != static_cast<ssize_t>(line.size()))
-      return std::string("write: ") + std::strerror(errno);
-    char result[4096] = {};
-    (void)::pread(ctl, result, sizeof result - 1, 0);
-    ::close(ctl);
-    return std::string(result);
-  };
   auto since = [](Clock::time_point t0) {
     return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
   };
@@ -350,7 +348,7 @@ TEST_CASE("sharefs: a restore and a revoke return only once every running daemon
   std::string result;
   auto t0 = Clock::now();
   std::thread t([&] {
-    result = restore("s1");
+    result = rig.restore("s1");
     done = true;
   });
   std::this_thread::sleep_for(400ms);
@@ -368,7 +366,7 @@ TEST_CASE("sharefs: a restore and a revoke return only once every running daemon
   // 2. Stopped for good: the restore goes on after the bound (2 s), and says so.
   REQUIRE(::kill(d2, SIGSTOP) == 0);
   t0 = Clock::now();
-  result = restore("s1");
+  result = rig.restore("s1");
   auto took = since(t0);
   REQUIRE(::kill(d2, SIGCONT) == 0);
   MESSAGE("restore with the daemon stopped: " << took << " ms");
