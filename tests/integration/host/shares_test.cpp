@@ -12,6 +12,7 @@
 #include <doctest/doctest.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -123,6 +124,53 @@ TEST_CASE("c1 offers, c2 accepts with mv, reads and writes; a revoke reaches a f
   });
   CHECK_MESSAGE(e.ok(), "c1 sees the share it offered in its own /hoody/shares");
 
+  // c1 snapshots its container (c2's b.txt is in it), c2 writes c.txt, c1
+  // restores the snapshot: once the restore has returned, c2 sees the restored
+  // state at once (no c.txt), and what c2 writes then lands in c1's restored
+  // storage, not in the old subvolume the restore deletes.
+  const std::string snaps = T + "/hoody/.snapshots";
+  e = n1.run([&] {
+    if (::mkdir((snaps + "/with-b").c_str(), 0755) != 0) return std::perror("mkdir snapshot"), 1;
+    return 0;
+  });
+  REQUIRE_MESSAGE(e.ok(), e.describe());
+  e = n2.run([&] {
+    write_file(shares + "/datasets/c.txt", "gone with the restore\n");
+    return 0;
+  });
+  REQUIRE_MESSAGE(e.ok(), e.describe());
+  // c2's hoody-sharefs is stopped while c1 restores (hoody-up's wiring: the
+  // restore finds the pool's registry and waits for the daemon).
+  auto d2 = daemons_of(host.run_dir + "/c2/shares");
+  REQUIRE(d2.size() == 1);
+  REQUIRE(::kill(d2[0], SIGSTOP) == 0);
+  Pipe restored;
+  Child restore = n1.start([&] {
+    int ctl = ::open((snaps + "/.hoody/restore").c_str(), O_RDWR | O_TRUNC | O_CLOEXEC);
+    if (ctl < 0) return std::perror("open .hoody/restore"), 1;
+    char result[4096] = {};
+    bool ok = ::write(ctl, "with-b\n", 7) == 7 && ::pread(ctl, result, sizeof result - 1, 0) > 0;
+    ::close(ctl);
+    std::printf("restore: %s\n", result);
+    restored.signal();
+    return ok && std::strstr(result, "\"ok\":true") ? 0 : 2;
+  });
+  CHECK_FALSE_MESSAGE(restored.wait_signal(400ms),
+                      "c1's restore returned while c2's hoody-sharefs had not followed it");
+  ::kill(d2[0], SIGCONT);
+  CHECK(restored.wait_signal(10s));
+  e = restore.wait();
+  REQUIRE_MESSAGE(e.ok(), e.describe());
+  e = n2.run([&] {
+    struct stat st;
+    if (::lstat((shares + "/datasets/c.txt").c_str(), &st) == 0) return std::puts("c.txt still shown"), 1;
+    if (slurp(shares + "/datasets/b.txt") != "from c2\n") return std::puts("b.txt not restored"), 2;
+    write_file(shares + "/datasets/d.txt", "after the restore\n");
+    return 0;
+  });
+  CHECK_MESSAGE(e.ok(), "c2's share right after c1's restore: " << e.describe());
+  CHECK(slurp(host.storage_of("c1") + "/datasets/d.txt") == "after the restore\n");
+
   // c2 holds a file of the share open; c1 revokes; c2's next read fails.
   Pipe held, go;
   Child holder = n2.start([&] {
@@ -139,7 +187,7 @@ TEST_CASE("c1 offers, c2 accepts with mv, reads and writes; a revoke reaches a f
   REQUIRE(held.wait_signal());
   e = host.share({"revoke", "--from", "c1", "datasets"});
   REQUIRE_MESSAGE(e.ok(), e.describe());
-  std::this_thread::sleep_for(200ms);  // the change reaches every daemon within 100 ms
+  // No wait: hoody-share returns once every running daemon has applied it.
   go.signal();
   auto r = holder.wait();
   CHECK_MESSAGE((r.exit_code == EACCES || r.exit_code == ESTALE),
