@@ -22,6 +22,18 @@
 //       per read transaction (the round trips amortized)
 //   (d) lock round trip: F_SETLK + F_UNLCK of one byte of a plain file in a
 //       loop (calls/s; the µs per lock call are printed below the table)
+//   (a2) 8 short-lived writers x 300 commits (see short_lived_writers)
+//   (e)-(g) create/stat/unlink, cached 4k reads, sequential write + fsync
+//
+// Why (a) flatters hoody-dbfs next to (a2) (issue 10): not the opens and
+// prepares outside the clock, but the length.  (a) makes 8 x 60 = 480
+// commits, about 960 WAL frames, so the WAL never reaches SQLite's
+// auto-checkpoint (1000 frames).  (a2) makes 2400: past 1000 frames every
+// commit runs a PASSIVE checkpoint, which the other writers' read marks keep
+// from finishing, so the WAL is never reset and each commit pays about 0.5
+// FSYNC, 0.15 SETATTR, 0.2 GETXATTR and 1 SETLK more, each a FUSE round trip
+// (native pays only the fsyncs).  Swapping the counts (HOODY_BENCH_WAL_TXNS=300,
+// HOODY_BENCH_SHORT_TXNS=60) swaps the two rows' request profiles and ratios.
 // All candidates stay mounted (each on its own subvolume) and each workload runs
 // on all of them back to back.  Each prints the median of 3 rounds (candidate
 // order rotated per round), the ratio
