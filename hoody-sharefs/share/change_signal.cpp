@@ -29,7 +29,8 @@ struct Slot {
   uint32_t unused;
 };
 
-constexpr std::size_t kSize = 4096;
+// 64 KiB: 2730 slots, more daemons than one pool serves (one per container).
+constexpr std::size_t kSize = 65536;
 constexpr std::size_t kHeader = 16;
 constexpr std::size_t kSlots = (kSize - kHeader) / sizeof(Slot);
 
