@@ -1,6 +1,7 @@
 #include "share/change_signal.hpp"
 
 #include <linux/futex.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -26,7 +27,7 @@ struct Slot {
   std::atomic<uint64_t> acked;   // the counter it last applied
   std::atomic<int64_t> beat_ms;  // CLOCK_MONOTONIC of its last look, ms
   std::atomic<int32_t> pid;      // 0: free
-  uint32_t unused;
+  std::atomic<uint32_t> pidns;   // its pid namespace (inode number, truncated)
 };
 
 // 64 KiB: 2730 slots, more daemons than one pool serves (one per container).
@@ -48,6 +49,23 @@ static_assert(std::atomic<uint32_t>::is_always_lock_free);
 static_assert(std::atomic<int64_t>::is_always_lock_free);
 static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t), "futex word must be 32 bits");
 static_assert(offsetof(Shared, slots) == kHeader && sizeof(Shared) <= kSize);
+
+// The pid namespace of this process, so that a waiter in the same one can
+// tell a killed daemon at once (kill(pid, 0)); across namespaces only the
+// heartbeat tells.
+uint32_t own_pidns() {
+  static const uint32_t ns = [] {
+    struct stat st {};
+    return ::stat("/proc/self/ns/pid", &st) == 0 ? static_cast<uint32_t>(st.st_ino) : 0u;
+  }();
+  return ns;
+}
+
+// Whether the daemon in a slot is known to be gone: same pid namespace, and
+// no such process.
+bool gone(pid_t pid, uint32_t pidns) {
+  return pidns != 0 && pidns == own_pidns() && ::kill(pid, 0) != 0 && errno == ESRCH;
+}
 
 int64_t now_ms() {
   struct timespec ts {};
@@ -148,10 +166,13 @@ int ChangeSignal::claim_slot() {
   for (std::size_t i = 0; i < kSlots; ++i) {
     Slot& sl = s->slots[i];
     int32_t p = sl.pid.load(std::memory_order_acquire);
-    if (p != 0 && now_ms() - sl.beat_ms.load(std::memory_order_acquire) <= kStale.count()) continue;
+    if (p != 0 && now_ms() - sl.beat_ms.load(std::memory_order_acquire) <= kStale.count() &&
+        !gone(p, sl.pidns.load(std::memory_order_acquire)))
+      continue;
     // Free, or its daemon stopped beating: take it (one claimer wins).
     if (!sl.pid.compare_exchange_strong(p, self, std::memory_order_acq_rel)) continue;
     sl.acked.store(0, std::memory_order_release);  // waited for until its first look
+    sl.pidns.store(own_pidns(), std::memory_order_release);
     sl.beat_ms.store(now_ms(), std::memory_order_release);
     return static_cast<int>(i);
   }
@@ -195,6 +216,7 @@ std::vector<pid_t> ChangeSignal::wait_applied(uint64_t counter,
     for (auto& sl : s->slots) {
       pid_t p = sl.pid.load(std::memory_order_acquire);
       if (p == 0 || now_ms() - sl.beat_ms.load(std::memory_order_acquire) > kStale.count()) continue;
+      if (gone(p, sl.pidns.load(std::memory_order_acquire))) continue;  // killed
       if (sl.acked.load(std::memory_order_acquire) < counter) behind.push_back(p);
     }
     if (behind.empty()) return behind;

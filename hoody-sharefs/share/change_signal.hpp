@@ -34,11 +34,11 @@
 // (at least every 200 ms).  wait_applied(counter) waits, on a second futex
 // word, until every slot with a fresh heartbeat (renewed within kStale) has
 // acknowledged `counter`, up to a bound, and names the daemons that had not.
-// A daemon that was killed or hangs stops beating and is no longer waited
-// for after kStale: a slot never blocks a writer for longer than that, and a
-// stale slot is taken over by the next daemon that starts.  The heartbeat is
-// CLOCK_MONOTONIC, which every pid namespace shares; the pid in a slot is only
-// for messages.
+// A daemon that was killed is let go of at once when it ran in the waiter's
+// pid namespace (kill(pid, 0) says ESRCH), and otherwise once it has not
+// beaten for kStale; a hanging one is waited for up to the writer's bound.
+// Such slots are taken over by the next daemon that starts.  The heartbeat
+// is CLOCK_MONOTONIC, which every pid namespace shares.
 //
 // The counter is a hint, not the truth: the registry's own generation (a row
 // in shares.db, bumped in the same transaction as the change) is.  A daemon
