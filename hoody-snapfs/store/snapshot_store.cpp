@@ -304,7 +304,9 @@ Result<std::unique_ptr<SnapshotStore>> SnapshotStore::open(int source_fd) {
   if (::flock(lock.get(), LOCK_EX | LOCK_NB) < 0) {
     Errno e = Errno::last();
     if (e.value() == EWOULDBLOCK) {
-      lg->error("op=open store={} -> another hoody-snapfs holds this store",
+      // Not an error here: hoody-snap falls back to a shared open, and the
+      // daemon's start says what it means for it.
+      lg->debug("op=open store={} -> another hoody-snapfs holds this store",
                 sys::fd_path(store.get()));
       return fail(EBUSY);
     }
