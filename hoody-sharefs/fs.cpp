@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -125,7 +126,7 @@ Status Fs::start(std::string* why) {
   return {};
 }
 
-fuse_lowlevel_ops Fs::ops() { return make_ops({}); }
+fuse_lowlevel_ops Fs::ops() { return make_ops({.posix_locks = true, .flock = true}); }
 
 void Fs::attached(fuse_session* se) {
   se_ = se;
@@ -607,7 +608,13 @@ void Fs::lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   PassthroughFs::lookup(req, parent, name);
 }
 void Fs::forget(fuse_ino_t ino, uint64_t n) {
-  if (remote(ino)) return remote_.forget(ino, n);
+  if (remote(ino)) {
+    if (remote_.forget(ino, n)) {
+      std::lock_guard g(remote_locks_mu_);
+      remote_lock_files_.erase(ino);
+    }
+    return;
+  }
   PassthroughFs::forget(ino, n);
 }
 void Fs::getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
@@ -677,8 +684,77 @@ void Fs::flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   PassthroughFs::flush(req, ino, fi);
 }
 void Fs::release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  // A remote node's flock lives on the open file's own description here.
+  if (remote(ino) && fi->flock_release) drop_owner_locks(ino, fi->lock_owner);
   if (remote(ino)) return remote_.release(req, fi);
   PassthroughFs::release(req, ino, fi);
+}
+// Locks.  On a share of this server they are taken on the owner's files
+// (PassthroughFs, ops_lock.cpp): they exclude the owner's own processes and
+// every other receiver.  On a share from another server NFSv3 through libnfs
+// has no lock protocol, so they are kept here, as an NFS mount with "nolock"
+// keeps them: each node locked gets a memfd, and the same per-owner open file
+// descriptions of it (opened again through /proc/self/fd) carry the locks, so
+// the processes of this container exclude each other.
+// A lock granted on a share: the file may have been changed through another
+// mount (the owner's storage, another receiver) while this container did not
+// hold it, and the kernel's page cache of this mount would still show the old
+// pages (SQLite read a malformed database image that way).  So its cached
+// pages and attributes are dropped before the caller learns it holds the lock,
+// as an NFS client revalidates a file when it takes a lock.
+//
+// The same goes for the names beside it that SQLite's locking protocol reads
+// under the lock: whether NAME-journal exists decides whether a journal is
+// hot (a stale positive entry for a journal another mount has deleted made a
+// receiver "roll back" a finished transaction and corrupt the database), and
+// NAME-wal likewise.  Their cached entries are dropped too, so the next
+// lookup asks the owner's directory.  (WAL databases still cannot be shared
+// across mounts: their -shm is shared memory, which no two mounts share.)
+void Fs::lock_granted(fuse_ino_t ino) {
+  if (!se_ || RemoteFs::owns(ino)) return;
+  auto lg = log::get("share");
+  int rc = fuse_lowlevel_notify_inval_inode(se_, ino, 0, 0);
+  if (rc < 0 && rc != -ENOENT) lg->debug("op=lock_inval ino={} -> {}", ino, std::strerror(-rc));
+  fuse_ino_t parent = 0;
+  std::string name;
+  if (!parent_entry(ino, &parent, &name)) return;
+  for (const char* suffix : {"-journal", "-wal"}) {
+    std::string sib = name + suffix;
+    rc = fuse_lowlevel_notify_inval_entry(se_, parent, sib.c_str(), sib.size());
+    if (rc < 0 && rc != -ENOENT)
+      lg->debug("op=lock_inval_entry name={} -> {}", quote_name(sib), std::strerror(-rc));
+  }
+}
+
+Result<UniqueFd> Fs::remote_lock_target(fuse_ino_t ino) {
+  std::lock_guard g(remote_locks_mu_);
+  UniqueFd& m = remote_lock_files_[ino];
+  if (!m.valid()) {
+    int fd = ::memfd_create("hoody-sharefs-lock", MFD_CLOEXEC);
+    if (fd < 0) return fail(Errno::last());
+    m = UniqueFd(fd);
+  }
+  return sys::open(("/proc/self/fd/" + std::to_string(m.get())).c_str(), O_RDWR | O_CLOEXEC);
+}
+void Fs::getlk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock) {
+  if (remote(ino))
+    return lock_getlk(req, ino, fi->lock_owner, nullptr, lock, [this, ino] { return remote_lock_target(ino); });
+  PassthroughFs::getlk(req, ino, fi, lock);
+}
+void Fs::setlk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock, int sleep) {
+  if (remote(ino))
+    return lock_setlk(req, ino, fi->lock_owner, nullptr, lock, sleep,
+                      [this, ino] { return remote_lock_target(ino); });
+  PassthroughFs::setlk(req, ino, fi, lock, sleep);
+}
+void Fs::flock(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, int op) {
+  if (!remote(ino)) return PassthroughFs::flock(req, ino, fi, op);
+  // The kernel's owner of a flock is the open file: one description each.
+  LockTarget target = [this, ino] { return remote_lock_target(ino); };
+  Errno e(EIO);
+  auto fd = owner_lock_fd(ino, nullptr, fi->lock_owner, &target, &e);
+  if (!fd) return reply(req, fail(e));
+  lock_flock(req, ino, fd->get(), nullptr, op);
 }
 void Fs::fsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) {
   if (remote(ino)) return remote_.fsync(req, fi);

@@ -121,6 +121,12 @@ public:
                        fuse_ino_t ino_out, off_t off_out, fuse_file_info* fi_out, size_t len,
                        int flags) override;
   void lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi) override;
+  void getlk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock) override;
+  void setlk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock,
+             int sleep) override;
+  void flock(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, int op) override;
+  bool lock_grant_hook() const override { return true; }
+  void lock_granted(fuse_ino_t ino) override;
 
 protected:
   Status allow(fuse_req_t req, const pt::Access& a) override;
@@ -183,6 +189,11 @@ private:
   std::vector<Notice> pending_;
   RemoteFs remote_;
   std::atomic<uint64_t> applied_gen_{0};
+  // Locks on a share from another server: one memfd per node locked, here
+  // (NFSv3 through libnfs has no lock protocol).  See remote_lock_target().
+  std::mutex remote_locks_mu_;
+  std::unordered_map<fuse_ino_t, UniqueFd> remote_lock_files_;
+  Result<UniqueFd> remote_lock_target(fuse_ino_t ino);
   std::atomic<bool> retry_{false};  // a share could not be served: sync again
 
   std::atomic<bool> stop_{false};

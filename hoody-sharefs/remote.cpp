@@ -273,18 +273,19 @@ std::vector<fuse_ino_t> RemoteFs::revoke(const std::shared_ptr<RemoteShare>& sha
   return nodes_of(share.get());
 }
 
-void RemoteFs::forget(fuse_ino_t ino, uint64_t n) {
+bool RemoteFs::forget(fuse_ino_t ino, uint64_t n) {
   std::lock_guard g(m_);
   auto it = nodes_.find(ino);
-  if (it == nodes_.end()) return;
+  if (it == nodes_.end()) return true;
   if (it->second.nlookup > n) {
     it->second.nlookup -= n;
-    return;
+    return false;
   }
   auto key = std::make_pair(static_cast<const RemoteShare*>(it->second.share.get()), it->second.path);
   auto bp = by_path_.find(key);
   if (bp != by_path_.end() && bp->second == ino) by_path_.erase(bp);
   nodes_.erase(it);  // the last reference to a revoked share closes its context
+  return true;
 }
 
 // ---- ops --------------------------------------------------------------------

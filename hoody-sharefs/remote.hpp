@@ -111,7 +111,8 @@ public:
   std::vector<fuse_ino_t> nodes_of(const RemoteShare* share);
 
   void lookup(fuse_req_t req, fuse_ino_t parent, const char* name);
-  void forget(fuse_ino_t ino, uint64_t n);
+  // True when the node is gone (its last lookup forgotten).
+  bool forget(fuse_ino_t ino, uint64_t n);
   void getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
   void setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int valid, fuse_file_info* fi);
   void readlink(fuse_req_t req, fuse_ino_t ino);

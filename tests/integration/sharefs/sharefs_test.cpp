@@ -9,6 +9,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
@@ -409,6 +410,143 @@ TEST_CASE("sharefs: a restore and a revoke return only once every running daemon
   CHECK_MESSAGE(held.ok(), "a file held open across the revoke, read right after it: " << held.describe()
                                                                                       << " (exit 1: not EACCES)");
   CHECK_FALSE(exists(m2 + "/ds"));
+}
+
+namespace {
+// F_SETLK (or F_SETLKW) of one byte at `off` on `path`, in a child: 0 when
+// granted, the errno otherwise.
+int child_lock(const std::string& path, short type, off_t off = 0, bool wait = false) {
+  auto r = run_child([&] {
+    int fd = ::open(path.c_str(), type == F_WRLCK ? O_RDWR : O_RDONLY);
+    if (fd < 0) return 100;
+    struct flock l {};
+    l.l_type = type;
+    l.l_whence = SEEK_SET;
+    l.l_start = off;
+    l.l_len = 1;
+    return ::fcntl(fd, wait ? F_SETLKW : F_SETLK, &l) == 0 ? 0 : errno;
+  });
+  return r.exit_code;
+}
+int child_flock(const std::string& path) {
+  return run_child([&] {
+    int fd = ::open(path.c_str(), O_RDONLY);
+    if (fd < 0) return 100;
+    return ::flock(fd, LOCK_EX | LOCK_NB) == 0 ? 0 : errno;
+  }).exit_code;
+}
+struct flock one_byte(short type, off_t off = 0) {
+  struct flock l {};
+  l.l_type = type;
+  l.l_whence = SEEK_SET;
+  l.l_start = off;
+  l.l_len = 1;
+  return l;
+}
+}  // namespace
+
+TEST_CASE("sharefs: locks are taken on the owner's files: a receiver's lock excludes the other receivers and the owner, as on one filesystem") {
+  require_mount_capabilities();
+  Pool p;
+  ::mkdir((p.storage("c1") + "/data").c_str(), 0755);
+  write_file(p.storage("c1") + "/data/f", "0123456789");
+  p.offer("ds", "data", "c2", Mode::rw);
+  p.offer("ds3", "data", "c3", Mode::rw);
+  auto m2 = p.mount("c2");
+  auto m3 = p.mount("c3");
+  REQUIRE(::rename((m2 + "/.pending/ds").c_str(), (m2 + "/ds").c_str()) == 0);
+  REQUIRE(::rename((m3 + "/.pending/ds3").c_str(), (m3 + "/ds3").c_str()) == 0);
+  const std::string own = p.storage("c1") + "/data/f", in2 = m2 + "/ds/f", in3 = m3 + "/ds3/f";
+
+  // The test process holds a write lock on byte 0 through c2's share.
+  int fd = ::open(in2.c_str(), O_RDWR | O_CLOEXEC);
+  REQUIRE(fd >= 0);
+  struct flock l = one_byte(F_WRLCK);
+  REQUIRE(::fcntl(fd, F_SETLK, &l) == 0);
+  CHECK(child_lock(in3, F_WRLCK) == EAGAIN);  // another container
+  CHECK(child_lock(in3, F_RDLCK) == EAGAIN);
+  CHECK(child_lock(own, F_WRLCK) == EAGAIN);  // the owner, on its own storage
+  CHECK(child_lock(in2, F_WRLCK) == EAGAIN);  // another process of the same container
+  CHECK(child_lock(in3, F_WRLCK, 1) == 0);    // another byte is free
+  // F_GETLK through another mount names the conflict.
+  {
+    int fd3 = ::open(in3.c_str(), O_RDWR | O_CLOEXEC);
+    REQUIRE(fd3 >= 0);
+    struct flock q = one_byte(F_WRLCK);
+    REQUIRE(::fcntl(fd3, F_GETLK, &q) == 0);
+    CHECK(q.l_type == F_WRLCK);
+    CHECK(q.l_start == 0);
+    struct flock q1 = one_byte(F_WRLCK, 5);
+    REQUIRE(::fcntl(fd3, F_GETLK, &q1) == 0);
+    CHECK(q1.l_type == F_UNLCK);
+    ::close(fd3);
+  }
+  // One process's locks merge and split as POSIX says: unlocking byte 0 of
+  // a lock on 0..3 leaves 1..3 locked.
+  struct flock wide {};
+  wide.l_type = F_WRLCK;
+  wide.l_whence = SEEK_SET;
+  wide.l_len = 4;
+  REQUIRE(::fcntl(fd, F_SETLK, &wide) == 0);
+  struct flock u = one_byte(F_UNLCK);
+  REQUIRE(::fcntl(fd, F_SETLK, &u) == 0);
+  CHECK(child_lock(own, F_WRLCK, 0) == 0);
+  CHECK(child_lock(own, F_WRLCK, 2) == EAGAIN);
+  // close(2) of any other descriptor of the file drops the process's locks.
+  int other = ::open(in2.c_str(), O_RDONLY | O_CLOEXEC);
+  REQUIRE(other >= 0);
+  ::close(other);
+  CHECK(child_lock(own, F_WRLCK, 2) == 0);
+
+  // F_SETLKW waits for the holder (the owner, natively) ...
+  int ofd = ::open(own.c_str(), O_RDWR | O_CLOEXEC);
+  REQUIRE(ofd >= 0);
+  struct flock ol = one_byte(F_WRLCK, 7);
+  REQUIRE(::fcntl(ofd, F_SETLK, &ol) == 0);
+  auto t0 = Clock::now();
+  std::thread release([&] {
+    std::this_thread::sleep_for(300ms);
+    struct flock ou = one_byte(F_UNLCK, 7);
+    (void)::fcntl(ofd, F_SETLK, &ou);
+  });
+  CHECK(child_lock(in3, F_WRLCK, 7, true) == 0);
+  release.join();
+  auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
+  MESSAGE("F_SETLKW through c3's share waited " << waited << " ms for the owner's unlock at 300 ms");
+  CHECK(waited >= 250);
+  CHECK(waited < 2000);
+  // ... and a signal interrupts it (EINTR), as natively.
+  REQUIRE(::fcntl(ofd, F_SETLK, &ol) == 0);
+  auto intr = run_child([&] {
+    struct sigaction sa {};
+    sa.sa_handler = [](int) {};
+    ::sigaction(SIGALRM, &sa, nullptr);  // no SA_RESTART
+    int f = ::open(in3.c_str(), O_RDWR);
+    if (f < 0) return 100;
+    ::alarm(1);
+    struct flock w = one_byte(F_WRLCK, 7);
+    return ::fcntl(f, F_SETLKW, &w) == 0 ? 0 : errno;
+  });
+  CHECK_MESSAGE(intr.exit_code == EINTR, intr.describe());
+  ::close(ofd);
+
+  // flock(2) too: per open file, across containers and against the owner.
+  int ffd = ::open(in2.c_str(), O_RDONLY | O_CLOEXEC);
+  REQUIRE(ffd >= 0);
+  REQUIRE(::flock(ffd, LOCK_EX | LOCK_NB) == 0);
+  CHECK(child_flock(in3) == EWOULDBLOCK);
+  CHECK(child_flock(own) == EWOULDBLOCK);
+  ::close(ffd);
+  CHECK(child_flock(in3) == 0);
+
+  // A revoke drops what c2 holds: the owner's files are free at once.
+  REQUIRE(::fcntl(fd, F_SETLK, &l) == 0);
+  CHECK(child_lock(own, F_WRLCK) == EAGAIN);
+  std::string why;
+  REQUIRE(p.reg->revoke("c1", "ds", &why));
+  CHECK(p.reg->wait_applied(2s).empty());
+  CHECK(child_lock(own, F_WRLCK) == 0);
+  ::close(fd);
 }
 
 TEST_CASE("sharefs: changes reach a running mount within 100 ms; a project share reaches a member that joins later") {

@@ -48,6 +48,7 @@
 #include <sys/stat.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -369,6 +370,14 @@ public:
   // The path of the directory with backing key (dev, ino) relative to the
   // mount ("" for the root), as far as the inode table knows it.
   std::string dir_path(dev_t dev, ino_t ino);
+  // The node id of the directory node `ino` was last looked up in, and its
+  // name there, as far as the inode table knows them (false: unknown).
+  bool parent_entry(fuse_ino_t ino, fuse_ino_t* parent, std::string* name);
+
+  // Opens a new open file description of the file a lock request is about
+  // (a real inode's backing file; a daemon may lock something else for nodes
+  // of its own, see lock_setlk).
+  using LockTarget = std::function<Result<UniqueFd>()>;
 
   // The operations table of this filesystem (lock ops only when wanted).
   struct OpsFeatures {
@@ -593,6 +602,68 @@ private:
 
   void track(File* f, fuse_req_t req);
   void untrack(File* f);
+
+  // ---- locks on the backing filesystem (ops_lock.cpp) --------------------------
+  // With OpsFeatures::posix_locks and the default getlk/setlk, a POSIX lock is
+  // taken on the backing file, so it conflicts with every other mount of the
+  // same tree and with the tree's own users.  Each (node, lock owner) has one
+  // backing open file description of its own, locked with F_OFD_SETLK: per
+  // owner and per file, as POSIX locks are per process and per file; a FLUSH
+  // of the owner (any close(2) of that process) closes it, which drops them.
+  void drop_root_locks(const Root* r);
+  // A blocking lock (SETLKW, blocking flock) waits on a thread of its own,
+  // trying again every few milliseconds; `attempt` returns 0 when granted,
+  // EAGAIN to try again, another errno to fail.  With `blocking` false it
+  // makes one attempt.  A grant runs lock_granted(ino) before the reply.
+  void wait_for_lock(fuse_req_t req, fuse_ino_t ino, const Root* r, std::function<int()> attempt,
+                     bool blocking = true);
+  // Answers a lock request: on a grant, through lock_granted() on a thread
+  // of its own when the daemon wants that (lock_grant_hook()), else at once.
+  void lock_answer(fuse_req_t req, fuse_ino_t ino, const Root* r, int err,
+                   std::function<int()> attempt);
+
+  struct OwnerLocks {
+    std::shared_ptr<UniqueFd> fd;
+    const Root* root = nullptr;
+    pid_t pid = 0;  // the process that last took a lock with it (F_GETLK names it)
+  };
+  std::mutex locks_mu_;  // guards owner_locks_, lock_waiters_.  Innermost.
+  std::unordered_map<fuse_ino_t, std::unordered_map<uint64_t, OwnerLocks>> owner_locks_;
+  std::condition_variable lock_waiters_cv_;
+  int lock_waiters_ = 0;
+  std::atomic<bool> locks_stopping_{false};
+
+public:
+  // Ends every lock wait (EINTR) and returns once their threads are done: at
+  // unmount, before the session goes.
+  void stop_lock_waits();
+
+protected:
+  // The open file description that carries `owner`'s locks on node `ino`;
+  // opened with `open_target` when there is none yet and it is given.
+  std::shared_ptr<UniqueFd> owner_lock_fd(fuse_ino_t ino, const Root* root, uint64_t owner,
+                                          const LockTarget* open_target, Errno* err);
+  // Closes it: every lock of `owner` on the node goes.
+  void drop_owner_locks(fuse_ino_t ino, uint64_t owner);
+  // getlk/setlk of node `ino` on descriptions that `open_target` opens; root
+  // (may be null) revoked ends a wait.  For a daemon's own kind of node.
+  void lock_getlk(fuse_req_t req, fuse_ino_t ino, uint64_t owner, const Root* root,
+                  struct flock* lock, const LockTarget& open_target);
+  void lock_setlk(fuse_req_t req, fuse_ino_t ino, uint64_t owner, const Root* root,
+                  struct flock* lock, int sleep, const LockTarget& open_target);
+  // flock(2) on `fd` (one description per open file); `fd` must stay open
+  // while the request runs, which the caller's open file guarantees.
+  void lock_flock(fuse_req_t req, fuse_ino_t ino, int fd, const Root* root, int op);
+  // Whether a granted lock must run lock_granted() before its reply.
+  virtual bool lock_grant_hook() const { return false; }
+  // A lock on node `ino` was granted and its reply is about to go; runs on a
+  // thread of its own, never on a request's (it may notify the kernel).
+  // hoody-sharefs drops the kernel's cached pages of the file here: another
+  // mount may have changed it while the lock was not held (what an NFS
+  // client does when it takes a lock).
+  virtual void lock_granted(fuse_ino_t /*ino*/) {}
+
+private:
   // open and create: the File of a backing fd, tracked, in fi->fh, on_open
   // told; and its undoing when the opener was gone before the reply.
   File* new_file(fuse_req_t req, Inode* in, UniqueFd fd, fuse_file_info* fi);

@@ -291,6 +291,9 @@ Result<Removed> PassthroughFs::remove_root(RootId id) {
       }
     }
   }
+  // Its locks on the backing files go too: the owner's tree no longer sees a
+  // lock of a container that lost the share.
+  drop_root_locks(r);
   // Open files: their backing fds go at once.  dup3 over the fd keeps its
   // number valid for a request that passed check() just before (it reads
   // /dev/null), so no fd number is ever reused under a running request.
@@ -500,6 +503,24 @@ std::string PassthroughFs::dir_path(dev_t dev, ino_t ino) {
   for (auto& r : old_roots_)
     if (r->src_dev == dev && r->src_ino == ino) return "";
   return "?";
+}
+
+bool PassthroughFs::parent_entry(fuse_ino_t ino, fuse_ino_t* parent, std::string* name) {
+  if (is_vnode(ino)) return false;
+  Inode* in = inode(ino);
+  std::lock_guard g(mutex_);
+  if (in->name.empty()) return false;
+  Inode* dir = nullptr;
+  if (Inode* r = in->root->inode.load(); r && r->key() == in->parent_key) {
+    dir = r;
+  } else {
+    auto it = inodes_.find(in->parent_key);
+    if (it == inodes_.end()) return false;
+    dir = it->second.get();
+  }
+  *parent = ino_of(dir);
+  *name = in->name;
+  return true;
 }
 
 void PassthroughFs::track(File* f, fuse_req_t req) {

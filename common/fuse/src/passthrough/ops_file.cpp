@@ -1,7 +1,6 @@
 // Files: open, create, read, write, flush, release, fsync, fallocate,
-// copy_file_range, lseek.  The lock ops are answered here only by daemons
-// that override them (PassthroughFs::make_ops decides whether the kernel
-// sends them at all).
+// copy_file_range, lseek.  The lock ops are in ops_lock.cpp
+// (PassthroughFs::make_ops decides whether the kernel sends them at all).
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -182,8 +181,10 @@ void PassthroughFs::write_buf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* in, o
 
 void PassthroughFs::flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if (is_vnode(ino)) return reply(req, {});
-  // Nothing to do on the backing file: BTRFS reports no errors at close, and
-  // the locks are the kernel's (or the daemon's, in on_flush).
+  // Nothing to do on the backing file: BTRFS reports no errors at close.  A
+  // close(2) drops the caller's POSIX locks on the file: those taken on the
+  // backing file (ops_lock.cpp), or the daemon's own (on_flush).
+  drop_owner_locks(ino, fi->lock_owner);
   on_flush(req, *file_of(fi), fi);
   reply(req, {});
 }
@@ -261,18 +262,6 @@ void PassthroughFs::lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
   off_t r = ::lseek(file_of(fi)->fd.get(), off, whence);
   if (r < 0) return reply(req, fail(Errno::last()));
   fuse_reply_lseek(req, r);
-}
-
-void PassthroughFs::getlk(fuse_req_t req, fuse_ino_t, fuse_file_info*, struct flock*) {
-  reply(req, fail(EOPNOTSUPP));
-}
-
-void PassthroughFs::setlk(fuse_req_t req, fuse_ino_t, fuse_file_info*, struct flock*, int) {
-  reply(req, fail(EOPNOTSUPP));
-}
-
-void PassthroughFs::flock(fuse_req_t req, fuse_ino_t, fuse_file_info*, int) {
-  reply(req, fail(EOPNOTSUPP));
 }
 
 }  // namespace hoody::pt

@@ -10,7 +10,11 @@ PassthroughFs& F(fuse_req_t req) { return fs_of(req); }
 void op_init(void* userdata, fuse_conn_info* conn) {
   static_cast<PassthroughFs*>(userdata)->init(conn);
 }
-void op_destroy(void* userdata) { static_cast<PassthroughFs*>(userdata)->destroy(); }
+void op_destroy(void* userdata) {
+  auto* fs = static_cast<PassthroughFs*>(userdata);
+  fs->stop_lock_waits();
+  fs->destroy();
+}
 void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) { F(req).lookup(req, parent, name); }
 void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t n) {
   F(req).forget(ino, n);
