@@ -667,6 +667,9 @@ private:
   // open and create: the File of a backing fd, tracked, in fi->fh, on_open
   // told; and its undoing when the opener was gone before the reply.
   File* new_file(fuse_req_t req, Inode* in, UniqueFd fd, fuse_file_info* fi);
+  // Whether an open through node `ino` reached a file unlinked since whose
+  // name now names another file (answer ESTALE: the kernel looks it up again).
+  bool replaced_name(fuse_ino_t ino, const Inode& in, int fd);
   void drop_file(File* f, fuse_file_info* fi);
 
   // Guards inodes_ and every Inode::nlookup.  Lock order: before any Inode::m.

@@ -44,6 +44,7 @@ void PassthroughFs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   // Opened from a tree a restore replaced meanwhile: the kernel retries the
   // open with a fresh lookup on ESTALE.
   if (stale(*in)) return reply(req, fail(ESTALE));
+  if (replaced_name(ino, *in, fd->get())) return reply(req, fail(ESTALE));
   // open(O_TRUNC) by a caller without CAP_FSETID (FUSE_OPEN_KILL_SUIDGID).
   if ((fi->flags & O_TRUNC) && fuse_request_kills_suidgid())
     if (auto k = kill_suidgid(req, fd->get(), false); !k) return reply(req, k);
@@ -53,6 +54,28 @@ void PassthroughFs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   File* f = new_file(req, in, std::move(*fd), fi);
   // The opener was interrupted and is gone: nobody will release this.
   if (fuse_reply_open(req, fi) == -ENOENT) drop_file(f, fi);
+}
+
+// The kernel opens by node, through the entry it cached for the name (for
+// up to entry_timeout).  When the file was unlinked since and its name now
+// names another file (deleted and created again by someone who does not go
+// through this mount: the owner of a share, another mount), opening it would
+// reach the deleted file, where open(2) by name reaches the new one: SQLite
+// then found its database "unlinked while open", or read an old journal as
+// hot.  ESTALE makes the kernel look the name up again and retry.  A file
+// whose name is simply gone still opens (as through /proc/PID/fd).
+bool PassthroughFs::replaced_name(fuse_ino_t ino, const Inode& in, int fd) {
+  if (in.type != S_IFREG) return false;
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || st.st_nlink != 0) return false;
+  fuse_ino_t parent = 0;
+  std::string name;
+  if (!parent_entry(ino, &parent, &name)) return false;
+  auto pfd = pin(inode(parent));
+  if (!pfd) return false;
+  struct stat now;
+  if (::fstatat(pfd->get(), name.c_str(), &now, AT_SYMLINK_NOFOLLOW) != 0) return false;
+  return now.st_dev != in.src_dev || now.st_ino != in.src_ino;
 }
 
 File* PassthroughFs::new_file(fuse_req_t req, Inode* in, UniqueFd fd, fuse_file_info* fi) {
