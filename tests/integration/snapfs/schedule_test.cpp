@@ -94,7 +94,13 @@ struct Mount {
       argv.insert(argv.begin(), {"env", "HOODY_TEST_CLOCK_FILE=" + clock_file});
     daemon = std::make_unique<Daemon>(argv, mnt, pool.dir() + "/daemon.log");
   }
-  void set_clock(int64_t t) { write_file(clock_file, std::to_string(t) + "\n"); }
+  // Atomically (a rename): the daemon reads the file at any moment, and an
+  // empty read (between a truncate and its write) means the system clock to
+  // it, which once took a real-time slot in the middle of the simulated days.
+  void set_clock(int64_t t) {
+    write_file(clock_file + ".new", std::to_string(t) + "\n");
+    REQUIRE(::rename((clock_file + ".new").c_str(), clock_file.c_str()) == 0);
+  }
   std::string at(const std::string& rel) const { return mnt + "/" + rel; }
 
   nlohmann::json schedule() const { return nlohmann::json::parse(slurp(at(".hoody/schedule"))); }
