@@ -54,6 +54,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
@@ -627,6 +628,14 @@ private:
     const Root* root = nullptr;
     pid_t pid = 0;  // the process that last took a lock with it (F_GETLK names it)
   };
+  // Grants whose reply waits for lock_granted(): one thread answers them in
+  // order (started at the first one).
+  void queue_grant(fuse_req_t req, fuse_ino_t ino);
+  std::mutex grants_mu_;
+  std::condition_variable grants_cv_;
+  std::vector<std::pair<fuse_req_t, fuse_ino_t>> grants_;
+  bool grants_stop_ = false;
+  std::thread grants_thread_;
   std::mutex locks_mu_;  // guards owner_locks_, lock_waiters_.  Innermost.
   std::unordered_map<fuse_ino_t, std::unordered_map<uint64_t, OwnerLocks>> owner_locks_;
   std::condition_variable lock_waiters_cv_;

@@ -86,7 +86,7 @@ PassthroughFs::PassthroughFs(Config cfg) : cfg_(std::move(cfg)) {
   }
 }
 
-PassthroughFs::~PassthroughFs() = default;
+PassthroughFs::~PassthroughFs() { stop_lock_waits(); }
 
 namespace {
 // The mount fd that reopens evicted inodes (open_by_handle_at refuses O_PATH

@@ -128,20 +128,50 @@ void PassthroughFs::wait_for_lock(fuse_req_t req, fuse_ino_t ino, const Root* r,
   }).detach();
 }
 
-void PassthroughFs::lock_answer(fuse_req_t req, fuse_ino_t ino, const Root* r, int err,
-                                std::function<int()> attempt) {
-  if (err == 0 && lock_grant_hook()) {
-    // Granted already: the thread's one attempt takes it again (a no-op for
-    // the same owner and range) and then runs the hook.
-    return wait_for_lock(req, ino, r, std::move(attempt), false);
-  }
+void PassthroughFs::lock_answer(fuse_req_t req, fuse_ino_t ino, const Root*, int err,
+                                std::function<int()>) {
+  if (err == 0 && lock_grant_hook()) return queue_grant(req, ino);
   reply(req, err ? fail(err) : Status{});
+}
+
+void PassthroughFs::queue_grant(fuse_req_t req, fuse_ino_t ino) {
+  std::lock_guard g(grants_mu_);
+  if (grants_stop_) {
+    fuse_reply_err(req, 0);  // unmounting: granted, nothing left to revalidate
+    return;
+  }
+  grants_.emplace_back(req, ino);
+  if (!grants_thread_.joinable())
+    grants_thread_ = std::thread([this] {
+      std::unique_lock l(grants_mu_);
+      for (;;) {
+        grants_cv_.wait(l, [&] { return !grants_.empty() || grants_stop_; });
+        if (grants_.empty()) return;  // stopping, all answered
+        auto batch = std::move(grants_);
+        grants_.clear();
+        l.unlock();
+        for (auto [r, n] : batch) {
+          lock_granted(n);
+          fuse_reply_err(r, 0);
+        }
+        l.lock();
+      }
+    });
+  grants_cv_.notify_one();
 }
 
 void PassthroughFs::stop_lock_waits() {
   locks_stopping_ = true;
-  std::unique_lock l(locks_mu_);
-  lock_waiters_cv_.wait(l, [&] { return lock_waiters_ == 0; });
+  {
+    std::unique_lock l(locks_mu_);
+    lock_waiters_cv_.wait(l, [&] { return lock_waiters_ == 0; });
+  }
+  {
+    std::lock_guard g(grants_mu_);
+    grants_stop_ = true;
+  }
+  grants_cv_.notify_all();
+  if (grants_thread_.joinable()) grants_thread_.join();
 }
 
 namespace {
