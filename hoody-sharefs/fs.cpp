@@ -710,14 +710,23 @@ void Fs::release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 // NAME-wal likewise.  Their cached entries are dropped too, so the next
 // lookup asks the owner's directory.  (WAL databases still cannot be shared
 // across mounts: their -shm is shared memory, which no two mounts share.)
+//
+// Not for SQLite's -shm: it is shared memory that this mount's processes map,
+// so dropping its pages would only unmap them (and no two mounts share it);
+// its locks (several per WAL transaction) are answered at once.  Not for a
+// share from another server either: its locks are this server's own.
+bool Fs::lock_grant_hook(fuse_ino_t ino) {
+  if (!se_ || RemoteFs::owns(ino)) return false;
+  fuse_ino_t parent = 0;
+  std::string name;
+  if (!parent_entry(ino, &parent, &name)) return true;
+  return !(name.size() > 4 && name.compare(name.size() - 4, 4, "-shm") == 0);
+}
+
 void Fs::lock_granted(fuse_ino_t ino) {
-  if (!se_ || RemoteFs::owns(ino)) return;
   fuse_ino_t parent = 0;
   std::string name;
   bool named = parent_entry(ino, &parent, &name);
-  // Not SQLite's -shm: it is shared memory that this mount's processes map;
-  // dropping its pages would only unmap them (and no two mounts share it).
-  if (named && name.size() > 4 && name.compare(name.size() - 4, 4, "-shm") == 0) return;
   auto lg = log::get("share");
   int rc = fuse_lowlevel_notify_inval_inode(se_, ino, 0, 0);
   if (rc < 0 && rc != -ENOENT) lg->debug("op=lock_inval ino={} -> {}", ino, std::strerror(-rc));

@@ -125,7 +125,7 @@ public:
   void setlk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock,
              int sleep) override;
   void flock(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, int op) override;
-  bool lock_grant_hook() const override { return true; }
+  bool lock_grant_hook(fuse_ino_t ino) override;
   void lock_granted(fuse_ino_t ino) override;
 
 protected:

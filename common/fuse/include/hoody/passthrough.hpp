@@ -619,7 +619,7 @@ private:
   void wait_for_lock(fuse_req_t req, fuse_ino_t ino, const Root* r, std::function<int()> attempt,
                      bool blocking = true);
   // Answers a lock request: on a grant, through lock_granted() on a thread
-  // of its own when the daemon wants that (lock_grant_hook()), else at once.
+  // of its own when the daemon wants that (lock_grant_hook(ino)), else at once.
   void lock_answer(fuse_req_t req, fuse_ino_t ino, const Root* r, int err,
                    std::function<int()> attempt);
 
@@ -663,8 +663,9 @@ protected:
   // flock(2) on `fd` (one description per open file); `fd` must stay open
   // while the request runs, which the caller's open file guarantees.
   void lock_flock(fuse_req_t req, fuse_ino_t ino, int fd, const Root* root, int op);
-  // Whether a granted lock must run lock_granted() before its reply.
-  virtual bool lock_grant_hook() const { return false; }
+  // Whether a lock granted on node `ino` must run lock_granted() before its
+  // reply (else it is answered at once).
+  virtual bool lock_grant_hook(fuse_ino_t /*ino*/) { return false; }
   // A lock on node `ino` was granted and its reply is about to go; runs on a
   // thread of its own, never on a request's (it may notify the kernel).
   // hoody-sharefs drops the kernel's cached pages of the file here: another

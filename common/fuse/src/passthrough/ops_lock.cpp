@@ -121,7 +121,7 @@ void PassthroughFs::wait_for_lock(fuse_req_t req, fuse_ino_t ino, const Root* r,
       std::this_thread::sleep_for(delay);
       delay = std::min(delay * 2, std::chrono::microseconds(10000));
     }
-    if (err == 0 && lock_grant_hook()) lock_granted(ino);
+    if (err == 0 && lock_grant_hook(ino)) lock_granted(ino);
     fuse_reply_err(req, err);
     std::lock_guard g(locks_mu_);
     if (--lock_waiters_ == 0) lock_waiters_cv_.notify_all();
@@ -130,7 +130,7 @@ void PassthroughFs::wait_for_lock(fuse_req_t req, fuse_ino_t ino, const Root* r,
 
 void PassthroughFs::lock_answer(fuse_req_t req, fuse_ino_t ino, const Root*, int err,
                                 std::function<int()>) {
-  if (err == 0 && lock_grant_hook()) return queue_grant(req, ino);
+  if (err == 0 && lock_grant_hook(ino)) return queue_grant(req, ino);
   reply(req, err ? fail(err) : Status{});
 }
 
