@@ -680,7 +680,10 @@ void Fs::write_buf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* in, off_t off, f
   PassthroughFs::write_buf(req, ino, in, off, fi);
 }
 void Fs::flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-  if (remote(ino)) return reply(req, Status{});  // writes are sent as they come
+  if (remote(ino)) {
+    drop_owner_locks(ino, fi->lock_owner);  // a close drops the caller's POSIX locks
+    return reply(req, Status{});            // writes are sent as they come
+  }
   PassthroughFs::flush(req, ino, fi);
 }
 void Fs::release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {

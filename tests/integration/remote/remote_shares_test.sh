@@ -70,6 +70,36 @@ PY
 check "write, append, mkdir, rename (also over a file), truncate, unlink, symlink, chmod, readdir on B" "[ $? = 0 ]"
 check "B's changes are in A's storage" \
   'inA sh -c "[ \$(stat -c %s $S/docs/dir/moved.txt) = 50000 ] && [ \$(head -c 12 $S/docs/dir/moved.txt) = xxxxxxxxxxZZ ] && [ ! -e $S/docs/gone.txt ] && [ \$(stat -c %a $S/docs/hello.txt) = 640 ] && [ \$(readlink $S/docs/dir/link) = ../hello.txt ]"'
+# Locks on a remote share are B's own (NFSv3 through libnfs has no lock
+# protocol), as on an NFS mount with "nolock": B's processes exclude each
+# other (fcntl and flock), and a close drops a process's fcntl locks.
+pyB "$MNT_B/docs/hello.txt" <<'PY'
+import fcntl, os, sys
+p = sys.argv[1]
+def other(kind):
+    pid = os.fork()
+    if pid == 0:
+        f = open(p, "r+")
+        try:
+            if kind == "flock": fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            else: fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
+            os._exit(0)
+        except OSError: os._exit(1)
+    return os.waitpid(pid, 0)[1] >> 8
+f = open(p, "r+")
+fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
+held = other("lockf")
+open(p).close()  # any close by this process drops its fcntl locks
+freed = other("lockf")
+g = open(p)
+fcntl.flock(g, fcntl.LOCK_EX | fcntl.LOCK_NB)
+fheld = other("flock")
+g.close()
+ffreed = other("flock")
+print("# remote locks: held %d freed %d flock held %d freed %d" % (held, freed, fheld, ffreed))
+sys.exit(0 if (held, freed, fheld, ffreed) == (1, 0, 1, 0) else 1)
+PY
+check "locks on B's remote share: fcntl and flock exclude B's processes; a close drops fcntl locks" "[ $? = 0 ]"
 inA sh -c "echo from-owner >$S/docs/owner.txt"
 sleep 0.7  # the remote share's attribute/entry timeout is 0.5 s
 check "A's change is seen on B" '[ "$(inB cat $MNT_B/docs/owner.txt)" = from-owner ]'
