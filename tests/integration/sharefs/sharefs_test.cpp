@@ -444,20 +444,27 @@ struct flock one_byte(short type, off_t off = 0) {
   l.l_len = 1;
   return l;
 }
-}  // namespace
-
-TEST_CASE("sharefs: locks are taken on the owner's files: a receiver's lock excludes the other receivers and the owner, as on one filesystem") {
-  require_mount_capabilities();
-  Pool p;
-  ::mkdir((p.storage("c1") + "/data").c_str(), 0755);
-  write_file(p.storage("c1") + "/data/f", "0123456789");
+// c1's data/ (mode `mode`) shared read-write with c2 (as ds) and c3 (as
+// ds3), both accepted: the paths of data/ through c2's and c3's mounts.
+std::pair<std::string, std::string> share_with_two(Pool& p, mode_t mode) {
+  ::mkdir((p.storage("c1") + "/data").c_str(), mode);
+  ::chmod((p.storage("c1") + "/data").c_str(), mode);
   p.offer("ds", "data", "c2", Mode::rw);
   p.offer("ds3", "data", "c3", Mode::rw);
   auto m2 = p.mount("c2");
   auto m3 = p.mount("c3");
   REQUIRE(::rename((m2 + "/.pending/ds").c_str(), (m2 + "/ds").c_str()) == 0);
   REQUIRE(::rename((m3 + "/.pending/ds3").c_str(), (m3 + "/ds3").c_str()) == 0);
-  const std::string own = p.storage("c1") + "/data/f", in2 = m2 + "/ds/f", in3 = m3 + "/ds3/f";
+  return {m2 + "/ds", m3 + "/ds3"};
+}
+}  // namespace
+
+TEST_CASE("sharefs: locks are taken on the owner's files: a receiver's lock excludes the other receivers and the owner, as on one filesystem") {
+  require_mount_capabilities();
+  Pool p;
+  auto [d2, d3] = share_with_two(p, 0755);
+  write_file(p.storage("c1") + "/data/f", "0123456789");
+  const std::string own = p.storage("c1") + "/data/f", in2 = d2 + "/f", in3 = d3 + "/f";
 
   // The test process holds a write lock on byte 0 through c2's share.
   int fd = ::open(in2.c_str(), O_RDWR | O_CLOEXEC);
@@ -591,15 +598,9 @@ std::string sqlite_one(const std::string& path, const char* sql) {
 TEST_CASE("sharefs: SQLite in rollback mode, written at once by the owner and two receivers: every row, no corruption, also in a database made again under the same name") {
   require_mount_capabilities();
   Pool p;
-  ::mkdir((p.storage("c1") + "/data").c_str(), 0777);
-  p.offer("ds", "data", "c2", Mode::rw);
-  p.offer("ds3", "data", "c3", Mode::rw);
-  auto m2 = p.mount("c2");
-  auto m3 = p.mount("c3");
-  REQUIRE(::rename((m2 + "/.pending/ds").c_str(), (m2 + "/ds").c_str()) == 0);
-  REQUIRE(::rename((m3 + "/.pending/ds3").c_str(), (m3 + "/ds3").c_str()) == 0);
+  auto [d2, d3] = share_with_two(p, 0777);
   const std::string own = p.storage("c1") + "/data/app.db";
-  const std::vector<std::string> paths = {own, m2 + "/ds/app.db", m3 + "/ds3/app.db"};
+  const std::vector<std::string> paths = {own, d2 + "/app.db", d3 + "/app.db"};
   constexpr int kRows = 150;
   // Round 2 deletes the database and makes it again under the same name, as
   // the owner: the receivers' kernels still have the old file's entry.
