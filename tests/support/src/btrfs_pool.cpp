@@ -1,6 +1,7 @@
 #include "hoody/test/btrfs_pool.hpp"
 
 #include <btrfsutil.h>
+#include <dirent.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -51,7 +52,23 @@ BtrfsPool::BtrfsPool(Options opts) {
 
 BtrfsPool::~BtrfsPool() { teardown(); }
 
+// The share change signals of pools in this filesystem (named after the pool
+// directory's st_dev, which every plain directory of the mount shares): the
+// next loop mount may get the same device number.
+static void remove_share_signals(const std::string& mnt) {
+  struct stat st;
+  if (::stat(mnt.c_str(), &st) != 0) return;
+  std::string prefix = "hoody-shares-" + std::to_string(static_cast<unsigned long long>(st.st_dev)) + "-";
+  DIR* d = ::opendir("/dev/shm");
+  if (!d) return;
+  while (auto* e = ::readdir(d))
+    if (std::strncmp(e->d_name, prefix.c_str(), prefix.size()) == 0)
+      ::unlink(("/dev/shm/" + std::string(e->d_name)).c_str());
+  ::closedir(d);
+}
+
 void BtrfsPool::teardown() {
+  if (mount_id_ && is_mounted(mnt_)) remove_share_signals(mnt_);
   if (mount_id_) {
     if (is_mounted(mnt_) && ::umount(mnt_.c_str()) < 0) {
       std::fprintf(stderr, "BtrfsPool: umount %s: %s; lazy unmount\n", mnt_.c_str(),
