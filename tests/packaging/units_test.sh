@@ -65,6 +65,7 @@ cleanup() {
     done
     [ -d "$c" ] && echo "warning: cgroup $c is left" >&2
   done
+  [ -n "${SHARE_SIGNAL:-}" ] && rm -f "$SHARE_SIGNAL"
   [ "${HOODY_UNITS_KEEP:-0}" = 1 ] || rm -rf --one-file-system "$T"
 }
 trap cleanup EXIT
@@ -184,6 +185,9 @@ in_ns sh -ec "
   done
   chmod 1777 '$POOL/containers/c1/databases'
 " || { bad "pool set-up"; exit 1; }
+# The pool's share change signal lives in the host's /dev/shm (the namespace
+# shares it): removed at the end, named after the pool directory's dev and inode.
+SHARE_SIGNAL=/dev/shm/hoody-shares-$(in_ns stat -c '%d-%i' "$POOL")
 echo "HOODY_RAMDISK_SIZE=64m" > "$T/etc/c2.env"
 
 # Start the tree of c1.
