@@ -687,18 +687,13 @@ void Fs::flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   PassthroughFs::flush(req, ino, fi);
 }
 void Fs::release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-  // A remote node's flock lives on the open file's own description here.
-  if (remote(ino) && fi->flock_release) drop_owner_locks(ino, fi->lock_owner);
-  if (remote(ino)) return remote_.release(req, fi);
+  if (remote(ino)) {
+    // A remote node's flock lives on the open file's own description here.
+    if (fi->flock_release) drop_owner_locks(ino, fi->lock_owner);
+    return remote_.release(req, fi);
+  }
   PassthroughFs::release(req, ino, fi);
 }
-// Locks.  On a share of this server they are taken on the owner's files
-// (PassthroughFs, ops_lock.cpp): they exclude the owner's own processes and
-// every other receiver.  On a share from another server NFSv3 through libnfs
-// has no lock protocol, so they are kept here, as an NFS mount with "nolock"
-// keeps them: each node locked gets a memfd, and the same per-owner open file
-// descriptions of it (opened again through /proc/self/fd) carry the locks, so
-// the processes of this container exclude each other.
 // A lock granted on a share: the file may have been changed through another
 // mount (the owner's storage, another receiver) while this container did not
 // hold it, and the kernel's page cache of this mount would still show the old
@@ -742,6 +737,13 @@ void Fs::lock_granted(fuse_ino_t ino) {
   }
 }
 
+// Locks.  On a share of this server they are taken on the owner's files
+// (PassthroughFs, ops_lock.cpp): they exclude the owner's own processes and
+// every other receiver.  On a share from another server NFSv3 through libnfs
+// has no lock protocol, so they are kept here, as an NFS mount with "nolock"
+// keeps them: each node locked gets a memfd, and the same per-owner open file
+// descriptions of it (opened again through /proc/self/fd) carry the locks, so
+// the processes of this container exclude each other.
 Result<UniqueFd> Fs::remote_lock_target(fuse_ino_t ino) {
   std::lock_guard g(remote_locks_mu_);
   UniqueFd& m = remote_lock_files_[ino];

@@ -614,14 +614,12 @@ private:
   void drop_root_locks(const Root* r);
   // A blocking lock (SETLKW, blocking flock) waits on a thread of its own,
   // trying again every few milliseconds; `attempt` returns 0 when granted,
-  // EAGAIN to try again, another errno to fail.  With `blocking` false it
-  // makes one attempt.  A grant runs lock_granted(ino) before the reply.
-  void wait_for_lock(fuse_req_t req, fuse_ino_t ino, const Root* r, std::function<int()> attempt,
-                     bool blocking = true);
-  // Answers a lock request: on a grant, through lock_granted() on a thread
-  // of its own when the daemon wants that (lock_grant_hook(ino)), else at once.
-  void lock_answer(fuse_req_t req, fuse_ino_t ino, const Root* r, int err,
-                   std::function<int()> attempt);
+  // EAGAIN to try again, another errno to fail.  A grant runs
+  // lock_granted(ino) before the reply when lock_grant_hook(ino) says so.
+  void wait_for_lock(fuse_req_t req, fuse_ino_t ino, const Root* r, std::function<int()> attempt);
+  // Answers a lock request that did not wait: a grant through the grant
+  // thread (queue_grant) when lock_grant_hook(ino) says so, else at once.
+  void lock_answer(fuse_req_t req, fuse_ino_t ino, int err);
 
   struct OwnerLocks {
     std::shared_ptr<UniqueFd> fd;
@@ -649,9 +647,11 @@ public:
 
 protected:
   // The open file description that carries `owner`'s locks on node `ino`;
-  // opened with `open_target` when there is none yet and it is given.
+  // opened with `open_target` when there is none yet and it is given.  A
+  // non-zero `pid` is recorded as the owner's process (F_GETLK names it).
   std::shared_ptr<UniqueFd> owner_lock_fd(fuse_ino_t ino, const Root* root, uint64_t owner,
-                                          const LockTarget* open_target, Errno* err);
+                                          const LockTarget* open_target, Errno* err,
+                                          pid_t pid = 0);
   // Closes it: every lock of `owner` on the node goes.
   void drop_owner_locks(fuse_ino_t ino, uint64_t owner);
   // getlk/setlk of node `ino` on descriptions that `open_target` opens; root

@@ -43,13 +43,16 @@ namespace hoody::pt {
 
 std::shared_ptr<UniqueFd> PassthroughFs::owner_lock_fd(fuse_ino_t ino, const Root* root,
                                                        uint64_t owner, const LockTarget* open_target,
-                                                       Errno* err) {
+                                                       Errno* err, pid_t pid) {
   {
     std::lock_guard g(locks_mu_);
     auto it = owner_locks_.find(ino);
     if (it != owner_locks_.end()) {
       auto o = it->second.find(owner);
-      if (o != it->second.end()) return o->second.fd;
+      if (o != it->second.end()) {
+        if (pid) o->second.pid = pid;
+        return o->second.fd;
+      }
     }
   }
   if (!open_target) return nullptr;
@@ -62,6 +65,7 @@ std::shared_ptr<UniqueFd> PassthroughFs::owner_lock_fd(fuse_ino_t ino, const Roo
   std::lock_guard g(locks_mu_);
   auto& slot = owner_locks_[ino][owner];
   if (!slot.fd) slot = {shared, root};  // else another request of the owner was first
+  if (pid) slot.pid = pid;
   return slot.fd;
 }
 
@@ -97,18 +101,17 @@ void PassthroughFs::drop_root_locks(const Root* r) {
 }
 
 void PassthroughFs::wait_for_lock(fuse_req_t req, fuse_ino_t ino, const Root* r,
-                                  std::function<int()> attempt, bool blocking) {
+                                  std::function<int()> attempt) {
   {
     std::lock_guard g(locks_mu_);
     ++lock_waiters_;
   }
-  std::thread([this, req, ino, r, blocking, attempt = std::move(attempt)] {
+  std::thread([this, req, ino, r, attempt = std::move(attempt)] {
     auto delay = std::chrono::microseconds(500);
     int err;
     for (;;) {
-      // A wait ends on an interrupt or the unmount; a grant being answered
-      // (one attempt, not blocking) is answered as granted.
-      if (blocking && (locks_stopping_.load() || fuse_req_interrupted(req))) {
+      // A wait ends on an interrupt or the unmount.
+      if (locks_stopping_.load() || fuse_req_interrupted(req)) {
         err = EINTR;
         break;
       }
@@ -117,7 +120,7 @@ void PassthroughFs::wait_for_lock(fuse_req_t req, fuse_ino_t ino, const Root* r,
         break;
       }
       err = attempt();
-      if (err != EAGAIN || !blocking) break;
+      if (err != EAGAIN) break;
       std::this_thread::sleep_for(delay);
       delay = std::min(delay * 2, std::chrono::microseconds(10000));
     }
@@ -128,8 +131,7 @@ void PassthroughFs::wait_for_lock(fuse_req_t req, fuse_ino_t ino, const Root* r,
   }).detach();
 }
 
-void PassthroughFs::lock_answer(fuse_req_t req, fuse_ino_t ino, const Root*, int err,
-                                std::function<int()>) {
+void PassthroughFs::lock_answer(fuse_req_t req, fuse_ino_t ino, int err) {
   if (err == 0 && lock_grant_hook(ino)) return queue_grant(req, ino);
   reply(req, err ? fail(err) : Status{});
 }
@@ -222,17 +224,12 @@ void PassthroughFs::lock_setlk(fuse_req_t req, fuse_ino_t ino, uint64_t owner, c
     return reply(req, {});
   }
   Errno e(EIO);
-  auto fd = owner_lock_fd(ino, root, owner, &open_target, &e);
+  auto fd = owner_lock_fd(ino, root, owner, &open_target, &e, fuse_req_ctx(req)->pid);
   if (!fd) return reply(req, fail(e));
-  {
-    std::lock_guard g(locks_mu_);
-    if (auto it = owner_locks_.find(ino); it != owner_locks_.end())
-      if (auto o = it->second.find(owner); o != it->second.end()) o->second.pid = fuse_req_ctx(req)->pid;
-  }
   int err = ofd_setlk(fd->get(), *lock);
   struct flock l = *lock;
   auto attempt = [fd, l] { return ofd_setlk(fd->get(), l); };
-  if (err != EAGAIN || !sleep) return lock_answer(req, ino, root, err, attempt);
+  if (err != EAGAIN || !sleep) return lock_answer(req, ino, err);
   wait_for_lock(req, ino, root, attempt);
 }
 
@@ -246,7 +243,7 @@ void PassthroughFs::lock_flock(fuse_req_t req, fuse_ino_t ino, int fd, const Roo
     return errno == EWOULDBLOCK ? EAGAIN : errno;
   };
   int err = attempt();
-  if (err != EAGAIN || (op & LOCK_NB)) return lock_answer(req, ino, root, err, attempt);
+  if (err != EAGAIN || (op & LOCK_NB)) return lock_answer(req, ino, err);
   wait_for_lock(req, ino, root, attempt);
 }
 
